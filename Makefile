@@ -1,0 +1,119 @@
+# libdistml - see README.md. `make`, `make check`, `make demo`, `make bench`.
+
+VERSION_H := include/distml/common.h
+MAJOR := $(shell sed -n 's/^\#define DML_VERSION_MAJOR \([0-9]*\)/\1/p' $(VERSION_H))
+MINOR := $(shell sed -n 's/^\#define DML_VERSION_MINOR \([0-9]*\)/\1/p' $(VERSION_H))
+PATCH := $(shell sed -n 's/^\#define DML_VERSION_PATCH \([0-9]*\)/\1/p' $(VERSION_H))
+VERSION := $(MAJOR).$(MINOR).$(PATCH)
+
+CC ?= cc
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+
+OPT ?= -O2 -g
+WARN := -Wall -Wextra -Werror -pedantic -Wshadow -Wstrict-prototypes -Wno-overlength-strings
+CFLAGS ?= $(OPT)
+ALL_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) -Iinclude -pthread
+LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DDML_BUILDING_LIBRARY -Ilib
+LDLIBS := -lz -pthread
+
+ifdef SANITIZE
+ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+B := build/san
+else
+B := build
+endif
+
+LIB_SRC := $(wildcard lib/*.c)
+LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/obj/%.o)
+HEADERS := include/distml.h $(wildcard include/distml/*.h)
+STATIC := $(B)/libdistml.a
+SHARED_REAL := $(B)/libdistml.so.$(VERSION)
+SHARED_SONAME := libdistml.so.$(MAJOR)
+
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS := $(TEST_SRC:tests/%.c=$(B)/tests/%)
+EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
+
+.PHONY: all lib check demo bench bench-peers install uninstall clean valgrind deps examples
+all: lib examples
+
+lib: $(STATIC) $(B)/libdistml.so
+
+$(B)/obj/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h) | $(B)/obj
+	$(CC) $(LIB_CFLAGS) -c $< -o $@
+
+$(B)/obj $(B)/tests $(B)/examples $(B)/bench:
+	mkdir -p $@
+
+$(STATIC): $(LIB_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(SHARED_REAL): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,$(SHARED_SONAME) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/libdistml.so: $(SHARED_REAL)
+	ln -sf libdistml.so.$(VERSION) $(B)/$(SHARED_SONAME)
+	ln -sf libdistml.so.$(VERSION) $@
+
+# Tests and programs link the static library, so they run from the tree.
+$(B)/tests/%: tests/%.c tests/testutil.h $(STATIC) | $(B)/tests
+	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
+
+$(B)/examples/%: examples/%.c $(STATIC) | $(B)/examples
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
+
+$(B)/bench/%: bench/%.c $(wildcard bench/*.h) $(STATIC) | $(B)/bench
+	$(CC) $(ALL_CFLAGS) -Ibench $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS) -lm
+
+examples: $(EXAMPLES)
+
+deps:
+	@sh scripts/deps.sh
+
+check: deps
+	@$(MAKE) --no-print-directory $(TESTS)
+	@sh scripts/run-tests.sh $(TESTS)
+
+valgrind: deps
+	@$(MAKE) --no-print-directory $(TESTS)
+	@VALGRIND=1 sh scripts/run-tests.sh $(TESTS)
+
+demo: deps lib examples
+	sh scripts/demo.sh $(B)
+
+bench: deps lib $(BENCHES)
+	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+
+bench-peers: deps lib $(BENCHES)
+	sh bench/peers/run.sh $(B)
+
+distml.pc: pkgconfig/distml.pc.in $(VERSION_H)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $(B)/distml.pc
+
+install: lib distml.pc
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/distml $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 644 include/distml.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 644 include/distml/*.h $(DESTDIR)$(INCLUDEDIR)/distml/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(SHARED_REAL) $(DESTDIR)$(LIBDIR)/
+	ln -sf libdistml.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SHARED_SONAME)
+	ln -sf libdistml.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libdistml.so
+	install -m 644 $(B)/distml.pc $(DESTDIR)$(PKGCONFIGDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/distml.h
+	rm -rf $(DESTDIR)$(INCLUDEDIR)/distml
+	rm -f $(DESTDIR)$(LIBDIR)/libdistml.a $(DESTDIR)$(LIBDIR)/libdistml.so \
+	      $(DESTDIR)$(LIBDIR)/$(SHARED_SONAME) $(DESTDIR)$(LIBDIR)/libdistml.so.$(VERSION) \
+	      $(DESTDIR)$(PKGCONFIGDIR)/distml.pc
+
+clean:
+	rm -rf build

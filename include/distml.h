@@ -1,0 +1,14 @@
+/*
+ * distml.h - libdistml, an embeddable C library for distributed machine
+ * learning: RPC, a parameter store and distributed SGD.
+ *
+ * Include this one header; each module has its own under distml/.
+ */
+#ifndef DISTML_H
+#define DISTML_H
+
+#include "distml/common.h"
+#include "distml/codec.h"
+#include "distml/rpc.h"
+
+#endif

@@ -1,0 +1,222 @@
+/*
+ * distml/rpc.h - RPC in the style of Go's net/rpc.
+ *
+ * A method is a name plus an argument type and a reply type (distml/codec.h).
+ * The same dml_rpc_method value serves the server, which registers a handler
+ * for it, and the client, which calls it:
+ *
+ *     static const dml_rpc_method multiply = {"Arith.Multiply", &args_t, &reply_t};
+ *
+ * The server has no thread of its own: the host calls dml_rpc_server_run()
+ * from one or more threads, or dml_rpc_server_poll() from its own loop
+ * (waiting on dml_rpc_server_fd()). Handlers run in the thread that polled.
+ *
+ * The client multiplexes any number of calls over one connection by sequence
+ * number. Whichever waiting thread is free reads the socket for everyone, so
+ * the client starts no thread either.
+ *
+ * Errors: DML_ENOMETHOD (unknown method), DML_EHANDLER (the handler failed;
+ * its message is available), DML_ETIMEDOUT, DML_ECONNLOST, DML_ECLOSED,
+ * DML_ETOOBIG (frame over the limit), DML_EPROTO (malformed frame/message).
+ */
+#ifndef DISTML_RPC_H
+#define DISTML_RPC_H
+
+#include "codec.h"
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Default limits (each configurable in the options below). */
+#define DML_RPC_DEFAULT_MAX_FRAME ((size_t)64 << 20) /* 64 MiB */
+#define DML_RPC_DEFAULT_MAX_CONNS 4096
+#define DML_RPC_MAX_METHOD 255   /* longest method name, bytes */
+#define DML_RPC_ERRMSG_MAX 256   /* longest error message kept, with NUL */
+
+/* A method: name, argument type and reply type. NULL types mean "no
+ * fields". Plain constant data, shared by servers and clients. */
+typedef struct dml_rpc_method {
+	const char *name;
+	const dml_type *args;
+	const dml_type *reply;
+} dml_rpc_method;
+
+/* ------------------------------------------------------------------ */
+/* Server                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct dml_rpc_server dml_rpc_server;
+typedef struct dml_rpc_ctx dml_rpc_ctx;
+
+/* Server options; zero-initialised means defaults. */
+typedef struct dml_rpc_server_opts {
+	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB */
+	int max_conns;    /* open connections at once; 0 = 4096; beyond it new
+	                     connections are accepted and closed at once */
+	dml_codec codec;  /* DML_CODEC_BINARY */
+} dml_rpc_server_opts;
+
+/*
+ * A handler. `args` points at a decoded argument struct (its views are valid
+ * until the handler returns); `reply` at a zeroed reply struct to fill.
+ * Return 0 for success or a negative code; to send a message with the error,
+ * `return dml_rpc_errorf(ctx, "divide by zero");`. The reply's memory is
+ * only read, and is encoded after the handler returns.
+ * Handlers may run concurrently in several threads (one per thread running
+ * the server), but never two at once for one connection.
+ */
+typedef int (*dml_rpc_handler)(dml_rpc_ctx *ctx, const void *args, void *reply,
+                               void *user);
+
+/* Creates a server. `opts` may be NULL. On success *out owns the server
+ * (free with dml_rpc_server_free). DML_EINVAL, DML_ENOMEM, DML_ESYS. */
+DML_API int dml_rpc_server_new(dml_rpc_server **out,
+                               const dml_rpc_server_opts *opts);
+
+/* Registers `h` for method `m` (name 1..255 bytes). `m` and its types must
+ * outlive the server; `user` is passed to the handler. DML_EEXIST if the name
+ * is taken, DML_EINVAL for a bad type. Not thread-safe: register before
+ * any thread runs the server. */
+DML_API int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
+                                    dml_rpc_handler h, void *user);
+
+/* Listens on `addr`: "host:port" (IPv4 or "[v6]:port"; port 0 picks an
+ * ephemeral port) or "unix:/path" (the path is removed again by
+ * dml_rpc_server_free). May be called several times. DML_EADDR, DML_ESYS.
+ * Not thread-safe: call before running the server. */
+DML_API int dml_rpc_server_listen(dml_rpc_server *s, const char *addr);
+
+/* The bound address of listener `i` (0 = first), formatted so that
+ * dml_rpc_dial accepts it (e.g. "127.0.0.1:40123"), into `buf` of `cap`
+ * bytes. DML_ENOTFOUND, DML_ETOOBIG. Thread-safe. */
+DML_API int dml_rpc_server_addr(dml_rpc_server *s, int i, char *buf,
+                                size_t cap);
+
+/* The TCP port of listener `i`, or a negative error. Thread-safe. */
+DML_API int dml_rpc_server_port(dml_rpc_server *s, int i);
+
+/*
+ * Serves until dml_rpc_server_stop: accepts connections, reads requests,
+ * runs handlers, writes replies. Several threads may run it at once; each
+ * connection is served by one thread at a time. Returns 0 after a stop, or a
+ * negative error. Thread-safe.
+ */
+DML_API int dml_rpc_server_run(dml_rpc_server *s);
+
+/*
+ * One step for a host's own event loop: waits up to `timeout` (0 = not at
+ * all) for activity, handles what is ready and returns the number of events
+ * handled (>= 0), DML_ESTOPPED after a stop, or a negative error.
+ * Thread-safe, like dml_rpc_server_run.
+ */
+DML_API int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout);
+
+/* A file descriptor that polls readable when dml_rpc_server_poll has work
+ * (an epoll descriptor). Owned by the server. Thread-safe. */
+DML_API int dml_rpc_server_fd(dml_rpc_server *s);
+
+/* Stops the server: every thread in dml_rpc_server_run returns, every later
+ * or current dml_rpc_server_poll returns DML_ESTOPPED. Handlers already
+ * running complete. Connections stay open until dml_rpc_server_free (their
+ * pending calls then fail with DML_ECONNLOST). Thread-safe, async-signal-
+ * safe (one write to an eventfd), idempotent. */
+DML_API void dml_rpc_server_stop(dml_rpc_server *s);
+
+/* Closes every connection and listener and frees the server. No thread may
+ * be running or polling it. NULL is ignored. */
+DML_API void dml_rpc_server_free(dml_rpc_server *s);
+
+/* Sets the message sent with a handler's error and returns DML_EHANDLER,
+ * so a handler can `return dml_rpc_errorf(ctx, "...")`. The message is
+ * truncated to DML_RPC_ERRMSG_MAX - 1 bytes. */
+DML_API int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* A number identifying the connection a request came in on, unique for the
+ * server's lifetime. */
+DML_API uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx);
+
+/* ------------------------------------------------------------------ */
+/* Client                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct dml_rpc_client dml_rpc_client;
+typedef struct dml_rpc_pending dml_rpc_pending;
+
+/* Client options; zero-initialised means defaults. */
+typedef struct dml_rpc_client_opts {
+	dml_duration dial_timeout; /* 0 = 10 s; DML_INFINITE allowed */
+	dml_duration call_timeout; /* used for DML_DEFAULT; 0 = DML_INFINITE */
+	size_t max_frame;          /* largest reply accepted; 0 = 64 MiB */
+	dml_codec codec;
+} dml_rpc_client_opts;
+
+/* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
+ * On success *out owns the client (free with dml_rpc_client_free).
+ * DML_EADDR, DML_ECONNREFUSED, DML_ETIMEDOUT, DML_ENOMEM, DML_ESYS. */
+DML_API int dml_rpc_dial(dml_rpc_client **out, const char *addr,
+                         const dml_rpc_client_opts *opts);
+
+/*
+ * Calls `m` and waits for its reply, at most `timeout` (or DML_DEFAULT,
+ * DML_INFINITE). `args` is only read. Reply fields of variable length must
+ * have caller buffers (`data` and `cap` set; see dml_str), else DML_EINVAL;
+ * large arrays are received straight into them. On DML_EHANDLER or
+ * DML_ENOMETHOD the message is available from dml_rpc_client_errmsg.
+ * A timeout leaves the connection usable; the late reply is discarded.
+ * Thread-safe: many threads may call at once over one client.
+ */
+DML_API int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m,
+                         const void *args, void *reply, dml_duration timeout);
+
+/*
+ * Starts a call without waiting and stores its handle in *out. The request
+ * is queued and written no later than the next dml_rpc_wait, dml_rpc_call or
+ * dml_rpc_flush on this client (requests carrying arrays of 64 KiB or more
+ * are written before dml_rpc_go returns), so many calls started in a row
+ * share writes. `args` is only read, and not after dml_rpc_go returns.
+ * `reply` must stay valid until dml_rpc_wait returns or the call is freed;
+ * views in it (fields with data == NULL) point into the handle and live until
+ * dml_rpc_pending_free. The deadline, `timeout` from now, bounds dml_rpc_wait.
+ * Thread-safe.
+ */
+DML_API int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m,
+                       const void *args, void *reply, dml_duration timeout,
+                       dml_rpc_pending **out);
+
+/* Writes every queued request now (before `timeout`). Thread-safe. */
+DML_API int dml_rpc_flush(dml_rpc_client *c, dml_duration timeout);
+
+/* Waits for a started call until its reply arrives or its deadline passes,
+ * and returns its result (0 or an error; a passed deadline abandons the
+ * call: DML_ETIMEDOUT). Calling it again returns the same result.
+ * Thread-safe for distinct calls; one thread per call handle. */
+DML_API int dml_rpc_wait(dml_rpc_pending *call);
+
+/* The error message of a finished call (handler message, unknown method...),
+ * or "" if none. Owned by the call handle. */
+DML_API const char *dml_rpc_pending_errmsg(const dml_rpc_pending *call);
+
+/* Releases a call handle; a call still pending is abandoned (its reply is
+ * discarded and `reply` is not written afterwards). NULL is ignored. */
+DML_API void dml_rpc_pending_free(dml_rpc_pending *call);
+
+/* Copies the last error message seen by a dml_rpc_call on this client into
+ * `buf` (cap bytes, NUL-terminated). With several threads, use dml_rpc_go and
+ * dml_rpc_pending_errmsg for per-call messages. Thread-safe. */
+DML_API void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap);
+
+/* Shuts the connection down: every pending call fails with DML_ECLOSED, and
+ * so does every later call. The handle stays valid. Thread-safe, idempotent. */
+DML_API void dml_rpc_client_close(dml_rpc_client *c);
+
+/* Closes (as above) and frees the client. Every call handle must have been
+ * freed, and no other thread may use the client. NULL is ignored. */
+DML_API void dml_rpc_client_free(dml_rpc_client *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DISTML_RPC_H */

@@ -1,0 +1,873 @@
+/*
+ * rpc_client.c - the RPC client: many calls in flight over one connection,
+ * matched to replies by sequence number (as Go's net/rpc does).
+ *
+ * There is no reader thread. A thread waiting for a call takes the reader
+ * role when nobody holds it, reads replies for everyone and hands the role to
+ * another waiter once its own call is done ("leader/followers").
+ *
+ * Small replies are read into a shared buffer and decoded under the lock.
+ * Large ones (more than READ_BUF bytes) are received straight into their
+ * call: into the caller's array buffer when the reply type allows it (see
+ * dml__bulk_plan), else into the call's payload buffer. While the reader
+ * writes into a call without the lock, the call is marked in_use; a waiter
+ * whose deadline passes then asks the reader (through an eventfd) to let go
+ * before it returns, so no caller buffer is written after its call ended.
+ */
+#define _GNU_SOURCE
+#include "codec.h"
+#include "frame.h"
+#include "transport.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_BUF (64 * 1024)
+#define QUEUE_FLUSH (64 * 1024) /* flush queued requests beyond this */
+#define EXT_MIN (64 * 1024)     /* arrays at least this large go by reference */
+#define NBUCKETS 1024
+#define FREE_KEEP 256
+
+enum { CALL_PENDING = 1, CALL_DONE = 2 };
+
+struct dml_rpc_pending {
+	dml_rpc_client *c;
+	dml_rpc_pending *hnext;        /* hash chain of pending calls */
+	dml_rpc_pending *wnext, *wprev;/* threads waiting (not reading) */
+	dml_rpc_pending *all_next, *all_prev; /* every live handle */
+	uint64_t seq;
+	const dml_type *rtype;
+	void *reply;
+	int64_t deadline;
+	int state;
+	int result;
+	int in_use;  /* the reader is writing into this call unlocked */
+	int abandon; /* its waiter gave up: reader must let go */
+	pthread_cond_t cv;
+	dml__buf payload; /* reply payload: views point here */
+	char errmsg[DML_RPC_ERRMSG_MAX];
+};
+
+/* State of a large frame being received (reader role only). */
+typedef struct big {
+	int active;
+	dml__frame fr;
+	dml_rpc_pending *k;     /* NULL: discard */
+	int bulk;            /* receiving an array straight into the caller's buffer */
+	int phase;           /* bulk: 0 prefix, 1 array data, 2 rest */
+	uint8_t *dst;        /* current segment (NULL: discard) */
+	size_t need, got;    /* current segment */
+	size_t left;         /* frame body bytes not yet received */
+	int field;
+	size_t count_off, esize, n;
+	int result;          /* error decided before the body arrived */
+} big;
+
+struct dml_rpc_client {
+	int fd;
+	int wakefd;
+	dml_rpc_client_opts o;
+	pthread_mutex_t mu; /* everything below but the write side */
+	uint64_t next_seq;
+	dml_rpc_pending *table[NBUCKETS];
+	dml_rpc_pending *waiters;
+	dml_rpc_pending *all;
+	dml_rpc_pending *freelist;
+	int nfree;
+	int reader;
+	int broken; /* 0 or the error every call now gets */
+	char errmsg[DML_RPC_ERRMSG_MAX];
+	/* reader-role state */
+	dml__buf in;
+	size_t rpos;
+	big bg;
+	/* write side */
+	pthread_mutex_t wmu;
+	dml__buf out;
+};
+
+/* ---- pending-call table (under mu) -------------------------------- */
+
+static void table_add(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	dml_rpc_pending **b = &c->table[k->seq % NBUCKETS];
+	k->hnext = *b;
+	*b = k;
+}
+
+static dml_rpc_pending *table_find(dml_rpc_client *c, uint64_t seq)
+{
+	dml_rpc_pending *k = c->table[seq % NBUCKETS];
+	while (k && k->seq != seq)
+		k = k->hnext;
+	return k;
+}
+
+static void table_remove(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	for (dml_rpc_pending **p = &c->table[k->seq % NBUCKETS]; *p; p = &(*p)->hnext)
+		if (*p == k) {
+			*p = k->hnext;
+			return;
+		}
+}
+
+/* Marks a pending call finished and wakes its waiter (under mu). */
+static void call_finish(dml_rpc_client *c, dml_rpc_pending *k, int result)
+{
+	table_remove(c, k);
+	k->state = CALL_DONE;
+	k->result = result;
+	pthread_cond_signal(&k->cv);
+}
+
+static int status_error(uint32_t st)
+{
+	switch (st) {
+	case DML__ST_NOMETHOD: return DML_ENOMETHOD;
+	case DML__ST_HANDLER: return DML_EHANDLER;
+	case DML__ST_TOOBIG: return DML_ETOOBIG;
+	default: return DML_EPROTO;
+	}
+}
+
+static void set_errmsg(dml_rpc_pending *k, const uint8_t *p, size_t n)
+{
+	if (n >= sizeof k->errmsg)
+		n = sizeof k->errmsg - 1;
+	memcpy(k->errmsg, p, n);
+	k->errmsg[n] = 0;
+}
+
+/* Finishes call k from a whole frame body (name + payload) at `body`. */
+static void finish_from_body(dml_rpc_client *c, dml_rpc_pending *k,
+                             const dml__frame *fr, const uint8_t *body,
+                             int copy)
+{
+	if (fr->status != DML__ST_OK) {
+		set_errmsg(k, body, fr->name_len);
+		call_finish(c, k, status_error(fr->status));
+		return;
+	}
+	const uint8_t *p = body + fr->name_len;
+	if (copy) {
+		if (dml__buf_grow(&k->payload, fr->payload_len + 1)) {
+			call_finish(c, k, DML_ENOMEM);
+			return;
+		}
+		memcpy(k->payload.data, p, fr->payload_len);
+		p = k->payload.data;
+	}
+	static const dml_type empty = {"empty", NULL, 0, 0};
+	int rc = dml__decode_h(k->rtype ? k->rtype : &empty, k->reply, p,
+	                       fr->payload_len, -1);
+	call_finish(c, k, rc);
+}
+
+/* Fails every pending call, the one being received included (under mu, and
+ * only when no other thread holds the reader role). */
+static void fail_all(dml_rpc_client *c, int err)
+{
+	if (!c->broken)
+		c->broken = err;
+	if (c->bg.active && c->bg.k) {
+		c->bg.k->in_use = 0;
+		pthread_cond_signal(&c->bg.k->cv);
+	}
+	c->bg.active = 0;
+	c->bg.k = NULL;
+	c->in.len = c->rpos = 0;
+	for (int i = 0; i < NBUCKETS; i++)
+		while (c->table[i])
+			call_finish(c, c->table[i], c->broken);
+}
+
+/* Shuts the connection down with `err`; the reader, if any, notices. */
+static void conn_break(dml_rpc_client *c, int err)
+{
+	if (!c->broken) {
+		c->broken = err;
+		shutdown(c->fd, SHUT_RDWR);
+		uint64_t one = 1;
+		ssize_t w = write(c->wakefd, &one, sizeof one);
+		(void)w;
+	}
+	if (!c->reader)
+		fail_all(c, err);
+}
+
+/* ---- large frames (reader role; takes mu briefly) ----------------- */
+
+static void big_segment(big *b, uint8_t *dst, size_t need)
+{
+	b->dst = dst;
+	b->need = need;
+	b->got = 0;
+}
+
+/* Starts receiving a large frame whose header has been parsed. */
+static void big_start(dml_rpc_client *c, const dml__frame *fr, int too_big)
+{
+	big *b = &c->bg;
+	memset(b, 0, sizeof *b);
+	b->active = 1;
+	b->fr = *fr;
+	b->left = fr->total - DML__FRAME_HDR;
+	pthread_mutex_lock(&c->mu);
+	dml_rpc_pending *k = fr->kind == DML__KIND_REPLY ? table_find(c, fr->seq) : NULL;
+	if (k && too_big) {
+		call_finish(c, k, DML_ETOOBIG);
+		k = NULL;
+	}
+	if (k) {
+		if (fr->status == DML__ST_OK && k->rtype &&
+		    dml__bulk_plan(k->rtype, k->reply, &b->field, &b->count_off,
+		                   &b->esize) == 0 &&
+		    b->count_off + 8 <= fr->payload_len)
+			b->bulk = 1;
+		size_t want = b->bulk ? b->count_off + 8 : b->left;
+		if (dml__buf_grow(&k->payload, want + 1)) {
+			call_finish(c, k, DML_ENOMEM);
+			k = NULL;
+		} else {
+			k->in_use = 1;
+			b->k = k;
+			big_segment(b, k->payload.data, want);
+		}
+	}
+	if (!k)
+		big_segment(b, NULL, b->left);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* The current segment is complete: move to the next, or finish. Returns 1
+ * when the frame is done. */
+static int big_advance(dml_rpc_client *c)
+{
+	big *b = &c->bg;
+	if (b->left == 0) {
+		pthread_mutex_lock(&c->mu);
+		dml_rpc_pending *k = b->k;
+		b->active = 0;
+		b->k = NULL;
+		if (k) {
+			k->in_use = 0;
+			if (k->abandon) {
+				pthread_cond_signal(&k->cv);
+			} else if (!b->bulk || b->phase == 0) {
+				finish_from_body(c, k, &b->fr, k->payload.data, 0);
+			} else {
+				dml__array_set_n(k->rtype, k->reply, b->field, b->n);
+				size_t len = b->fr.payload_len - b->n * b->esize;
+				int rc = dml__decode_h(k->rtype, k->reply, k->payload.data,
+				                       len, b->field);
+				call_finish(c, k, rc);
+			}
+		}
+		pthread_mutex_unlock(&c->mu);
+		return 1;
+	}
+	if (!b->k || !b->bulk) /* discarding, or one segment for everything */
+		return 0;
+	if (b->phase == 0) {
+		uint64_t n = dml__get_u64(b->k->payload.data + b->count_off);
+		void *data;
+		size_t cap;
+		dml__array_dest(b->k->rtype, b->k->reply, b->field, &data, &cap);
+		if (n <= cap && n <= b->left / b->esize) {
+			b->n = (size_t)n;
+			b->phase = 1;
+			big_segment(b, data, b->n * b->esize);
+			if (b->need)
+				return 0;
+		} else { /* not what the plan expected: take it whole */
+			b->bulk = 0;
+			size_t have = b->count_off + 8;
+			if (dml__buf_grow(&b->k->payload, b->fr.payload_len + 1)) {
+				pthread_mutex_lock(&c->mu);
+				b->k->in_use = 0;
+				call_finish(c, b->k, DML_ENOMEM);
+				b->k = NULL;
+				pthread_mutex_unlock(&c->mu);
+				big_segment(b, NULL, b->left);
+				return 0;
+			}
+			big_segment(b, b->k->payload.data + have, b->left);
+			return 0;
+		}
+	}
+	/* phase 1 done (or empty): the rest follows the prefix */
+	b->phase = 2;
+	big_segment(b, b->k->payload.data + b->count_off + 8, b->left);
+	return 0;
+}
+
+/* Feeds bytes already read into the current large frame. */
+static void big_feed(dml_rpc_client *c, const uint8_t *p, size_t n)
+{
+	big *b = &c->bg;
+	while (n && b->active) {
+		size_t take = b->need - b->got;
+		if (take > n)
+			take = n;
+		if (b->dst && take)
+			memcpy(b->dst + b->got, p, take);
+		b->got += take;
+		b->left -= take;
+		p += take;
+		n -= take;
+		if (b->got == b->need)
+			big_advance(c);
+	}
+}
+
+/* One read for the current large frame: straight into its segment. */
+static int big_read(dml_rpc_client *c)
+{
+	big *b = &c->bg;
+	if (b->need == b->got) { /* empty segment */
+		big_advance(c);
+		return 0;
+	}
+	size_t want = b->need - b->got;
+	uint8_t *dst = b->dst ? b->dst + b->got : c->in.data;
+	if (!b->dst && want > c->in.cap)
+		want = c->in.cap;
+	ssize_t n = dml__read(c->fd, dst, want);
+	if (n < 0)
+		return (int)n;
+	b->got += (size_t)n;
+	b->left -= (size_t)n;
+	if (b->got == b->need)
+		big_advance(c);
+	return 0;
+}
+
+/* ---- reading (reader role) ---------------------------------------- */
+
+/* Handles complete small frames buffered in c->in; starts a large one. */
+static int parse_buffered(dml_rpc_client *c)
+{
+	while (!c->bg.active && c->in.len - c->rpos >= DML__FRAME_HDR) {
+		const uint8_t *f = c->in.data + c->rpos;
+		size_t have = c->in.len - c->rpos;
+		dml__frame fr;
+		int rc = dml__frame_parse(f, have, c->o.max_frame, &fr);
+		if (rc && rc != DML_ETOOBIG)
+			return rc;
+		if (fr.kind != DML__KIND_REPLY)
+			return DML_EPROTO;
+		if (rc == 0 && have >= fr.total) {
+			pthread_mutex_lock(&c->mu);
+			dml_rpc_pending *k = table_find(c, fr.seq);
+			if (k)
+				finish_from_body(c, k, &fr, f + DML__FRAME_HDR, 1);
+			pthread_mutex_unlock(&c->mu);
+			c->rpos += fr.total;
+			continue;
+		}
+		if (rc == 0 && fr.total <= c->in.cap) {
+			/* fits the buffer: compact and read on */
+			if (c->rpos + fr.total > c->in.cap) {
+				memmove(c->in.data, f, have);
+				c->rpos = 0;
+				c->in.len = have;
+			}
+			return 0;
+		}
+		/* large (or over the limit): receive it on its own */
+		big_start(c, &fr, rc == DML_ETOOBIG);
+		c->rpos += DML__FRAME_HDR;
+		size_t body = c->in.len - c->rpos;
+		if (body > c->bg.left)
+			body = c->bg.left;
+		big_feed(c, c->in.data + c->rpos, body);
+		c->rpos += body;
+	}
+	if (c->rpos == c->in.len)
+		c->rpos = c->in.len = 0;
+	else if (c->in.cap - c->in.len < DML__FRAME_HDR) {
+		size_t have = c->in.len - c->rpos;
+		memmove(c->in.data, c->in.data + c->rpos, have);
+		c->rpos = 0;
+		c->in.len = have;
+	}
+	return 0;
+}
+
+/* Lets go of a call whose waiter gave up (under mu). */
+static void release_abandoned(dml_rpc_client *c)
+{
+	big *b = &c->bg;
+	if (b->active && b->k && b->k->abandon) {
+		b->k->in_use = 0;
+		pthread_cond_signal(&b->k->cv);
+		b->k = NULL;
+		b->bulk = 0;
+		big_segment(b, NULL, b->left);
+	}
+}
+
+/* One step of the reader: waits for input until `deadline`, reads once and
+ * dispatches. 0, DML_ETIMEDOUT, or a connection error. */
+static int read_step(dml_rpc_client *c, int64_t deadline)
+{
+	struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->wakefd, POLLIN, 0}};
+	int n = poll(p, 2, dml__remaining_ms(deadline));
+	if (n == 0)
+		return DML_ETIMEDOUT;
+	if (n < 0)
+		return errno == EINTR ? 0 : DML_ESYS;
+	if (p[1].revents) {
+		uint64_t v;
+		ssize_t r = read(c->wakefd, &v, sizeof v);
+		(void)r;
+		pthread_mutex_lock(&c->mu);
+		release_abandoned(c);
+		int broken = c->broken;
+		pthread_mutex_unlock(&c->mu);
+		if (broken)
+			return broken;
+	}
+	if (!p[0].revents)
+		return 0;
+	if (c->bg.active) {
+		int rc = big_read(c);
+		if (rc)
+			return rc;
+		return parse_buffered(c);
+	}
+	ssize_t r = dml__read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+	if (r == DML_EAGAIN)
+		return 0;
+	if (r < 0)
+		return (int)r;
+	c->in.len += (size_t)r;
+	return parse_buffered(c);
+}
+
+/* ---- writing ------------------------------------------------------ */
+
+static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
+                       int64_t deadline);
+
+/* Writes queued requests. A write cut short leaves a partial frame on the
+ * stream, so any failure here breaks the connection. */
+static int flush(dml_rpc_client *c, int64_t deadline)
+{
+	pthread_mutex_lock(&c->wmu);
+	int rc = c->out.len ? write_queue(c, NULL, 0, deadline) : 0;
+	pthread_mutex_unlock(&c->wmu);
+	if (rc) {
+		pthread_mutex_lock(&c->mu);
+		conn_break(c, rc == DML_ETIMEDOUT ? DML_ECONNLOST : rc);
+		pthread_mutex_unlock(&c->mu);
+	}
+	return rc;
+}
+
+/* Encodes one request onto the queue (under wmu). Large arrays are only
+ * referenced, in *w. Fails only before anything is queued. */
+static int queue_request(dml_rpc_client *c, uint64_t seq, const dml_rpc_method *m,
+                         size_t name_len, const void *args, dml__writer *w,
+                         size_t *base)
+{
+	static const dml_type empty = {"empty", NULL, 0, 0};
+	const dml_type *t = m->args ? m->args : &empty;
+	size_t inl, total;
+	int rc = dml__encode_size(t, args, EXT_MIN, &inl, &total);
+	if (rc)
+		return rc;
+	if (total > c->o.max_frame - DML__FRAME_HDR - name_len)
+		return DML_ETOOBIG;
+	size_t hdr = DML__FRAME_HDR + name_len;
+	if ((rc = dml__buf_reserve(&c->out, hdr + inl)))
+		return rc;
+	uint8_t *p = c->out.data + c->out.len;
+	dml__frame_header(p, DML__KIND_REQUEST, seq, 0, name_len, total);
+	memcpy(p + DML__FRAME_HDR, m->name, name_len);
+	memset(w, 0, sizeof *w);
+	w->p = p + hdr;
+	w->cap = inl;
+	w->ext_min = EXT_MIN;
+	if ((rc = dml__encode_w(t, args, w)))
+		return rc;
+	*base = c->out.len + hdr;
+	c->out.len += hdr + inl;
+	return 0;
+}
+
+/* Writes the queue, with the arrays referenced by w (may be NULL) gathered
+ * in at their places; `base` is where w's inline bytes start (under wmu). */
+static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
+                       int64_t deadline)
+{
+	struct iovec iov[2 * DML__MAX_EXT + 1];
+	int niov = 0;
+	size_t from = 0;
+	for (int i = 0; w && i < w->next; i++) {
+		size_t at = base + w->ext[i].at;
+		iov[niov++] = (struct iovec){c->out.data + from, at - from};
+		iov[niov++] = (struct iovec){(void *)(uintptr_t)w->ext[i].ptr, w->ext[i].len};
+		from = at;
+	}
+	iov[niov++] = (struct iovec){c->out.data + from, c->out.len - from};
+	int rc = dml__writev_all(c->fd, iov, niov, deadline);
+	c->out.len = 0;
+	return rc;
+}
+
+/* ---- calls -------------------------------------------------------- */
+
+static dml_rpc_pending *call_alloc(dml_rpc_client *c)
+{
+	dml_rpc_pending *k = c->freelist;
+	if (k) {
+		c->freelist = k->hnext;
+		c->nfree--;
+	} else {
+		k = calloc(1, sizeof *k);
+		if (!k)
+			return NULL;
+		pthread_condattr_t a;
+		pthread_condattr_init(&a);
+		pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+		pthread_cond_init(&k->cv, &a);
+		pthread_condattr_destroy(&a);
+		k->c = c;
+	}
+	k->hnext = k->wnext = k->wprev = NULL;
+	k->all_prev = NULL;
+	k->all_next = c->all;
+	if (c->all)
+		c->all->all_prev = k;
+	c->all = k;
+	k->state = CALL_PENDING;
+	k->result = 0;
+	k->in_use = k->abandon = 0;
+	k->errmsg[0] = 0;
+	return k;
+}
+
+static void call_destroy(dml_rpc_pending *k)
+{
+	pthread_cond_destroy(&k->cv);
+	dml__buf_free(&k->payload);
+	free(k);
+}
+
+/* Returns a handle to the free list (under mu). */
+static void call_release(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	if (k->all_prev)
+		k->all_prev->all_next = k->all_next;
+	else
+		c->all = k->all_next;
+	if (k->all_next)
+		k->all_next->all_prev = k->all_prev;
+	if (c->nfree >= FREE_KEEP || k->payload.cap > (1u << 20)) {
+		call_destroy(k);
+		return;
+	}
+	k->hnext = c->freelist;
+	c->freelist = k;
+	c->nfree++;
+}
+
+static int64_t call_deadline(dml_rpc_client *c, dml_duration timeout)
+{
+	if (timeout == DML_DEFAULT)
+		timeout = c->o.call_timeout;
+	return dml__deadline(timeout);
+}
+
+int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
+               void *reply, dml_duration timeout, dml_rpc_pending **out)
+{
+	if (!c || !m || !m->name || !out || (m->reply && m->reply->nfields && !reply))
+		return DML_EINVAL;
+	size_t name_len = strlen(m->name);
+	if (name_len == 0 || name_len > DML_RPC_MAX_METHOD)
+		return DML_EINVAL;
+	if (m->reply && dml_type_check(m->reply))
+		return DML_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	if (c->broken) {
+		int rc = c->broken;
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	dml_rpc_pending *k = call_alloc(c);
+	if (!k) {
+		pthread_mutex_unlock(&c->mu);
+		return DML_ENOMEM;
+	}
+	k->seq = c->next_seq++;
+	k->rtype = m->reply;
+	k->reply = reply;
+	k->deadline = call_deadline(c, timeout);
+	table_add(c, k);
+	pthread_mutex_unlock(&c->mu);
+
+	dml__writer w;
+	size_t base;
+	int wrc = 0;
+	pthread_mutex_lock(&c->wmu);
+	int rc = queue_request(c, k->seq, m, name_len, args, &w, &base);
+	if (!rc && (w.next || c->out.len >= QUEUE_FLUSH))
+		wrc = write_queue(c, &w, base, k->deadline);
+	pthread_mutex_unlock(&c->wmu);
+
+	if (rc || wrc) {
+		pthread_mutex_lock(&c->mu);
+		if (wrc) { /* the stream may hold a partial frame */
+			conn_break(c, DML_ECONNLOST);
+			rc = wrc;
+		}
+		if (k->state == CALL_PENDING)
+			table_remove(c, k);
+		call_release(c, k);
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	*out = k;
+	return 0;
+}
+
+int dml_rpc_flush(dml_rpc_client *c, dml_duration timeout)
+{
+	if (!c)
+		return DML_EINVAL;
+	return flush(c, call_deadline(c, timeout));
+}
+
+static void waiter_add(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	k->wprev = NULL;
+	k->wnext = c->waiters;
+	if (c->waiters)
+		c->waiters->wprev = k;
+	c->waiters = k;
+}
+
+static void waiter_remove(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	if (k->wprev)
+		k->wprev->wnext = k->wnext;
+	else
+		c->waiters = k->wnext;
+	if (k->wnext)
+		k->wnext->wprev = k->wprev;
+	k->wnext = k->wprev = NULL;
+}
+
+static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
+                            int64_t deadline)
+{
+	if (deadline < 0) {
+		pthread_cond_wait(cv, mu);
+		return;
+	}
+	struct timespec ts = {(time_t)(deadline / 1000), (long)(deadline % 1000) * 1000000};
+	pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* Gives a call up at its deadline (under mu). */
+static int abandon(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	while (k->in_use) {
+		if (!c->reader) {
+			k->abandon = 1;
+			release_abandoned(c);
+			break;
+		}
+		k->abandon = 1;
+		uint64_t one = 1;
+		ssize_t w = write(c->wakefd, &one, sizeof one);
+		(void)w;
+		pthread_cond_wait(&k->cv, &c->mu);
+	}
+	if (k->state == CALL_PENDING)
+		call_finish(c, k, DML_ETIMEDOUT);
+	return k->result;
+}
+
+/* Waits for k under mu, reading for everyone when nobody else does. */
+static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	while (k->state != CALL_DONE) {
+		if (k->deadline >= 0 && dml__now_ms() >= k->deadline) {
+			abandon(c, k);
+			break;
+		}
+		if (!c->reader) {
+			if (c->broken) {
+				fail_all(c, c->broken);
+				continue;
+			}
+			c->reader = 1;
+			pthread_mutex_unlock(&c->mu);
+			int rc = read_step(c, k->deadline);
+			pthread_mutex_lock(&c->mu);
+			c->reader = 0;
+			if (rc && rc != DML_ETIMEDOUT)
+				conn_break(c, rc);
+			continue;
+		}
+		waiter_add(c, k);
+		cond_wait_until(&k->cv, &c->mu, k->deadline);
+		waiter_remove(c, k);
+	}
+	if (!c->reader && c->waiters)
+		pthread_cond_signal(&c->waiters->cv);
+	return k->result;
+}
+
+int dml_rpc_wait(dml_rpc_pending *k)
+{
+	if (!k)
+		return DML_EINVAL;
+	dml_rpc_client *c = k->c;
+	if (k->state == CALL_DONE)
+		return k->result;
+	flush(c, k->deadline);
+	pthread_mutex_lock(&c->mu);
+	int rc = wait_locked(c, k);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+const char *dml_rpc_pending_errmsg(const dml_rpc_pending *k)
+{
+	return k ? k->errmsg : "";
+}
+
+void dml_rpc_pending_free(dml_rpc_pending *k)
+{
+	if (!k)
+		return;
+	dml_rpc_client *c = k->c;
+	pthread_mutex_lock(&c->mu);
+	if (k->state == CALL_PENDING)
+		abandon(c, k);
+	if (!c->reader && c->waiters)
+		pthread_cond_signal(&c->waiters->cv);
+	call_release(c, k);
+	pthread_mutex_unlock(&c->mu);
+}
+
+int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
+                 void *reply, dml_duration timeout)
+{
+	if (!c || !m)
+		return DML_EINVAL;
+	if (m->reply && reply && !dml__type_all_buffered(m->reply, reply))
+		return DML_EINVAL;
+	dml_rpc_pending *k;
+	int rc = dml_rpc_go(c, m, args, reply, timeout, &k);
+	if (rc)
+		return rc;
+	rc = dml_rpc_wait(k);
+	if (rc == DML_EHANDLER || rc == DML_ENOMETHOD || rc == DML_ETOOBIG ||
+	    rc == DML_EPROTO) {
+		pthread_mutex_lock(&c->mu);
+		memcpy(c->errmsg, k->errmsg, sizeof c->errmsg);
+		pthread_mutex_unlock(&c->mu);
+	}
+	dml_rpc_pending_free(k);
+	return rc;
+}
+
+void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap)
+{
+	if (!c || !buf || !cap)
+		return;
+	pthread_mutex_lock(&c->mu);
+	dml__set_msg(buf, cap, "%s", c->errmsg);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- lifecycle ---------------------------------------------------- */
+
+int dml_rpc_dial(dml_rpc_client **out, const char *addr,
+                 const dml_rpc_client_opts *opts)
+{
+	if (!out || !addr)
+		return DML_EINVAL;
+	dml_rpc_client_opts o = {0};
+	if (opts)
+		o = *opts;
+	if (o.codec != DML_CODEC_BINARY || (o.max_frame && o.max_frame < 64))
+		return DML_EINVAL;
+	if (!o.dial_timeout)
+		o.dial_timeout = 10000;
+	if (!o.call_timeout)
+		o.call_timeout = DML_INFINITE;
+	if (!o.max_frame)
+		o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	dml_rpc_client *c = calloc(1, sizeof *c);
+	if (!c)
+		return DML_ENOMEM;
+	c->o = o;
+	c->next_seq = 1;
+	if (dml__buf_grow(&c->in, READ_BUF)) {
+		free(c);
+		return DML_ENOMEM;
+	}
+	c->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->wakefd < 0) {
+		dml__buf_free(&c->in);
+		free(c);
+		return DML_ESYS;
+	}
+	int rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
+	if (rc) {
+		close(c->wakefd);
+		dml__buf_free(&c->in);
+		free(c);
+		return rc;
+	}
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_mutex_init(&c->wmu, NULL);
+	*out = c;
+	return 0;
+}
+
+void dml_rpc_client_close(dml_rpc_client *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->mu);
+	conn_break(c, DML_ECLOSED);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void dml_rpc_client_free(dml_rpc_client *c)
+{
+	if (!c)
+		return;
+	dml_rpc_client_close(c);
+	while (c->all) {
+		dml_rpc_pending *k = c->all;
+		c->all = k->all_next;
+		call_destroy(k);
+	}
+	while (c->freelist) {
+		dml_rpc_pending *k = c->freelist;
+		c->freelist = k->hnext;
+		call_destroy(k);
+	}
+	close(c->fd);
+	close(c->wakefd);
+	pthread_mutex_destroy(&c->mu);
+	pthread_mutex_destroy(&c->wmu);
+	dml__buf_free(&c->in);
+	dml__buf_free(&c->out);
+	free(c);
+}

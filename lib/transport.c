@@ -1,0 +1,284 @@
+/* transport.c - sockets: addresses, listen, accept, dial, deadline I/O. */
+#define _GNU_SOURCE
+#include "transport.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef struct addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+} addr;
+
+static int parse_unix(const char *path, addr *a)
+{
+	struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
+	size_t n = strlen(path);
+	if (n == 0 || n >= sizeof un->sun_path)
+		return DML_EADDR;
+	memset(a, 0, sizeof *a);
+	un->sun_family = AF_UNIX;
+	memcpy(un->sun_path, path, n + 1);
+	a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	return 0;
+}
+
+/* Splits "host:port" or "[v6]:port" and resolves it (first result). */
+static int parse_addr(const char *s, addr *a, int passive)
+{
+	if (!s)
+		return DML_EINVAL;
+	if (strncmp(s, "unix:", 5) == 0)
+		return parse_unix(s + 5, a);
+	if (strncmp(s, "tcp://", 6) == 0)
+		s += 6;
+	char host[256];
+	const char *port;
+	if (s[0] == '[') {
+		const char *end = strchr(s, ']');
+		if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof host)
+			return DML_EADDR;
+		memcpy(host, s + 1, (size_t)(end - s - 1));
+		host[end - s - 1] = 0;
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(s, ':');
+		if (!colon || (size_t)(colon - s) >= sizeof host)
+			return DML_EADDR;
+		memcpy(host, s, (size_t)(colon - s));
+		host[colon - s] = 0;
+		port = colon + 1;
+	}
+	if (!*port)
+		return DML_EADDR;
+	for (const char *c = port; *c; c++)
+		if (*c < '0' || *c > '9')
+			return DML_EADDR;
+	if (atol(port) > 65535)
+		return DML_EADDR;
+	struct addrinfo hints, *res = NULL;
+	memset(&hints, 0, sizeof hints);
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+	if (getaddrinfo(host[0] ? host : NULL, port, &hints, &res) != 0 || !res)
+		return DML_EADDR;
+	memset(a, 0, sizeof *a);
+	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+	a->len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+static void tune(int fd, int family)
+{
+	if (family != AF_UNIX) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	}
+}
+
+static int sys_err(int e)
+{
+	switch (e) {
+	case ECONNREFUSED: case ENOENT: return DML_ECONNREFUSED;
+	case EADDRINUSE: case EADDRNOTAVAIL: case EAFNOSUPPORT: return DML_EADDR;
+	case ENOMEM: case ENOBUFS: return DML_ENOMEM;
+	case ETIMEDOUT: return DML_ETIMEDOUT;
+	case ECONNRESET: case EPIPE: case ENOTCONN: return DML_ECONNLOST;
+	default: return DML_ESYS;
+	}
+}
+
+int dml__listen(const char *s, int *out)
+{
+	addr a;
+	int rc = parse_addr(s, &a, 1);
+	if (rc)
+		return rc;
+	int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return sys_err(errno);
+	int one = 1;
+	if (a.ss.ss_family != AF_UNIX)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, (struct sockaddr *)&a.ss, a.len) != 0 || listen(fd, 1024) != 0) {
+		rc = sys_err(errno);
+		close(fd);
+		return rc;
+	}
+	*out = fd;
+	return 0;
+}
+
+int dml__accept(int lfd, int *out)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+		    errno == ECONNABORTED)
+			return DML_EAGAIN;
+		return sys_err(errno);
+	}
+	tune(fd, ss.ss_family);
+	*out = fd;
+	return 0;
+}
+
+int dml__wait_fd(int fd, short events, int64_t deadline)
+{
+	for (;;) {
+		struct pollfd p = {fd, events, 0};
+		int n = poll(&p, 1, dml__remaining_ms(deadline));
+		if (n > 0)
+			return 0;
+		if (n == 0)
+			return DML_ETIMEDOUT;
+		if (errno != EINTR)
+			return DML_ESYS;
+	}
+}
+
+int dml__dial(const char *s, int64_t deadline, int *out)
+{
+	addr a;
+	int rc = parse_addr(s, &a, 0);
+	if (rc)
+		return rc;
+	int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return sys_err(errno);
+	if (connect(fd, (struct sockaddr *)&a.ss, a.len) != 0) {
+		if (errno != EINPROGRESS && errno != EAGAIN) {
+			rc = sys_err(errno);
+			goto fail;
+		}
+		if ((rc = dml__wait_fd(fd, POLLOUT, deadline)))
+			goto fail;
+		int err = 0;
+		socklen_t el = sizeof err;
+		getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+		if (err) {
+			rc = sys_err(err);
+			goto fail;
+		}
+	}
+	tune(fd, a.ss.ss_family);
+	*out = fd;
+	return 0;
+fail:
+	close(fd);
+	return rc;
+}
+
+int dml__local_addr(int fd, char *buf, size_t cap)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+		return DML_ESYS;
+	char host[INET6_ADDRSTRLEN + 1];
+	int n;
+	if (ss.ss_family == AF_UNIX) {
+		n = snprintf(buf, cap, "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
+	} else {
+		char port[16];
+		if (getnameinfo((struct sockaddr *)&ss, len, host, sizeof host, port,
+		                sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+			return DML_ESYS;
+		n = snprintf(buf, cap, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
+		             host, port);
+	}
+	return (n < 0 || (size_t)n >= cap) ? DML_ETOOBIG : 0;
+}
+
+int dml__unix_path(int fd, char *buf, size_t cap)
+{
+	struct sockaddr_un un;
+	socklen_t len = sizeof un;
+	if (getsockname(fd, (struct sockaddr *)&un, &len) != 0 ||
+	    un.sun_family != AF_UNIX || !un.sun_path[0])
+		return DML_ENOTFOUND;
+	size_t n = strnlen(un.sun_path, sizeof un.sun_path);
+	if (n >= cap)
+		return DML_ETOOBIG;
+	memcpy(buf, un.sun_path, n);
+	buf[n] = 0;
+	return 0;
+}
+
+ssize_t dml__read(int fd, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t n = recv(fd, buf, len, 0);
+		if (n > 0)
+			return n;
+		if (n == 0)
+			return DML_ECONNLOST;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return DML_EAGAIN;
+		return DML_ECONNLOST;
+	}
+}
+
+ssize_t dml__writev(int fd, const struct iovec *iov, int n)
+{
+	struct msghdr m;
+	memset(&m, 0, sizeof m);
+	m.msg_iov = (struct iovec *)(uintptr_t)iov;
+	m.msg_iovlen = (size_t)n;
+	for (;;) {
+		ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL);
+		if (w >= 0)
+			return w;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return DML_EAGAIN;
+		return DML_ECONNLOST;
+	}
+}
+
+int dml__writev_all(int fd, struct iovec *iov, int n, int64_t deadline)
+{
+	while (n > 0) {
+		if (iov->iov_len == 0) {
+			iov++;
+			n--;
+			continue;
+		}
+		ssize_t w = dml__writev(fd, iov, n > 64 ? 64 : n);
+		if (w == DML_EAGAIN) {
+			int rc = dml__wait_fd(fd, POLLOUT, deadline);
+			if (rc)
+				return rc;
+			continue;
+		}
+		if (w < 0)
+			return (int)w;
+		size_t left = (size_t)w;
+		while (n > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+	}
+	return 0;
+}

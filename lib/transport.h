@@ -1,0 +1,47 @@
+/*
+ * transport.h - byte streams: address parsing, listen/accept/dial and
+ * deadline-bounded I/O on non-blocking sockets (TCP over IPv4/IPv6, Unix
+ * domain). The RPC layer reaches the network only through these functions,
+ * so another transport (TLS) can be slotted in here. Not installed.
+ */
+#ifndef DISTML_TRANSPORT_H
+#define DISTML_TRANSPORT_H
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "internal.h"
+
+/* Opens a non-blocking listening socket on `addr` ("host:port",
+ * "[v6]:port", "unix:/path"). Port 0 picks an ephemeral port. */
+int dml__listen(const char *addr, int *fd);
+
+/* Accepts one connection (non-blocking, close-on-exec, TCP_NODELAY).
+ * DML_EAGAIN when none is pending. */
+int dml__accept(int lfd, int *fd);
+
+/* Connects to `addr` before `deadline` (dml__deadline). The socket is
+ * non-blocking, close-on-exec, TCP_NODELAY. */
+int dml__dial(const char *addr, int64_t deadline, int *fd);
+
+/* Formats the local address of a socket as dml__listen accepts it. */
+int dml__local_addr(int fd, char *buf, size_t cap);
+
+/* If `fd` is a Unix-domain socket bound to a path, copies the path. */
+int dml__unix_path(int fd, char *buf, size_t cap);
+
+/* One read: bytes read (> 0), DML_EAGAIN, DML_ECONNLOST on EOF/reset. */
+ssize_t dml__read(int fd, void *buf, size_t len);
+
+/* One gather write: bytes written (>= 0), DML_EAGAIN or DML_ECONNLOST.
+ * Never raises SIGPIPE. */
+ssize_t dml__writev(int fd, const struct iovec *iov, int n);
+
+/* Writes all of iov (modified as it goes) before `deadline`. */
+int dml__writev_all(int fd, struct iovec *iov, int n, int64_t deadline);
+
+/* Waits until fd has `events` (POLLIN/POLLOUT) or the deadline passes:
+ * 0, DML_ETIMEDOUT, or DML_ESYS. */
+int dml__wait_fd(int fd, short events, int64_t deadline);
+
+#endif
