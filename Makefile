@@ -64,7 +64,7 @@ $(B)/libdistml.so: $(SHARED_REAL)
 
 # Tests and programs link the static library, so they run from the tree.
 $(B)/tests/%: tests/%.c tests/testutil.h $(STATIC) | $(B)/tests
-	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -Itests -Ilib $< -o $@ $(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
 
 $(B)/examples/%: examples/%.c $(STATIC) | $(B)/examples
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)

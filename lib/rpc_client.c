@@ -289,6 +289,7 @@ static int big_advance(dml_rpc_client *c)
 		} else { /* not what the plan expected: take it whole */
 			b->bulk = 0;
 			size_t have = b->count_off + 8;
+			b->k->payload.len = have; /* keep the prefix */
 			if (dml__buf_grow(&b->k->payload, b->fr.payload_len + 1)) {
 				pthread_mutex_lock(&c->mu);
 				b->k->in_use = 0;

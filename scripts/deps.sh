@@ -1,0 +1,29 @@
+#!/bin/sh
+# Installs what building and testing libdistml needs, when it is missing:
+# a C compiler, make, pkg-config, zlib and cmocka headers (Debian packages
+# gcc make pkg-config zlib1g-dev libcmocka-dev). As root it runs apt-get;
+# otherwise it says what to install. Extra package names may be passed.
+missing=""
+have_header() { printf '#include <%s>\n' "$1" | ${CC:-cc} -E -x c - >/dev/null 2>&1; }
+command -v ${CC:-cc} >/dev/null 2>&1 || missing="$missing gcc"
+command -v make >/dev/null 2>&1 || missing="$missing make"
+command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+have_header zlib.h || missing="$missing zlib1g-dev"
+printf '#include <stdarg.h>\n#include <stddef.h>\n#include <setjmp.h>\n#include <stdint.h>\n#include <cmocka.h>\n' |
+	${CC:-cc} -E -x c - >/dev/null 2>&1 || missing="$missing libcmocka-dev"
+for p in "$@"; do
+	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+	echo "deps: installing$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq $missing >/dev/null 2>&1 ||
+		{ apt-get update -qq && apt-get install -y -qq $missing; } || {
+		echo "deps: apt-get install$missing failed" >&2
+		exit 1
+	}
+else
+	echo "deps: missing$missing; install them with: sudo apt-get install$missing" >&2
+	exit 1
+fi

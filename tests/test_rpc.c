@@ -1,0 +1,839 @@
+/* test_rpc.c - the RPC layer end to end over real sockets on 127.0.0.1. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../examples/arith.h"
+
+/* ---- the test service --------------------------------------------- */
+
+typedef struct echo_msg { dml_str s; } echo_msg;
+static const dml_field echo_f[] = {DML_FIELD(echo_msg, s, DML_STR)};
+static const dml_type echo_t = DML_TYPE(echo_msg, echo_f);
+
+typedef struct sum_args { dml_f32s v; } sum_args;
+typedef struct sum_reply { double sum; int64_t n; } sum_reply;
+static const dml_field sum_args_f[] = {DML_FIELD(sum_args, v, DML_F32S)};
+static const dml_field sum_reply_f[] = {DML_FIELD(sum_reply, sum, DML_F64),
+                                        DML_FIELD(sum_reply, n, DML_I64)};
+static const dml_type sum_args_t = DML_TYPE(sum_args, sum_args_f);
+static const dml_type sum_reply_t = DML_TYPE(sum_reply, sum_reply_f);
+
+typedef struct scale_args { float k; dml_f32s v; } scale_args;
+typedef struct scale_reply { int64_t n; dml_f32s v; } scale_reply;
+static const dml_field scale_args_f[] = {DML_FIELD(scale_args, k, DML_F32),
+                                         DML_FIELD(scale_args, v, DML_F32S)};
+static const dml_field scale_reply_f[] = {DML_FIELD(scale_reply, n, DML_I64),
+                                          DML_FIELD(scale_reply, v, DML_F32S)};
+static const dml_type scale_args_t = DML_TYPE(scale_args, scale_args_f);
+static const dml_type scale_reply_t = DML_TYPE(scale_reply, scale_reply_f);
+
+typedef struct wrong_reply { double C; } wrong_reply;
+static const dml_field wrong_f[] = {DML_FIELD(wrong_reply, C, DML_F64)};
+static const dml_type wrong_t = DML_TYPE(wrong_reply, wrong_f);
+
+static const dml_rpc_method m_echo = {"Test.Echo", &echo_t, &echo_t};
+static const dml_rpc_method m_sum = {"Test.Sum", &sum_args_t, &sum_reply_t};
+static const dml_rpc_method m_scale = {"Test.Scale", &scale_args_t, &scale_reply_t};
+static const dml_rpc_method m_gate = {"Test.Gate", NULL, NULL};
+static const dml_rpc_method m_fail = {"Test.Fail", NULL, NULL};
+static const dml_rpc_method m_nope = {"Nope.Method", NULL, NULL};
+static const dml_rpc_method m_wrong = {"Arith.Multiply", &args_type, &wrong_t};
+static const dml_rpc_method m_sum_as_mul = {"Arith.Multiply", &sum_args_t, &reply_type};
+
+static gate the_gate;
+
+static int h_multiply(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	((Reply *)r)->C = ((const Args *)a)->A * ((const Args *)a)->B;
+	return 0;
+}
+
+static int h_divide(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)u;
+	const Args *x = a;
+	if (x->B == 0)
+		return dml_rpc_errorf(ctx, "divide by zero");
+	((Quotient *)r)->Quo = x->A / x->B;
+	((Quotient *)r)->Rem = x->A % x->B;
+	return 0;
+}
+
+static int h_echo(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	((echo_msg *)r)->s = ((const echo_msg *)a)->s;
+	return 0;
+}
+
+static int h_sum(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	const sum_args *x = a;
+	double s = 0;
+	for (size_t i = 0; i < x->v.n; i++)
+		s += x->v.data[i];
+	((sum_reply *)r)->sum = s;
+	((sum_reply *)r)->n = (int64_t)x->v.n;
+	return 0;
+}
+
+static int h_scale(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	const scale_args *x = a;
+	for (size_t i = 0; i < x->v.n; i++) /* in place: views may be written */
+		x->v.data[i] *= x->k;
+	((scale_reply *)r)->n = (int64_t)x->v.n;
+	((scale_reply *)r)->v = x->v;
+	return 0;
+}
+
+static int h_gate(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)a;
+	(void)r;
+	gate_pass(u);
+	return 0;
+}
+
+static int h_fail(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)a;
+	(void)r;
+	(void)u;
+	return DML_EIO;
+}
+
+static void serve(fixture *f, const char *addr, const dml_rpc_server_opts *o,
+                  int threads)
+{
+	memset(f, 0, sizeof *f);
+	assert_int_equal(dml_rpc_server_new(&f->srv, o), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &arith_multiply, h_multiply, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &arith_divide, h_divide, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_echo, h_echo, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_sum, h_sum, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_scale, h_scale, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_gate, h_gate, &the_gate), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_fail, h_fail, NULL), 0);
+	assert_int_equal(dml_rpc_server_listen(f->srv, addr), 0);
+	if (threads)
+		fixture_start(f, threads);
+	else
+		assert_int_equal(dml_rpc_server_addr(f->srv, 0, f->addr, sizeof f->addr), 0);
+}
+
+static dml_rpc_client *dial(const char *addr)
+{
+	dml_rpc_client *c = NULL;
+	assert_int_equal(dml_rpc_dial(&c, addr, NULL), 0);
+	return c;
+}
+
+static int64_t mul(dml_rpc_client *c, int64_t a, int64_t b)
+{
+	Args x = {a, b};
+	Reply r = {-1};
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &x, &r, 10000), 0);
+	return r.C;
+}
+
+/* ---- basics ------------------------------------------------------- */
+
+static void check_arith(dml_rpc_client *c)
+{
+	assert_int_equal(mul(c, 7, 8), 56);
+	Args x = {17, 8};
+	Quotient q;
+	assert_int_equal(dml_rpc_call(c, &arith_divide, &x, &q, 10000), 0);
+	assert_int_equal(q.Quo, 2);
+	assert_int_equal(q.Rem, 1);
+}
+
+static void test_roundtrip_and_errors(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	assert_true(dml_rpc_server_port(f.srv, 0) > 0);
+	dml_rpc_client *c = dial(f.addr);
+	check_arith(c);
+	char msg[DML_RPC_ERRMSG_MAX];
+
+	Args z = {1, 0};
+	Quotient q;
+	assert_int_equal(dml_rpc_call(c, &arith_divide, &z, &q, 10000), DML_EHANDLER);
+	dml_rpc_client_errmsg(c, msg, sizeof msg);
+	assert_string_equal(msg, "divide by zero");
+
+	assert_int_equal(dml_rpc_call(c, &m_nope, NULL, NULL, 10000), DML_ENOMETHOD);
+	dml_rpc_client_errmsg(c, msg, sizeof msg);
+	assert_non_null(strstr(msg, "Nope.Method"));
+
+	assert_int_equal(dml_rpc_call(c, &m_fail, NULL, NULL, 10000), DML_EHANDLER);
+	dml_rpc_client_errmsg(c, msg, sizeof msg);
+	assert_string_equal(msg, dml_strerror(DML_EIO));
+
+	/* a reply of another type than expected */
+	Args x = {2, 3};
+	wrong_reply w;
+	assert_int_equal(dml_rpc_call(c, &m_wrong, &x, &w, 10000), DML_ETYPE);
+	/* arguments of another type than the server's */
+	float v[3] = {1, 2, 3};
+	sum_args sa = {{v, 3, 0}};
+	Reply r;
+	assert_int_equal(dml_rpc_call(c, &m_sum_as_mul, &sa, &r, 10000), DML_EPROTO);
+	/* the connection survived all of it */
+	assert_int_equal(mul(c, -3, 5), -15);
+
+	/* strings round trip, into a caller buffer */
+	char out[32];
+	echo_msg in = {{"hello, world", 12, 0}}, back = {{out, 0, sizeof out}};
+	assert_int_equal(dml_rpc_call(c, &m_echo, &in, &back, 10000), 0);
+	assert_int_equal(back.s.n, 12);
+	assert_memory_equal(out, "hello, world", 12);
+	/* sync calls need caller buffers for variable-length replies */
+	echo_msg view = {{NULL, 0, 0}};
+	assert_int_equal(dml_rpc_call(c, &m_echo, &in, &view, 10000), DML_EINVAL);
+
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
+static void test_unix_socket(void **state)
+{
+	(void)state;
+	char addr[64];
+	snprintf(addr, sizeof addr, "unix:/tmp/distml-test-%d.sock", (int)getpid());
+	fixture f;
+	serve(&f, addr, NULL, 1);
+	assert_string_equal(f.addr, addr);
+	assert_int_equal(dml_rpc_server_port(f.srv, 0), DML_ENOTFOUND);
+	dml_rpc_client *c = dial(addr);
+	check_arith(c);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+	assert_int_equal(access(addr + 5, F_OK), -1); /* removed on free */
+}
+
+static void test_ipv6(void **state)
+{
+	(void)state;
+	dml_rpc_server *s;
+	assert_int_equal(dml_rpc_server_new(&s, NULL), 0);
+	int rc = dml_rpc_server_listen(s, "[::1]:0");
+	dml_rpc_server_free(s);
+	if (rc == DML_EADDR || rc == DML_ESYS)
+		skip(); /* no IPv6 loopback on this machine */
+	fixture f;
+	serve(&f, "[::1]:0", NULL, 1);
+	assert_non_null(strstr(f.addr, "[::1]:"));
+	dml_rpc_client *c = dial(f.addr);
+	check_arith(c);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
+static void test_setup_errors(void **state)
+{
+	(void)state;
+	dml_rpc_server *s;
+	assert_int_equal(dml_rpc_server_new(&s, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(s, &arith_multiply, h_multiply, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(s, &arith_multiply, h_multiply, NULL), DML_EEXIST);
+	char longname[300];
+	memset(longname, 'a', sizeof longname - 1);
+	longname[sizeof longname - 1] = 0;
+	dml_rpc_method lm = {longname, NULL, NULL};
+	assert_int_equal(dml_rpc_server_register(s, &lm, h_multiply, NULL), DML_EINVAL);
+	assert_int_equal(dml_rpc_server_listen(s, "127.0.0.1"), DML_EADDR);
+	assert_int_equal(dml_rpc_server_listen(s, "127.0.0.1:99999"), DML_EADDR);
+	assert_int_equal(dml_rpc_server_listen(s, "127.0.0.1:0"), 0);
+	char addr[64];
+	assert_int_equal(dml_rpc_server_addr(s, 0, addr, sizeof addr), 0);
+	assert_int_equal(dml_rpc_server_addr(s, 1, addr, sizeof addr), DML_ENOTFOUND);
+	dml_rpc_server_free(s); /* the port is closed now */
+	dml_rpc_client *c = NULL;
+	assert_int_equal(dml_rpc_dial(&c, addr, NULL), DML_ECONNREFUSED);
+	assert_null(c);
+	assert_int_equal(dml_rpc_dial(&c, "no-port", NULL), DML_EADDR);
+	assert_int_equal(dml_rpc_dial(&c, "unix:/nonexistent/x.sock", NULL), DML_ECONNREFUSED);
+	/* poll after stop */
+	assert_int_equal(dml_rpc_server_new(&s, NULL), 0);
+	dml_rpc_server_stop(s);
+	dml_rpc_server_stop(s);
+	assert_int_equal(dml_rpc_server_poll(s, 0), DML_ESTOPPED);
+	assert_int_equal(dml_rpc_server_run(s), 0);
+	dml_rpc_server_free(s);
+	dml_rpc_server_free(NULL);
+	dml_rpc_client_free(NULL);
+	dml_rpc_pending_free(NULL);
+}
+
+/* ---- concurrency -------------------------------------------------- */
+
+#define NTHREADS 8
+typedef struct worker {
+	const char *addr;
+	dml_rpc_client *shared;
+	int id, calls, bad;
+} worker;
+
+static void *worker_main(void *p)
+{
+	worker *w = p;
+	dml_rpc_client *c = w->shared;
+	if (!c && dml_rpc_dial(&c, w->addr, NULL) != 0) {
+		w->bad = -1;
+		return NULL;
+	}
+	for (int i = 0; i < w->calls; i++) {
+		Args x = {w->id * 100000 + i, i % 7 - 3};
+		Reply r = {0};
+		if (dml_rpc_call(c, &arith_multiply, &x, &r, 10000) != 0 || r.C != x.A * x.B)
+			w->bad++;
+	}
+	if (!w->shared)
+		dml_rpc_client_free(c);
+	return NULL;
+}
+
+static void run_workers(const char *addr, dml_rpc_client *shared, int calls)
+{
+	pthread_t t[NTHREADS];
+	worker w[NTHREADS];
+	for (int i = 0; i < NTHREADS; i++) {
+		w[i] = (worker){addr, shared, i + 1, calls, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+	}
+	for (int i = 0; i < NTHREADS; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(w[i].bad, 0);
+	}
+}
+
+static void test_many_clients(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	run_workers(f.addr, NULL, 2000);
+	fixture_stop(&f);
+}
+
+static void test_shared_client(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	dml_rpc_client *c = dial(f.addr);
+	run_workers(f.addr, c, 1000);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
+static void test_pipelined(void **state)
+{
+	(void)state;
+	enum { N = 1000 };
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *c = dial(f.addr);
+	static dml_rpc_pending *k[N];
+	static Args a[N];
+	static Reply r[N];
+	for (int i = 0; i < N; i++) {
+		a[i] = (Args){i, i + 1};
+		assert_int_equal(dml_rpc_go(c, &arith_multiply, &a[i], &r[i], 10000, &k[i]), 0);
+	}
+	for (int i = N - 1; i >= 0; i--) { /* waits in reverse order */
+		assert_int_equal(dml_rpc_wait(k[i]), 0);
+		assert_int_equal(dml_rpc_wait(k[i]), 0); /* again: same result */
+		assert_int_equal(r[i].C, (int64_t)i * (i + 1));
+		dml_rpc_pending_free(k[i]);
+	}
+	/* async replies with views that live as long as the handle */
+	char text[N][16];
+	static echo_msg in[N], out[N];
+	for (int i = 0; i < N; i++) {
+		int n = snprintf(text[i], sizeof text[i], "msg %d", i);
+		in[i].s = (dml_str){text[i], (size_t)n, 0};
+		memset(&out[i], 0, sizeof out[i]);
+		assert_int_equal(dml_rpc_go(c, &m_echo, &in[i], &out[i], 10000, &k[i]), 0);
+	}
+	assert_int_equal(dml_rpc_flush(c, 10000), 0);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(dml_rpc_wait(k[i]), 0);
+		assert_int_equal(out[i].s.n, strlen(text[i]));
+		assert_memory_equal(out[i].s.data, text[i], out[i].s.n);
+	}
+	for (int i = 0; i < N; i++)
+		dml_rpc_pending_free(k[i]);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
+static void test_large_arrays(void **state)
+{
+	(void)state;
+	enum { N = 10 * 1000 * 1000 };
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *c = dial(f.addr);
+	float *v = malloc(N * sizeof *v), *back = malloc(N * sizeof *back);
+	assert_non_null(v);
+	assert_non_null(back);
+	double want = 0;
+	for (int i = 0; i < N; i++) {
+		v[i] = (float)(i % 1000 - 500); /* integers: the sum is exact */
+		want += v[i];
+	}
+	sum_args sa = {{v, N, 0}};
+	sum_reply sr;
+	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 30000), 0);
+	assert_int_equal(sr.n, N);
+	assert_true(sr.sum == want);
+
+	/* a large reply straight into the caller's buffer */
+	scale_args sc = {2.0f, {v, N, 0}};
+	scale_reply rep = {0, {back, 0, N}};
+	assert_int_equal(dml_rpc_call(c, &m_scale, &sc, &rep, 30000), 0);
+	assert_int_equal(rep.n, N);
+	assert_int_equal(rep.v.n, N);
+	assert_ptr_equal(rep.v.data, back);
+	for (int i = 0; i < N; i++)
+		if (back[i] != 2.0f * v[i])
+			fail_msg("element %d: %g != %g", i, back[i], 2.0f * v[i]);
+	/* ... or as a view that the handle owns */
+	dml_rpc_pending *k;
+	scale_reply rv = {0};
+	sc.k = 3.0f;
+	assert_int_equal(dml_rpc_go(c, &m_scale, &sc, &rv, 30000, &k), 0);
+	assert_int_equal(dml_rpc_wait(k), 0);
+	assert_int_equal(rv.v.n, N);
+	assert_int_equal((uintptr_t)rv.v.data % 4, 0);
+	for (int i = 0; i < N; i++)
+		if (rv.v.data[i] != 3.0f * v[i])
+			fail_msg("element %d", i);
+	dml_rpc_pending_free(k);
+	/* a caller buffer that is too small is an error, and harmless */
+	scale_reply small = {0, {back, 0, N / 2}};
+	assert_int_equal(dml_rpc_call(c, &m_scale, &sc, &small, 30000), DML_ETOOBIG);
+	assert_int_equal(mul(c, 6, 7), 42);
+	free(v);
+	free(back);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
+/* ---- deadlines, stop, close --------------------------------------- */
+
+static void test_deadline(void **state)
+{
+	(void)state;
+	gate_init(&the_gate);
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	dml_rpc_client *c = dial(f.addr);
+	assert_int_equal(dml_rpc_call(c, &m_gate, NULL, NULL, 50), DML_ETIMEDOUT);
+	sem_wait(&the_gate.entered); /* the handler did run */
+	gate_open(&the_gate);
+	/* the late reply is discarded; the connection works on */
+	assert_int_equal(mul(c, 9, 9), 81);
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_go(c, &arith_multiply, &(Args){1, 1}, &(Reply){0}, 0, &k), 0);
+	int rc = dml_rpc_wait(k); /* zero timeout: done already, or timed out */
+	assert_true(rc == 0 || rc == DML_ETIMEDOUT);
+	dml_rpc_pending_free(k);
+	assert_int_equal(mul(c, 2, 21), 42);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+	gate_destroy(&the_gate);
+}
+
+static void test_stop_in_flight(void **state)
+{
+	(void)state;
+	gate_init(&the_gate);
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	dml_rpc_client *c = dial(f.addr);
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_go(c, &m_gate, NULL, NULL, 30000, &k), 0);
+	assert_int_equal(dml_rpc_flush(c, 10000), 0);
+	sem_wait(&the_gate.entered); /* a handler is running */
+	dml_rpc_server_stop(f.srv);
+	gate_open(&the_gate);
+	for (int i = 0; i < f.nrunners; i++) {
+		pthread_join(f.runners[i], NULL);
+		assert_int_equal(f.run_rc[i], 0);
+	}
+	/* a call sent after the stop is never served; freeing the server fails it */
+	dml_rpc_pending *k2;
+	assert_int_equal(dml_rpc_go(c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 30000, &k2), 0);
+	assert_int_equal(dml_rpc_flush(c, 10000), 0);
+	dml_rpc_server_free(f.srv);
+	int rc = dml_rpc_wait(k); /* its reply may have gone out before the stop */
+	assert_true(rc == 0 || rc == DML_ECONNLOST);
+	assert_int_equal(dml_rpc_wait(k2), DML_ECONNLOST);
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 1000), DML_ECONNLOST);
+	dml_rpc_pending_free(k);
+	dml_rpc_pending_free(k2);
+	dml_rpc_client_free(c);
+	gate_destroy(&the_gate);
+}
+
+typedef struct waiter_arg {
+	dml_rpc_pending *k;
+	int rc;
+} waiter_arg;
+
+static void *waiter_main(void *p)
+{
+	waiter_arg *w = p;
+	w->rc = dml_rpc_wait(w->k);
+	return NULL;
+}
+
+static void test_close_pending(void **state)
+{
+	(void)state;
+	gate_init(&the_gate);
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	dml_rpc_client *c = dial(f.addr);
+	waiter_arg w[4];
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(dml_rpc_go(c, &m_gate, NULL, NULL, 60000, &w[i].k), 0);
+		w[i].rc = 1;
+		assert_int_equal(pthread_create(&t[i], NULL, waiter_main, &w[i]), 0);
+	}
+	sem_wait(&the_gate.entered); /* requests are out, handlers held */
+	dml_rpc_client_close(c);
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(w[i].rc, DML_ECLOSED);
+		dml_rpc_pending_free(w[i].k);
+	}
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_go(c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 1000, &k), DML_ECLOSED);
+	dml_rpc_client_close(c); /* idempotent */
+	dml_rpc_client_free(c);
+	gate_open(&the_gate);
+	fixture_stop(&f);
+	gate_destroy(&the_gate);
+}
+
+/* ---- hostile peers (raw sockets) ---------------------------------- */
+
+static int raw_connect(fixture *f)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in sa = {0};
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)dml_rpc_server_port(f->srv, 0));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	return fd;
+}
+
+static void raw_send(int fd, const void *p, size_t n)
+{
+	assert_int_equal(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+/* Reads until EOF (bounded: 10 s); returns bytes read. */
+static size_t read_to_eof(int fd, uint8_t *buf, size_t cap)
+{
+	size_t got = 0;
+	for (;;) {
+		struct pollfd p = {fd, POLLIN, 0};
+		assert_int_equal(poll(&p, 1, 10000), 1);
+		uint8_t tmp[4096];
+		ssize_t n = recv(fd, tmp, sizeof tmp, 0);
+		if (n <= 0)
+			return got;
+		size_t take = (size_t)n < cap - got ? (size_t)n : cap - got;
+		memcpy(buf + got, tmp, take);
+		got += take;
+	}
+}
+
+/* Reads exactly n bytes (bounded). */
+static void read_n(int fd, uint8_t *buf, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		struct pollfd p = {fd, POLLIN, 0};
+		assert_int_equal(poll(&p, 1, 10000), 1);
+		ssize_t r = recv(fd, buf + got, n - got, 0);
+		assert_true(r > 0);
+		got += (size_t)r;
+	}
+}
+
+static size_t request(uint8_t *p, uint64_t seq, const char *name,
+                      const void *payload, size_t plen)
+{
+	size_t n = strlen(name);
+	uint32_t len = (uint32_t)(16 + n + plen);
+	memcpy(p, &len, 4);
+	p[4] = 1;
+	p[5] = 1;
+	uint16_t nl = (uint16_t)n;
+	memcpy(p + 6, &nl, 2);
+	memcpy(p + 8, &seq, 8);
+	memset(p + 16, 0, 4);
+	memcpy(p + 20, name, n);
+	if (plen)
+		memcpy(p + 20 + n, payload, plen);
+	return 20 + n + plen;
+}
+
+static void test_hostile_frames(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *good = dial(f.addr);
+	uint8_t buf[8192];
+
+	/* oversized: a header announcing 100 MiB is refused before allocating */
+	int fd = raw_connect(&f);
+	uint8_t h[20];
+	size_t n = request(h, 1, "", NULL, 0);
+	uint32_t big = 100u << 20;
+	memcpy(h, &big, 4);
+	raw_send(fd, h, n);
+	assert_int_equal(read_to_eof(fd, buf, sizeof buf), 0);
+	close(fd);
+	assert_int_equal(mul(good, 3, 4), 12);
+
+	/* garbage */
+	fd = raw_connect(&f);
+	srand(7);
+	for (size_t i = 0; i < 256; i++)
+		buf[i] = (uint8_t)rand();
+	raw_send(fd, buf, 256);
+	assert_int_equal(read_to_eof(fd, buf, sizeof buf), 0);
+	close(fd);
+	assert_int_equal(mul(good, 5, 4), 20);
+
+	/* truncated: half a frame, then the peer goes away */
+	fd = raw_connect(&f);
+	uint8_t payload[64] = {0};
+	n = request(buf, 9, "Arith.Multiply", payload, sizeof payload);
+	raw_send(fd, buf, n / 2);
+	shutdown(fd, SHUT_WR);
+	assert_int_equal(read_to_eof(fd, buf, sizeof buf), 0);
+	close(fd);
+
+	/* a reply frame sent to a server is a protocol error */
+	fd = raw_connect(&f);
+	n = request(buf, 9, "x", NULL, 0);
+	buf[5] = 2;
+	raw_send(fd, buf, n);
+	assert_int_equal(read_to_eof(fd, buf, sizeof buf), 0);
+	close(fd);
+
+	/* undecodable arguments: an error reply, and the connection stays */
+	fd = raw_connect(&f);
+	uint8_t bad_args[9] = {DML_F64, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f};
+	n = request(buf, 42, "Arith.Multiply", bad_args, sizeof bad_args);
+	raw_send(fd, buf, n);
+	read_n(fd, buf, 20);
+	uint64_t seq;
+	uint32_t status, len;
+	memcpy(&len, buf, 4);
+	memcpy(&seq, buf + 8, 8);
+	memcpy(&status, buf + 16, 4);
+	assert_int_equal(buf[5], 2);
+	assert_int_equal(seq, 42);
+	assert_int_equal(status, 3);
+	read_n(fd, buf, len - 16);
+	uint8_t good_args[18] = {DML_I64, 6, 0, 0, 0, 0, 0, 0, 0, DML_I64, 7, 0, 0, 0, 0, 0, 0, 0};
+	n = request(buf, 43, "Arith.Multiply", good_args, sizeof good_args);
+	raw_send(fd, buf, n);
+	read_n(fd, buf, 29);
+	memcpy(&status, buf + 16, 4);
+	assert_int_equal(status, 0);
+	assert_int_equal(buf[20], DML_I64);
+	int64_t prod;
+	memcpy(&prod, buf + 21, 8);
+	assert_int_equal(prod, 42);
+	close(fd);
+
+	assert_int_equal(mul(good, 6, 4), 24);
+	dml_rpc_client_free(good);
+	fixture_stop(&f);
+}
+
+static void test_frame_limits(void **state)
+{
+	(void)state;
+	dml_rpc_server_opts so = {0};
+	so.max_frame = 4096;
+	fixture f;
+	serve(&f, "127.0.0.1:0", &so, 1);
+	float v[2000] = {0};
+	sum_args sa = {{v, 2000, 0}};
+	sum_reply sr;
+	/* the client's own limit: refused before sending, connection intact */
+	dml_rpc_client_opts co = {0};
+	co.max_frame = 4096;
+	dml_rpc_client *c;
+	assert_int_equal(dml_rpc_dial(&c, f.addr, &co), 0);
+	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), DML_ETOOBIG);
+	assert_int_equal(mul(c, 2, 2), 4);
+	dml_rpc_client_free(c);
+	/* the server's limit: it drops the connection */
+	c = dial(f.addr);
+	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), DML_ECONNLOST);
+	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), DML_ECONNLOST);
+	dml_rpc_client_free(c);
+	/* a reply over the server's limit comes back as an error */
+	c = dial(f.addr);
+	sa.v.n = 1000;
+	scale_args sc = {1.0f, {v, 1000, 0}};
+	float back[1000];
+	scale_reply rep = {0, {back, 0, 1000}};
+	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), 0);
+	assert_int_equal(dml_rpc_call(c, &m_scale, &sc, &rep, 10000), 0);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
+/* ---- scale and host-driven loops ---------------------------------- */
+
+static void test_1000_connections(void **state)
+{
+	(void)state;
+	enum { N = 1000 };
+	struct rlimit rl;
+	getrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < 2 * N + 64) {
+		rl.rlim_cur = rl.rlim_max < 2 * N + 64 ? rl.rlim_max : 2 * N + 64;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+		if (rl.rlim_cur < 2 * N + 64)
+			skip();
+	}
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1); /* one thread serves them all */
+	static dml_rpc_client *c[N];
+	static dml_rpc_pending *k[N];
+	static Args a[N];
+	static Reply r[N];
+	for (int i = 0; i < N; i++)
+		c[i] = dial(f.addr);
+	for (int i = 0; i < N; i++) {
+		a[i] = (Args){i, 3};
+		assert_int_equal(dml_rpc_go(c[i], &arith_multiply, &a[i], &r[i], 30000, &k[i]), 0);
+		assert_int_equal(dml_rpc_flush(c[i], 10000), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(dml_rpc_wait(k[i]), 0);
+		assert_int_equal(r[i].C, 3 * i);
+		dml_rpc_pending_free(k[i]);
+	}
+	for (int i = 0; i < N; i++)
+		dml_rpc_client_free(c[i]);
+	fixture_stop(&f);
+}
+
+typedef struct loop_arg {
+	dml_rpc_server *s;
+	int rc;
+	int events;
+} loop_arg;
+
+/* The host's own event loop: poll() on the server's fd, then a step. */
+static void *host_loop(void *p)
+{
+	loop_arg *l = p;
+	for (int i = 0; i < 1000000; i++) {
+		struct pollfd pf = {dml_rpc_server_fd(l->s), POLLIN, 0};
+		if (poll(&pf, 1, 10000) != 1) {
+			l->rc = -1000;
+			return NULL;
+		}
+		int rc = dml_rpc_server_poll(l->s, 0);
+		if (rc < 0) {
+			l->rc = rc;
+			return NULL;
+		}
+		l->events += rc;
+	}
+	return NULL;
+}
+
+static void test_host_event_loop(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 0);
+	loop_arg l = {f.srv, 0, 0};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, host_loop, &l), 0);
+	dml_rpc_client *c = dial(f.addr);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(mul(c, i, 2), 2 * i);
+	dml_rpc_server_stop(f.srv);
+	pthread_join(t, NULL);
+	assert_int_equal(l.rc, DML_ESTOPPED);
+	assert_true(l.events >= 101); /* an accept and at least one read per call */
+	dml_rpc_client_free(c);
+	dml_rpc_server_free(f.srv);
+}
+
+static void test_stop_wakes_every_runner(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 4);
+	dml_rpc_client *c = dial(f.addr);
+	assert_int_equal(mul(c, 1, 1), 1);
+	fixture_stop(&f); /* joins all four */
+	dml_rpc_client_free(c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_roundtrip_and_errors),
+		cmocka_unit_test(test_unix_socket),
+		cmocka_unit_test(test_ipv6),
+		cmocka_unit_test(test_setup_errors),
+		cmocka_unit_test(test_many_clients),
+		cmocka_unit_test(test_shared_client),
+		cmocka_unit_test(test_pipelined),
+		cmocka_unit_test(test_large_arrays),
+		cmocka_unit_test(test_deadline),
+		cmocka_unit_test(test_stop_in_flight),
+		cmocka_unit_test(test_close_pending),
+		cmocka_unit_test(test_hostile_frames),
+		cmocka_unit_test(test_frame_limits),
+		cmocka_unit_test(test_1000_connections),
+		cmocka_unit_test(test_host_event_loop),
+		cmocka_unit_test(test_stop_wakes_every_runner),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,110 @@
+/* testutil.h - shared test fixtures: cmocka, a server run by threads on an
+ * ephemeral loopback port, and a gate that holds handlers. */
+#ifndef TESTUTIL_H
+#define TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <distml.h>
+
+#define MAX_RUNNERS 8
+
+/* A server with its run-loop threads. */
+typedef struct fixture {
+	dml_rpc_server *srv;
+	pthread_t runners[MAX_RUNNERS];
+	int nrunners;
+	int run_rc[MAX_RUNNERS];
+	char addr[128];
+} fixture;
+
+typedef struct runner_arg {
+	fixture *f;
+	int i;
+} runner_arg;
+
+static runner_arg runner_args[MAX_RUNNERS];
+
+static void *fixture_runner(void *p)
+{
+	runner_arg *a = p;
+	a->f->run_rc[a->i] = dml_rpc_server_run(a->f->srv);
+	return NULL;
+}
+
+/* Starts `threads` run loops on a server already set up and listening. */
+static inline void fixture_start(fixture *f, int threads)
+{
+	assert_int_equal(dml_rpc_server_addr(f->srv, 0, f->addr, sizeof f->addr), 0);
+	f->nrunners = threads;
+	for (int i = 0; i < threads; i++) {
+		runner_args[i].f = f;
+		runner_args[i].i = i;
+		assert_int_equal(pthread_create(&f->runners[i], NULL, fixture_runner,
+		                                &runner_args[i]), 0);
+	}
+}
+
+/* Stops the run loops, checks they returned 0, frees the server. */
+static inline void fixture_stop(fixture *f)
+{
+	dml_rpc_server_stop(f->srv);
+	for (int i = 0; i < f->nrunners; i++) {
+		pthread_join(f->runners[i], NULL);
+		assert_int_equal(f->run_rc[i], 0);
+	}
+	dml_rpc_server_free(f->srv);
+	f->srv = NULL;
+}
+
+/* A gate: handlers announce they entered, then wait until it opens. */
+typedef struct gate {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int open;
+	sem_t entered;
+} gate;
+
+static inline void gate_init(gate *g)
+{
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	g->open = 0;
+	sem_init(&g->entered, 0, 0);
+}
+
+static inline void gate_pass(gate *g)
+{
+	sem_post(&g->entered);
+	pthread_mutex_lock(&g->mu);
+	while (!g->open)
+		pthread_cond_wait(&g->cv, &g->mu);
+	pthread_mutex_unlock(&g->mu);
+}
+
+static inline void gate_open(gate *g)
+{
+	pthread_mutex_lock(&g->mu);
+	g->open = 1;
+	pthread_cond_broadcast(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+}
+
+static inline void gate_destroy(gate *g)
+{
+	pthread_mutex_destroy(&g->mu);
+	pthread_cond_destroy(&g->cv);
+	sem_destroy(&g->entered);
+}
+
+#endif
