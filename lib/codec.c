@@ -153,9 +153,7 @@ static int enc_field(const dml_field *f, const void *msg, dml__writer *w)
 
 int dml__encode_w(const dml_type *t, const void *msg, dml__writer *w)
 {
-	int rc = dml_type_check(t);
-	if (rc)
-		return rc;
+	int rc;
 	if (t->nfields && !msg)
 		return DML_EINVAL;
 	for (size_t i = 0; i < t->nfields; i++)
@@ -180,7 +178,7 @@ int dml__encode_size(const dml_type *t, const void *msg, size_t ext_min,
 int dml_encode(const dml_type *t, const void *msg, void *buf, size_t cap,
                size_t *len)
 {
-	if (!len || (!buf && cap))
+	if (!len || (!buf && cap) || dml_type_check(t))
 		return DML_EINVAL;
 	dml__writer w = {0};
 	w.p = buf;
@@ -283,9 +281,7 @@ static int dec_field(const dml_field *f, void *msg, reader *r, int hole)
 int dml__decode_h(const dml_type *t, void *msg, const uint8_t *buf,
                   size_t len, int hole)
 {
-	int rc = dml_type_check(t);
-	if (rc)
-		return rc;
+	int rc;
 	if ((t->nfields && !msg) || (len && !buf))
 		return DML_EINVAL;
 	reader r = {buf, len, 0};
@@ -299,6 +295,8 @@ int dml__decode_h(const dml_type *t, void *msg, const uint8_t *buf,
 
 int dml_decode(const dml_type *t, void *msg, const void *buf, size_t len)
 {
+	if (dml_type_check(t))
+		return DML_EINVAL;
 	return dml__decode_h(t, msg, buf, len, -1);
 }
 

@@ -41,7 +41,8 @@ typedef struct dml__writer {
 	int next;
 } dml__writer;
 
-/* Encodes `msg`; fails only with DML_EINVAL (bad type or field). With a
+/* Encodes `msg` of a type already checked with dml_type_check; fails
+ * with DML_EINVAL (bad field) or DML_ETOOBIG. With a
  * NULL or too small `p` it still counts (w->pos/off give the sizes) and
  * returns DML_ETOOBIG if p was non-NULL and too small. */
 int dml__encode_w(const dml_type *t, const void *msg, dml__writer *w);
@@ -50,7 +51,7 @@ int dml__encode_w(const dml_type *t, const void *msg, dml__writer *w);
 int dml__encode_size(const dml_type *t, const void *msg, size_t ext_min,
                      size_t *inline_len, size_t *total_len);
 
-/* Decodes; `hole` is the index of a field whose array data is absent from
+/* Decodes (type already checked); `hole` is the index of a field whose array data is absent from
  * `buf` (already in the caller's buffer), or -1. */
 int dml__decode_h(const dml_type *t, void *msg, const uint8_t *buf,
                   size_t len, int hole);

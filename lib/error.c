@@ -53,11 +53,17 @@ int64_t dml__now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Deadlines are taken from the coarse clock (no TSC read: cheap on every
+ * call), rounded up so that they never come before the precise clock's. */
 int64_t dml__deadline(dml_duration timeout)
 {
 	if (timeout < 0)
 		return -1;
-	return dml__now_ms() + timeout;
+	struct timespec ts, res;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	clock_getres(CLOCK_MONOTONIC_COARSE, &res);
+	return (int64_t)ts.tv_sec * 1000 + (ts.tv_nsec + res.tv_nsec) / 1000000 +
+	       1 + timeout;
 }
 
 int dml__remaining_ms(int64_t deadline)

@@ -20,10 +20,11 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,7 +46,7 @@ struct dml_rpc_pending {
 	const dml_type *rtype;
 	void *reply;
 	int64_t deadline;
-	int state;
+	atomic_int state;
 	int result;
 	int in_use;  /* the reader is writing into this call unlocked */
 	int abandon; /* its waiter gave up: reader must let go */
@@ -71,7 +72,10 @@ typedef struct big {
 
 struct dml_rpc_client {
 	int fd;
-	int wakefd;
+	int rcvtimeo; /* SO_RCVTIMEO now set on fd, ms */
+	atomic_int abandon_req; /* a waiter wants the reader to let go */
+	atomic_int queued;      /* requests wait in `out` */
+	_Atomic(const dml_rpc_method *) checked[16]; /* methods with valid types */
 	dml_rpc_client_opts o;
 	pthread_mutex_t mu; /* everything below but the write side */
 	uint64_t next_seq;
@@ -122,8 +126,8 @@ static void table_remove(dml_rpc_client *c, dml_rpc_pending *k)
 static void call_finish(dml_rpc_client *c, dml_rpc_pending *k, int result)
 {
 	table_remove(c, k);
-	k->state = CALL_DONE;
 	k->result = result;
+	atomic_store_explicit(&k->state, CALL_DONE, memory_order_release);
 	pthread_cond_signal(&k->cv);
 }
 
@@ -188,15 +192,13 @@ static void fail_all(dml_rpc_client *c, int err)
 			call_finish(c, c->table[i], c->broken);
 }
 
-/* Shuts the connection down with `err`; the reader, if any, notices. */
+/* Shuts the connection down with `err` (under mu); the reader, if any,
+ * notices and fails the calls itself. */
 static void conn_break(dml_rpc_client *c, int err)
 {
 	if (!c->broken) {
 		c->broken = err;
-		shutdown(c->fd, SHUT_RDWR);
-		uint64_t one = 1;
-		ssize_t w = write(c->wakefd, &one, sizeof one);
-		(void)w;
+		shutdown(c->fd, SHUT_RDWR); /* wakes a reader blocked in recv */
 	}
 	if (!c->reader)
 		fail_all(c, err);
@@ -355,23 +357,33 @@ static int big_read(dml_rpc_client *c)
 /* Handles complete small frames buffered in c->in; starts a large one. */
 static int parse_buffered(dml_rpc_client *c)
 {
+	int locked = 0;
 	while (!c->bg.active && c->in.len - c->rpos >= DML__FRAME_HDR) {
 		const uint8_t *f = c->in.data + c->rpos;
 		size_t have = c->in.len - c->rpos;
 		dml__frame fr;
 		int rc = dml__frame_parse(f, have, c->o.max_frame, &fr);
-		if (rc && rc != DML_ETOOBIG)
+		if (!rc || rc == DML_ETOOBIG)
+			rc = fr.kind == DML__KIND_REPLY ? rc : DML_EPROTO;
+		if (rc && rc != DML_ETOOBIG) {
+			if (locked)
+				pthread_mutex_unlock(&c->mu);
 			return rc;
-		if (fr.kind != DML__KIND_REPLY)
-			return DML_EPROTO;
+		}
 		if (rc == 0 && have >= fr.total) {
-			pthread_mutex_lock(&c->mu);
+			if (!locked) { /* one lock for a run of small replies */
+				pthread_mutex_lock(&c->mu);
+				locked = 1;
+			}
 			dml_rpc_pending *k = table_find(c, fr.seq);
 			if (k)
 				finish_from_body(c, k, &fr, f + DML__FRAME_HDR, 1);
-			pthread_mutex_unlock(&c->mu);
 			c->rpos += fr.total;
 			continue;
+		}
+		if (locked) {
+			pthread_mutex_unlock(&c->mu);
+			locked = 0;
 		}
 		if (rc == 0 && fr.total <= c->in.cap) {
 			/* fits the buffer: compact and read on */
@@ -391,6 +403,8 @@ static int parse_buffered(dml_rpc_client *c)
 		big_feed(c, c->in.data + c->rpos, body);
 		c->rpos += body;
 	}
+	if (locked)
+		pthread_mutex_unlock(&c->mu);
 	if (c->rpos == c->in.len)
 		c->rpos = c->in.len = 0;
 	else if (c->in.cap - c->in.len < DML__FRAME_HDR) {
@@ -415,41 +429,44 @@ static void release_abandoned(dml_rpc_client *c)
 	}
 }
 
-/* One step of the reader: waits for input until `deadline`, reads once and
- * dispatches. 0, DML_ETIMEDOUT, or a connection error. */
+/* How long one blocking read may last before the reader looks at its
+ * deadline and at waiters that gave up (see abandon()). */
+#define READER_TICK_MS 50
+
+/* One step of the reader: one blocking read (bounded by the deadline and the
+ * tick), then dispatch. 0, DML_ETIMEDOUT, or a connection error. The socket
+ * is blocking for reads, so a reply wakes the reader inside recv() directly:
+ * no poll() per reply. */
 static int read_step(dml_rpc_client *c, int64_t deadline)
 {
-	struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->wakefd, POLLIN, 0}};
-	int n = poll(p, 2, dml__remaining_ms(deadline));
-	if (n == 0)
+	int left = dml__remaining_ms(deadline);
+	if (left == 0)
 		return DML_ETIMEDOUT;
-	if (n < 0)
-		return errno == EINTR ? 0 : DML_ESYS;
-	if (p[1].revents) {
-		uint64_t v;
-		ssize_t r = read(c->wakefd, &v, sizeof v);
-		(void)r;
-		pthread_mutex_lock(&c->mu);
-		release_abandoned(c);
-		int broken = c->broken;
-		pthread_mutex_unlock(&c->mu);
-		if (broken)
-			return broken;
+	int tmo = (left < 0 || left > READER_TICK_MS) ? READER_TICK_MS : left;
+	if (tmo != c->rcvtimeo) {
+		struct timeval tv = {tmo / 1000, (tmo % 1000) * 1000};
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		c->rcvtimeo = tmo;
 	}
-	if (!p[0].revents)
-		return 0;
+	int rc;
 	if (c->bg.active) {
-		int rc = big_read(c);
-		if (rc)
-			return rc;
-		return parse_buffered(c);
+		rc = big_read(c);
+	} else {
+		ssize_t r = dml__read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+		if (r > 0)
+			c->in.len += (size_t)r;
+		rc = r > 0 ? 0 : (int)r;
 	}
-	ssize_t r = dml__read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
-	if (r == DML_EAGAIN)
+	if (atomic_load_explicit(&c->abandon_req, memory_order_relaxed)) {
+		pthread_mutex_lock(&c->mu);
+		atomic_store(&c->abandon_req, 0);
+		release_abandoned(c);
+		pthread_mutex_unlock(&c->mu);
+	}
+	if (rc == DML_EAGAIN) /* the tick passed */
 		return 0;
-	if (r < 0)
-		return (int)r;
-	c->in.len += (size_t)r;
+	if (rc)
+		return rc;
 	return parse_buffered(c);
 }
 
@@ -462,6 +479,8 @@ static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
  * stream, so any failure here breaks the connection. */
 static int flush(dml_rpc_client *c, int64_t deadline)
 {
+	if (!atomic_load_explicit(&c->queued, memory_order_acquire))
+		return 0;
 	pthread_mutex_lock(&c->wmu);
 	int rc = c->out.len ? write_queue(c, NULL, 0, deadline) : 0;
 	pthread_mutex_unlock(&c->wmu);
@@ -521,6 +540,7 @@ static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
 	iov[niov++] = (struct iovec){c->out.data + from, c->out.len - from};
 	int rc = dml__writev_all(c->fd, iov, niov, deadline);
 	c->out.len = 0;
+	atomic_store_explicit(&c->queued, 0, memory_order_relaxed);
 	return rc;
 }
 
@@ -588,19 +608,32 @@ static int64_t call_deadline(dml_rpc_client *c, dml_duration timeout)
 	return dml__deadline(timeout);
 }
 
+/* Checks a method's types once per client (a small cache of methods seen). */
+static int method_check(dml_rpc_client *c, const dml_rpc_method *m)
+{
+	size_t slot = ((uintptr_t)m >> 4) % 16;
+	if (atomic_load_explicit(&c->checked[slot], memory_order_relaxed) == m)
+		return 0;
+	if ((m->args && dml_type_check(m->args)) || (m->reply && dml_type_check(m->reply)))
+		return DML_EINVAL;
+	atomic_store_explicit(&c->checked[slot], m, memory_order_relaxed);
+	return 0;
+}
+
 int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
                void *reply, dml_duration timeout, dml_rpc_pending **out)
 {
 	if (!c || !m || !m->name || !out || (m->reply && m->reply->nfields && !reply))
 		return DML_EINVAL;
-	size_t name_len = strlen(m->name);
+	size_t name_len = strnlen(m->name, DML_RPC_MAX_METHOD + 1);
 	if (name_len == 0 || name_len > DML_RPC_MAX_METHOD)
 		return DML_EINVAL;
-	if (m->reply && dml_type_check(m->reply))
-		return DML_EINVAL;
+	int rc = method_check(c, m);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&c->mu);
 	if (c->broken) {
-		int rc = c->broken;
+		rc = c->broken;
 		pthread_mutex_unlock(&c->mu);
 		return rc;
 	}
@@ -620,9 +653,11 @@ int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 	size_t base;
 	int wrc = 0;
 	pthread_mutex_lock(&c->wmu);
-	int rc = queue_request(c, k->seq, m, name_len, args, &w, &base);
+	rc = queue_request(c, k->seq, m, name_len, args, &w, &base);
 	if (!rc && (w.next || c->out.len >= QUEUE_FLUSH))
 		wrc = write_queue(c, &w, base, k->deadline);
+	else if (!rc)
+		atomic_store_explicit(&c->queued, 1, memory_order_release);
 	pthread_mutex_unlock(&c->wmu);
 
 	if (rc || wrc) {
@@ -679,19 +714,19 @@ static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
 	pthread_cond_timedwait(cv, mu, &ts);
 }
 
-/* Gives a call up at its deadline (under mu). */
+/* Gives a call up at its deadline (under mu). If the reader is receiving
+ * into the call's buffers, waits until it has let go, so that nothing is
+ * written into them after this returns. */
 static int abandon(dml_rpc_client *c, dml_rpc_pending *k)
 {
 	while (k->in_use) {
+		k->abandon = 1;
 		if (!c->reader) {
-			k->abandon = 1;
 			release_abandoned(c);
 			break;
 		}
-		k->abandon = 1;
-		uint64_t one = 1;
-		ssize_t w = write(c->wakefd, &one, sizeof one);
-		(void)w;
+		/* the reader lets go after its current read (one tick at most) */
+		atomic_store(&c->abandon_req, 1);
 		pthread_cond_wait(&k->cv, &c->mu);
 	}
 	if (k->state == CALL_PENDING)
@@ -821,18 +856,19 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 		free(c);
 		return DML_ENOMEM;
 	}
-	c->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->wakefd < 0) {
-		dml__buf_free(&c->in);
-		free(c);
-		return DML_ESYS;
-	}
 	int rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
 	if (rc) {
-		close(c->wakefd);
 		dml__buf_free(&c->in);
 		free(c);
 		return rc;
+	}
+	/* Reads block (bounded by SO_RCVTIMEO); writes pass MSG_DONTWAIT. */
+	int fl = fcntl(c->fd, F_GETFL);
+	if (fl < 0 || fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+		close(c->fd);
+		dml__buf_free(&c->in);
+		free(c);
+		return DML_ESYS;
 	}
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->wmu, NULL);
@@ -865,7 +901,6 @@ void dml_rpc_client_free(dml_rpc_client *c)
 		call_destroy(k);
 	}
 	close(c->fd);
-	close(c->wakefd);
 	pthread_mutex_destroy(&c->mu);
 	pthread_mutex_destroy(&c->wmu);
 	dml__buf_free(&c->in);

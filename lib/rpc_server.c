@@ -51,6 +51,7 @@ struct conn {
 	dml__buf out; /* bytes [opos, out.len) are unsent */
 	size_t opos;
 	dml__buf scratch; /* argument/reply structs, aligned payload copies */
+	method_ent *last; /* the method of the previous request */
 };
 
 struct dml_rpc_ctx {
@@ -399,8 +400,12 @@ static int dispatch(dml_rpc_server *s, conn *c, const uint8_t *f,
 		return DML_EPROTO;
 	const char *name = (const char *)f + DML__FRAME_HDR;
 	const uint8_t *payload = f + DML__FRAME_HDR + fr->name_len;
-	method_ent *e = fr->name_len <= DML_RPC_MAX_METHOD
-		? method_find(s, name, fr->name_len) : NULL;
+	method_ent *e = c->last; /* connections mostly repeat one method */
+	if (!e || e->name_len != fr->name_len || memcmp(e->m->name, name, e->name_len)) {
+		e = fr->name_len <= DML_RPC_MAX_METHOD
+			? method_find(s, name, fr->name_len) : NULL;
+		c->last = e;
+	}
 	char msg[DML_RPC_ERRMSG_MAX];
 	if (!e) {
 		int shown = fr->name_len > 64 ? 64 : fr->name_len;

@@ -241,7 +241,7 @@ ssize_t dml__writev(int fd, const struct iovec *iov, int n)
 	m.msg_iov = (struct iovec *)(uintptr_t)iov;
 	m.msg_iovlen = (size_t)n;
 	for (;;) {
-		ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL);
+		ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (w >= 0)
 			return w;
 		if (errno == EINTR)

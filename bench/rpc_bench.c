@@ -1,0 +1,382 @@
+/*
+ * rpc_bench.c - RPC throughput over loopback, each figure beside a plain-C
+ * raw-TCP baseline measured in the same run:
+ *   1. sequential small calls/s (Arith.Multiply, one in flight) vs a raw
+ *      ping-pong of the same byte counts;
+ *   2. pipelined calls/s, windows of 64 in flight on one connection, vs raw
+ *      windows of 64 messages sent in one write();
+ *   3. a 40 MB float32 argument, MB/s, vs a raw 40 MB send.
+ * Each figure is the median of ROUNDS rounds, ours and raw alternating.
+ * Every loop is bounded in count and time; everything is on 127.0.0.1.
+ *
+ *     rpc_bench [seconds-per-measurement]   (default 0.4)
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <distml.h>
+
+#include "../examples/arith.h"
+
+#define ROUNDS 5
+#define WINDOW 64
+#define BULK_FLOATS (10 * 1000 * 1000)
+#define MAX_CALLS 5000000
+
+typedef struct floats { dml_f32s v; } floats;
+static const dml_field floats_f[] = {DML_FIELD(floats, v, DML_F32S)};
+static const dml_type floats_t = DML_TYPE(floats, floats_f);
+static const dml_rpc_method arith_sum = {"Arith.Sum", &floats_t, &reply_type};
+
+static double secs = 0.4;
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, int rc)
+{
+	fprintf(stderr, "rpc_bench: %s: %s\n", what, rc < 0 ? dml_strerror(rc) : "failed");
+	exit(1);
+}
+
+/* ---- libdistml side ------------------------------------------------ */
+
+static int h_multiply(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	((Reply *)r)->C = ((const Args *)a)->A * ((const Args *)a)->B;
+	return 0;
+}
+
+static int h_sum(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	((Reply *)r)->C = (int64_t)((const floats *)a)->v.n;
+	return 0;
+}
+
+static void *run_server(void *s)
+{
+	dml_rpc_server_run(s);
+	return NULL;
+}
+
+static double dml_seq(dml_rpc_client *c)
+{
+	long n = 0;
+	double t0 = now(), t;
+	do {
+		for (int i = 0; i < 100; i++, n++) {
+			Args a = {n, 3};
+			Reply r;
+			int rc = dml_rpc_call(c, &arith_multiply, &a, &r, 10000);
+			if (rc || r.C != 3 * n)
+				die("seq call", rc);
+		}
+		t = now() - t0;
+	} while (t < secs && n < MAX_CALLS);
+	return n / t;
+}
+
+static double dml_pipe(dml_rpc_client *c)
+{
+	long n = 0;
+	dml_rpc_pending *k[WINDOW];
+	Args a[WINDOW];
+	Reply r[WINDOW];
+	double t0 = now(), t;
+	do {
+		for (int i = 0; i < WINDOW; i++) {
+			a[i] = (Args){n + i, 3};
+			int rc = dml_rpc_go(c, &arith_multiply, &a[i], &r[i], 10000, &k[i]);
+			if (rc)
+				die("go", rc);
+		}
+		for (int i = 0; i < WINDOW; i++) {
+			int rc = dml_rpc_wait(k[i]);
+			if (rc || r[i].C != 3 * (n + i))
+				die("wait", rc);
+			dml_rpc_pending_free(k[i]);
+		}
+		n += WINDOW;
+		t = now() - t0;
+	} while (t < secs && n < MAX_CALLS);
+	return n / t;
+}
+
+static double dml_bulk(dml_rpc_client *c, float *v)
+{
+	int n = 0;
+	double t0 = now(), t;
+	do {
+		floats f = {{v, BULK_FLOATS, 0}};
+		Reply r;
+		int rc = dml_rpc_call(c, &arith_sum, &f, &r, 30000);
+		if (rc || r.C != BULK_FLOATS)
+			die("bulk call", rc);
+		n++;
+		t = now() - t0;
+	} while ((t < secs || n < 3) && n < 1000);
+	return n * (BULK_FLOATS * 4.0 / 1e6) / t;
+}
+
+/* ---- raw TCP baseline ----------------------------------------------- */
+/* Messages are a u32 length (of what follows) and a body, of the same byte
+ * counts as the RPC frames. The server answers every complete message with
+ * a reply of REP bytes, all replies for one read() in one write(). */
+
+static size_t REQ, REP; /* bytes of a Multiply request / reply frame */
+#define RAW_BUF ((size_t)48 << 20)
+
+static int raw_listen(int *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {0};
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t len = sizeof sa;
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 4) ||
+	    getsockname(fd, (struct sockaddr *)&sa, &len))
+		die("raw listen", 1);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+static void nodelay(int fd)
+{
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	while (n) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w <= 0)
+			return -1;
+		p = (const char *)p + w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int read_all(int fd, void *p, size_t n)
+{
+	while (n) {
+		ssize_t r = recv(fd, p, n, 0);
+		if (r <= 0)
+			return -1;
+		p = (char *)p + r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static void *raw_server(void *arg)
+{
+	int lfd = *(int *)arg;
+	int fd = accept(lfd, NULL, NULL);
+	nodelay(fd);
+	uint8_t *in = malloc(RAW_BUF), *out = malloc(WINDOW * 64);
+	memset(out, 0, WINDOW * 64);
+	size_t have = 0;
+	for (;;) {
+		ssize_t r = recv(fd, in + have, RAW_BUF - have, 0);
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		size_t pos = 0, nrep = 0;
+		while (have - pos >= 4) {
+			uint32_t len;
+			memcpy(&len, in + pos, 4);
+			if (have - pos < 4 + (size_t)len)
+				break;
+			pos += 4 + len;
+			nrep++;
+		}
+		if (nrep) {
+			for (size_t i = 0; i < nrep; i += WINDOW) {
+				size_t k = nrep - i < WINDOW ? nrep - i : WINDOW;
+				if (write_all(fd, out, k * REP))
+					goto done;
+			}
+			memmove(in, in + pos, have - pos);
+			have -= pos;
+		}
+	}
+done:
+	free(in);
+	free(out);
+	close(fd);
+	return NULL;
+}
+
+static int raw_dial(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {0};
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa))
+		die("raw connect", 1);
+	nodelay(fd);
+	return fd;
+}
+
+static void raw_msg(uint8_t *p, size_t total)
+{
+	memset(p, 1, total);
+	uint32_t len = (uint32_t)(total - 4);
+	memcpy(p, &len, 4);
+}
+
+static double raw_seq(int fd)
+{
+	uint8_t req[256], rep[256];
+	raw_msg(req, REQ);
+	long n = 0;
+	double t0 = now(), t;
+	do {
+		for (int i = 0; i < 100; i++, n++)
+			if (write_all(fd, req, REQ) || read_all(fd, rep, REP))
+				die("raw seq", 1);
+		t = now() - t0;
+	} while (t < secs && n < MAX_CALLS);
+	return n / t;
+}
+
+static double raw_pipe(int fd)
+{
+	static uint8_t req[WINDOW * 256], rep[WINDOW * 256];
+	for (int i = 0; i < WINDOW; i++)
+		raw_msg(req + i * REQ, REQ);
+	long n = 0;
+	double t0 = now(), t;
+	do {
+		if (write_all(fd, req, WINDOW * REQ) || read_all(fd, rep, WINDOW * REP))
+			die("raw pipe", 1);
+		n += WINDOW;
+		t = now() - t0;
+	} while (t < secs && n < MAX_CALLS);
+	return n / t;
+}
+
+static double raw_bulk(int fd, float *v)
+{
+	uint8_t rep[256];
+	int n = 0;
+	double t0 = now(), t;
+	do {
+		uint32_t len = BULK_FLOATS * 4;
+		if (write_all(fd, &len, 4) || write_all(fd, v, len) || read_all(fd, rep, REP))
+			die("raw bulk", 1);
+		n++;
+		t = now() - t0;
+	} while ((t < secs || n < 3) && n < 1000);
+	return n * (BULK_FLOATS * 4.0 / 1e6) / t;
+}
+
+/* ---- main ------------------------------------------------------------ */
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof *v, cmp);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1)
+		secs = atof(argv[1]);
+	if (secs <= 0 || secs > 10)
+		secs = 0.4;
+	/* the byte counts of one Multiply request and reply frame */
+	Args a = {1, 2};
+	Reply r = {2};
+	size_t alen, rlen;
+	dml_encode(&args_type, &a, NULL, 0, &alen);
+	dml_encode(&reply_type, &r, NULL, 0, &rlen);
+	REQ = 20 + strlen(arith_multiply.name) + alen;
+	REP = 20 + rlen;
+
+	dml_rpc_server *srv;
+	int rc = dml_rpc_server_new(&srv, NULL);
+	if (!rc)
+		rc = dml_rpc_server_register(srv, &arith_multiply, h_multiply, NULL);
+	if (!rc)
+		rc = dml_rpc_server_register(srv, &arith_sum, h_sum, NULL);
+	if (!rc)
+		rc = dml_rpc_server_listen(srv, "127.0.0.1:0");
+	if (rc)
+		die("server", rc);
+	char addr[64];
+	dml_rpc_server_addr(srv, 0, addr, sizeof addr);
+	pthread_t st, rt;
+	pthread_create(&st, NULL, run_server, srv);
+	dml_rpc_client *c;
+	if ((rc = dml_rpc_dial(&c, addr, NULL)))
+		die("dial", rc);
+
+	int port, lfd = raw_listen(&port);
+	pthread_create(&rt, NULL, raw_server, &lfd);
+	int fd = raw_dial(port);
+
+	float *v = malloc(BULK_FLOATS * sizeof *v);
+	for (int i = 0; i < BULK_FLOATS; i++)
+		v[i] = (float)i;
+
+	double ds[ROUNDS], rs[ROUNDS], dp[ROUNDS], rp[ROUNDS], db[ROUNDS], rb[ROUNDS];
+	dml_seq(c); /* warm up */
+	raw_seq(fd);
+	for (int i = 0; i < ROUNDS; i++) {
+		ds[i] = dml_seq(c);
+		rs[i] = raw_seq(fd);
+		dp[i] = dml_pipe(c);
+		rp[i] = raw_pipe(fd);
+		db[i] = dml_bulk(c, v);
+		rb[i] = raw_bulk(fd, v);
+	}
+	double mds = median(ds, ROUNDS), mrs = median(rs, ROUNDS);
+	double mdp = median(dp, ROUNDS), mrp = median(rp, ROUNDS);
+	double mdb = median(db, ROUNDS), mrb = median(rb, ROUNDS);
+	printf("# RPC over loopback, median of %d rounds of %.1f s (request %zu B, reply %zu B)\n",
+	       ROUNDS, secs, REQ, REP);
+	printf("%-34s %14s %14s %7s %7s\n", "figure", "libdistml", "raw TCP", "ratio", "target");
+	printf("%-34s %14.0f %14.0f %7.2f %7s\n", "1. sequential calls/s", mds, mrs, mds / mrs, ">=0.8");
+	printf("%-34s %14.0f %14.0f %7.2f %7s\n", "2. pipelined calls/s (64 in flight)", mdp, mrp, mdp / mrp, ">=0.3");
+	printf("%-34s %14.0f %14.0f %7.2f %7s\n", "3. 40 MB float32 argument, MB/s", mdb, mrb, mdb / mrb, ">=0.7");
+	printf("RESULT distml seq_calls_per_s=%.0f pipelined_calls_per_s=%.0f bulk_MB_per_s=%.0f\n", mds, mdp, mdb);
+	printf("RESULT raw seq_calls_per_s=%.0f pipelined_calls_per_s=%.0f bulk_MB_per_s=%.0f\n", mrs, mrp, mrb);
+
+	close(fd);
+	pthread_join(rt, NULL);
+	close(lfd);
+	dml_rpc_client_free(c);
+	dml_rpc_server_stop(srv);
+	pthread_join(st, NULL);
+	dml_rpc_server_free(srv);
+	free(v);
+	return 0;
+}
