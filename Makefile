@@ -40,7 +40,7 @@ TESTS := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all lib check demo bench bench-peers install uninstall clean valgrind deps examples
+.PHONY: all lib check check-install demo bench bench-peers install uninstall clean valgrind deps examples
 all: lib examples
 
 lib: $(STATIC) $(B)/libdistml.so
@@ -78,7 +78,10 @@ deps:
 	@sh scripts/deps.sh
 
 check: deps
-	@$(MAKE) --no-print-directory $(TESTS)
+	@$(MAKE) --no-print-directory lib examples $(TESTS)
+ifndef SANITIZE
+	@sh scripts/test-install.sh $(B)
+endif
 	@sh scripts/run-tests.sh $(TESTS)
 
 valgrind: deps
