@@ -500,26 +500,29 @@ static int queue_request(dml_rpc_client *c, uint64_t seq, const dml_rpc_method *
 {
 	static const dml_type empty = {"empty", NULL, 0, 0};
 	const dml_type *t = m->args ? m->args : &empty;
-	size_t inl, total;
-	int rc = dml__encode_size(t, args, EXT_MIN, &inl, &total);
+	size_t hdr = DML__FRAME_HDR + name_len, guess = 256;
+	int rc;
+	for (;;) { /* one pass when the guess fits; a sized second one if not */
+		if ((rc = dml__buf_reserve(&c->out, hdr + guess)))
+			return rc;
+		memset(w, 0, sizeof *w);
+		w->p = c->out.data + c->out.len + hdr;
+		w->cap = guess;
+		w->ext_min = EXT_MIN;
+		rc = dml__encode_w(t, args, w);
+		if (rc != DML_ETOOBIG || w->pos <= guess)
+			break;
+		guess = w->pos;
+	}
 	if (rc)
 		return rc;
-	if (total > c->o.max_frame - DML__FRAME_HDR - name_len)
+	if (w->off > c->o.max_frame || hdr + w->off > c->o.max_frame)
 		return DML_ETOOBIG;
-	size_t hdr = DML__FRAME_HDR + name_len;
-	if ((rc = dml__buf_reserve(&c->out, hdr + inl)))
-		return rc;
 	uint8_t *p = c->out.data + c->out.len;
-	dml__frame_header(p, DML__KIND_REQUEST, seq, 0, name_len, total);
+	dml__frame_header(p, DML__KIND_REQUEST, seq, 0, name_len, w->off);
 	memcpy(p + DML__FRAME_HDR, m->name, name_len);
-	memset(w, 0, sizeof *w);
-	w->p = p + hdr;
-	w->cap = inl;
-	w->ext_min = EXT_MIN;
-	if ((rc = dml__encode_w(t, args, w)))
-		return rc;
 	*base = c->out.len + hdr;
-	c->out.len += hdr + inl;
+	c->out.len += hdr + w->pos;
 	return 0;
 }
 

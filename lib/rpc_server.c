@@ -370,23 +370,28 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 	static const dml_type empty = {"empty", NULL, 0, 0};
 	if (!t)
 		t = &empty;
-	size_t inl, total;
-	if (dml__encode_size(t, reply, SIZE_MAX, &inl, &total))
-		return reply_error(c, seq, DML__ST_HANDLER, "reply could not be encoded");
-	if (total > s->o.max_frame - DML__FRAME_HDR)
-		return reply_error(c, seq, DML__ST_TOOBIG, "reply larger than the frame limit");
-	int rc = dml__buf_reserve(&c->out, DML__FRAME_HDR + total);
+	dml__writer w;
+	size_t limit = s->o.max_frame - DML__FRAME_HDR;
+	size_t guess = limit < 256 ? limit : 256;
+	int rc;
+	for (;;) { /* one pass when the guess fits; a sized second one if not */
+		if ((rc = dml__buf_reserve(&c->out, DML__FRAME_HDR + guess)))
+			return rc;
+		memset(&w, 0, sizeof w);
+		w.p = c->out.data + c->out.len + DML__FRAME_HDR;
+		w.cap = guess;
+		w.ext_min = SIZE_MAX;
+		rc = dml__encode_w(t, reply, &w);
+		if (rc != DML_ETOOBIG || w.pos <= guess)
+			break;
+		if (w.pos > limit)
+			return reply_error(c, seq, DML__ST_TOOBIG, "reply larger than the frame limit");
+		guess = w.pos;
+	}
 	if (rc)
-		return rc;
-	uint8_t *p = c->out.data + c->out.len;
-	dml__frame_header(p, DML__KIND_REPLY, seq, 0, 0, total);
-	dml__writer w = {0};
-	w.p = p + DML__FRAME_HDR;
-	w.cap = total;
-	w.ext_min = SIZE_MAX;
-	if (dml__encode_w(t, reply, &w))
 		return reply_error(c, seq, DML__ST_HANDLER, "reply could not be encoded");
-	c->out.len += DML__FRAME_HDR + total;
+	dml__frame_header(c->out.data + c->out.len, DML__KIND_REPLY, seq, 0, 0, w.pos);
+	c->out.len += DML__FRAME_HDR + w.pos;
 	return 0;
 }
 
