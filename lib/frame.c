@@ -18,8 +18,9 @@ int dml__frame_parse(const uint8_t *p, size_t n, size_t max_frame,
 	uint32_t status = dml__get_u32(p + 16);
 	if (kind == DML__KIND_REQUEST && (status != 0 || name_len == 0))
 		return DML_EPROTO;
-	if (kind == DML__KIND_REPLY && status > DML__ST_MAX)
-		return DML_EPROTO;
+	if (kind == DML__KIND_REPLY &&
+	    (status > DML__ST_MAX || (status == DML__ST_OK && name_len != 0)))
+		return DML_EPROTO; /* only error replies carry a message */
 	size_t total = (size_t)len + 4;
 	out->total = total;
 	out->kind = kind;

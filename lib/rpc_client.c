@@ -67,6 +67,7 @@ typedef struct big {
 	size_t left;         /* frame body bytes not yet received */
 	int field;
 	size_t count_off, esize, n;
+	size_t shift;        /* bulk: where the prefix sits in the payload buffer */
 	int result;          /* error decided before the body arrived */
 } big;
 
@@ -228,7 +229,7 @@ static void big_start(dml_rpc_client *c, const dml__frame *fr, int too_big)
 		k = NULL;
 	}
 	if (k) {
-		if (fr->status == DML__ST_OK && k->rtype &&
+		if (fr->status == DML__ST_OK && fr->name_len == 0 && k->rtype &&
 		    dml__bulk_plan(k->rtype, k->reply, &b->field, &b->count_off,
 		                   &b->esize) == 0 &&
 		    b->count_off + 8 <= fr->payload_len)
@@ -248,67 +249,97 @@ static void big_start(dml_rpc_client *c, const dml__frame *fr, int too_big)
 	pthread_mutex_unlock(&c->mu);
 }
 
-/* The current segment is complete: move to the next, or finish. Returns 1
- * when the frame is done. */
-static int big_advance(dml_rpc_client *c)
+/* Stops receiving into the current call (it fails with `err`, unless its
+ * waiter gave up already) and discards the rest of the frame. */
+static void big_drop(dml_rpc_client *c, int err)
+{
+	big *b = &c->bg;
+	pthread_mutex_lock(&c->mu);
+	b->k->in_use = 0;
+	if (b->k->abandon)
+		pthread_cond_signal(&b->k->cv);
+	else
+		call_finish(c, b->k, err);
+	b->k = NULL;
+	pthread_mutex_unlock(&c->mu);
+	b->bulk = 0;
+	big_segment(b, NULL, b->left);
+}
+
+/* Finishes the call of a completely received large frame. */
+static void big_finish(dml_rpc_client *c)
+{
+	big *b = &c->bg;
+	pthread_mutex_lock(&c->mu);
+	dml_rpc_pending *k = b->k;
+	b->active = 0;
+	b->k = NULL;
+	if (k) {
+		k->in_use = 0;
+		if (k->abandon) {
+			pthread_cond_signal(&k->cv);
+		} else if (!b->bulk || b->phase == 0) {
+			finish_from_body(c, k, &b->fr, k->payload.data, 0);
+		} else {
+			dml__array_set_n(k->rtype, k->reply, b->field, b->n);
+			size_t len = b->fr.payload_len - b->n * b->esize;
+			int rc = dml__decode_h(k->rtype, k->reply, k->payload.data + b->shift,
+			                       len, b->field);
+			call_finish(c, k, rc);
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+/*
+ * The current segment is complete: move to the next, or finish. In bulk
+ * mode the payload is received as [prefix][array][rest]: the prefix (up to
+ * the element count) into the call's buffer, the array into the caller's,
+ * the rest after the prefix. The prefix is moved by `shift` bytes so that
+ * the rest keeps its alignment modulo 8 (later arrays may be views).
+ */
+static void big_advance(dml_rpc_client *c)
 {
 	big *b = &c->bg;
 	if (b->left == 0) {
-		pthread_mutex_lock(&c->mu);
-		dml_rpc_pending *k = b->k;
-		b->active = 0;
-		b->k = NULL;
-		if (k) {
-			k->in_use = 0;
-			if (k->abandon) {
-				pthread_cond_signal(&k->cv);
-			} else if (!b->bulk || b->phase == 0) {
-				finish_from_body(c, k, &b->fr, k->payload.data, 0);
-			} else {
-				dml__array_set_n(k->rtype, k->reply, b->field, b->n);
-				size_t len = b->fr.payload_len - b->n * b->esize;
-				int rc = dml__decode_h(k->rtype, k->reply, k->payload.data,
-				                       len, b->field);
-				call_finish(c, k, rc);
-			}
-		}
-		pthread_mutex_unlock(&c->mu);
-		return 1;
+		big_finish(c);
+		return;
 	}
 	if (!b->k || !b->bulk) /* discarding, or one segment for everything */
-		return 0;
+		return;
+	dml__buf *pl = &b->k->payload;
+	size_t pre = b->count_off + 8;
 	if (b->phase == 0) {
-		uint64_t n = dml__get_u64(b->k->payload.data + b->count_off);
+		uint64_t n = dml__get_u64(pl->data + b->count_off);
 		void *data;
 		size_t cap;
 		dml__array_dest(b->k->rtype, b->k->reply, b->field, &data, &cap);
-		if (n <= cap && n <= b->left / b->esize) {
-			b->n = (size_t)n;
-			b->phase = 1;
-			big_segment(b, data, b->n * b->esize);
-			if (b->need)
-				return 0;
-		} else { /* not what the plan expected: take it whole */
-			b->bulk = 0;
-			size_t have = b->count_off + 8;
-			b->k->payload.len = have; /* keep the prefix */
-			if (dml__buf_grow(&b->k->payload, b->fr.payload_len + 1)) {
-				pthread_mutex_lock(&c->mu);
-				b->k->in_use = 0;
-				call_finish(c, b->k, DML_ENOMEM);
-				b->k = NULL;
-				pthread_mutex_unlock(&c->mu);
-				big_segment(b, NULL, b->left);
-				return 0;
+		pl->len = pre; /* keep the prefix when growing */
+		if (n > cap || n > b->left / b->esize) {
+			/* not what the plan expected: take it whole, decode says why */
+			if (dml__buf_grow(pl, b->fr.payload_len + 1)) {
+				big_drop(c, DML_ENOMEM);
+				return;
 			}
-			big_segment(b, b->k->payload.data + have, b->left);
-			return 0;
+			b->bulk = 0;
+			big_segment(b, pl->data + pre, b->left);
+			return;
 		}
+		b->n = (size_t)n;
+		size_t rest = b->left - b->n * b->esize;
+		b->shift = (b->n * b->esize) % 8;
+		if (dml__buf_grow(pl, b->shift + pre + rest + 1)) {
+			big_drop(c, DML_ENOMEM);
+			return;
+		}
+		memmove(pl->data + b->shift, pl->data, pre);
+		b->phase = 1;
+		big_segment(b, data, b->n * b->esize);
+		if (b->need)
+			return;
 	}
-	/* phase 1 done (or empty): the rest follows the prefix */
 	b->phase = 2;
-	big_segment(b, b->k->payload.data + b->count_off + 8, b->left);
-	return 0;
+	big_segment(b, pl->data + b->shift + pre, b->left);
 }
 
 /* Feeds bytes already read into the current large frame. */
@@ -755,6 +786,9 @@ static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 			int rc = read_step(c, k->deadline);
 			pthread_mutex_lock(&c->mu);
 			c->reader = 0;
+			/* a waiter may have given up after the read: let go now */
+			atomic_store(&c->abandon_req, 0);
+			release_abandoned(c);
 			if (rc && rc != DML_ETIMEDOUT)
 				conn_break(c, rc);
 			continue;
@@ -775,7 +809,8 @@ int dml_rpc_wait(dml_rpc_pending *k)
 	dml_rpc_client *c = k->c;
 	if (k->state == CALL_DONE)
 		return k->result;
-	flush(c, k->deadline);
+	if (k->deadline < 0 || dml__now_ms() < k->deadline)
+		flush(c, k->deadline); /* an expired call must not break the rest */
 	pthread_mutex_lock(&c->mu);
 	int rc = wait_locked(c, k);
 	pthread_mutex_unlock(&c->mu);
@@ -842,7 +877,8 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 	dml_rpc_client_opts o = {0};
 	if (opts)
 		o = *opts;
-	if (o.codec != DML_CODEC_BINARY || (o.max_frame && o.max_frame < 64))
+	if (o.codec != DML_CODEC_BINARY || (o.max_frame && o.max_frame < 64) ||
+	    o.max_frame > (size_t)UINT32_MAX)
 		return DML_EINVAL;
 	if (!o.dial_timeout)
 		o.dial_timeout = 10000;

@@ -23,6 +23,7 @@
 #define READ_CHUNK (16 * 1024)
 #define EVENTS_PER_POLL 8
 #define ACCEPTS_PER_EVENT 64
+#define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
 
 enum { SRC_STOP = 1, SRC_LISTEN, SRC_CONN };
 
@@ -169,7 +170,8 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 	if (opts)
 		s->o = *opts;
 	if (s->o.codec != DML_CODEC_BINARY || s->o.max_conns < 0 ||
-	    (s->o.max_frame && s->o.max_frame < 64)) {
+	    (s->o.max_frame && s->o.max_frame < 64) ||
+	    s->o.max_frame > (size_t)UINT32_MAX) {
 		free(s);
 		return DML_EINVAL;
 	}
@@ -462,6 +464,13 @@ static int conn_flush(conn *c)
 	return 0;
 }
 
+/* Whether unsent replies are over the limit: the connection then stops
+ * reading requests until the peer reads its replies. */
+static int backlogged(const conn *c)
+{
+	return c->out.len - c->opos > OUT_HIGH;
+}
+
 /* Makes room to read the rest of a frame of `total` bytes whose first
  * bytes sit at rpos; places it so that its payload is 8-aligned. */
 static int conn_make_room(conn *c, size_t total, size_t name_len)
@@ -529,9 +538,12 @@ static int conn_read(dml_rpc_server *s, conn *c)
 			c->rpos = 0;
 			c->in.len = have;
 		}
-		/* Send replies before reading more. */
+		/* Send replies before reading more; stop reading while the peer
+		 * does not take them (re-armed for output only, see conn_event). */
 		if ((rc = conn_flush(c)))
 			return rc;
+		if (backlogged(c))
+			return 0;
 		size_t room = c->in.cap - c->in.len;
 		ssize_t n = dml__read(c->fd, c->in.data + c->in.len, room);
 		if (n == DML_EAGAIN)
@@ -552,15 +564,19 @@ static int conn_read(dml_rpc_server *s, conn *c)
 static void conn_event(dml_rpc_server *s, conn *c, uint32_t events)
 {
 	int rc = 0;
-	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-		rc = conn_read(s, c);
-	else if (events & EPOLLOUT)
+	if (events & EPOLLOUT)
 		rc = conn_flush(c);
+	/* Read when asked to, or when output drained below the limit (input
+	 * was not watched meanwhile). */
+	if (!rc && !backlogged(c) && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLOUT)))
+		rc = conn_read(s, c);
 	if (rc) {
 		conn_close(s, c);
 		return;
 	}
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.ptr = c};
+	struct epoll_event ev = {.events = EPOLLONESHOT, .data.ptr = c};
+	if (!backlogged(c))
+		ev.events |= EPOLLIN;
 	if (c->opos < c->out.len)
 		ev.events |= EPOLLOUT;
 	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)

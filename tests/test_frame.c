@@ -55,6 +55,10 @@ static void test_malformed(void **state)
 	assert_int_equal(dml__frame_parse(h, sizeof h, 1 << 20, &f), DML_EPROTO);
 	dml__frame_header(h, DML__KIND_REPLY, 1, 99, 0, 0); /* unknown status */
 	assert_int_equal(dml__frame_parse(h, sizeof h, 1 << 20, &f), DML_EPROTO);
+	dml__frame_header(h, DML__KIND_REPLY, 1, 0, 4, 10); /* OK reply with a name */
+	assert_int_equal(dml__frame_parse(h, sizeof h, 1 << 20, &f), DML_EPROTO);
+	dml__frame_header(h, DML__KIND_REPLY, 1, 2, 4, 0); /* error with a message */
+	assert_int_equal(dml__frame_parse(h, sizeof h, 1 << 20, &f), 0);
 	/* random headers never crash and never report more than they say */
 	srand(1);
 	for (int i = 0; i < 100000; i++) {

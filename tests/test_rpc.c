@@ -39,6 +39,22 @@ typedef struct wrong_reply { double C; } wrong_reply;
 static const dml_field wrong_f[] = {DML_FIELD(wrong_reply, C, DML_F64)};
 static const dml_type wrong_t = DML_TYPE(wrong_reply, wrong_f);
 
+typedef struct mixed_args { int64_t na, nb, nd; } mixed_args;
+typedef struct mixed_reply { dml_f32s a; dml_bytes b; dml_f64s d; } mixed_reply;
+static const dml_field mixed_args_f[] = {DML_FIELD(mixed_args, na, DML_I64),
+                                         DML_FIELD(mixed_args, nb, DML_I64),
+                                         DML_FIELD(mixed_args, nd, DML_I64)};
+static const dml_field mixed_reply_f[] = {DML_FIELD(mixed_reply, a, DML_F32S),
+                                          DML_FIELD(mixed_reply, b, DML_BYTES),
+                                          DML_FIELD(mixed_reply, d, DML_F64S)};
+static const dml_type mixed_args_t = DML_TYPE(mixed_args, mixed_args_f);
+static const dml_type mixed_reply_t = DML_TYPE(mixed_reply, mixed_reply_f);
+static const dml_rpc_method m_mixed = {"Test.Mixed", &mixed_args_t, &mixed_reply_t};
+enum { MIX_MAX = 100000 };
+static float mix_a[MIX_MAX];
+static uint8_t mix_b[MIX_MAX];
+static double mix_d[MIX_MAX];
+
 static const dml_rpc_method m_echo = {"Test.Echo", &echo_t, &echo_t};
 static const dml_rpc_method m_sum = {"Test.Sum", &sum_args_t, &sum_reply_t};
 static const dml_rpc_method m_scale = {"Test.Scale", &scale_args_t, &scale_reply_t};
@@ -102,6 +118,19 @@ static int h_scale(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return 0;
 }
 
+static int h_mixed(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)u;
+	const mixed_args *x = a;
+	if (x->na > MIX_MAX || x->nb > MIX_MAX || x->nd > MIX_MAX)
+		return dml_rpc_errorf(ctx, "too many");
+	mixed_reply *y = r;
+	y->a = (dml_f32s){mix_a, (size_t)x->na, 0};
+	y->b = (dml_bytes){mix_b, (size_t)x->nb, 0};
+	y->d = (dml_f64s){mix_d, (size_t)x->nd, 0};
+	return 0;
+}
+
 static int h_gate(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
 	(void)ctx;
@@ -131,6 +160,7 @@ static void serve(fixture *f, const char *addr, const dml_rpc_server_opts *o,
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_sum, h_sum, NULL), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_scale, h_scale, NULL), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_gate, h_gate, &the_gate), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_mixed, h_mixed, NULL), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_fail, h_fail, NULL), 0);
 	assert_int_equal(dml_rpc_server_listen(f->srv, addr), 0);
 	if (threads)
@@ -442,6 +472,46 @@ static void test_large_arrays(void **state)
 	fixture_stop(&f);
 }
 
+/* A large reply whose first array goes into the caller's buffer, followed
+ * by more fields (views) that must keep their content and alignment. */
+static void test_large_reply_layouts(void **state)
+{
+	(void)state;
+	for (int i = 0; i < MIX_MAX; i++) {
+		mix_a[i] = (float)i;
+		mix_b[i] = (uint8_t)(i * 7);
+		mix_d[i] = -0.5 * i;
+	}
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *c = dial(f.addr);
+	static float a[MIX_MAX];
+	const int64_t sizes[][3] = {{20000, 8192, 8}, {20001, 8192, 9}, {20003, 3, 5},
+	                            {0, 70000, 3}, {33333, 0, 0}, {MIX_MAX, MIX_MAX, MIX_MAX}};
+	for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+		mixed_args x = {sizes[t][0], sizes[t][1], sizes[t][2]};
+		mixed_reply y = {{a, 0, MIX_MAX}, {NULL, 0, 0}, {NULL, 0, 0}};
+		memset(a, 0xff, sizeof a);
+		dml_rpc_pending *k;
+		assert_int_equal(dml_rpc_go(c, &m_mixed, &x, &y, 30000, &k), 0);
+		assert_int_equal(dml_rpc_wait(k), 0);
+		assert_ptr_equal(y.a.data, a);
+		assert_int_equal(y.a.n, x.na);
+		assert_int_equal(y.b.n, x.nb);
+		assert_int_equal(y.d.n, x.nd);
+		assert_memory_equal(a, mix_a, x.na * sizeof(float));
+		if (x.nb)
+			assert_memory_equal(y.b.data, mix_b, x.nb);
+		if (x.nd) {
+			assert_int_equal((uintptr_t)y.d.data % 8, 0);
+			assert_memory_equal(y.d.data, mix_d, x.nd * sizeof(double));
+		}
+		dml_rpc_pending_free(k);
+	}
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
 /* ---- deadlines, stop, close --------------------------------------- */
 
 static void test_deadline(void **state)
@@ -686,6 +756,49 @@ static void test_hostile_frames(void **state)
 	fixture_stop(&f);
 }
 
+/* A peer that sends requests but never reads replies: the server stops
+ * reading from it (bounded output) instead of buffering without limit, and
+ * keeps serving others. */
+static void test_unread_replies_bounded(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *good = dial(f.addr);
+	int fd = raw_connect(&f);
+	size_t n = 1 << 20, plen = 5 + n;
+	uint8_t *req = malloc(20 + 9 + plen);
+	assert_non_null(req);
+	uint8_t *payload = malloc(plen);
+	payload[0] = DML_STR;
+	uint32_t sl = (uint32_t)n;
+	memcpy(payload + 1, &sl, 4);
+	memset(payload + 5, 'x', n);
+	size_t total = request(req, 1, "Test.Echo", payload, plen);
+	int sent = 0;
+	for (; sent < 200; sent++) { /* each 1 MiB request echoes 1 MiB back */
+		size_t off = 0;
+		while (off < total) {
+			struct pollfd p = {fd, POLLOUT, 0};
+			if (poll(&p, 1, 1000) != 1)
+				goto stalled;
+			ssize_t w = send(fd, req + off, total - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+			assert_true(w > 0 || errno == EAGAIN);
+			if (w > 0)
+				off += (size_t)w;
+		}
+	}
+stalled:
+	assert_true(sent < 100); /* the server stopped reading long before */
+	assert_int_equal(mul(good, 11, 11), 121);
+	close(fd);
+	free(req);
+	free(payload);
+	assert_int_equal(mul(good, 12, 12), 144);
+	dml_rpc_client_free(good);
+	fixture_stop(&f);
+}
+
 static void test_frame_limits(void **state)
 {
 	(void)state;
@@ -826,6 +939,8 @@ int main(void)
 		cmocka_unit_test(test_shared_client),
 		cmocka_unit_test(test_pipelined),
 		cmocka_unit_test(test_large_arrays),
+		cmocka_unit_test(test_large_reply_layouts),
+		cmocka_unit_test(test_unread_replies_bounded),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_stop_in_flight),
 		cmocka_unit_test(test_close_pending),
