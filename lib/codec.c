@@ -244,10 +244,10 @@ static int dec_field(const dml_field *f, void *msg, reader *r, int hole)
 			return DML_EPROTO;
 		uint64_t n64 = dml__get_u64(r->p + r->pos);
 		r->pos += 8;
-		if (hole) { /* data already placed by the receiver */
+		if (hole) { /* data already placed by the receiver, n set by it */
 			vec v = vec_get(msg, f);
-			if (n64 > v.cap)
-				return DML_ETOOBIG;
+			if (n64 != v.n)
+				return DML_EPROTO;
 			v.n = (size_t)n64;
 			vec_put(msg, f, &v);
 			return 0;

@@ -315,7 +315,9 @@ static void big_advance(dml_rpc_client *c)
 		size_t cap;
 		dml__array_dest(b->k->rtype, b->k->reply, b->field, &data, &cap);
 		pl->len = pre; /* keep the prefix when growing */
-		if (n > cap || n > b->left / b->esize) {
+		uint8_t tag = pl->data[b->count_off - 1];
+		if (tag != (uint8_t)b->k->rtype->fields[b->field].kind || n > cap ||
+		    n > b->left / b->esize) {
 			/* not what the plan expected: take it whole, decode says why */
 			if (dml__buf_grow(pl, b->fr.payload_len + 1)) {
 				big_drop(c, DML_ENOMEM);

@@ -52,7 +52,8 @@ typedef struct dml_rpc_ctx dml_rpc_ctx;
 
 /* Server options; zero-initialised means defaults. */
 typedef struct dml_rpc_server_opts {
-	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB */
+	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB;
+	                     64 B .. 4 GiB - 1, else DML_EINVAL */
 	int max_conns;    /* open connections at once; 0 = 4096; beyond it new
 	                     connections are accepted and closed at once */
 	dml_codec codec;  /* DML_CODEC_BINARY */
@@ -82,9 +83,10 @@ DML_API int dml_rpc_server_new(dml_rpc_server **out,
 DML_API int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
                                     dml_rpc_handler h, void *user);
 
-/* Listens on `addr`: "host:port" (IPv4 or "[v6]:port"; port 0 picks an
- * ephemeral port) or "unix:/path" (the path is removed again by
- * dml_rpc_server_free). May be called several times. DML_EADDR, DML_ESYS.
+/* Listens on `addr`: "host:port" (IPv4 or "[v6]:port", a name is resolved;
+ * port 0 picks an ephemeral port) or "unix:/path" (the path is removed again
+ * by dml_rpc_server_free). Up to 8 listeners (then DML_EBUSY).
+ * DML_EADDR, DML_EINVAL, DML_ESYS.
  * Not thread-safe: call before running the server. */
 DML_API int dml_rpc_server_listen(dml_rpc_server *s, const char *addr);
 
@@ -147,9 +149,10 @@ typedef struct dml_rpc_pending dml_rpc_pending;
 
 /* Client options; zero-initialised means defaults. */
 typedef struct dml_rpc_client_opts {
-	dml_duration dial_timeout; /* 0 = 10 s; DML_INFINITE allowed */
+	dml_duration dial_timeout; /* 0 = 10 s; negative = no limit */
 	dml_duration call_timeout; /* used for DML_DEFAULT; 0 = DML_INFINITE */
-	size_t max_frame;          /* largest reply accepted; 0 = 64 MiB */
+	size_t max_frame;          /* largest request sent or reply accepted;
+	                              0 = 64 MiB; 64 B .. 4 GiB - 1 */
 	dml_codec codec;
 } dml_rpc_client_opts;
 
@@ -165,7 +168,11 @@ DML_API int dml_rpc_dial(dml_rpc_client **out, const char *addr,
  * have caller buffers (`data` and `cap` set; see dml_str), else DML_EINVAL;
  * large arrays are received straight into them. On DML_EHANDLER or
  * DML_ENOMETHOD the message is available from dml_rpc_client_errmsg.
- * A timeout leaves the connection usable; the late reply is discarded.
+ * A timeout while waiting for the reply leaves the connection usable (the
+ * late reply is discarded); a timeout while the request is still being
+ * written (the peer does not read) breaks the connection, since a partial
+ * frame is on the stream: every call then fails with DML_ECONNLOST.
+ * A server's "bad arguments" reply comes back as DML_EPROTO with a message.
  * Thread-safe: many threads may call at once over one client.
  */
 DML_API int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m,
@@ -174,9 +181,9 @@ DML_API int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m,
 /*
  * Starts a call without waiting and stores its handle in *out. The request
  * is queued and written no later than the next dml_rpc_wait, dml_rpc_call or
- * dml_rpc_flush on this client (requests carrying arrays of 64 KiB or more
- * are written before dml_rpc_go returns), so many calls started in a row
- * share writes. `args` is only read, and not after dml_rpc_go returns.
+ * dml_rpc_flush on this client (requests carrying an array, string or blob
+ * of 64 KiB or more are written, without copying it, before dml_rpc_go
+ * returns), so many calls started in a row share writes. `args` is only read, and not after dml_rpc_go returns.
  * `reply` must stay valid until dml_rpc_wait returns or the call is freed;
  * views in it (fields with data == NULL) point into the handle and live until
  * dml_rpc_pending_free. The deadline, `timeout` from now, bounds dml_rpc_wait.
@@ -186,10 +193,13 @@ DML_API int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m,
                        const void *args, void *reply, dml_duration timeout,
                        dml_rpc_pending **out);
 
-/* Writes every queued request now (before `timeout`). Thread-safe. */
+/* Writes every queued request now (before `timeout`; if that passes with a
+ * request half written, the connection breaks as for dml_rpc_call).
+ * Thread-safe. */
 DML_API int dml_rpc_flush(dml_rpc_client *c, dml_duration timeout);
 
-/* Waits for a started call until its reply arrives or its deadline passes,
+/* Writes queued requests (unless this call is finished or expired), then
+ * waits for a started call until its reply arrives or its deadline passes,
  * and returns its result (0 or an error; a passed deadline abandons the
  * call: DML_ETIMEDOUT). Calling it again returns the same result.
  * Thread-safe for distinct calls; one thread per call handle. */
