@@ -337,6 +337,12 @@ void dml__array_set_n(const dml_type *t, void *msg, int f, size_t n)
 	vec_put(msg, &t->fields[f], &v);
 }
 
+const dml_type *dml__type_or_empty(const dml_type *t)
+{
+	static const dml_type empty = {"empty", NULL, 0, 0};
+	return t ? t : &empty;
+}
+
 int dml__type_has_arrays(const dml_type *t)
 {
 	for (size_t i = 0; t && i < t->nfields; i++)

@@ -72,6 +72,10 @@ void dml__array_dest(const dml_type *t, void *msg, int f, void **data,
 /* Sets the element count of array field `f`. */
 void dml__array_set_n(const dml_type *t, void *msg, int f, size_t n);
 
+/* `t`, or a type with no fields when t is NULL (methods without args or
+ * reply). */
+const dml_type *dml__type_or_empty(const dml_type *t);
+
 /* Whether decoding a type may create views that need aligned memory. */
 int dml__type_has_arrays(const dml_type *t);
 /* Whether reply type fields of variable length all have caller buffers. */

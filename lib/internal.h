@@ -15,8 +15,6 @@
 #error "libdistml's wire format is little-endian; big-endian hosts are not supported yet"
 #endif
 
-#define DML__UNUSED(x) ((void)(x))
-
 static inline void dml__put_u16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static inline void dml__put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void dml__put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }

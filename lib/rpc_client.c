@@ -169,8 +169,7 @@ static void finish_from_body(dml_rpc_client *c, dml_rpc_pending *k,
 		memcpy(k->payload.data, p, fr->payload_len);
 		p = k->payload.data;
 	}
-	static const dml_type empty = {"empty", NULL, 0, 0};
-	int rc = dml__decode_h(k->rtype ? k->rtype : &empty, k->reply, p,
+	int rc = dml__decode_h(dml__type_or_empty(k->rtype), k->reply, p,
 	                       fr->payload_len, -1);
 	call_finish(c, k, rc);
 }
@@ -531,8 +530,7 @@ static int queue_request(dml_rpc_client *c, uint64_t seq, const dml_rpc_method *
                          size_t name_len, const void *args, dml__writer *w,
                          size_t *base)
 {
-	static const dml_type empty = {"empty", NULL, 0, 0};
-	const dml_type *t = m->args ? m->args : &empty;
+	const dml_type *t = dml__type_or_empty(m->args);
 	size_t hdr = DML__FRAME_HDR + name_len, guess = 256;
 	int rc;
 	for (;;) { /* one pass when the guess fits; a sized second one if not */

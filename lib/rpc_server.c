@@ -369,9 +369,7 @@ static int reply_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
 static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
                     const void *reply)
 {
-	static const dml_type empty = {"empty", NULL, 0, 0};
-	if (!t)
-		t = &empty;
+	t = dml__type_or_empty(t);
 	dml__writer w;
 	size_t limit = s->o.max_frame - DML__FRAME_HDR;
 	size_t guess = limit < 256 ? limit : 256;
@@ -431,8 +429,7 @@ static int dispatch(dml_rpc_server *s, conn *c, const uint8_t *f,
 		memcpy(c->scratch.data + asz + rsz, payload, fr->payload_len);
 		payload = c->scratch.data + asz + rsz;
 	}
-	static const dml_type empty = {"empty", NULL, 0, 0};
-	rc = dml__decode_h(at ? at : &empty, args, payload, fr->payload_len, -1);
+	rc = dml__decode_h(dml__type_or_empty(at), args, payload, fr->payload_len, -1);
 	if (rc) {
 		dml__set_msg(msg, sizeof msg, "rpc: bad arguments for %s: %s",
 		             e->m->name, dml_strerror(rc));
