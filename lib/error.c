@@ -34,6 +34,9 @@ const char *dml_strerror(int err)
 	case DML_ETRUNC: return "truncated data";
 	case DML_ENOTFOUND: return "not found";
 	case DML_EAGAIN: return "try again";
+	case DML_EFORMAT: return "malformed input";
+	case DML_EVERSION: return "unsupported version";
+	case DML_EDIM: return "dimension mismatch";
 	default: return "unknown error";
 	}
 }

@@ -1,8 +1,20 @@
 /*
  * rpc_server.c - the RPC server: an epoll set of listeners and connections,
- * driven by whichever host threads call run/poll. Connections are armed
- * EPOLLONESHOT, so one thread at a time owns a connection between an event
- * and its re-arm; no per-connection lock is needed.
+ * driven by whichever host threads call run/poll.
+ *
+ * Ownership: one thread at a time serves a connection. Connections are armed
+ * EPOLLONESHOT, and each has an atomic word (generation << 32 | busy count):
+ * whoever raises busy from 0 owns the connection; anyone else who has news
+ * for it (an event, a deferred reply that could not be written at once)
+ * raises busy and leaves, and the owner, failing to bring busy back to 0,
+ * goes round again. Connection slots live in chunks that are never freed
+ * before the server, and epoll carries (generation, slot), so a stale event
+ * or a late deferred reply for a closed connection is recognised and
+ * dropped instead of touching freed memory.
+ *
+ * Each connection's output buffer and socket writes are guarded by its
+ * `omu`, because deferred replies (dml_rpc_deferred_reply) are written from
+ * any thread.
  */
 #define _GNU_SOURCE
 #include "codec.h"
@@ -24,8 +36,8 @@
 #define EVENTS_PER_POLL 8
 #define ACCEPTS_PER_EVENT 64
 #define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
-
-enum { SRC_STOP = 1, SRC_LISTEN, SRC_CONN };
+#define CHUNK 64            /* connection slots per chunk */
+#define ID_CONN0 16         /* epoll ids: 0 stop, 1..8 listeners, 16.. slots */
 
 typedef struct method_ent {
 	const dml_rpc_method *m;
@@ -36,29 +48,43 @@ typedef struct method_ent {
 } method_ent;
 
 typedef struct listener {
-	int type;
 	int fd;
 	char unix_path[108];
 } listener;
 
 typedef struct conn conn;
 struct conn {
-	int type;
-	int fd;
+	_Atomic uint64_t state; /* generation << 32 | busy */
+	uint32_t slot;
+	int fd;               /* -1 while the slot is free */
 	uint64_t id;
-	conn *prev, *next;
+	conn *next_free;
 	dml__buf in; /* bytes [rpos, in.len) are unparsed */
 	size_t rpos;
-	dml__buf out; /* bytes [opos, out.len) are unsent */
+	pthread_mutex_t omu; /* guards out, opos and writes to fd */
+	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
 	dml__buf scratch; /* argument/reply structs, aligned payload copies */
 	method_ent *last; /* the method of the previous request */
 };
 
 struct dml_rpc_ctx {
-	uint64_t conn_id;
+	dml_rpc_server *s;
+	conn *c;
+	uint32_t gen;
+	uint64_t seq;
+	const dml_type *rt;
+	int deferred;
 	int has_msg;
 	char msg[DML_RPC_ERRMSG_MAX];
+};
+
+struct dml_rpc_deferred {
+	dml_rpc_server *s;
+	conn *c;
+	uint32_t gen;
+	uint64_t seq;
+	const dml_type *rt;
 };
 
 struct dml_rpc_server {
@@ -72,8 +98,10 @@ struct dml_rpc_server {
 	size_t nmethods;
 	uint32_t *index; /* open-addressing hash: method slot + 1, 0 = empty */
 	size_t index_cap;
-	pthread_mutex_t mu; /* guards the connection list */
-	conn *conns;
+	pthread_mutex_t mu; /* guards the slots' allocation and nconns */
+	conn **chunks;      /* nchunks_cap pointers, filled as needed */
+	size_t nchunks, nchunks_cap;
+	conn *free_slots;
 	int nconns;
 	atomic_int stopped;
 	atomic_uint_fast64_t next_id;
@@ -179,16 +207,22 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		s->o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
 	if (!s->o.max_conns)
 		s->o.max_conns = DML_RPC_DEFAULT_MAX_CONNS;
-	s->stop_type = SRC_STOP;
+	s->nchunks_cap = ((size_t)s->o.max_conns + CHUNK - 1) / CHUNK;
+	s->chunks = calloc(s->nchunks_cap, sizeof *s->chunks);
+	if (!s->chunks) {
+		free(s);
+		return DML_ENOMEM;
+	}
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
 	s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->stop_type};
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
 	if (s->epfd < 0 || s->evfd < 0 ||
 	    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->evfd, &ev) != 0) {
 		if (s->epfd >= 0)
 			close(s->epfd);
 		if (s->evfd >= 0)
 			close(s->evfd);
+		free(s->chunks);
 		free(s);
 		return DML_ESYS;
 	}
@@ -209,10 +243,9 @@ int dml_rpc_server_listen(dml_rpc_server *s, const char *addr)
 	int rc = dml__listen(addr, &l->fd);
 	if (rc)
 		return rc;
-	l->type = SRC_LISTEN;
 	l->unix_path[0] = 0;
 	dml__unix_path(l->fd, l->unix_path, sizeof l->unix_path);
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)s->nls + 1};
 	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, l->fd, &ev) != 0) {
 		if (l->unix_path[0])
 			unlink(l->unix_path);
@@ -256,23 +289,32 @@ void dml_rpc_server_stop(dml_rpc_server *s)
 	(void)w; /* a full counter already wakes everyone */
 }
 
-static void conn_free(conn *c)
+/* Releases a connection's socket and buffers; the slot stays. */
+static void conn_release_io(conn *c)
 {
 	close(c->fd);
+	c->fd = -1;
 	dml__buf_free(&c->in);
 	dml__buf_free(&c->out);
 	dml__buf_free(&c->scratch);
-	free(c);
+	c->rpos = c->opos = 0;
+	c->last = NULL;
 }
 
 void dml_rpc_server_free(dml_rpc_server *s)
 {
 	if (!s)
 		return;
-	for (conn *c = s->conns, *next; c; c = next) {
-		next = c->next;
-		conn_free(c);
+	for (size_t k = 0; k < s->nchunks; k++) {
+		for (int i = 0; i < CHUNK; i++) {
+			conn *c = &s->chunks[k][i];
+			if (c->fd >= 0)
+				conn_release_io(c);
+			pthread_mutex_destroy(&c->omu);
+		}
+		free(s->chunks[k]);
 	}
+	free(s->chunks);
 	for (int i = 0; i < s->nls; i++) {
 		if (s->ls[i].unix_path[0])
 			unlink(s->ls[i].unix_path);
@@ -300,22 +342,64 @@ int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
 	return DML_EHANDLER;
 }
 
-uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx) { return ctx ? ctx->conn_id : 0; }
+uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx) { return ctx ? ctx->c->id : 0; }
 
 /* ---- connections -------------------------------------------------- */
 
+static uint32_t conn_gen(const conn *c) { return (uint32_t)(atomic_load(&c->state) >> 32); }
+
+static uint64_t conn_cookie(const conn *c, uint32_t gen)
+{
+	return (uint64_t)gen << 32 | (c->slot + ID_CONN0);
+}
+
+/* Closes the connection its owner serves: a new generation makes stale
+ * events and deferred replies miss; the slot goes back to the free list. */
 static void conn_close(dml_rpc_server *s, conn *c)
 {
+	pthread_mutex_lock(&c->omu);
+	uint32_t gen = conn_gen(c) + 1;
+	atomic_store(&c->state, (uint64_t)gen << 32);
+	conn_release_io(c); /* closing the fd removes it from the epoll set */
+	pthread_mutex_unlock(&c->omu);
 	pthread_mutex_lock(&s->mu);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
 	s->nconns--;
+	c->next_free = s->free_slots;
+	s->free_slots = c;
 	pthread_mutex_unlock(&s->mu);
-	conn_free(c); /* closing the fd removes it from the epoll set */
+}
+
+/* A free slot, under s->mu; NULL when max_conns are open or memory is out. */
+static conn *slot_take(dml_rpc_server *s)
+{
+	if (s->nconns >= s->o.max_conns)
+		return NULL;
+	if (!s->free_slots) {
+		if (s->nchunks == s->nchunks_cap)
+			return NULL;
+		conn *chunk = calloc(CHUNK, sizeof *chunk);
+		if (!chunk)
+			return NULL;
+		for (int i = CHUNK - 1; i >= 0; i--) {
+			conn *c = &chunk[i];
+			c->slot = (uint32_t)(s->nchunks * CHUNK + (size_t)i);
+			c->fd = -1;
+			atomic_init(&c->state, (uint64_t)1 << 32);
+			pthread_mutex_init(&c->omu, NULL);
+			c->next_free = s->free_slots;
+			s->free_slots = c;
+		}
+		s->chunks[s->nchunks++] = chunk;
+	}
+	conn *c = s->free_slots;
+	s->free_slots = c->next_free;
+	s->nconns++;
+	return c;
+}
+
+static conn *slot_at(dml_rpc_server *s, uint32_t slot)
+{
+	return &s->chunks[slot / CHUNK][slot % CHUNK];
 }
 
 static void accept_all(dml_rpc_server *s, listener *l)
@@ -324,26 +408,19 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		int fd;
 		if (dml__accept(l->fd, &fd))
 			return;
-		conn *c = calloc(1, sizeof *c);
 		pthread_mutex_lock(&s->mu);
-		int full = s->nconns >= s->o.max_conns;
-		if (c && !full) {
-			c->type = SRC_CONN;
-			c->fd = fd;
-			c->id = atomic_fetch_add(&s->next_id, 1);
-			c->next = s->conns;
-			if (s->conns)
-				s->conns->prev = c;
-			s->conns = c;
-			s->nconns++;
-		}
+		conn *c = slot_take(s);
 		pthread_mutex_unlock(&s->mu);
-		if (!c || full) {
-			free(c);
+		if (!c) {
 			close(fd);
 			continue;
 		}
-		struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.ptr = c};
+		c->fd = fd;
+		c->id = atomic_fetch_add(&s->next_id, 1);
+		/* the new owner of the slot owns it until the add: busy is 0
+		 * and nothing else knows the new descriptor yet */
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
+		                         .data.u64 = conn_cookie(c, conn_gen(c))};
 		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
 			conn_close(s, c);
 	}
@@ -397,8 +474,25 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 
 static size_t align_up(size_t n) { return (n + 15) & ~(size_t)15; }
 
+static int send_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
+{
+	pthread_mutex_lock(&c->omu);
+	int rc = reply_error(c, seq, status, msg);
+	pthread_mutex_unlock(&c->omu);
+	return rc;
+}
+
+static int send_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
+                   const void *reply)
+{
+	pthread_mutex_lock(&c->omu);
+	int rc = reply_ok(s, c, seq, t, reply);
+	pthread_mutex_unlock(&c->omu);
+	return rc;
+}
+
 /* Runs one request frame; appends its reply to c->out. */
-static int dispatch(dml_rpc_server *s, conn *c, const uint8_t *f,
+static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
                     const dml__frame *fr)
 {
 	if (fr->kind != DML__KIND_REQUEST)
@@ -415,7 +509,7 @@ static int dispatch(dml_rpc_server *s, conn *c, const uint8_t *f,
 	if (!e) {
 		int shown = fr->name_len > 64 ? 64 : fr->name_len;
 		dml__set_msg(msg, sizeof msg, "rpc: can't find method %.*s", shown, name);
-		return reply_error(c, fr->seq, DML__ST_NOMETHOD, msg);
+		return send_error(c, fr->seq, DML__ST_NOMETHOD, msg);
 	}
 	const dml_type *at = e->m->args, *rt = e->m->reply;
 	size_t asz = at ? align_up(at->size) : 0, rsz = rt ? align_up(rt->size) : 0;
@@ -433,20 +527,27 @@ static int dispatch(dml_rpc_server *s, conn *c, const uint8_t *f,
 	if (rc) {
 		dml__set_msg(msg, sizeof msg, "rpc: bad arguments for %s: %s",
 		             e->m->name, dml_strerror(rc));
-		return reply_error(c, fr->seq, DML__ST_BADARGS, msg);
+		return send_error(c, fr->seq, DML__ST_BADARGS, msg);
 	}
 	dml_rpc_ctx ctx;
-	ctx.conn_id = c->id;
+	ctx.s = s;
+	ctx.c = c;
+	ctx.gen = gen;
+	ctx.seq = fr->seq;
+	ctx.rt = rt;
+	ctx.deferred = 0;
 	ctx.has_msg = 0;
 	rc = e->h(&ctx, args, reply, e->user);
+	if (ctx.deferred)
+		return 0;
 	if (rc)
-		return reply_error(c, fr->seq, DML__ST_HANDLER,
-		                   ctx.has_msg ? ctx.msg : dml_strerror(rc));
-	return reply_ok(s, c, fr->seq, rt, reply);
+		return send_error(c, fr->seq, DML__ST_HANDLER,
+		                  ctx.has_msg ? ctx.msg : dml_strerror(rc));
+	return send_ok(s, c, fr->seq, rt, reply);
 }
 
-/* Writes what it can of c->out. 0, or DML_ECONNLOST. */
-static int conn_flush(conn *c)
+/* Writes what it can of c->out, under c->omu. 0, or DML_ECONNLOST. */
+static int conn_flush_locked(conn *c)
 {
 	while (c->opos < c->out.len) {
 		struct iovec iov = {c->out.data + c->opos, c->out.len - c->opos};
@@ -461,11 +562,15 @@ static int conn_flush(conn *c)
 	return 0;
 }
 
-/* Whether unsent replies are over the limit: the connection then stops
- * reading requests until the peer reads its replies. */
-static int backlogged(const conn *c)
+/* Flushes; *backlog tells whether unsent replies are still over the limit:
+ * the connection then stops reading requests until the peer reads them. */
+static int conn_flush(conn *c, int *backlog)
 {
-	return c->out.len - c->opos > OUT_HIGH;
+	pthread_mutex_lock(&c->omu);
+	int rc = conn_flush_locked(c);
+	*backlog = c->out.len - c->opos > OUT_HIGH;
+	pthread_mutex_unlock(&c->omu);
+	return rc;
 }
 
 /* Makes room to read the rest of a frame of `total` bytes whose first
@@ -494,7 +599,8 @@ static int conn_make_room(conn *c, size_t total, size_t name_len)
 
 /* Serves every complete frame buffered in c->in. Sets *partial (and *fr)
  * when an incomplete frame's header has been parsed. */
-static int serve_frames(dml_rpc_server *s, conn *c, dml__frame *fr, int *partial)
+static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr,
+                        int *partial)
 {
 	*partial = 0;
 	while (c->in.len - c->rpos >= DML__FRAME_HDR) {
@@ -506,7 +612,7 @@ static int serve_frames(dml_rpc_server *s, conn *c, dml__frame *fr, int *partial
 			*partial = 1;
 			return 0;
 		}
-		if ((rc = dispatch(s, c, f, fr)))
+		if ((rc = dispatch(s, c, gen, f, fr)))
 			return rc;
 		c->rpos += fr->total;
 	}
@@ -517,13 +623,13 @@ static int serve_frames(dml_rpc_server *s, conn *c, dml__frame *fr, int *partial
 
 /* Reads and serves requests until the socket is drained. Returns 0 to keep
  * the connection, or an error to drop it. */
-static int conn_read(dml_rpc_server *s, conn *c)
+static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 {
 	if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
 		return DML_ENOMEM;
 	for (;;) {
 		dml__frame fr;
-		int partial, rc = serve_frames(s, c, &fr, &partial);
+		int partial, rc = serve_frames(s, c, gen, &fr, &partial);
 		if (rc)
 			return rc;
 		if (partial) {
@@ -537,9 +643,10 @@ static int conn_read(dml_rpc_server *s, conn *c)
 		}
 		/* Send replies before reading more; stop reading while the peer
 		 * does not take them (re-armed for output only, see conn_event). */
-		if ((rc = conn_flush(c)))
+		int backlog;
+		if ((rc = conn_flush(c, &backlog)))
 			return rc;
-		if (backlogged(c))
+		if (backlog)
 			return 0;
 		size_t room = c->in.cap - c->in.len;
 		ssize_t n = dml__read(c->fd, c->in.data + c->in.len, room);
@@ -551,33 +658,66 @@ static int conn_read(dml_rpc_server *s, conn *c)
 		if ((size_t)n < room) {
 			/* Drained for now: serve what came and wait for the
 			 * (level-triggered) re-arm instead of reading EAGAIN. */
-			if ((rc = serve_frames(s, c, &fr, &partial)))
+			if ((rc = serve_frames(s, c, gen, &fr, &partial)))
 				return rc;
-			return conn_flush(c);
+			return conn_flush(c, &backlog);
 		}
 	}
 }
 
-static void conn_event(dml_rpc_server *s, conn *c, uint32_t events)
+/* Takes a connection of generation `gen`, or registers news for its owner.
+ * 1 if the caller now owns it; 0 if someone else does (they will go round
+ * again) or the connection is gone. */
+static int conn_acquire(conn *c, uint32_t gen)
 {
-	int rc = 0;
-	if (events & EPOLLOUT)
-		rc = conn_flush(c);
-	/* Read when asked to, or when output drained below the limit (input
-	 * was not watched meanwhile). */
-	if (!rc && !backlogged(c) && (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLOUT)))
-		rc = conn_read(s, c);
-	if (rc) {
-		conn_close(s, c);
-		return;
-	}
-	struct epoll_event ev = {.events = EPOLLONESHOT, .data.ptr = c};
-	if (!backlogged(c))
+	uint64_t st = atomic_load(&c->state);
+	do {
+		if ((uint32_t)(st >> 32) != gen)
+			return 0;
+	} while (!atomic_compare_exchange_weak(&c->state, &st, st + 1));
+	return (uint32_t)st == 0;
+}
+
+/* Re-arms the connection for what it waits for now. 0 or DML_ESYS. */
+static int conn_rearm(dml_rpc_server *s, conn *c, uint32_t gen)
+{
+	pthread_mutex_lock(&c->omu);
+	struct epoll_event ev = {.events = EPOLLONESHOT, .data.u64 = conn_cookie(c, gen)};
+	if (c->out.len - c->opos <= OUT_HIGH)
 		ev.events |= EPOLLIN;
 	if (c->opos < c->out.len)
 		ev.events |= EPOLLOUT;
-	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
-		conn_close(s, c);
+	pthread_mutex_unlock(&c->omu);
+	return epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) ? DML_ESYS : 0;
+}
+
+/* Serves a connection: after an event (`events`), or only flushes its
+ * output (events == 0, for a deferred reply). Goes round while others
+ * registered news meanwhile; closes the connection on an error. */
+static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
+{
+	if (!conn_acquire(c, gen))
+		return;
+	for (;;) {
+		uint64_t seen = atomic_load(&c->state);
+		/* Read when asked to, or when output drained below the limit
+		 * (input was not watched meanwhile). */
+		int backlog = 0, rc = 0;
+		if (events & EPOLLOUT || !events)
+			rc = conn_flush(c, &backlog);
+		if (!rc && events && !backlog)
+			rc = conn_read(s, c, gen);
+		if (!rc)
+			rc = conn_rearm(s, c, gen);
+		if (rc) {
+			conn_close(s, c);
+			return;
+		}
+		if (atomic_compare_exchange_strong(&c->state, &seen, (uint64_t)gen << 32))
+			return;
+		/* news arrived; the re-arm above reports any input again */
+		events = 0;
+	}
 }
 
 int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
@@ -593,13 +733,14 @@ int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
 		return errno == EINTR ? 0 : DML_ESYS;
 	int handled = 0;
 	for (int i = 0; i < n; i++) {
-		int type = *(int *)evs[i].data.ptr;
-		if (type == SRC_STOP)
+		uint32_t id = (uint32_t)evs[i].data.u64;
+		uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32);
+		if (id == 0)
 			return DML_ESTOPPED;
-		if (type == SRC_LISTEN)
-			accept_all(s, evs[i].data.ptr);
+		if (id < ID_CONN0)
+			accept_all(s, &s->ls[id - 1]);
 		else
-			conn_event(s, evs[i].data.ptr, evs[i].events);
+			conn_serve(s, slot_at(s, id - ID_CONN0), gen, evs[i].events);
 		handled++;
 	}
 	return handled;
@@ -616,4 +757,49 @@ int dml_rpc_server_run(dml_rpc_server *s)
 		if (rc < 0)
 			return rc;
 	}
+}
+
+/* ---- deferred replies ---------------------------------------------- */
+
+int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
+{
+	if (!ctx || !out || ctx->deferred)
+		return DML_EINVAL;
+	dml_rpc_deferred *d = malloc(sizeof *d);
+	if (!d)
+		return DML_ENOMEM;
+	d->s = ctx->s;
+	d->c = ctx->c;
+	d->gen = ctx->gen;
+	d->seq = ctx->seq;
+	d->rt = ctx->rt;
+	ctx->deferred = 1;
+	*out = d;
+	return 0;
+}
+
+int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
+                           const char *msg)
+{
+	if (!d)
+		return DML_EINVAL;
+	conn *c = d->c;
+	pthread_mutex_lock(&c->omu);
+	int rc = DML_ECLOSED, pending = 0;
+	if (conn_gen(c) == d->gen && c->fd >= 0) {
+		if (err)
+			rc = reply_error(c, d->seq, DML__ST_HANDLER,
+			                 msg ? msg : dml_strerror(err));
+		else
+			rc = reply_ok(d->s, c, d->seq, d->rt, reply);
+		/* write at once: the owner may be waiting in epoll for input */
+		if (!rc)
+			rc = conn_flush_locked(c);
+		pending = c->opos < c->out.len;
+	}
+	pthread_mutex_unlock(&c->omu);
+	if (pending || (rc && rc != DML_ECLOSED))
+		conn_serve(d->s, c, d->gen, 0); /* arm for output, or close */
+	free(d);
+	return rc == DML_ECONNLOST ? DML_ECLOSED : rc;
 }

@@ -917,6 +917,161 @@ static void test_host_event_loop(void **state)
 	dml_rpc_server_free(f.srv);
 }
 
+/* ---- deferred replies: a barrier -------------------------------------- */
+
+typedef struct barrier_args { int64_t parties; } barrier_args;
+typedef struct barrier_reply { int64_t arrived; } barrier_reply;
+static const dml_field barrier_args_f[] = {DML_FIELD(barrier_args, parties, DML_I64)};
+static const dml_field barrier_reply_f[] = {DML_FIELD(barrier_reply, arrived, DML_I64)};
+static const dml_type barrier_args_t = DML_TYPE(barrier_args, barrier_args_f);
+static const dml_type barrier_reply_t = DML_TYPE(barrier_reply, barrier_reply_f);
+static const dml_rpc_method m_barrier = {"Test.Barrier", &barrier_args_t, &barrier_reply_t};
+
+enum { BARRIER_MAX = 64 };
+typedef struct barrier {
+	pthread_mutex_t mu;
+	dml_rpc_deferred *waiting[BARRIER_MAX];
+	int n;
+	int generation;
+} barrier;
+
+/* Defers every call until `parties` have arrived, then answers them all
+ * (from the thread of the last arrival) with the number that arrived. */
+static int h_barrier(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	barrier *b = u;
+	int64_t parties = ((const barrier_args *)a)->parties;
+	if (parties < 1 || parties > BARRIER_MAX)
+		return dml_rpc_errorf(ctx, "bad parties");
+	pthread_mutex_lock(&b->mu);
+	if (b->n + 1 == parties) {
+		barrier_reply rep = {parties};
+		for (int i = 0; i < b->n; i++)
+			assert_int_equal(dml_rpc_deferred_reply(b->waiting[i], 0, &rep, NULL), 0);
+		b->n = 0;
+		b->generation++;
+		pthread_mutex_unlock(&b->mu);
+		((barrier_reply *)r)->arrived = parties;
+		return 0;
+	}
+	int rc = dml_rpc_defer(ctx, &b->waiting[b->n]);
+	if (!rc) {
+		b->n++;
+		assert_int_equal(dml_rpc_defer(ctx, &(dml_rpc_deferred *){0}), DML_EINVAL);
+	}
+	pthread_mutex_unlock(&b->mu);
+	return rc;
+}
+
+typedef struct barrier_client {
+	const char *addr;
+	int parties, rounds, rc;
+} barrier_client;
+
+static void *barrier_thread(void *p)
+{
+	barrier_client *bc = p;
+	dml_rpc_client *c;
+	bc->rc = dml_rpc_dial(&c, bc->addr, NULL);
+	for (int i = 0; !bc->rc && i < bc->rounds; i++) {
+		barrier_args a = {bc->parties};
+		barrier_reply r = {0};
+		bc->rc = dml_rpc_call(c, &m_barrier, &a, &r, 20000);
+		if (!bc->rc && r.arrived != bc->parties)
+			bc->rc = -100;
+	}
+	dml_rpc_client_free(c);
+	return NULL;
+}
+
+/* 6 clients pass a barrier 200 times; the server has 2 run threads, so
+ * the waiting calls must not hold them. */
+static void test_deferred_barrier(void **state)
+{
+	(void)state;
+	barrier b = {.n = 0};
+	pthread_mutex_init(&b.mu, NULL);
+	fixture f;
+	assert_int_equal(dml_rpc_server_new(&f.srv, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_barrier, h_barrier, &b), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&f, 2);
+	enum { N = 6 };
+	pthread_t t[N];
+	barrier_client bc[N];
+	for (int i = 0; i < N; i++) {
+		bc[i] = (barrier_client){f.addr, N, 200, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, barrier_thread, &bc[i]), 0);
+	}
+	for (int i = 0; i < N; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(bc[i].rc, 0);
+	}
+	assert_int_equal(b.generation, 200);
+	assert_int_equal(b.n, 0);
+	fixture_stop(&f);
+	pthread_mutex_destroy(&b.mu);
+}
+
+/* A deferred call does not hold up later calls on the same connection, and
+ * its reply, sent later, finds its caller; a reply for a closed connection
+ * is dropped with DML_ECLOSED. */
+static void test_deferred_out_of_order(void **state)
+{
+	(void)state;
+	barrier b = {.n = 0};
+	pthread_mutex_init(&b.mu, NULL);
+	fixture f;
+	assert_int_equal(dml_rpc_server_new(&f.srv, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_barrier, h_barrier, &b), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &arith_multiply, h_multiply, NULL), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&f, 1);
+	dml_rpc_client *c;
+	assert_int_equal(dml_rpc_dial(&c, f.addr, NULL), 0);
+	barrier_args ba = {2};
+	barrier_reply br = {0};
+	dml_rpc_pending *p;
+	assert_int_equal(dml_rpc_go(c, &m_barrier, &ba, &br, 20000, &p), 0);
+	for (int i = 0; i < 100; i++) { /* answered while the barrier waits */
+		Args a = {i, 7};
+		Reply r;
+		assert_int_equal(dml_rpc_call(c, &arith_multiply, &a, &r, 20000), 0);
+		assert_int_equal(r.C, 7 * i);
+	}
+	barrier_reply br2 = {0};
+	assert_int_equal(dml_rpc_call(c, &m_barrier, &ba, &br2, 20000), 0);
+	assert_int_equal(dml_rpc_wait(p), 0);
+	dml_rpc_pending_free(p);
+	assert_int_equal(br.arrived, 2);
+	assert_int_equal(br2.arrived, 2);
+
+	/* a waiter whose client went away */
+	barrier_args b3 = {3};
+	assert_int_equal(dml_rpc_go(c, &m_barrier, &b3, &br, 20000, &p), 0);
+	assert_int_equal(dml_rpc_flush(c, 10000), 0);
+	for (;;) { /* until the server holds it */
+		pthread_mutex_lock(&b.mu);
+		int n = b.n;
+		pthread_mutex_unlock(&b.mu);
+		if (n == 1)
+			break;
+		sched_yield();
+	}
+	dml_rpc_pending_free(p);
+	dml_rpc_client_free(c);
+	/* whether the server has seen the close yet or not, the reply is
+	 * dropped or written into a dead socket, never a crash */
+	pthread_mutex_lock(&b.mu);
+	barrier_reply rep = {3};
+	int rc = dml_rpc_deferred_reply(b.waiting[0], 0, &rep, NULL);
+	assert_true(rc == 0 || rc == DML_ECLOSED);
+	b.n = 0;
+	pthread_mutex_unlock(&b.mu);
+	fixture_stop(&f);
+	pthread_mutex_destroy(&b.mu);
+}
+
 static void test_stop_wakes_every_runner(void **state)
 {
 	(void)state;
@@ -949,6 +1104,8 @@ int main(void)
 		cmocka_unit_test(test_1000_connections),
 		cmocka_unit_test(test_host_event_loop),
 		cmocka_unit_test(test_stop_wakes_every_runner),
+		cmocka_unit_test(test_deferred_barrier),
+		cmocka_unit_test(test_deferred_out_of_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

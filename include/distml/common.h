@@ -55,6 +55,9 @@ enum {
 	DML_ETRUNC = -19,      /* truncated data */
 	DML_ENOTFOUND = -20,   /* not found */
 	DML_EAGAIN = -21,      /* try again (nothing ready yet) */
+	DML_EFORMAT = -22,     /* malformed input file (data set, checkpoint) */
+	DML_EVERSION = -23,    /* unsupported format or protocol version */
+	DML_EDIM = -24,        /* dimensions do not match */
 };
 
 /*

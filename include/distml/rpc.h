@@ -140,6 +140,30 @@ DML_API int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
  * server's lifetime. */
 DML_API uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx);
 
+/*
+ * Deferred replies, for a handler that cannot answer yet (a long poll, a
+ * barrier): the handler calls dml_rpc_defer, returns (its return value and
+ * reply struct are then ignored), and the server goes on serving this and
+ * every other connection. Later any thread, e.g. another handler, sends the
+ * reply with dml_rpc_deferred_reply. Replies on one connection may thus
+ * come out of request order; clients match them by sequence number.
+ */
+typedef struct dml_rpc_deferred dml_rpc_deferred;
+
+/* Takes over the reply of the current request. *out is owned by the caller
+ * until passed to dml_rpc_deferred_reply (exactly once, before the server is
+ * freed). DML_EINVAL (already deferred), DML_ENOMEM. Call only from the
+ * handler, with its ctx. */
+DML_API int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out);
+
+/* Sends the deferred reply and frees `d`: with err == 0, `reply` (a struct
+ * of the method's reply type, only read during the call); else an error
+ * reply carrying `msg` (NULL = dml_strerror(err)), as a handler's error.
+ * Returns 0, or DML_ECLOSED when the connection has gone (the reply is
+ * dropped), DML_ENOMEM. Thread-safe: any thread, also inside a handler. */
+DML_API int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err,
+                                   const void *reply, const char *msg);
+
 /* ------------------------------------------------------------------ */
 /* Client                                                             */
 /* ------------------------------------------------------------------ */
