@@ -17,8 +17,7 @@ OPT ?= -O2 -g
 WARN := -Wall -Wextra -Werror -pedantic -Wshadow -Wstrict-prototypes -Wno-overlength-strings
 CFLAGS ?= $(OPT)
 ALL_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) -Iinclude -pthread
-LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DDML_BUILDING_LIBRARY -Ilib
-LDLIBS := -lz -pthread
+LDLIBS := -lz -lm -pthread
 
 ifdef SANITIZE
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -27,6 +26,9 @@ B := build/san
 else
 B := build
 endif
+
+# -fno-math-errno: sqrtf without errno, so the optimizer loops vectorise.
+LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DDML_BUILDING_LIBRARY -Ilib -fno-math-errno
 
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/obj/%.o)

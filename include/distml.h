@@ -10,5 +10,6 @@
 #include "distml/common.h"
 #include "distml/codec.h"
 #include "distml/rpc.h"
+#include "distml/optim.h"
 
 #endif

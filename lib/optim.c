@@ -1,0 +1,400 @@
+/*
+ * optim.c - optimizers (SGD, momentum, Nesterov, AdaGrad, Adam) with L2
+ * decay, and learning-rate schedules. See include/distml/optim.h.
+ *
+ * Each rule is written once, as an update of one coordinate (the *_1
+ * functions). The dense loops call it over restrict pointers and the sparse
+ * loops over (index, value) pairs; the choice of rule is made once per call,
+ * outside the loops, so that the dense loops vectorise.
+ */
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* Dense loops first run a multiple of BLOCK iterations, then the tail:
+ * gcc's -O2 cost model only vectorises a loop that needs no scalar epilogue,
+ * which it can prove of the first loop. (AdaGrad's and Adam's loops also
+ * need -fno-math-errno, or sqrtf is a call that may set errno.) */
+#define BLOCK 16
+
+/* Each dense loop is compiled on its own: inlined into one function, gcc
+ * merges the loop bounds and loses sight of the multiple of BLOCK. */
+#ifdef __GNUC__
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
+static const double pi = 3.14159265358979323846;
+
+void dml__optim_resolve(const dml_optim_opts *in, dml_optim_opts *out)
+{
+	dml_optim_opts o = {0};
+	if (in)
+		o = *in;
+	if (o.lr == 0)
+		o.lr = DML__OPTIM_LR;
+	if (o.momentum == 0)
+		o.momentum = DML__OPTIM_MOMENTUM;
+	if (o.beta1 == 0)
+		o.beta1 = DML__OPTIM_BETA1;
+	if (o.beta2 == 0)
+		o.beta2 = DML__OPTIM_BETA2;
+	if (o.eps == 0)
+		o.eps = DML__OPTIM_EPS;
+	if (o.sched.step_size == 0)
+		o.sched.step_size = DML__SCHED_STEP_SIZE;
+	if (o.sched.gamma == 0)
+		o.sched.gamma = DML__SCHED_GAMMA;
+	if (o.sched.t0 == 0)
+		o.sched.t0 = DML__SCHED_T0;
+	*out = o;
+}
+
+/* x is a finite number >= 0 (NaN fails every comparison). */
+static int nonneg(float x)
+{
+	return isfinite(x) && x >= 0;
+}
+
+/* x is in [0, 1). */
+static int unit(float x)
+{
+	return x >= 0 && x < 1;
+}
+
+int dml_optim_check(const dml_optim_opts *in)
+{
+	dml_optim_opts o;
+	dml__optim_resolve(in, &o);
+	unsigned kind = (unsigned)o.kind, sched = (unsigned)o.sched.kind;
+	if (kind > DML_OPTIM_ADAM || sched > DML_SCHED_COSINE)
+		return DML_EINVAL;
+	if (!nonneg(o.lr) || !nonneg(o.l2) || !nonneg(o.eps) ||
+	    !unit(o.momentum) || !unit(o.beta1) || !unit(o.beta2))
+		return DML_EINVAL;
+	if (!nonneg(o.sched.gamma) || !nonneg(o.sched.t0) ||
+	    !nonneg(o.sched.lr_min))
+		return DML_EINVAL;
+	if (o.sched.kind == DML_SCHED_COSINE && o.sched.total == 0)
+		return DML_EINVAL;
+	return 0;
+}
+
+int dml_optim_state_floats(const dml_optim_opts *o)
+{
+	switch (o ? o->kind : DML_OPTIM_SGD) {
+	case DML_OPTIM_SGD: return 0;
+	case DML_OPTIM_MOMENTUM: return 1;
+	case DML_OPTIM_ADAGRAD: return 1;
+	case DML_OPTIM_ADAM: return 2;
+	default: return DML_EINVAL;
+	}
+}
+
+float dml_schedule_lr(const dml_optim_opts *in, uint64_t t)
+{
+	dml_optim_opts o;
+	dml__optim_resolve(in, &o);
+	const dml_schedule *s = &o.sched;
+	double lr0 = o.lr, x = (double)t;
+	switch (s->kind) {
+	case DML_SCHED_STEP:
+		return (float)(lr0 * pow(s->gamma, (double)(t / s->step_size)));
+	case DML_SCHED_INVSQRT:
+		return (float)(lr0 / sqrt(1.0 + x / s->t0));
+	case DML_SCHED_COSINE:
+		/* total 0 is invalid (dml_optim_check); treat it as annealed */
+		if (t >= s->total)
+			return s->lr_min;
+		return (float)(s->lr_min + (lr0 - s->lr_min) *
+		               (1.0 + cos(pi * x / (double)s->total)) / 2.0);
+	case DML_SCHED_CONST:
+	default:
+		return o.lr;
+	}
+}
+
+/* The rules. ADAGRAD's G and ADAM's m, v are s0 (and s1); MOMENTUM's v is
+ * s0. Nesterov's variant is a rule of its own. */
+enum rule { R_SGD, R_MOMENTUM, R_NESTEROV, R_ADAGRAD, R_ADAM, R_NONE };
+
+static enum rule rule_of(const dml_optim_opts *o)
+{
+	switch (o->kind) {
+	case DML_OPTIM_SGD: return R_SGD;
+	case DML_OPTIM_MOMENTUM: return o->nesterov ? R_NESTEROV : R_MOMENTUM;
+	case DML_OPTIM_ADAGRAD: return R_ADAGRAD;
+	case DML_OPTIM_ADAM: return R_ADAM;
+	default: return R_NONE;
+	}
+}
+
+/* The constants of one step, computed once and passed by value so the
+ * compiler keeps them in registers across the loop. */
+typedef struct coef {
+	float lr, l2;
+	float mu;               /* MOMENTUM */
+	float eps;              /* ADAGRAD, ADAM */
+	float b1, b2, nb1, nb2; /* ADAM: betas and 1 - betas */
+	float c1, c2;           /* ADAM: 1 / (1 - b^t), the bias corrections */
+} coef;
+
+static coef coef_make(const dml_optim_opts *o, float lr, uint64_t t)
+{
+	coef k = {lr, o->l2, o->momentum, o->eps, o->beta1, o->beta2,
+	          1.0f - o->beta1, 1.0f - o->beta2, 1.0f, 1.0f};
+	if (o->kind == DML_OPTIM_ADAM) {
+		double tt = t ? (double)t : 1.0;
+		k.c1 = (float)(1.0 / (1.0 - pow(o->beta1, tt)));
+		k.c2 = (float)(1.0 / (1.0 - pow(o->beta2, tt)));
+	}
+	return k;
+}
+
+static inline void sgd_1(coef k, float *w, float g)
+{
+	float ge = g + k.l2 * *w;
+	*w -= k.lr * ge;
+}
+
+static inline void momentum_1(coef k, float *w, float g, float *v)
+{
+	float ge = g + k.l2 * *w;
+	float vi = k.mu * *v + ge;
+	*v = vi;
+	*w -= k.lr * vi;
+}
+
+static inline void nesterov_1(coef k, float *w, float g, float *v)
+{
+	float ge = g + k.l2 * *w;
+	float vi = k.mu * *v + ge;
+	*v = vi;
+	*w -= k.lr * (ge + k.mu * vi);
+}
+
+static inline void adagrad_1(coef k, float *w, float g, float *G)
+{
+	float ge = g + k.l2 * *w;
+	float s = *G + ge * ge;
+	*G = s;
+	*w -= k.lr * ge / (sqrtf(s) + k.eps);
+}
+
+static inline void adam_1(coef k, float *w, float g, float *m, float *v)
+{
+	float ge = g + k.l2 * *w;
+	float mi = k.b1 * *m + k.nb1 * ge;
+	float vi = k.b2 * *v + k.nb2 * ge * ge;
+	*m = mi;
+	*v = vi;
+	*w -= k.lr * (mi * k.c1) / (sqrtf(vi * k.c2) + k.eps);
+}
+
+NOINLINE static void sgd_dense(coef k, float *restrict w,
+                               const float *restrict g, size_t n)
+{
+	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
+	for (; i < nv; i++)
+		sgd_1(k, &w[i], g[i]);
+	for (; i < n; i++)
+		sgd_1(k, &w[i], g[i]);
+}
+
+NOINLINE static void momentum_dense(coef k, float *restrict w,
+                                    const float *restrict g,
+                                    float *restrict v, size_t n)
+{
+	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
+	for (; i < nv; i++)
+		momentum_1(k, &w[i], g[i], &v[i]);
+	for (; i < n; i++)
+		momentum_1(k, &w[i], g[i], &v[i]);
+}
+
+NOINLINE static void nesterov_dense(coef k, float *restrict w,
+                                    const float *restrict g,
+                                    float *restrict v, size_t n)
+{
+	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
+	for (; i < nv; i++)
+		nesterov_1(k, &w[i], g[i], &v[i]);
+	for (; i < n; i++)
+		nesterov_1(k, &w[i], g[i], &v[i]);
+}
+
+NOINLINE static void adagrad_dense(coef k, float *restrict w,
+                                   const float *restrict g,
+                                   float *restrict G, size_t n)
+{
+	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
+	for (; i < nv; i++)
+		adagrad_1(k, &w[i], g[i], &G[i]);
+	for (; i < n; i++)
+		adagrad_1(k, &w[i], g[i], &G[i]);
+}
+
+NOINLINE static void adam_dense(coef k, float *restrict w,
+                                const float *restrict g, float *restrict m,
+                                float *restrict v, size_t n)
+{
+	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
+	for (; i < nv; i++)
+		adam_1(k, &w[i], g[i], &m[i], &v[i]);
+	for (; i < n; i++)
+		adam_1(k, &w[i], g[i], &m[i], &v[i]);
+}
+
+void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
+                      float *restrict w, const float *restrict g,
+                      float *restrict s0, float *restrict s1, size_t n)
+{
+	coef k = coef_make(o, lr, t);
+	switch (rule_of(o)) {
+	case R_SGD: sgd_dense(k, w, g, n); break;
+	case R_MOMENTUM: momentum_dense(k, w, g, s0, n); break;
+	case R_NESTEROV: nesterov_dense(k, w, g, s0, n); break;
+	case R_ADAGRAD: adagrad_dense(k, w, g, s0, n); break;
+	case R_ADAM: adam_dense(k, w, g, s0, s1, n); break;
+	case R_NONE: break;
+	}
+}
+
+void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
+                             float *w, const uint32_t *idx, const float *val,
+                             size_t nnz, float *s0, float *s1)
+{
+	coef k = coef_make(o, lr, t);
+	size_t j;
+	switch (rule_of(o)) {
+	case R_SGD:
+		for (j = 0; j < nnz; j++)
+			sgd_1(k, &w[idx[j]], val[j]);
+		break;
+	case R_MOMENTUM:
+		for (j = 0; j < nnz; j++)
+			momentum_1(k, &w[idx[j]], val[j], &s0[idx[j]]);
+		break;
+	case R_NESTEROV:
+		for (j = 0; j < nnz; j++)
+			nesterov_1(k, &w[idx[j]], val[j], &s0[idx[j]]);
+		break;
+	case R_ADAGRAD:
+		for (j = 0; j < nnz; j++)
+			adagrad_1(k, &w[idx[j]], val[j], &s0[idx[j]]);
+		break;
+	case R_ADAM:
+		for (j = 0; j < nnz; j++)
+			adam_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
+		break;
+	case R_NONE:
+		break;
+	}
+}
+
+/* The state vectors are `stride` floats apart: dim rounded up to BLOCK, so
+ * that both start equally aligned. */
+struct dml_optim {
+	dml_optim_opts o; /* resolved */
+	size_t dim;
+	size_t stride;
+	uint64_t steps;
+	int nstate;
+	float *state; /* nstate * stride floats, or NULL */
+};
+
+int dml_optim_new(dml_optim **out, const dml_optim_opts *o, size_t dim)
+{
+	if (!out || dim == 0 || dml_optim_check(o))
+		return DML_EINVAL;
+	dml_optim *opt = calloc(1, sizeof *opt);
+	if (!opt)
+		return DML_ENOMEM;
+	dml__optim_resolve(o, &opt->o);
+	opt->dim = dim;
+	opt->nstate = dml_optim_state_floats(&opt->o);
+	if (opt->nstate > 0) {
+		if (dim > SIZE_MAX / sizeof(float) / 2 - BLOCK) {
+			free(opt);
+			return DML_ENOMEM;
+		}
+		opt->stride = (dim + BLOCK - 1) & ~(size_t)(BLOCK - 1);
+		opt->state = calloc((size_t)opt->nstate * opt->stride, sizeof(float));
+		if (!opt->state) {
+			free(opt);
+			return DML_ENOMEM;
+		}
+	}
+	*out = opt;
+	return 0;
+}
+
+void dml_optim_step(dml_optim *opt, float *w, const float *g)
+{
+	if (!opt || !w || !g)
+		return;
+	float lr = dml_schedule_lr(&opt->o, opt->steps);
+	dml__optim_apply(&opt->o, lr, opt->steps + 1, w, g,
+	                 dml_optim_state(opt, 0), dml_optim_state(opt, 1),
+	                 opt->dim);
+	opt->steps++;
+}
+
+int dml_optim_step_sparse(dml_optim *opt, float *w, const uint32_t *idx,
+                          const float *val, size_t nnz)
+{
+	if (!opt || !w || (nnz && (!idx || !val)))
+		return DML_EINVAL;
+	for (size_t j = 0; j < nnz; j++)
+		if (idx[j] >= opt->dim)
+			return DML_EINVAL;
+	float lr = dml_schedule_lr(&opt->o, opt->steps);
+	dml__optim_apply_sparse(&opt->o, lr, opt->steps + 1, w, idx, val, nnz,
+	                        dml_optim_state(opt, 0),
+	                        dml_optim_state(opt, 1));
+	opt->steps++;
+	return 0;
+}
+
+uint64_t dml_optim_steps(const dml_optim *opt)
+{
+	return opt ? opt->steps : 0;
+}
+
+const dml_optim_opts *dml_optim_options(const dml_optim *opt)
+{
+	return opt ? &opt->o : NULL;
+}
+
+float *dml_optim_state(dml_optim *opt, int k)
+{
+	if (!opt || k < 0 || k >= opt->nstate)
+		return NULL;
+	return opt->state + (size_t)k * opt->stride;
+}
+
+void dml_optim_set_steps(dml_optim *opt, uint64_t t)
+{
+	if (opt)
+		opt->steps = t;
+}
+
+void dml_optim_reset(dml_optim *opt)
+{
+	if (!opt)
+		return;
+	if (opt->state)
+		memset(opt->state, 0,
+		       (size_t)opt->nstate * opt->stride * sizeof(float));
+	opt->steps = 0;
+}
+
+void dml_optim_free(dml_optim *opt)
+{
+	if (!opt)
+		return;
+	free(opt->state);
+	free(opt);
+}

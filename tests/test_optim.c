@@ -1,0 +1,737 @@
+/* test_optim.c - optimizers and schedules: every rule against steps worked
+ * out by hand from the formulas in distml/optim.h, defaults, option checks,
+ * schedules, sparse steps, the internal range functions, and convergence on
+ * a quadratic. */
+#include "testutil.h"
+
+#include <math.h>
+
+#include "optim.h"
+
+/* Expected values are worked out in double; the library computes in float. */
+#define assert_near(got, want)                                                 \
+	assert_true(fabs((double)(got) - (double)(want)) <=                    \
+	            2e-6 * (1.0 + fabs((double)(want))))
+
+/* A small deterministic generator: values in [-1, 1). */
+static float rnd(uint32_t *s)
+{
+	*s = *s * 1664525u + 1013904223u;
+	return (float)(*s >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static dml_optim *make(const dml_optim_opts *o, size_t dim)
+{
+	dml_optim *opt = NULL;
+	assert_int_equal(dml_optim_new(&opt, o, dim), 0);
+	assert_non_null(opt);
+	return opt;
+}
+
+/* ---- defaults and option checks ---- */
+
+static void test_defaults(void **state)
+{
+	(void)state;
+	dml_optim_opts d;
+	dml__optim_resolve(NULL, &d);
+	assert_int_equal(d.kind, DML_OPTIM_SGD);
+	assert_true(d.lr == 0.01f && d.l2 == 0 && d.momentum == 0.9f);
+	assert_true(d.nesterov == 0 && d.beta1 == 0.9f && d.beta2 == 0.999f);
+	assert_true(d.eps == 1e-8f);
+	assert_int_equal(d.sched.kind, DML_SCHED_CONST);
+	assert_true(d.sched.step_size == 1000 && d.sched.gamma == 0.1f);
+	assert_true(d.sched.t0 == 1.0f && d.sched.total == 0 && d.sched.lr_min == 0);
+
+	/* non-zero fields are kept; in and out may be the same */
+	dml_optim_opts o = {0};
+	o.kind = DML_OPTIM_ADAM;
+	o.lr = 0.5f;
+	o.beta2 = 0.9f;
+	o.sched.gamma = 0.5f;
+	dml__optim_resolve(&o, &o);
+	assert_true(o.lr == 0.5f && o.beta1 == 0.9f && o.beta2 == 0.9f);
+	assert_true(o.eps == 1e-8f && o.sched.gamma == 0.5f);
+	assert_true(o.sched.step_size == 1000 && o.momentum == 0.9f);
+
+	/* a zeroed struct and NULL are both plain SGD, lr 0.01 */
+	dml_optim_opts z = {0};
+	assert_int_equal(dml_optim_check(&z), 0);
+	assert_int_equal(dml_optim_check(NULL), 0);
+	assert_int_equal(dml_optim_state_floats(&z), 0);
+	assert_int_equal(dml_optim_state_floats(NULL), 0);
+	assert_true(dml_schedule_lr(&z, 0) == 0.01f);
+	assert_true(dml_schedule_lr(NULL, 123456) == 0.01f);
+	dml_optim *opt = make(&z, 1);
+	const dml_optim_opts *used = dml_optim_options(opt);
+	assert_non_null(used);
+	assert_true(used->lr == 0.01f && used->eps == 1e-8f);
+	float w = 1, g = 2;
+	dml_optim_step(opt, &w, &g);
+	assert_near(w, 1 - 0.01 * 2);
+	dml_optim_free(opt);
+
+	opt = make(NULL, 3);
+	assert_true(dml_optim_options(opt)->lr == 0.01f);
+	dml_optim_free(opt);
+}
+
+static void test_check_rejects(void **state)
+{
+	(void)state;
+	const dml_optim_opts ok = {.kind = DML_OPTIM_ADAM, .lr = 0.1f};
+	assert_int_equal(dml_optim_check(&ok), 0);
+	dml_optim_opts bad[32];
+	int n = 0;
+	for (int i = 0; i < 32; i++)
+		bad[i] = ok;
+	bad[n++].lr = -0.1f;
+	bad[n++].lr = NAN;
+	bad[n++].lr = INFINITY;
+	bad[n++].l2 = -1e-3f;
+	bad[n++].l2 = NAN;
+	bad[n++].beta1 = 1.0f;
+	bad[n++].beta1 = -0.5f;
+	bad[n++].beta2 = 1.0f;
+	bad[n++].beta2 = 1.5f;
+	bad[n++].beta2 = NAN;
+	bad[n++].momentum = 1.0f;
+	bad[n++].momentum = 2.0f;
+	bad[n++].momentum = -0.1f;
+	bad[n++].momentum = NAN;
+	bad[n++].eps = -1e-8f;
+	bad[n++].eps = INFINITY;
+	bad[n++].kind = (dml_optim_kind)4;
+	bad[n++].kind = (dml_optim_kind)-1;
+	bad[n++].sched.kind = (dml_sched_kind)4;
+	bad[n].sched.kind = DML_SCHED_COSINE; /* total 0 */
+	n++;
+	bad[n++].sched.gamma = -0.5f;
+	bad[n++].sched.gamma = NAN;
+	bad[n++].sched.t0 = -1.0f;
+	bad[n++].sched.t0 = INFINITY;
+	bad[n++].sched.lr_min = -1.0f;
+	bad[n++].sched.lr_min = NAN;
+	dml_optim *keep = make(&ok, 1);
+	for (int i = 0; i < n; i++) {
+		assert_int_equal(dml_optim_check(&bad[i]), DML_EINVAL);
+		dml_optim *opt = keep; /* not written on failure */
+		assert_int_equal(dml_optim_new(&opt, &bad[i], 4), DML_EINVAL);
+		assert_ptr_equal(opt, keep);
+	}
+	dml_optim *opt = keep;
+	assert_int_equal(dml_optim_new(&opt, &ok, 0), DML_EINVAL);
+	assert_ptr_equal(opt, keep);
+	assert_int_equal(dml_optim_new(NULL, &ok, 4), DML_EINVAL);
+	dml_optim_free(keep);
+
+	/* fields the kind does not use are checked too; values just inside
+	 * the ranges pass */
+	dml_optim_opts o = {.kind = DML_OPTIM_SGD, .momentum = 1};
+	assert_int_equal(dml_optim_check(&o), DML_EINVAL);
+	o = ok;
+	o.momentum = 0.999f;
+	o.beta1 = 1e-6f;
+	o.beta2 = 0.99999f;
+	o.sched.kind = DML_SCHED_COSINE;
+	o.sched.total = 1;
+	assert_int_equal(dml_optim_check(&o), 0);
+
+	/* unknown kinds have no state size */
+	o.kind = (dml_optim_kind)4;
+	assert_int_equal(dml_optim_state_floats(&o), DML_EINVAL);
+}
+
+/* ---- the rules, by hand ---- */
+
+static void test_sgd(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {.kind = DML_OPTIM_SGD, .lr = 0.1f};
+	dml_optim *opt = make(&o, 2);
+	float w[2] = {1, -2}, g1[2] = {0.5f, 1}, g2[2] = {1, -1};
+	dml_optim_step(opt, w, g1); /* w -= 0.1 * g */
+	assert_near(w[0], 0.95);
+	assert_near(w[1], -2.1);
+	dml_optim_step(opt, w, g2);
+	assert_near(w[0], 0.85);
+	assert_near(w[1], -2.0);
+	assert_true(dml_optim_steps(opt) == 2);
+	assert_null(dml_optim_state(opt, 0));
+	dml_optim_free(opt);
+
+	/* with L2 0.5: g_eff = g + 0.5 w; the caller's g is not modified */
+	o.l2 = 0.5f;
+	opt = make(&o, 2);
+	w[0] = 1;
+	w[1] = -2;
+	dml_optim_step(opt, w, g1); /* g_eff = {1, 0} */
+	assert_near(w[0], 0.9);
+	assert_near(w[1], -2.0);
+	dml_optim_step(opt, w, g2); /* g_eff = {1 + 0.45, -1 - 1} */
+	assert_near(w[0], 0.755);
+	assert_near(w[1], -1.8);
+	assert_true(g1[0] == 0.5f && g1[1] == 1 && g2[0] == 1 && g2[1] == -1);
+	dml_optim_free(opt);
+}
+
+static void test_momentum(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {.kind = DML_OPTIM_MOMENTUM, .lr = 0.1f,
+	                    .momentum = 0.5f};
+	float gs[3] = {1, 2, -1};
+	/* v = 0.5 v + g; w -= 0.1 v */
+	const double plain_v[3] = {1, 2.5, 0.25};
+	const double plain_w[3] = {0.9, 0.65, 0.625};
+	/* same v; w -= 0.1 (g + 0.5 v) */
+	const double nag_w[3] = {0.85, 0.525, 0.6125};
+	for (int nesterov = 0; nesterov < 2; nesterov++) {
+		o.nesterov = nesterov;
+		dml_optim *opt = make(&o, 1);
+		assert_int_equal(dml_optim_state_floats(&o), 1);
+		float *v = dml_optim_state(opt, 0);
+		assert_non_null(v);
+		assert_null(dml_optim_state(opt, 1));
+		float w = 1;
+		for (int t = 0; t < 3; t++) {
+			dml_optim_step(opt, &w, &gs[t]);
+			assert_near(*v, plain_v[t]);
+			assert_near(w, nesterov ? nag_w[t] : plain_w[t]);
+		}
+		dml_optim_free(opt);
+	}
+
+	/* L2 0.1: g_eff = g + 0.1 w */
+	o.nesterov = 0;
+	o.l2 = 0.1f;
+	dml_optim *opt = make(&o, 1);
+	float w = 1;
+	dml_optim_step(opt, &w, &gs[0]); /* g_eff 1.1, v 1.1 */
+	assert_near(w, 0.89);
+	dml_optim_step(opt, &w, &gs[1]); /* g_eff 2.089, v 0.55 + 2.089 */
+	assert_near(*dml_optim_state(opt, 0), 2.639);
+	assert_near(w, 0.6261);
+	dml_optim_free(opt);
+
+	/* default mu 0.9: v = g1, then 0.9 g1 + g2 */
+	o.l2 = 0;
+	o.momentum = 0;
+	opt = make(&o, 1);
+	w = 0;
+	dml_optim_step(opt, &w, &gs[0]);
+	assert_near(*dml_optim_state(opt, 0), 1);
+	dml_optim_step(opt, &w, &gs[1]);
+	assert_near(*dml_optim_state(opt, 0), 2.9);
+	assert_near(w, -0.1 - 0.29);
+	dml_optim_free(opt);
+}
+
+static void test_adagrad(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {.kind = DML_OPTIM_ADAGRAD, .lr = 0.5f, .eps = 1};
+	dml_optim *opt = make(&o, 1);
+	float *G = dml_optim_state(opt, 0);
+	assert_non_null(G);
+	assert_null(dml_optim_state(opt, 1));
+	float w = 2, g = 3;
+	dml_optim_step(opt, &w, &g); /* G 9, w -= 0.5 * 3 / (3 + 1) */
+	assert_near(*G, 9);
+	assert_near(w, 1.625);
+	g = 4;
+	dml_optim_step(opt, &w, &g); /* G 25, w -= 0.5 * 4 / (5 + 1) */
+	assert_near(*G, 25);
+	assert_near(w, 1.625 - 1.0 / 3);
+	dml_optim_free(opt);
+
+	/* L2 1: g_eff = g + w */
+	o.l2 = 1;
+	opt = make(&o, 1);
+	G = dml_optim_state(opt, 0);
+	w = 2;
+	g = 3;
+	dml_optim_step(opt, &w, &g); /* g_eff 5, G 25, w -= 0.5 * 5 / 6 */
+	assert_near(*G, 25);
+	assert_near(w, 1.5833333333333333);
+	g = -1;
+	dml_optim_step(opt, &w, &g); /* g_eff 0.58333, G 25.34028 */
+	assert_near(*G, 25.34027777777778);
+	assert_near(w, 1.5349954342327496);
+	dml_optim_free(opt);
+
+	/* default eps 1e-8: the first step is lr * g / |g| */
+	o.l2 = 0;
+	o.eps = 0;
+	opt = make(&o, 1);
+	w = 0;
+	g = -7;
+	dml_optim_step(opt, &w, &g);
+	assert_near(w, 0.5);
+	dml_optim_free(opt);
+}
+
+static void test_adam(void **state)
+{
+	(void)state;
+	/* default betas (0.9, 0.999), eps 1e-8 */
+	dml_optim_opts o = {.kind = DML_OPTIM_ADAM, .lr = 0.1f};
+	dml_optim *opt = make(&o, 2);
+	assert_int_equal(dml_optim_state_floats(&o), 2);
+	float *m = dml_optim_state(opt, 0), *v = dml_optim_state(opt, 1);
+	assert_non_null(m);
+	assert_non_null(v);
+	assert_null(dml_optim_state(opt, 2));
+	float w[2] = {1, 1}, g1[2] = {2, -0.5f}, g2[2] = {-1, -0.5f};
+	/* t = 1: m = 0.1 g, v = 0.001 g^2; corrected m/(1-0.9) = g and
+	 * v/(1-0.999) = g^2, so the step is lr * g / |g| */
+	dml_optim_step(opt, w, g1);
+	assert_near(m[0], 0.2);
+	assert_near(m[1], -0.05);
+	assert_near(v[0], 0.004);
+	assert_near(v[1], 0.00025);
+	assert_near(w[0], 0.9);
+	assert_near(w[1], 1.1);
+	/* t = 2: m0 = 0.18 - 0.1 = 0.08, v0 = 0.003996 + 0.001 = 0.004996;
+	 * w0 -= 0.1 * (0.08 / 0.19) / (sqrt(0.004996 / 0.001999) + 1e-8).
+	 * A constant gradient (coordinate 1) still moves by lr. */
+	dml_optim_step(opt, w, g2);
+	assert_near(m[0], 0.08);
+	assert_near(v[0], 0.004996);
+	assert_near(m[1], -0.095);
+	assert_near(v[1], 0.00049975);
+	assert_near(w[0], 0.8733662967024315);
+	assert_near(w[1], 1.2);
+	dml_optim_free(opt);
+
+	/* betas 0.5, 0.75, eps 0.01, L2 0.5 */
+	o = (dml_optim_opts){.kind = DML_OPTIM_ADAM, .lr = 0.1f, .l2 = 0.5f,
+	                     .beta1 = 0.5f, .beta2 = 0.75f, .eps = 0.01f};
+	opt = make(&o, 1);
+	m = dml_optim_state(opt, 0);
+	v = dml_optim_state(opt, 1);
+	float x = 1, g = 1;
+	/* t = 1: g_eff 1.5, m 0.75, v 0.5625, corrected 1.5 and 2.25:
+	 * w = 1 - 0.1 * 1.5 / (1.5 + 0.01) */
+	dml_optim_step(opt, &x, &g);
+	assert_near(m[0], 0.75);
+	assert_near(v[0], 0.5625);
+	assert_near(x, 1 - 0.15 / 1.51);
+	/* t = 2: g_eff = -2 + 0.5 w, corrections 1 / 0.75 and 1 / 0.4375 */
+	g = -2;
+	dml_optim_step(opt, &x, &g);
+	assert_near(m[0], -0.3998344370860927);
+	assert_near(v[0], 1.0222434048945221);
+	assert_near(x, 0.9353119049193215);
+	dml_optim_free(opt);
+
+	/* the bias correction follows t: from zero state, a step numbered 2
+	 * (after set_steps(1)) differs from a step numbered 1 */
+	o.l2 = 0;
+	float w1 = 1, w2 = 1;
+	g = 1;
+	dml_optim *a = make(&o, 1), *b = make(&o, 1);
+	dml_optim_set_steps(b, 1);
+	dml_optim_step(a, &w1, &g); /* m 0.5, v 0.25: 0.5/0.5 and 0.25/0.25 */
+	/* w -= 0.1 * (0.5 / 0.75) / (sqrt(0.25 / 0.4375) + 0.01) */
+	dml_optim_step(b, &w2, &g);
+	assert_near(w1, 1 - 0.1 / 1.01);
+	assert_near(w2, 0.9129597242495906);
+	assert_true(dml_optim_steps(b) == 2);
+	dml_optim_free(a);
+	dml_optim_free(b);
+
+	/* the same through the internal entry point, with t = 0 taken as 1 */
+	dml_optim_opts r;
+	dml__optim_resolve(&o, &r);
+	float s0[1] = {0}, s1[1] = {0};
+	w1 = 1;
+	dml__optim_apply(&r, 0.1f, 0, &w1, &g, s0, s1, 1);
+	assert_near(w1, 1 - 0.1 / 1.01);
+	s0[0] = s1[0] = 0;
+	w1 = 1;
+	dml__optim_apply(&r, 0.1f, 2, &w1, &g, s0, s1, 1);
+	assert_near(w1, 0.9129597242495906);
+}
+
+/* ---- schedules ---- */
+
+static void test_schedules(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {.lr = 0.8f};
+	/* CONST */
+	assert_true(dml_schedule_lr(&o, 0) == 0.8f);
+	assert_true(dml_schedule_lr(&o, 1000000) == 0.8f);
+	assert_true(dml_schedule_lr(&o, UINT64_MAX) == 0.8f);
+
+	/* STEP: 0.8 * 0.5^floor(t / 10) */
+	o.sched = (dml_schedule){.kind = DML_SCHED_STEP, .step_size = 10,
+	                         .gamma = 0.5f};
+	assert_near(dml_schedule_lr(&o, 0), 0.8);
+	assert_near(dml_schedule_lr(&o, 9), 0.8);
+	assert_near(dml_schedule_lr(&o, 10), 0.4);
+	assert_near(dml_schedule_lr(&o, 19), 0.4);
+	assert_near(dml_schedule_lr(&o, 20), 0.2);
+	assert_near(dml_schedule_lr(&o, 35), 0.1);
+	assert_true(dml_schedule_lr(&o, UINT64_MAX) == 0); /* underflows */
+	/* defaults: step_size 1000, gamma 0.1 */
+	o.sched = (dml_schedule){.kind = DML_SCHED_STEP};
+	assert_near(dml_schedule_lr(&o, 999), 0.8);
+	assert_near(dml_schedule_lr(&o, 1000), 0.08);
+	assert_near(dml_schedule_lr(&o, 2999), 0.008);
+
+	/* INVSQRT: 0.8 / sqrt(1 + t / 2) */
+	o.sched = (dml_schedule){.kind = DML_SCHED_INVSQRT, .t0 = 2};
+	assert_near(dml_schedule_lr(&o, 0), 0.8);
+	assert_near(dml_schedule_lr(&o, 6), 0.4);
+	assert_near(dml_schedule_lr(&o, 16), 0.8 / 3);
+	/* default t0 1 */
+	o.sched = (dml_schedule){.kind = DML_SCHED_INVSQRT};
+	assert_near(dml_schedule_lr(&o, 1), 0.8 * 0.7071067811865476);
+	assert_near(dml_schedule_lr(&o, 3), 0.4);
+
+	/* COSINE: 0.1 + 0.7 * (1 + cos(pi * min(t, 300) / 300)) / 2 */
+	o.sched = (dml_schedule){.kind = DML_SCHED_COSINE, .total = 300,
+	                         .lr_min = 0.1f};
+	assert_near(dml_schedule_lr(&o, 0), 0.8);
+	assert_near(dml_schedule_lr(&o, 100), 0.1 + 0.7 * 0.75); /* cos = 1/2 */
+	assert_near(dml_schedule_lr(&o, 150), 0.45);            /* cos = 0 */
+	assert_near(dml_schedule_lr(&o, 200), 0.1 + 0.7 * 0.25);
+	assert_true(dml_schedule_lr(&o, 300) == 0.1f);
+	assert_true(dml_schedule_lr(&o, 301) == 0.1f);
+	assert_true(dml_schedule_lr(&o, UINT64_MAX) == 0.1f);
+	/* strictly decreasing on the way */
+	for (uint64_t t = 1; t <= 300; t++)
+		assert_true(dml_schedule_lr(&o, t) < dml_schedule_lr(&o, t - 1));
+	/* default lr_min 0 */
+	o.sched.lr_min = 0;
+	assert_near(dml_schedule_lr(&o, 150), 0.4);
+	assert_true(dml_schedule_lr(&o, 1000) == 0);
+	/* an (invalid) total of 0 gives lr_min, not NaN */
+	o.sched.total = 0;
+	assert_true(dml_schedule_lr(&o, 0) == 0);
+}
+
+/* The optimizer uses lr = schedule(t - 1) at step t. */
+static void test_schedule_in_steps(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {.lr = 1};
+	o.sched = (dml_schedule){.kind = DML_SCHED_STEP, .step_size = 2,
+	                         .gamma = 0.5f};
+	dml_optim *opt = make(&o, 1);
+	const double want[6] = {-1, -2, -2.5, -3, -3.25, -3.5};
+	float w = 0, g = 1;
+	for (int t = 0; t < 6; t++) {
+		dml_optim_step(opt, &w, &g);
+		assert_near(w, want[t]);
+	}
+	/* set_steps moves the schedule too: lr(10) = 0.5^5 */
+	dml_optim_set_steps(opt, 10);
+	w = 0;
+	dml_optim_step(opt, &w, &g);
+	assert_near(w, -1.0 / 32);
+	assert_true(dml_optim_steps(opt) == 11);
+	dml_optim_free(opt);
+}
+
+/* ---- sparse steps ---- */
+
+#define DIM 37 /* more than two vector blocks plus a tail */
+
+static const dml_optim_opts rules[] = {
+	{.kind = DML_OPTIM_SGD, .lr = 0.1f, .l2 = 0.01f},
+	{.kind = DML_OPTIM_MOMENTUM, .lr = 0.1f, .l2 = 0.01f},
+	{.kind = DML_OPTIM_MOMENTUM, .lr = 0.1f, .l2 = 0.01f, .nesterov = 1},
+	{.kind = DML_OPTIM_ADAGRAD, .lr = 0.1f, .l2 = 0.01f},
+	{.kind = DML_OPTIM_ADAM, .lr = 0.1f, .l2 = 0.01f,
+	 .sched = {.kind = DML_SCHED_INVSQRT}},
+};
+#define NRULES (sizeof rules / sizeof rules[0])
+
+static void test_sparse_matches_dense(void **state)
+{
+	(void)state;
+	static const uint32_t idx[] = {36, 0, 5, 17, 16, 31};
+	enum { NNZ = sizeof idx / sizeof idx[0] };
+	for (size_t r = 0; r < NRULES; r++) {
+		dml_optim *dense = make(&rules[r], DIM);
+		dml_optim *sparse = make(&rules[r], DIM);
+		int ns = dml_optim_state_floats(&rules[r]);
+		uint32_t seed = 7;
+		float w0[DIM], wd[DIM], ws[DIM];
+		for (int i = 0; i < DIM; i++)
+			w0[i] = wd[i] = ws[i] = rnd(&seed);
+		for (int step = 0; step < 3; step++) {
+			float g[DIM] = {0}, val[NNZ], gcopy[DIM];
+			for (int j = 0; j < NNZ; j++)
+				g[idx[j]] = val[j] = rnd(&seed);
+			memcpy(gcopy, g, sizeof g);
+			dml_optim_step(dense, wd, g);
+			assert_memory_equal(g, gcopy, sizeof g);
+			assert_int_equal(dml_optim_step_sparse(sparse, ws, idx, val, NNZ), 0);
+		}
+		assert_true(dml_optim_steps(sparse) == 3);
+		int touched[DIM] = {0};
+		for (int j = 0; j < NNZ; j++)
+			touched[idx[j]] = 1;
+		for (int i = 0; i < DIM; i++) {
+			if (touched[i]) {
+				assert_true(ws[i] != w0[i]);
+				assert_near(ws[i], wd[i]);
+			} else {
+				assert_true(ws[i] == w0[i]);
+			}
+			for (int k = 0; k < ns; k++) {
+				float sd = dml_optim_state(dense, k)[i];
+				float ss = dml_optim_state(sparse, k)[i];
+				if (touched[i])
+					assert_near(ss, sd);
+				else
+					assert_true(ss == 0);
+			}
+		}
+		dml_optim_free(dense);
+		dml_optim_free(sparse);
+	}
+}
+
+static void test_sparse_bad_index(void **state)
+{
+	(void)state;
+	for (size_t r = 0; r < NRULES; r++) {
+		dml_optim *opt = make(&rules[r], DIM);
+		int ns = dml_optim_state_floats(&rules[r]);
+		float w[DIM], w0[DIM], val[3] = {1, 2, 3};
+		for (int i = 0; i < DIM; i++)
+			w[i] = w0[i] = (float)i;
+		uint32_t idx[3] = {1, 2, 3};
+		assert_int_equal(dml_optim_step_sparse(opt, w, idx, val, 3), 0);
+		memcpy(w0, w, sizeof w);
+		float st[2][DIM];
+		for (int k = 0; k < ns; k++)
+			memcpy(st[k], dml_optim_state(opt, k), sizeof st[k]);
+		/* the bad index comes last: the earlier ones must not be applied */
+		idx[2] = DIM;
+		assert_int_equal(dml_optim_step_sparse(opt, w, idx, val, 3), DML_EINVAL);
+		idx[2] = UINT32_MAX;
+		assert_int_equal(dml_optim_step_sparse(opt, w, idx, val, 3), DML_EINVAL);
+		assert_int_equal(dml_optim_step_sparse(opt, w, NULL, val, 3), DML_EINVAL);
+		assert_int_equal(dml_optim_step_sparse(opt, w, idx, NULL, 3), DML_EINVAL);
+		assert_int_equal(dml_optim_step_sparse(opt, NULL, idx, val, 3), DML_EINVAL);
+		assert_int_equal(dml_optim_step_sparse(NULL, w, idx, val, 3), DML_EINVAL);
+		assert_memory_equal(w, w0, sizeof w);
+		for (int k = 0; k < ns; k++)
+			assert_memory_equal(st[k], dml_optim_state(opt, k), sizeof st[k]);
+		assert_true(dml_optim_steps(opt) == 1);
+		/* nnz 0 is a step that touches nothing */
+		assert_int_equal(dml_optim_step_sparse(opt, w, NULL, NULL, 0), 0);
+		assert_true(dml_optim_steps(opt) == 2);
+		assert_memory_equal(w, w0, sizeof w);
+		dml_optim_free(opt);
+	}
+}
+
+static void test_sparse_repeated(void **state)
+{
+	(void)state;
+	/* SGD, L2 0.5: applied one after the other, not summed:
+	 * g_eff 1 + 0.5 -> w 0.85; g_eff 1 + 0.425 -> w 0.7075 */
+	dml_optim_opts o = {.lr = 0.1f, .l2 = 0.5f};
+	dml_optim *opt = make(&o, 4);
+	float w[4] = {0, 0, 1, 0};
+	uint32_t idx[2] = {2, 2};
+	float val[2] = {1, 1};
+	assert_int_equal(dml_optim_step_sparse(opt, w, idx, val, 2), 0);
+	assert_near(w[2], 0.7075);
+	assert_true(w[0] == 0 && w[1] == 0 && w[3] == 0);
+	assert_true(dml_optim_steps(opt) == 1);
+	dml_optim_free(opt);
+
+	/* momentum 0.5: v 1 -> w 0.9; v 0.5 + 2 -> w 0.65 */
+	o = (dml_optim_opts){.kind = DML_OPTIM_MOMENTUM, .lr = 0.1f,
+	                     .momentum = 0.5f};
+	opt = make(&o, 4);
+	w[2] = 1;
+	val[1] = 2;
+	assert_int_equal(dml_optim_step_sparse(opt, w, idx, val, 2), 0);
+	assert_near(dml_optim_state(opt, 0)[2], 2.5);
+	assert_near(w[2], 0.65);
+	dml_optim_free(opt);
+}
+
+/* ---- accessors and lifetime ---- */
+
+static void test_state_and_lifetime(void **state)
+{
+	(void)state;
+	const int want[4] = {0, 1, 1, 2};
+	for (int kind = 0; kind < 4; kind++) {
+		dml_optim_opts o = {.kind = (dml_optim_kind)kind};
+		assert_int_equal(dml_optim_state_floats(&o), want[kind]);
+		dml_optim *opt = make(&o, 5);
+		for (int k = -1; k < 3; k++) {
+			float *s = dml_optim_state(opt, k);
+			if (k < 0 || k >= want[kind]) {
+				assert_null(s);
+				continue;
+			}
+			assert_non_null(s);
+			for (int i = 0; i < 5; i++)
+				assert_true(s[i] == 0);
+		}
+		float w[5] = {1, 2, 3, 4, 5}, g[5] = {1, -1, 2, -2, 3};
+		dml_optim_step(opt, w, g);
+		dml_optim_step(opt, w, g);
+		assert_true(dml_optim_steps(opt) == 2);
+		if (want[kind])
+			assert_true(dml_optim_state(opt, 0)[0] != 0);
+		/* set_steps changes only the count */
+		dml_optim_set_steps(opt, 41);
+		assert_true(dml_optim_steps(opt) == 41);
+		if (want[kind])
+			assert_true(dml_optim_state(opt, 0)[0] != 0);
+		dml_optim_reset(opt);
+		assert_true(dml_optim_steps(opt) == 0);
+		for (int k = 0; k < want[kind]; k++)
+			for (int i = 0; i < 5; i++)
+				assert_true(dml_optim_state(opt, k)[i] == 0);
+		/* after reset it behaves like a new one */
+		dml_optim *fresh = make(&o, 5);
+		float w1[5] = {1, 2, 3, 4, 5}, w2[5] = {1, 2, 3, 4, 5};
+		dml_optim_step(opt, w1, g);
+		dml_optim_step(fresh, w2, g);
+		assert_memory_equal(w1, w2, sizeof w1);
+		dml_optim_free(fresh);
+		dml_optim_free(opt);
+	}
+	/* NULL is harmless everywhere it can be */
+	dml_optim_free(NULL);
+	dml_optim_reset(NULL);
+	dml_optim_set_steps(NULL, 3);
+	dml_optim_step(NULL, NULL, NULL);
+	assert_true(dml_optim_steps(NULL) == 0);
+	assert_null(dml_optim_options(NULL));
+	assert_null(dml_optim_state(NULL, 0));
+}
+
+/* dml__optim_apply on a sub-range equals the whole-vector step there, and
+ * so does a vector applied in pieces. */
+static void test_apply_subrange(void **state)
+{
+	(void)state;
+	enum { N = 70, LO = 13, HI = 51 };
+	for (size_t r = 0; r < NRULES; r++) {
+		dml_optim_opts o;
+		dml__optim_resolve(&rules[r], &o);
+		int ns = dml_optim_state_floats(&o);
+		dml_optim *opt = make(&rules[r], N);
+		uint32_t seed = 99;
+		float w[N], wr[N], wp[N], w0[N];
+		float sr[2][N] = {{0}}, sp[2][N] = {{0}};
+		for (int i = 0; i < N; i++)
+			w[i] = wr[i] = wp[i] = w0[i] = rnd(&seed);
+		for (uint64_t t = 1; t <= 3; t++) {
+			float g[N];
+			for (int i = 0; i < N; i++)
+				g[i] = rnd(&seed);
+			float lr = dml_schedule_lr(&o, t - 1);
+			dml_optim_step(opt, w, g);
+			dml__optim_apply(&o, lr, t, wr + LO, g + LO,
+			                 ns > 0 ? sr[0] + LO : NULL,
+			                 ns > 1 ? sr[1] + LO : NULL, HI - LO);
+			/* the whole vector in three uneven pieces */
+			const size_t cut[4] = {0, 5, 38, N};
+			for (int p = 0; p < 3; p++)
+				dml__optim_apply(&o, lr, t, wp + cut[p], g + cut[p],
+				                 ns > 0 ? sp[0] + cut[p] : NULL,
+				                 ns > 1 ? sp[1] + cut[p] : NULL,
+				                 cut[p + 1] - cut[p]);
+		}
+		for (int i = 0; i < N; i++) {
+			assert_near(wp[i], w[i]);
+			if (i >= LO && i < HI)
+				assert_near(wr[i], w[i]);
+			else
+				assert_true(wr[i] == w0[i]);
+			for (int k = 0; k < ns; k++) {
+				float s = dml_optim_state(opt, k)[i];
+				assert_near(sp[k][i], s);
+				if (i >= LO && i < HI)
+					assert_near(sr[k][i], s);
+				else
+					assert_true(sr[k][i] == 0);
+			}
+		}
+		dml_optim_free(opt);
+	}
+}
+
+/* ---- behaviour: minimising f(w) = 1/2 sum a_i (w_i - c_i)^2 ---- */
+
+static double quad(const float *w, const float *a, const float *c, int n)
+{
+	double f = 0;
+	for (int i = 0; i < n; i++)
+		f += 0.5 * a[i] * ((double)w[i] - c[i]) * ((double)w[i] - c[i]);
+	return f;
+}
+
+static void test_converges_on_quadratic(void **state)
+{
+	(void)state;
+	enum { N = 20 };
+	float a[N], c[N];
+	uint32_t seed = 3;
+	for (int i = 0; i < N; i++) {
+		a[i] = 0.5f + 1.5f * (rnd(&seed) + 1); /* curvature in [0.5, 3.5) */
+		c[i] = 10 * rnd(&seed);
+	}
+	const dml_optim_opts opts[] = {
+		{.kind = DML_OPTIM_SGD, .lr = 0.2f}, /* < 2 / max a */
+		{.kind = DML_OPTIM_MOMENTUM, .lr = 0.05f},
+		{.kind = DML_OPTIM_MOMENTUM, .lr = 0.05f, .nesterov = 1},
+	};
+	for (size_t r = 0; r < sizeof opts / sizeof opts[0]; r++) {
+		dml_optim *opt = make(&opts[r], N);
+		float w[N] = {0}, g[N];
+		double f0 = quad(w, a, c, N), prev = f0;
+		for (int step = 0; step < 500; step++) {
+			for (int i = 0; i < N; i++)
+				g[i] = a[i] * (w[i] - c[i]);
+			dml_optim_step(opt, w, g);
+			double f = quad(w, a, c, N);
+			/* plain SGD with a small step only goes down (until float
+			 * rounding is all that is left) */
+			if (r == 0 && prev > 1e-6 * f0)
+				assert_true(f < prev);
+			prev = f;
+		}
+		assert_true(prev < 1e-8 * f0);
+		for (int i = 0; i < N; i++)
+			assert_true(fabs((double)w[i] - c[i]) < 1e-3);
+		dml_optim_free(opt);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_check_rejects),
+		cmocka_unit_test(test_sgd),
+		cmocka_unit_test(test_momentum),
+		cmocka_unit_test(test_adagrad),
+		cmocka_unit_test(test_adam),
+		cmocka_unit_test(test_schedules),
+		cmocka_unit_test(test_schedule_in_steps),
+		cmocka_unit_test(test_sparse_matches_dense),
+		cmocka_unit_test(test_sparse_bad_index),
+		cmocka_unit_test(test_sparse_repeated),
+		cmocka_unit_test(test_state_and_lifetime),
+		cmocka_unit_test(test_apply_subrange),
+		cmocka_unit_test(test_converges_on_quadratic),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
