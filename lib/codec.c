@@ -44,7 +44,7 @@ static size_t scalar_size(dml_kind k)
 static size_t elem_size(dml_kind k)
 {
 	switch (k) {
-	case DML_F32S: return 4;
+	case DML_F32S: case DML_U32S: return 4;
 	case DML_F64S: case DML_I64S: return 8;
 	default: return 0;
 	}
@@ -64,7 +64,7 @@ int dml_type_check(const dml_type *t)
 		return DML_EINVAL;
 	for (size_t i = 0; i < t->nfields; i++) {
 		const dml_field *f = &t->fields[i];
-		if (f->kind < DML_I32 || f->kind > DML_I64S)
+		if (f->kind < DML_I32 || f->kind > DML_U32S)
 			return DML_EINVAL;
 		size_t ms = member_size(f->kind);
 		if (f->offset > t->size || ms > t->size - f->offset)
@@ -205,7 +205,7 @@ static int r_tag(reader *r, dml_kind want)
 	if (r->pos >= r->len)
 		return DML_EPROTO;
 	uint8_t tag = r->p[r->pos++];
-	if (tag < DML_I32 || tag > DML_I64S)
+	if (tag < DML_I32 || tag > DML_U32S)
 		return DML_EPROTO;
 	return tag == (uint8_t)want ? 0 : DML_ETYPE;
 }

@@ -17,6 +17,7 @@ typedef struct all {
 	dml_f32s fs;
 	dml_f64s ds;
 	dml_i64s is;
+	dml_u32s us;
 } all;
 
 static const dml_field all_fields[] = {
@@ -26,17 +27,19 @@ static const dml_field all_fields[] = {
 	DML_FIELD(all, b, DML_BOOL),  DML_FIELD(all, s, DML_STR),
 	DML_FIELD(all, blob, DML_BYTES), DML_FIELD(all, fs, DML_F32S),
 	DML_FIELD(all, ds, DML_F64S), DML_FIELD(all, is, DML_I64S),
+	DML_FIELD(all, us, DML_U32S),
 };
 static const dml_type all_type = DML_TYPE(all, all_fields);
 
 static float fv[5] = {1.5f, -2.25f, 3.0f, 0.0f, 1e30f};
 static double dv[3] = {1.0 / 3, -7.5, 1e-300};
 static int64_t iv[2] = {INT64_MIN, INT64_MAX};
+static uint32_t uv[3] = {0, 7, UINT32_MAX};
 
 static all sample(void)
 {
 	all a = {-5, INT64_MIN + 1, 4000000000u, UINT64_MAX, 3.25f, -0.125, true,
-	         {"hello", 5, 0}, {"\0\1\2", 3, 0}, {fv, 5, 0}, {dv, 3, 0}, {iv, 2, 0}};
+	         {"hello", 5, 0}, {"\0\1\2", 3, 0}, {fv, 5, 0}, {dv, 3, 0}, {iv, 2, 0}, {uv, 3, 0}};
 	return a;
 }
 
@@ -66,6 +69,9 @@ static void test_roundtrip_views(void **state)
 	assert_memory_equal(b.ds.data, dv, sizeof dv);
 	assert_int_equal(b.is.n, 2);
 	assert_memory_equal(b.is.data, iv, sizeof iv);
+	assert_int_equal(b.us.n, 3);
+	assert_memory_equal(b.us.data, uv, sizeof uv);
+	assert_int_equal((uintptr_t)b.us.data % 4, 0);
 	/* views point into the buffer, aligned for their element type */
 	assert_true((const uint8_t *)b.fs.data > buf && (const uint8_t *)b.fs.data < buf + len);
 	assert_int_equal((uintptr_t)b.fs.data % 4, 0);

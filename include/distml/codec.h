@@ -40,7 +40,8 @@ typedef enum dml_kind {
 	DML_BYTES = 9,/* dml_bytes */
 	DML_F32S = 10,/* dml_f32s */
 	DML_F64S = 11,/* dml_f64s */
-	DML_I64S = 12 /* dml_i64s */
+	DML_I64S = 12,/* dml_i64s */
+	DML_U32S = 13 /* dml_u32s (e.g. sparse indices) */
 } dml_kind;
 
 /*
@@ -79,6 +80,12 @@ typedef struct dml_i64s {
 	size_t n;
 	size_t cap;
 } dml_i64s;
+
+typedef struct dml_u32s {
+	uint32_t *data;
+	size_t n;
+	size_t cap;
+} dml_u32s;
 
 /* One field: its name (used by self-describing codecs), kind and offset. */
 typedef struct dml_field {
