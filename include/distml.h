@@ -11,5 +11,7 @@
 #include "distml/codec.h"
 #include "distml/rpc.h"
 #include "distml/optim.h"
+#include "distml/ps.h"
+#include "distml/data.h"
 
 #endif

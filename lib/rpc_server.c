@@ -79,7 +79,25 @@ struct dml_rpc_ctx {
 	char msg[DML_RPC_ERRMSG_MAX];
 };
 
+/* Outlives the server while deferred replies are outstanding, so that one
+ * sent after dml_rpc_server_free is dropped instead of touching freed
+ * memory. Replies hold it shared; the server's free takes it exclusive. */
+typedef struct hub {
+	pthread_rwlock_t lock;
+	int alive;
+	atomic_int refs; /* the server's + one per outstanding deferred reply */
+} hub;
+
+static void hub_unref(hub *h)
+{
+	if (atomic_fetch_sub(&h->refs, 1) == 1) {
+		pthread_rwlock_destroy(&h->lock);
+		free(h);
+	}
+}
+
 struct dml_rpc_deferred {
+	hub *h;
 	dml_rpc_server *s;
 	conn *c;
 	uint32_t gen;
@@ -105,6 +123,7 @@ struct dml_rpc_server {
 	int nconns;
 	atomic_int stopped;
 	atomic_uint_fast64_t next_id;
+	hub *hub;
 };
 
 /* ---- method table ------------------------------------------------- */
@@ -209,10 +228,16 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		s->o.max_conns = DML_RPC_DEFAULT_MAX_CONNS;
 	s->nchunks_cap = ((size_t)s->o.max_conns + CHUNK - 1) / CHUNK;
 	s->chunks = calloc(s->nchunks_cap, sizeof *s->chunks);
-	if (!s->chunks) {
+	s->hub = malloc(sizeof *s->hub);
+	if (!s->chunks || !s->hub) {
+		free(s->chunks);
+		free(s->hub);
 		free(s);
 		return DML_ENOMEM;
 	}
+	pthread_rwlock_init(&s->hub->lock, NULL);
+	s->hub->alive = 1;
+	atomic_init(&s->hub->refs, 1);
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
 	s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
@@ -223,6 +248,7 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		if (s->evfd >= 0)
 			close(s->evfd);
 		free(s->chunks);
+		hub_unref(s->hub);
 		free(s);
 		return DML_ESYS;
 	}
@@ -305,6 +331,10 @@ void dml_rpc_server_free(dml_rpc_server *s)
 {
 	if (!s)
 		return;
+	pthread_rwlock_wrlock(&s->hub->lock); /* waits for replies in progress */
+	s->hub->alive = 0;
+	pthread_rwlock_unlock(&s->hub->lock);
+	hub_unref(s->hub);
 	for (size_t k = 0; k < s->nchunks; k++) {
 		for (int i = 0; i < CHUNK; i++) {
 			conn *c = &s->chunks[k][i];
@@ -768,6 +798,8 @@ int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
 	dml_rpc_deferred *d = malloc(sizeof *d);
 	if (!d)
 		return DML_ENOMEM;
+	d->h = ctx->s->hub;
+	atomic_fetch_add(&d->h->refs, 1);
 	d->s = ctx->s;
 	d->c = ctx->c;
 	d->gen = ctx->gen;
@@ -783,6 +815,14 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 {
 	if (!d)
 		return DML_EINVAL;
+	hub *h = d->h;
+	pthread_rwlock_rdlock(&h->lock);
+	if (!h->alive) {
+		pthread_rwlock_unlock(&h->lock);
+		hub_unref(h);
+		free(d);
+		return DML_ECLOSED;
+	}
 	conn *c = d->c;
 	pthread_mutex_lock(&c->omu);
 	int rc = DML_ECLOSED, pending = 0;
@@ -800,6 +840,8 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	pthread_mutex_unlock(&c->omu);
 	if (pending || (rc && rc != DML_ECLOSED))
 		conn_serve(d->s, c, d->gen, 0); /* arm for output, or close */
+	pthread_rwlock_unlock(&h->lock);
+	hub_unref(h);
 	free(d);
 	return rc == DML_ECONNLOST ? DML_ECLOSED : rc;
 }

@@ -20,20 +20,21 @@
 #define MAX_RUNNERS 8
 
 /* A server with its run-loop threads. */
-typedef struct fixture {
-	dml_rpc_server *srv;
-	pthread_t runners[MAX_RUNNERS];
-	int nrunners;
-	int run_rc[MAX_RUNNERS];
-	char addr[128];
-} fixture;
+typedef struct fixture fixture;
 
 typedef struct runner_arg {
 	fixture *f;
 	int i;
 } runner_arg;
 
-static runner_arg runner_args[MAX_RUNNERS];
+struct fixture {
+	dml_rpc_server *srv;
+	pthread_t runners[MAX_RUNNERS];
+	runner_arg args[MAX_RUNNERS];
+	int nrunners;
+	int run_rc[MAX_RUNNERS];
+	char addr[128];
+};
 
 static void *fixture_runner(void *p)
 {
@@ -48,10 +49,10 @@ static inline void fixture_start(fixture *f, int threads)
 	assert_int_equal(dml_rpc_server_addr(f->srv, 0, f->addr, sizeof f->addr), 0);
 	f->nrunners = threads;
 	for (int i = 0; i < threads; i++) {
-		runner_args[i].f = f;
-		runner_args[i].i = i;
+		f->args[i].f = f;
+		f->args[i].i = i;
 		assert_int_equal(pthread_create(&f->runners[i], NULL, fixture_runner,
-		                                &runner_args[i]), 0);
+		                                &f->args[i]), 0);
 	}
 }
 

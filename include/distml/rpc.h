@@ -151,16 +151,17 @@ DML_API uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx);
 typedef struct dml_rpc_deferred dml_rpc_deferred;
 
 /* Takes over the reply of the current request. *out is owned by the caller
- * until passed to dml_rpc_deferred_reply (exactly once, before the server is
- * freed). DML_EINVAL (already deferred), DML_ENOMEM. Call only from the
- * handler, with its ctx. */
+ * until passed to dml_rpc_deferred_reply, exactly once (also after the
+ * server is freed: the reply is then dropped). DML_EINVAL (already
+ * deferred), DML_ENOMEM. Call only from the handler, with its ctx. */
 DML_API int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out);
 
 /* Sends the deferred reply and frees `d`: with err == 0, `reply` (a struct
  * of the method's reply type, only read during the call); else an error
  * reply carrying `msg` (NULL = dml_strerror(err)), as a handler's error.
- * Returns 0, or DML_ECLOSED when the connection has gone (the reply is
- * dropped), DML_ENOMEM. Thread-safe: any thread, also inside a handler. */
+ * Returns 0, or DML_ECLOSED when the connection or the server has gone
+ * (the reply is dropped), DML_ENOMEM. Thread-safe: any thread, also inside
+ * a handler, also while the server is being freed. */
 DML_API int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err,
                                    const void *reply, const char *msg);
 

@@ -1,0 +1,166 @@
+/*
+ * distml/ps.h - the parameter store: a float32 vector that many threads,
+ * processes or machines update at once, exactly.
+ *
+ * A store is local (dml_ps_new) or remote (dml_ps_connect: a handle over
+ * RPC clients to one or more servers that serve local stores with
+ * dml_ps_serve). Both answer the same dml_ps_* calls, so code that trains
+ * against a store does not change when the store moves to other machines.
+ *
+ * Local stores are guarded by striped locks: the vector is cut into
+ * `stripes` contiguous ranges, each with its own mutex. What a concurrent
+ * reader sees: within one stripe, every update is applied whole or not at
+ * all; a dense update or pull walks the stripes one at a time, so a pull
+ * racing with an update may see it in some stripes and not yet in others
+ * (use stripes = 1 for whole-vector atomicity). A sparse update holds all
+ * the stripes it touches at once, so readers see it whole. No update is
+ * ever lost or applied twice: T threads x M updates leave exactly the sum.
+ *
+ * Part of libdistml. Included by <distml.h>; include that instead.
+ */
+#ifndef DISTML_PS_H
+#define DISTML_PS_H
+
+#include "common.h"
+#include "optim.h"
+#include "rpc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dml_ps dml_ps;
+
+/* Staleness bound meaning "no bound" (asynchronous). */
+#define DML_PS_ASYNC (-1)
+
+/* Options of a local store; zero-initialised means defaults. */
+typedef struct dml_ps_opts {
+	const float *init;    /* dim initial values (copied); NULL = zeros */
+	size_t stripes;       /* lock stripes (0 = one per 64 Ki parameters,
+	                         at most 256); clipped to dim and 4096 */
+	dml_optim_opts optim; /* the rule dml_ps_push applies (default SGD) */
+	int workers;          /* workers with clocks (0 = no clocks) */
+	int staleness;        /* clock bound s: 0 = bulk-synchronous, s > 0 =
+	                         bounded staleness, DML_PS_ASYNC = none */
+} dml_ps_opts;
+
+/* Creates a local store of `dim` (>= 1) parameters. *out owns it
+ * (dml_ps_free). DML_EINVAL (bad options), DML_ENOMEM. */
+DML_API int dml_ps_new(dml_ps **out, size_t dim, const dml_ps_opts *opts);
+
+/* The number of parameters. Thread-safe. */
+DML_API size_t dml_ps_dim(const dml_ps *ps);
+
+/* Adds delta (dim floats, only read) to the parameters. Thread-safe.
+ * Remote: DML_ECONNLOST, DML_ETIMEDOUT, ... from the RPC layer. */
+DML_API int dml_ps_update(dml_ps *ps, const float *delta);
+
+/* Adds val[i] to parameter idx[i] for i < nnz (repeats add up). An index
+ * >= dim gives DML_EINVAL and changes nothing. Thread-safe. */
+DML_API int dml_ps_update_sparse(dml_ps *ps, const uint32_t *idx,
+                                 const float *val, size_t nnz);
+
+/* Applies the store's optimizer to a gradient (dim floats, only read): one
+ * step of opts.optim (for a remote store, of each server's optimizer).
+ * Thread-safe. */
+DML_API int dml_ps_push(dml_ps *ps, const float *grad);
+
+/* Sparse gradient: one optimizer step on the coordinates given (see
+ * dml_optim_step_sparse). Index >= dim: DML_EINVAL, nothing changes. */
+DML_API int dml_ps_push_sparse(dml_ps *ps, const uint32_t *idx,
+                               const float *val, size_t nnz);
+
+/* Copies the parameters into out (dim floats, caller's). Thread-safe. */
+DML_API int dml_ps_pull(dml_ps *ps, float *out);
+
+/* Copies parameters [off, off + n) into out (n floats). DML_EINVAL when
+ * the range is outside [0, dim). Thread-safe. */
+DML_API int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out);
+
+/* Overwrites the parameters with v (dim floats); the optimizer state is
+ * kept. Thread-safe. */
+DML_API int dml_ps_assign(dml_ps *ps, const float *v);
+
+/* The number of updates and pushes applied so far (for a remote store, by
+ * the first server). Thread-safe. */
+DML_API int dml_ps_updates(dml_ps *ps, uint64_t *count);
+
+/*
+ * Clocks, for the consistency models. Worker w (0 <= w < workers) calls
+ * this at the end of each of its iterations: its clock advances by one,
+ * then the call waits until the slowest worker's clock is at least
+ * (w's clock - staleness): staleness 0 is bulk-synchronous (a barrier),
+ * s > 0 lets a worker run at most s clocks ahead, DML_PS_ASYNC never waits.
+ * Waits at most `timeout` (DML_INFINITE, or ms): DML_ETIMEDOUT, the clock
+ * staying advanced. *min_clock (may be NULL) gets the slowest clock seen.
+ * DML_EINVAL if the store has no clocks or w is out of range. Remote: the
+ * first server keeps the clocks; the wait holds no server thread.
+ * Thread-safe.
+ */
+DML_API int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
+                         int64_t *min_clock);
+
+/* The clock of `worker` and the slowest clock. Thread-safe. */
+DML_API int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock,
+                             int64_t *min_clock);
+
+/*
+ * Checkpoints (local stores only; DML_EINVAL for a remote handle: save on
+ * the server's host). dml_ps_save writes the parameters, the optimizer
+ * rule, its state and step count to `path`: zlib-compressed, CRC-32
+ * checked, written to a temporary file, fsynced and renamed, so `path`
+ * always holds the old or the new checkpoint (see docs/checkpoint.md).
+ * Updates may run meanwhile; each stripe is copied whole. DML_EIO.
+ *
+ * dml_ps_load replaces the store's parameters and optimizer state and step
+ * count with the checkpoint's, or changes nothing on error: DML_EDIM (other
+ * dimension), DML_ETYPE (other optimizer rule), DML_ETRUNC (truncated),
+ * DML_ECORRUPT (checksum), DML_EFORMAT, DML_EVERSION, DML_EIO.
+ * Both thread-safe.
+ */
+DML_API int dml_ps_save(dml_ps *ps, const char *path);
+DML_API int dml_ps_load(dml_ps *ps, const char *path);
+
+/*
+ * Serving. dml_ps_serve registers the store's methods (named "PS.*", see
+ * docs/ps.md) on a server the host runs; the store must outlive the
+ * server (free the server first). Pushes carry a client id and sequence
+ * number: a push retried after a lost reply is applied once. DML_EEXIST
+ * (already registered), DML_EINVAL. Not thread-safe: call before the
+ * server runs, like dml_rpc_server_register.
+ */
+DML_API int dml_ps_serve(dml_ps *ps, dml_rpc_server *server);
+
+/* Options of a remote handle; zero-initialised means defaults. */
+typedef struct dml_ps_remote_opts {
+	dml_duration timeout; /* per call (0 = 30 s) */
+	int retries;          /* resends of a push that timed out (0 = 1,
+	                         negative = none); applied once by the server */
+} dml_ps_remote_opts;
+
+/*
+ * A remote store over `n` (1..64) dialled clients, one per server, in key
+ * order: server i holds the range [sum of the dims before it, + its dim),
+ * as dml_ps_shard_range cuts it (ps-lite's range partition). A push or
+ * pull goes to every shard at once. The clients are borrowed: they must
+ * outlive the handle; free the handle first. Asks each server for its
+ * dimension: DML_ECONNLOST, DML_ETIMEDOUT, DML_ENOMETHOD (not a store).
+ */
+DML_API int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients,
+                           int n, const dml_ps_remote_opts *opts);
+
+/* The range of shard i of n for a vector of `dim` parameters: contiguous,
+ * sizes differing by at most one. DML_EINVAL. Thread-safe. */
+DML_API int dml_ps_shard_range(size_t dim, int n, int i, size_t *off,
+                               size_t *len);
+
+/* Frees a store or handle (NULL is fine). No call may be running on it;
+ * a served store must be freed after its server. Calls waiting in a
+ * served store's clocks are answered with DML_ECLOSED. */
+DML_API void dml_ps_free(dml_ps *ps);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DISTML_PS_H */

@@ -1,0 +1,566 @@
+/*
+ * ps.c - the parameter store: a local float vector under striped locks,
+ * with server-side optimizers, worker clocks and checkpoints. Every public
+ * dml_ps_* call also accepts a remote handle (ps_remote.c).
+ */
+#include "ps.h"
+
+#include "ckpt.h"
+#include "optim.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define STRIPE_PARAMS ((size_t)64 * 1024)
+#define AUTO_STRIPES 256  /* most stripes chosen automatically */
+#define MAX_STRIPES 4096  /* most stripes at all */
+#define CKPT_KIND 0x53504d44u /* "DMPS" */
+#define TAG_PARAMS 1u
+#define TAG_STATE0 2u
+#define TAG_STATE1 3u
+
+/* ---- creation ----------------------------------------------------- */
+
+static int opts_check(size_t dim, const dml_ps_opts *o)
+{
+	if (!dim || dim > ((size_t)1 << 40))
+		return DML_EINVAL;
+	if (o->workers < 0 || o->workers > 1000000)
+		return DML_EINVAL;
+	if (o->staleness < DML_PS_ASYNC)
+		return DML_EINVAL;
+	return dml_optim_check(&o->optim);
+}
+
+int dml_ps_new(dml_ps **out, size_t dim, const dml_ps_opts *opts)
+{
+	dml_ps_opts o = {0};
+	if (opts)
+		o = *opts;
+	if (!out)
+		return DML_EINVAL;
+	int rc = opts_check(dim, &o);
+	if (rc)
+		return rc;
+	dml_ps *ps = calloc(1, sizeof *ps);
+	if (!ps)
+		return DML_ENOMEM;
+	ps->dim = dim;
+	dml__optim_resolve(&o.optim, &ps->optim);
+	int nstate = dml_optim_state_floats(&ps->optim);
+	size_t ns = o.stripes ? o.stripes : (dim + STRIPE_PARAMS - 1) / STRIPE_PARAMS;
+	if (!o.stripes && ns > AUTO_STRIPES)
+		ns = AUTO_STRIPES;
+	if (ns > MAX_STRIPES)
+		ns = MAX_STRIPES;
+	if (ns > dim)
+		ns = dim;
+	ps->stripe_len = (dim + ns - 1) / ns;
+	ps->nstripes = (dim + ps->stripe_len - 1) / ps->stripe_len;
+	ps->w = malloc(dim * sizeof(float));
+	ps->stripes = calloc(ps->nstripes, sizeof *ps->stripes);
+	for (int k = 0; k < nstate; k++)
+		ps->s[k] = calloc(dim, sizeof(float));
+	ps->workers = o.workers;
+	ps->staleness = o.staleness;
+	if (o.workers)
+		ps->clock = calloc((size_t)o.workers, sizeof *ps->clock);
+	if (!ps->w || !ps->stripes || (nstate > 0 && !ps->s[0]) ||
+	    (nstate > 1 && !ps->s[1]) || (o.workers && !ps->clock)) {
+		free(ps->w);
+		free(ps->stripes);
+		free(ps->s[0]);
+		free(ps->s[1]);
+		free(ps->clock);
+		free(ps);
+		return DML_ENOMEM;
+	}
+	if (o.init)
+		memcpy(ps->w, o.init, dim * sizeof(float));
+	else
+		memset(ps->w, 0, dim * sizeof(float));
+	for (size_t i = 0; i < ps->nstripes; i++)
+		pthread_mutex_init(&ps->stripes[i].mu, NULL);
+	atomic_init(&ps->steps, 0);
+	atomic_init(&ps->updates, 0);
+	atomic_init(&ps->rot, 0);
+	pthread_mutex_init(&ps->cmu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ps->ccv, &ca);
+	pthread_condattr_destroy(&ca);
+	*out = ps;
+	return 0;
+}
+
+size_t dml_ps_dim(const dml_ps *ps) { return ps ? ps->dim : 0; }
+
+void dml_ps_free(dml_ps *ps)
+{
+	if (!ps)
+		return;
+	if (ps->remote) {
+		dml__psr_free(ps);
+		free(ps);
+		return;
+	}
+	/* answer calls still waiting in the clocks */
+	pthread_mutex_lock(&ps->cmu);
+	dml__ps_waiter *wt = ps->waiters;
+	ps->waiters = NULL;
+	pthread_mutex_unlock(&ps->cmu);
+	while (wt) {
+		dml__ps_waiter *next = wt->next;
+		wt->wake(wt->arg, DML_ECLOSED, 0);
+		free(wt);
+		wt = next;
+	}
+	dml__ps_serve_free(ps);
+	for (size_t i = 0; i < ps->nstripes; i++)
+		pthread_mutex_destroy(&ps->stripes[i].mu);
+	pthread_mutex_destroy(&ps->cmu);
+	pthread_cond_destroy(&ps->ccv);
+	free(ps->w);
+	free(ps->s[0]);
+	free(ps->s[1]);
+	free(ps->stripes);
+	free(ps->clock);
+	free(ps);
+}
+
+/* ---- updates ------------------------------------------------------ */
+
+static void range_add(float *restrict w, const float *restrict d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		w[i] += d[i];
+}
+
+/* Walks the stripes one at a time, starting at a rotating stripe so that
+ * concurrent writers spread over the vector instead of queueing behind
+ * each other in the same order. */
+void dml__ps_apply_dense(dml_ps *ps, int op, const float *v)
+{
+	uint64_t t = 0;
+	float lr = 0;
+	if (op) {
+		t = atomic_fetch_add(&ps->steps, 1) + 1;
+		lr = dml_schedule_lr(&ps->optim, t - 1);
+	}
+	size_t first = atomic_fetch_add(&ps->rot, 1) % ps->nstripes;
+	for (size_t k = 0; k < ps->nstripes; k++) {
+		size_t i = (first + k) % ps->nstripes;
+		size_t off = i * ps->stripe_len;
+		size_t n = ps->dim - off < ps->stripe_len ? ps->dim - off : ps->stripe_len;
+		pthread_mutex_lock(&ps->stripes[i].mu);
+		if (op)
+			dml__optim_apply(&ps->optim, lr, t, ps->w + off, v + off,
+			                 ps->s[0] ? ps->s[0] + off : NULL,
+			                 ps->s[1] ? ps->s[1] + off : NULL, n);
+		else
+			range_add(ps->w + off, v + off, n);
+		pthread_mutex_unlock(&ps->stripes[i].mu);
+	}
+	atomic_fetch_add(&ps->updates, 1);
+}
+
+/* Holds every stripe the update touches (in ascending order, so never a
+ * deadlock), so that readers see a sparse update whole. */
+void dml__ps_apply_sparse(dml_ps *ps, int op, const uint32_t *idx,
+                          const float *val, size_t nnz)
+{
+	uint64_t t = 0;
+	float lr = 0;
+	if (op) {
+		t = atomic_fetch_add(&ps->steps, 1) + 1;
+		lr = dml_schedule_lr(&ps->optim, t - 1);
+	}
+	uint64_t mark[MAX_STRIPES / 64] = {0};
+	for (size_t i = 0; i < nnz; i++) {
+		size_t k = idx[i] / ps->stripe_len;
+		mark[k / 64] |= (uint64_t)1 << (k % 64);
+	}
+	for (size_t k = 0; k < ps->nstripes; k++)
+		if (mark[k / 64] >> (k % 64) & 1)
+			pthread_mutex_lock(&ps->stripes[k].mu);
+	if (op)
+		dml__optim_apply_sparse(&ps->optim, lr, t, ps->w, idx, val, nnz,
+		                        ps->s[0], ps->s[1]);
+	else
+		for (size_t i = 0; i < nnz; i++)
+			ps->w[idx[i]] += val[i];
+	for (size_t k = 0; k < ps->nstripes; k++)
+		if (mark[k / 64] >> (k % 64) & 1)
+			pthread_mutex_unlock(&ps->stripes[k].mu);
+	atomic_fetch_add(&ps->updates, 1);
+}
+
+static int check_sparse(const dml_ps *ps, const uint32_t *idx, const float *val,
+                        size_t nnz)
+{
+	if (nnz && (!idx || !val))
+		return DML_EINVAL;
+	for (size_t i = 0; i < nnz; i++)
+		if (idx[i] >= ps->dim)
+			return DML_EINVAL;
+	return 0;
+}
+
+int dml_ps_update(dml_ps *ps, const float *delta)
+{
+	if (!ps || !delta)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_update(ps, 0, delta);
+	dml__ps_apply_dense(ps, 0, delta);
+	return 0;
+}
+
+int dml_ps_push(dml_ps *ps, const float *grad)
+{
+	if (!ps || !grad)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_update(ps, 1, grad);
+	dml__ps_apply_dense(ps, 1, grad);
+	return 0;
+}
+
+static int sparse(dml_ps *ps, int op, const uint32_t *idx, const float *val,
+                  size_t nnz)
+{
+	if (!ps)
+		return DML_EINVAL;
+	int rc = check_sparse(ps, idx, val, nnz);
+	if (rc)
+		return rc;
+	if (ps->remote)
+		return dml__psr_update_sparse(ps, op, idx, val, nnz);
+	dml__ps_apply_sparse(ps, op, idx, val, nnz);
+	return 0;
+}
+
+int dml_ps_update_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
+                         size_t nnz)
+{
+	return sparse(ps, 0, idx, val, nnz);
+}
+
+int dml_ps_push_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
+                       size_t nnz)
+{
+	return sparse(ps, 1, idx, val, nnz);
+}
+
+/* ---- reads -------------------------------------------------------- */
+
+int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out)
+{
+	if (!ps || (!out && n) || off > ps->dim || n > ps->dim - off)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_pull(ps, off, n, out);
+	size_t end = off + n;
+	while (off < end) {
+		size_t k = off / ps->stripe_len;
+		size_t stop = (k + 1) * ps->stripe_len;
+		if (stop > end)
+			stop = end;
+		pthread_mutex_lock(&ps->stripes[k].mu);
+		memcpy(out, ps->w + off, (stop - off) * sizeof(float));
+		pthread_mutex_unlock(&ps->stripes[k].mu);
+		out += stop - off;
+		off = stop;
+	}
+	return 0;
+}
+
+int dml_ps_pull(dml_ps *ps, float *out)
+{
+	return ps ? dml_ps_pull_range(ps, 0, ps->dim, out) : DML_EINVAL;
+}
+
+int dml_ps_assign(dml_ps *ps, const float *v)
+{
+	if (!ps || !v)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_assign(ps, v);
+	for (size_t k = 0; k < ps->nstripes; k++) {
+		size_t off = k * ps->stripe_len;
+		size_t n = ps->dim - off < ps->stripe_len ? ps->dim - off : ps->stripe_len;
+		pthread_mutex_lock(&ps->stripes[k].mu);
+		memcpy(ps->w + off, v + off, n * sizeof(float));
+		pthread_mutex_unlock(&ps->stripes[k].mu);
+	}
+	return 0;
+}
+
+int dml_ps_updates(dml_ps *ps, uint64_t *count)
+{
+	if (!ps || !count)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_updates(ps, count);
+	*count = atomic_load(&ps->updates);
+	return 0;
+}
+
+/* ---- clocks ------------------------------------------------------- */
+
+static int64_t min_clock(const dml_ps *ps)
+{
+	int64_t m = ps->clock[0];
+	for (int i = 1; i < ps->workers; i++)
+		if (ps->clock[i] < m)
+			m = ps->clock[i];
+	return m;
+}
+
+/* The slowest clock a worker at clock c waits for; INT64_MIN = none. */
+static int64_t need_for(const dml_ps *ps, int64_t c)
+{
+	return ps->staleness < 0 ? INT64_MIN : c - ps->staleness;
+}
+
+/* Under cmu: advances w and detaches the waiters now released. */
+static dml__ps_waiter *advance(dml_ps *ps, int w, int64_t *min)
+{
+	ps->clock[w]++;
+	*min = min_clock(ps);
+	dml__ps_waiter *done = NULL, **pp = &ps->waiters;
+	while (*pp) {
+		dml__ps_waiter *wt = *pp;
+		if (wt->need <= *min) {
+			*pp = wt->next;
+			wt->next = done;
+			done = wt;
+		} else {
+			pp = &wt->next;
+		}
+	}
+	pthread_cond_broadcast(&ps->ccv);
+	return done;
+}
+
+static void wake_all(dml__ps_waiter *wt, int64_t min)
+{
+	while (wt) {
+		dml__ps_waiter *next = wt->next;
+		wt->wake(wt->arg, 0, min);
+		free(wt);
+		wt = next;
+	}
+}
+
+int dml__ps_clock_async(dml_ps *ps, int w, int64_t *min, dml__ps_wake_fn wake,
+                        void *arg)
+{
+	if (!ps->workers || w < 0 || w >= ps->workers)
+		return DML_EINVAL;
+	dml__ps_waiter *mine = malloc(sizeof *mine);
+	if (!mine)
+		return DML_ENOMEM;
+	pthread_mutex_lock(&ps->cmu);
+	dml__ps_waiter *done = advance(ps, w, min);
+	int64_t need = need_for(ps, ps->clock[w]);
+	int now = *min >= need;
+	if (!now) {
+		mine->need = need;
+		mine->wake = wake;
+		mine->arg = arg;
+		mine->next = ps->waiters;
+		ps->waiters = mine;
+	}
+	pthread_mutex_unlock(&ps->cmu);
+	if (now)
+		free(mine);
+	wake_all(done, *min);
+	return now;
+}
+
+static void abs_deadline(struct timespec *ts, dml_duration ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min_out)
+{
+	if (!ps || timeout < DML_DEFAULT)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_clock(ps, worker, timeout, min_out);
+	if (timeout == DML_DEFAULT)
+		timeout = DML_INFINITE;
+	if (!ps->workers || worker < 0 || worker >= ps->workers)
+		return DML_EINVAL;
+	struct timespec dl;
+	if (timeout >= 0)
+		abs_deadline(&dl, timeout);
+	int64_t min;
+	int rc = 0;
+	pthread_mutex_lock(&ps->cmu);
+	dml__ps_waiter *done = advance(ps, worker, &min);
+	int64_t need = need_for(ps, ps->clock[worker]);
+	while (min < need && !rc) {
+		int e = timeout < 0 ? pthread_cond_wait(&ps->ccv, &ps->cmu)
+		                    : pthread_cond_timedwait(&ps->ccv, &ps->cmu, &dl);
+		if (e == ETIMEDOUT)
+			rc = DML_ETIMEDOUT;
+		min = min_clock(ps);
+	}
+	pthread_mutex_unlock(&ps->cmu);
+	wake_all(done, min);
+	if (min_out)
+		*min_out = min;
+	return rc;
+}
+
+int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
+{
+	if (!ps)
+		return DML_EINVAL;
+	if (ps->remote)
+		return dml__psr_clock_get(ps, worker, clock, min);
+	if (!ps->workers || worker < 0 || worker >= ps->workers)
+		return DML_EINVAL;
+	pthread_mutex_lock(&ps->cmu);
+	if (clock)
+		*clock = ps->clock[worker];
+	if (min)
+		*min = min_clock(ps);
+	pthread_mutex_unlock(&ps->cmu);
+	return 0;
+}
+
+/* ---- checkpoints -------------------------------------------------- */
+
+/* The meta block: little-endian fields, fixed layout (docs/checkpoint.md). */
+enum { META_LEN = 8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 };
+
+static void meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
+                     uint8_t *m)
+{
+	const dml_optim_opts *o = &ps->optim;
+	uint8_t *p = m;
+	dml__put_u64(p, ps->dim); p += 8;
+	dml__put_u64(p, steps); p += 8;
+	dml__put_u64(p, updates); p += 8;
+	dml__put_u32(p, (uint32_t)o->kind); p += 4;
+	dml__put_u32(p, (uint32_t)o->nesterov); p += 4;
+	float f[6] = {o->lr, o->l2, o->momentum, o->beta1, o->beta2, o->eps};
+	for (int i = 0; i < 6; i++, p += 4)
+		memcpy(p, &f[i], 4);
+	dml__put_u64(p, o->sched.step_size); p += 8;
+	dml__put_u32(p, (uint32_t)o->sched.kind); p += 4;
+	dml__put_u64(p, o->sched.total); p += 8;
+	memcpy(p, &o->sched.gamma, 4);
+}
+
+int dml_ps_save(dml_ps *ps, const char *path)
+{
+	if (!ps || !path || ps->remote)
+		return DML_EINVAL;
+	int nstate = ps->s[1] ? 2 : ps->s[0] ? 1 : 0;
+	size_t bytes = ps->dim * sizeof(float);
+	float *copy = malloc(bytes * (size_t)(1 + nstate));
+	if (!copy)
+		return DML_ENOMEM;
+	/* a consistent copy per stripe, then write without holding locks */
+	uint64_t steps = atomic_load(&ps->steps), updates = atomic_load(&ps->updates);
+	for (size_t k = 0; k < ps->nstripes; k++) {
+		size_t off = k * ps->stripe_len;
+		size_t n = ps->dim - off < ps->stripe_len ? ps->dim - off : ps->stripe_len;
+		pthread_mutex_lock(&ps->stripes[k].mu);
+		memcpy(copy + off, ps->w + off, n * sizeof(float));
+		for (int j = 0; j < nstate; j++)
+			memcpy(copy + (size_t)(j + 1) * ps->dim + off, ps->s[j] + off,
+			       n * sizeof(float));
+		pthread_mutex_unlock(&ps->stripes[k].mu);
+	}
+	uint8_t meta[META_LEN];
+	meta_put(ps, steps, updates, meta);
+	dml__ckpt_sec secs[3] = {{TAG_PARAMS, copy, bytes},
+	                         {TAG_STATE0, copy + ps->dim, bytes},
+	                         {TAG_STATE1, copy + 2 * ps->dim, bytes}};
+	int rc = dml__ckpt_save(path, CKPT_KIND, meta, META_LEN, secs,
+	                        (uint32_t)(1 + nstate), DML__CKPT_LEVEL_DEFAULT);
+	free(copy);
+	return rc;
+}
+
+int dml_ps_load(dml_ps *ps, const char *path)
+{
+	if (!ps || !path || ps->remote)
+		return DML_EINVAL;
+	uint8_t meta[META_LEN];
+	uint32_t kind, mlen;
+	dml__ckpt_reader *r;
+	int rc = dml__ckpt_open(&r, path, &kind, meta, sizeof meta, &mlen);
+	if (rc)
+		return rc;
+	if (kind != CKPT_KIND || mlen != META_LEN) {
+		dml__ckpt_abort(r);
+		return DML_EFORMAT;
+	}
+	uint64_t dim = dml__get_u64(meta), steps = dml__get_u64(meta + 8);
+	uint64_t updates = dml__get_u64(meta + 16);
+	uint32_t okind = dml__get_u32(meta + 24);
+	if (dim != ps->dim) {
+		dml__ckpt_abort(r);
+		return DML_EDIM;
+	}
+	if (okind != (uint32_t)ps->optim.kind) {
+		dml__ckpt_abort(r);
+		return DML_ETYPE;
+	}
+	int nstate = ps->s[1] ? 2 : ps->s[0] ? 1 : 0;
+	size_t bytes = ps->dim * sizeof(float);
+	float *buf = malloc(bytes * (size_t)(1 + nstate));
+	if (!buf) {
+		dml__ckpt_abort(r);
+		return DML_ENOMEM;
+	}
+	for (int j = 0; j <= nstate && !rc; j++)
+		rc = dml__ckpt_read(r, TAG_PARAMS + (uint32_t)j, buf + (size_t)j * ps->dim, bytes);
+	if (rc)
+		dml__ckpt_abort(r);
+	else
+		rc = dml__ckpt_close(r); /* verifies the CRC before anything changes */
+	if (rc) {
+		free(buf);
+		return rc;
+	}
+	for (size_t k = 0; k < ps->nstripes; k++)
+		pthread_mutex_lock(&ps->stripes[k].mu);
+	memcpy(ps->w, buf, bytes);
+	for (int j = 0; j < nstate; j++)
+		memcpy(ps->s[j], buf + (size_t)(j + 1) * ps->dim, bytes);
+	atomic_store(&ps->steps, steps);
+	atomic_store(&ps->updates, updates);
+	for (size_t k = ps->nstripes; k-- > 0;)
+		pthread_mutex_unlock(&ps->stripes[k].mu);
+	free(buf);
+	return 0;
+}
+
+/* ---- sharding ------------------------------------------------------ */
+
+int dml_ps_shard_range(size_t dim, int n, int i, size_t *off, size_t *len)
+{
+	if (n < 1 || i < 0 || i >= n || !off || !len || (size_t)n > dim)
+		return DML_EINVAL;
+	size_t base = dim / (size_t)n, extra = dim % (size_t)n, k = (size_t)i;
+	*off = k * base + (k < extra ? k : extra);
+	*len = base + (k < extra);
+	return 0;
+}

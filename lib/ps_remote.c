@@ -1,0 +1,315 @@
+/*
+ * ps_remote.c - a remote parameter store: the dml_ps_* calls over RPC to one
+ * or more servers, each holding a contiguous range of the keys. Every call
+ * goes to all the shards it touches at once (asynchronous calls, then one
+ * wait each), and large arrays travel without copies: pushes are sent from
+ * the caller's vector, pulls land in the caller's buffer.
+ */
+#define _GNU_SOURCE
+#include "ps.h"
+#include "ps_wire.h"
+
+#include <stdlib.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SHARDS 64
+#define DEFAULT_TIMEOUT 30000
+
+struct dml__ps_remote {
+	int n;
+	dml_rpc_client *c[MAX_SHARDS];
+	size_t off[MAX_SHARDS + 1]; /* shard i holds [off[i], off[i+1]) */
+	dml_duration timeout;
+	int retries;
+	uint64_t client_id;
+	atomic_uint_fast64_t seq[MAX_SHARDS];
+};
+
+static uint64_t fresh_id(void)
+{
+	uint64_t id = 0;
+	if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		id = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^
+		     (uint64_t)ts.tv_sec << 20 ^ (uint64_t)getpid();
+	}
+	return id ? id : 1; /* 0 means "no deduplication" on the wire */
+}
+
+int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
+                   const dml_ps_remote_opts *opts)
+{
+	if (!out || !clients || n < 1 || n > MAX_SHARDS)
+		return DML_EINVAL;
+	for (int i = 0; i < n; i++)
+		if (!clients[i])
+			return DML_EINVAL;
+	dml_ps *ps = calloc(1, sizeof *ps);
+	dml__ps_remote *r = calloc(1, sizeof *r);
+	if (!ps || !r) {
+		free(ps);
+		free(r);
+		return DML_ENOMEM;
+	}
+	r->n = n;
+	r->timeout = opts && opts->timeout ? opts->timeout : DEFAULT_TIMEOUT;
+	r->retries = !opts || !opts->retries ? 1 : opts->retries < 0 ? 0 : opts->retries;
+	r->client_id = fresh_id();
+	dml_rpc_pending *p[MAX_SHARDS];
+	psw_info info[MAX_SHARDS];
+	int rc = 0, started = 0;
+	for (int i = 0; i < n && !rc; i++, started++) {
+		r->c[i] = clients[i];
+		atomic_init(&r->seq[i], 0);
+		rc = dml_rpc_go(clients[i], &psw_m_info, NULL, &info[i], r->timeout, &p[i]);
+		if (rc)
+			break;
+	}
+	for (int i = 0; i < started; i++) {
+		int e = dml_rpc_wait(p[i]);
+		dml_rpc_pending_free(p[i]);
+		if (!rc)
+			rc = e;
+	}
+	for (int i = 0; i < n && !rc; i++) {
+		if (!info[i].dim || r->off[i] + info[i].dim < r->off[i])
+			rc = DML_EPROTO;
+		r->off[i + 1] = r->off[i] + info[i].dim;
+	}
+	if (rc) {
+		free(r);
+		free(ps);
+		return rc;
+	}
+	ps->dim = r->off[n];
+	ps->remote = r;
+	ps->workers = (int)info[0].workers;
+	ps->staleness = (int)info[0].staleness;
+	*out = ps;
+	return 0;
+}
+
+void dml__psr_free(dml_ps *ps) { free(ps->remote); }
+
+/* Waits for every started call; the first error wins. */
+static int wait_all(dml_rpc_pending **p, int n, int rc)
+{
+	for (int i = 0; i < n; i++) {
+		if (!p[i])
+			continue;
+		int e = dml_rpc_wait(p[i]);
+		dml_rpc_pending_free(p[i]);
+		p[i] = NULL;
+		if (!rc)
+			rc = e;
+	}
+	return rc;
+}
+
+/* Sends push `args[i]` to shard i for each i with want[i], retrying the
+ * ones that time out with the same sequence number (the server applies a
+ * push once however often it arrives). */
+static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
+                    size_t args_size, const int *want)
+{
+	int rc = 0;
+	int todo[MAX_SHARDS];
+	for (int i = 0; i < r->n; i++)
+		todo[i] = want[i];
+	for (int attempt = 0; attempt <= r->retries; attempt++) {
+		dml_rpc_pending *p[MAX_SHARDS] = {0};
+		rc = 0;
+		for (int i = 0; i < r->n && !rc; i++)
+			if (todo[i])
+				rc = dml_rpc_go(r->c[i], m, (char *)args + (size_t)i * args_size,
+				                NULL, r->timeout, &p[i]);
+		int again = 0;
+		for (int i = 0; i < r->n; i++) {
+			if (!p[i])
+				continue;
+			int e = dml_rpc_wait(p[i]);
+			dml_rpc_pending_free(p[i]);
+			todo[i] = e == DML_ETIMEDOUT;
+			again |= todo[i];
+			if (!rc && e != DML_ETIMEDOUT)
+				rc = e;
+		}
+		if (rc || !again)
+			return rc;
+	}
+	return DML_ETIMEDOUT;
+}
+
+int dml__psr_update(dml_ps *ps, int op, const float *v)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_push args[MAX_SHARDS];
+	int want[MAX_SHARDS];
+	for (int i = 0; i < r->n; i++) {
+		args[i].client = r->client_id;
+		args[i].seq = atomic_fetch_add(&r->seq[i], 1) + 1;
+		args[i].op = op;
+		args[i].v.data = (float *)v + r->off[i];
+		args[i].v.n = r->off[i + 1] - r->off[i];
+		args[i].v.cap = 0;
+		want[i] = 1;
+	}
+	return push_all(r, &psw_m_push, args, sizeof args[0], want);
+}
+
+int dml__psr_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
+                           const float *val, size_t nnz)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_spush args[MAX_SHARDS];
+	int want[MAX_SHARDS] = {0};
+	size_t cnt[MAX_SHARDS] = {0};
+	uint32_t *lidx = NULL;
+	float *lval = NULL;
+	if (r->n == 1) { /* the one shard's keys are the global keys */
+		cnt[0] = nnz;
+	} else {
+		lidx = malloc((nnz ? nnz : 1) * sizeof *lidx);
+		lval = malloc((nnz ? nnz : 1) * sizeof *lval);
+		if (!lidx || !lval) {
+			free(lidx);
+			free(lval);
+			return DML_ENOMEM;
+		}
+	}
+	/* shard of each key: binary search over the offsets */
+	int *shard = NULL;
+	if (r->n > 1) {
+		shard = malloc((nnz ? nnz : 1) * sizeof *shard);
+		if (!shard) {
+			free(lidx);
+			free(lval);
+			return DML_ENOMEM;
+		}
+		for (size_t k = 0; k < nnz; k++) {
+			int lo = 0, hi = r->n - 1;
+			while (lo < hi) {
+				int mid = (lo + hi + 1) / 2;
+				if (r->off[mid] <= idx[k])
+					lo = mid;
+				else
+					hi = mid - 1;
+			}
+			shard[k] = lo;
+			cnt[lo]++;
+		}
+	}
+	size_t start[MAX_SHARDS + 1] = {0};
+	for (int i = 0; i < r->n; i++)
+		start[i + 1] = start[i] + cnt[i];
+	if (r->n > 1) {
+		size_t fill[MAX_SHARDS];
+		memcpy(fill, start, sizeof fill);
+		for (size_t k = 0; k < nnz; k++) {
+			size_t at = fill[shard[k]]++;
+			lidx[at] = idx[k] - (uint32_t)r->off[shard[k]];
+			lval[at] = val[k];
+		}
+	}
+	for (int i = 0; i < r->n; i++) {
+		args[i].client = r->client_id;
+		args[i].op = op;
+		args[i].idx.data = r->n == 1 ? (uint32_t *)idx : lidx + start[i];
+		args[i].idx.n = cnt[i];
+		args[i].idx.cap = 0;
+		args[i].v.data = r->n == 1 ? (float *)val : lval + start[i];
+		args[i].v.n = cnt[i];
+		args[i].v.cap = 0;
+		want[i] = cnt[i] > 0 || nnz == 0; /* an empty push still counts a step */
+		args[i].seq = want[i] ? atomic_fetch_add(&r->seq[i], 1) + 1 : 0;
+	}
+	int rc = push_all(r, &psw_m_spush, args, sizeof args[0], want);
+	free(shard);
+	free(lidx);
+	free(lval);
+	return rc;
+}
+
+int dml__psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_range q[MAX_SHARDS];
+	psw_vec rep[MAX_SHARDS];
+	dml_rpc_pending *p[MAX_SHARDS] = {0};
+	size_t end = off + n;
+	int rc = 0;
+	for (int i = 0; i < r->n && !rc; i++) {
+		size_t lo = off > r->off[i] ? off : r->off[i];
+		size_t hi = end < r->off[i + 1] ? end : r->off[i + 1];
+		if (lo >= hi)
+			continue;
+		q[i].off = lo - r->off[i];
+		q[i].n = hi - lo;
+		rep[i].v.data = out + (lo - off);
+		rep[i].v.n = 0;
+		rep[i].v.cap = hi - lo;
+		rc = dml_rpc_go(r->c[i], &psw_m_pull, &q[i], &rep[i], r->timeout, &p[i]);
+	}
+	rc = wait_all(p, r->n, rc);
+	for (int i = 0; i < r->n && !rc; i++) {
+		size_t lo = off > r->off[i] ? off : r->off[i];
+		size_t hi = end < r->off[i + 1] ? end : r->off[i + 1];
+		if (lo < hi && rep[i].v.n != hi - lo)
+			rc = DML_EPROTO;
+	}
+	return rc;
+}
+
+int dml__psr_assign(dml_ps *ps, const float *v)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_vec args[MAX_SHARDS];
+	dml_rpc_pending *p[MAX_SHARDS] = {0};
+	int rc = 0;
+	for (int i = 0; i < r->n && !rc; i++) {
+		args[i].v.data = (float *)v + r->off[i];
+		args[i].v.n = r->off[i + 1] - r->off[i];
+		args[i].v.cap = 0;
+		rc = dml_rpc_go(r->c[i], &psw_m_assign, &args[i], NULL, r->timeout, &p[i]);
+	}
+	return wait_all(p, r->n, rc);
+}
+
+int dml__psr_updates(dml_ps *ps, uint64_t *count)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_info info;
+	int rc = dml_rpc_call(r->c[0], &psw_m_info, NULL, &info, r->timeout);
+	if (!rc)
+		*count = info.updates;
+	return rc;
+}
+
+int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_worker q = {worker};
+	psw_clock rep = {0, 0};
+	int rc = dml_rpc_call(r->c[0], &psw_m_clock, &q, &rep, timeout);
+	if (!rc && min)
+		*min = rep.min;
+	return rc;
+}
+
+int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
+{
+	dml__ps_remote *r = ps->remote;
+	psw_worker q = {worker};
+	psw_clock rep = {0, 0};
+	int rc = dml_rpc_call(r->c[0], &psw_m_clock_get, &q, &rep, r->timeout);
+	if (!rc) {
+		if (clock)
+			*clock = rep.clock;
+		if (min)
+			*min = rep.min;
+	}
+	return rc;
+}

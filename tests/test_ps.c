@@ -1,0 +1,744 @@
+/* test_ps.c - the parameter store: local, remote, sharded, clocks,
+ * exactly-once pushes and checkpoints. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ps_wire.h"
+
+/* ---- helpers ------------------------------------------------------- */
+
+/* A store served by its own server with `threads` run loops. */
+typedef struct served {
+	dml_ps *ps;
+	fixture f;
+} served;
+
+static void serve_start(served *s, size_t dim, const dml_ps_opts *o, int threads)
+{
+	assert_int_equal(dml_ps_new(&s->ps, dim, o), 0);
+	assert_int_equal(dml_rpc_server_new(&s->f.srv, NULL), 0);
+	assert_int_equal(dml_ps_serve(s->ps, s->f.srv), 0);
+	assert_int_equal(dml_rpc_server_listen(s->f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&s->f, threads);
+}
+
+static void serve_stop(served *s)
+{
+	fixture_stop(&s->f);
+	dml_ps_free(s->ps);
+}
+
+static dml_rpc_client *dial(const char *addr)
+{
+	dml_rpc_client *c;
+	assert_int_equal(dml_rpc_dial(&c, addr, NULL), 0);
+	return c;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* ---- local: exact under threads ---------------------------------------- */
+
+enum { T = 8, M = 400, DIM = 5000 };
+
+typedef struct upd_arg {
+	dml_ps *ps;
+	int id;
+	int rc;
+} upd_arg;
+
+/* Thread `id` adds (id + 1) * (m % 5 - 2) to every parameter, M times,
+ * alternately dense and sparse (every third key): integers, so exact. */
+static void *updater(void *p)
+{
+	upd_arg *a = p;
+	float *d = malloc(DIM * sizeof *d);
+	uint32_t *idx = malloc(DIM * sizeof *idx);
+	float *val = malloc(DIM * sizeof *val);
+	for (int m = 0; m < M && !a->rc; m++) {
+		float k = (float)((a->id + 1) * (m % 5 - 2));
+		if (m % 2 == 0) {
+			for (int i = 0; i < DIM; i++)
+				d[i] = k;
+			a->rc = dml_ps_update(a->ps, d);
+		} else {
+			size_t n = 0;
+			for (uint32_t i = (uint32_t)(m % 3); i < DIM; i += 3, n++) {
+				idx[n] = i;
+				val[n] = k;
+			}
+			a->rc = dml_ps_update_sparse(a->ps, idx, val, n);
+		}
+	}
+	free(d);
+	free(idx);
+	free(val);
+	return NULL;
+}
+
+static void expected_sums(double *want)
+{
+	for (int i = 0; i < DIM; i++)
+		want[i] = 0;
+	for (int id = 0; id < T; id++)
+		for (int m = 0; m < M; m++) {
+			double k = (id + 1) * (m % 5 - 2);
+			for (int i = 0; i < DIM; i++)
+				if (m % 2 == 0 || i % 3 == m % 3)
+					want[i] += k;
+		}
+}
+
+static void run_updaters(dml_ps *ps)
+{
+	pthread_t t[T];
+	upd_arg a[T];
+	for (int i = 0; i < T; i++) {
+		a[i] = (upd_arg){ps, i, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, updater, &a[i]), 0);
+	}
+	for (int i = 0; i < T; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0);
+	}
+}
+
+static void check_exact(dml_ps *ps)
+{
+	static double want[DIM];
+	static float got[DIM];
+	expected_sums(want);
+	assert_int_equal(dml_ps_pull(ps, got), 0);
+	for (int i = 0; i < DIM; i++)
+		if ((double)got[i] != want[i])
+			fail_msg("param %d: got %g want %g", i, got[i], want[i]);
+	uint64_t n;
+	assert_int_equal(dml_ps_updates(ps, &n), 0);
+	assert_int_equal(n, T * M);
+}
+
+static void test_local_exact_threads(void **state)
+{
+	(void)state;
+	size_t stripes[] = {1, 7, 0};
+	for (size_t s = 0; s < sizeof stripes / sizeof stripes[0]; s++) {
+		dml_ps_opts o = {.stripes = stripes[s]};
+		dml_ps *ps;
+		assert_int_equal(dml_ps_new(&ps, DIM, &o), 0);
+		run_updaters(ps);
+		check_exact(ps);
+		dml_ps_free(ps);
+	}
+}
+
+/* ---- local: API contract --------------------------------------------- */
+
+static void test_local_basics(void **state)
+{
+	(void)state;
+	float init[10];
+	for (int i = 0; i < 10; i++)
+		init[i] = (float)i;
+	dml_ps_opts o = {.init = init, .stripes = 3};
+	dml_ps *ps;
+	assert_int_equal(dml_ps_new(&ps, 0, NULL), DML_EINVAL);
+	assert_int_equal(dml_ps_new(&ps, 10, &(dml_ps_opts){.workers = -1}), DML_EINVAL);
+	assert_int_equal(dml_ps_new(&ps, 10, &(dml_ps_opts){.optim.lr = -1}), DML_EINVAL);
+	assert_int_equal(dml_ps_new(&ps, 10, &o), 0);
+	assert_int_equal(dml_ps_dim(ps), 10);
+	float out[10];
+	assert_int_equal(dml_ps_pull_range(ps, 2, 5, out), 0);
+	for (int i = 0; i < 5; i++)
+		assert_true(out[i] == (float)(i + 2));
+	assert_int_equal(dml_ps_pull_range(ps, 8, 3, out), DML_EINVAL);
+	assert_int_equal(dml_ps_pull_range(ps, 11, 0, out), DML_EINVAL);
+	assert_int_equal(dml_ps_pull_range(ps, 10, 0, out), 0);
+	/* a bad index changes nothing */
+	uint32_t idx[2] = {1, 10};
+	float val[2] = {5, 5};
+	assert_int_equal(dml_ps_update_sparse(ps, idx, val, 2), DML_EINVAL);
+	assert_int_equal(dml_ps_push_sparse(ps, idx, val, 2), DML_EINVAL);
+	assert_int_equal(dml_ps_pull(ps, out), 0);
+	for (int i = 0; i < 10; i++)
+		assert_true(out[i] == (float)i);
+	/* repeats add up */
+	uint32_t rep[3] = {4, 4, 9};
+	float rv[3] = {1, 2, -9};
+	assert_int_equal(dml_ps_update_sparse(ps, rep, rv, 3), 0);
+	assert_int_equal(dml_ps_pull(ps, out), 0);
+	assert_true(out[4] == 7 && out[9] == 0 && out[3] == 3);
+	float zero[10] = {0};
+	assert_int_equal(dml_ps_assign(ps, zero), 0);
+	assert_int_equal(dml_ps_pull(ps, out), 0);
+	for (int i = 0; i < 10; i++)
+		assert_true(out[i] == 0);
+	/* no clocks configured */
+	assert_int_equal(dml_ps_clock(ps, 0, 0, NULL), DML_EINVAL);
+	assert_int_equal(dml_ps_update(NULL, zero), DML_EINVAL);
+	assert_int_equal(dml_ps_update(ps, NULL), DML_EINVAL);
+	dml_ps_free(ps);
+	dml_ps_free(NULL);
+	size_t off, len, total = 0;
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(dml_ps_shard_range(10, 3, i, &off, &len), 0);
+		assert_int_equal(off, total);
+		assert_true(len == 3 || len == 4);
+		total += len;
+	}
+	assert_int_equal(total, 10);
+	assert_int_equal(dml_ps_shard_range(10, 3, 3, &off, &len), DML_EINVAL);
+	assert_int_equal(dml_ps_shard_range(2, 3, 0, &off, &len), DML_EINVAL);
+}
+
+/* ---- optimizers applied by the store --------------------------------- */
+
+static void test_push_optimizers(void **state)
+{
+	(void)state;
+	/* hand-computed: SGD lr 0.5, l2 0.1: w = 1 - 0.5 * (2 + 0.1 * 1) = -0.05 */
+	dml_ps_opts o = {.init = (float[]){1, 1}, .optim = {.kind = DML_OPTIM_SGD, .lr = 0.5f, .l2 = 0.1f}};
+	dml_ps *ps;
+	float out[2];
+	assert_int_equal(dml_ps_new(&ps, 2, &o), 0);
+	assert_int_equal(dml_ps_push(ps, (float[]){2, -2}), 0);
+	assert_int_equal(dml_ps_pull(ps, out), 0);
+	assert_float_equal(out[0], -0.05f, 1e-6);
+	assert_float_equal(out[1], 1 - 0.5f * (-2 + 0.1f), 1e-6);
+	dml_ps_free(ps);
+	/* Adam's first step moves each weight by lr * g / (|g| + eps) */
+	o = (dml_ps_opts){.init = (float[]){1, 1}, .optim = {.kind = DML_OPTIM_ADAM, .lr = 0.1f}};
+	assert_int_equal(dml_ps_new(&ps, 2, &o), 0);
+	assert_int_equal(dml_ps_push(ps, (float[]){3, -0.5f}), 0);
+	assert_int_equal(dml_ps_pull(ps, out), 0);
+	assert_float_equal(out[0], 0.9f, 1e-5);
+	assert_float_equal(out[1], 1.1f, 1e-5);
+	dml_ps_free(ps);
+
+	/* every rule, dense and sparse, equals dml_optim on the same steps */
+	enum { D = 300 };
+	dml_optim_kind kinds[] = {DML_OPTIM_SGD, DML_OPTIM_MOMENTUM, DML_OPTIM_ADAGRAD, DML_OPTIM_ADAM};
+	for (int k = 0; k < 4; k++) {
+		dml_optim_opts oo = {.kind = kinds[k], .lr = 0.05f, .l2 = 0.01f,
+		                     .sched = {.kind = DML_SCHED_STEP, .step_size = 2}};
+		static float w[D], g[D], got[D];
+		for (int i = 0; i < D; i++)
+			w[i] = (float)(i % 7) - 3;
+		dml_ps_opts po = {.init = w, .stripes = 4, .optim = oo};
+		assert_int_equal(dml_ps_new(&ps, D, &po), 0);
+		dml_optim *opt;
+		assert_int_equal(dml_optim_new(&opt, &oo, D), 0);
+		uint64_t seed = 7;
+		for (int step = 0; step < 5; step++) {
+			for (int i = 0; i < D; i++)
+				g[i] = (float)(rng_next(&seed) % 1000) / 250 - 2;
+			if (step % 2 == 0) {
+				assert_int_equal(dml_ps_push(ps, g), 0);
+				dml_optim_step(opt, w, g);
+			} else {
+				uint32_t idx[D / 3];
+				float val[D / 3];
+				for (int i = 0; i < D / 3; i++) {
+					idx[i] = (uint32_t)(i * 3 + step % 3);
+					val[i] = g[idx[i]];
+				}
+				assert_int_equal(dml_ps_push_sparse(ps, idx, val, D / 3), 0);
+				assert_int_equal(dml_optim_step_sparse(opt, w, idx, val, D / 3), 0);
+			}
+		}
+		assert_int_equal(dml_ps_pull(ps, got), 0);
+		assert_memory_equal(got, w, sizeof w);
+		dml_optim_free(opt);
+		dml_ps_free(ps);
+	}
+}
+
+/* ---- clocks ------------------------------------------------------------- */
+
+typedef struct clk_arg {
+	dml_ps *ps;
+	int worker;
+	atomic_int done;
+	int rc;
+} clk_arg;
+
+static void *clock_thread(void *p)
+{
+	clk_arg *a = p;
+	a->rc = dml_ps_clock(a->ps, a->worker, 20000, NULL);
+	atomic_store(&a->done, 1);
+	return NULL;
+}
+
+/* Waits (spinning on the store's own state, no sleep) until worker w's
+ * clock reaches c. */
+static void await_clock(dml_ps *ps, int w, int64_t c)
+{
+	for (;;) {
+		int64_t now;
+		assert_int_equal(dml_ps_clock_get(ps, w, &now, NULL), 0);
+		if (now >= c)
+			return;
+		sched_yield();
+	}
+}
+
+/* Worker 0 runs ahead; the bound holds it until worker 1 catches up. */
+static void check_clocks(dml_ps *ps0, dml_ps *ps1, int staleness)
+{
+	int64_t min;
+	/* within the bound, worker 0 does not wait */
+	for (int i = 0; i < staleness; i++)
+		assert_int_equal(dml_ps_clock(ps0, 0, 20000, &min), 0);
+	/* one more and it must wait for worker 1 */
+	clk_arg a = {ps0, 0, 0, 0};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, clock_thread, &a), 0);
+	await_clock(ps1, 0, staleness + 1);
+	assert_int_equal(atomic_load(&a.done), 0); /* blocked: min 0 < 1 */
+	assert_int_equal(dml_ps_clock(ps1, 1, 20000, &min), 0); /* releases it */
+	pthread_join(t, NULL);
+	assert_int_equal(a.rc, 0);
+	int64_t c;
+	assert_int_equal(dml_ps_clock_get(ps1, 0, &c, &min), 0);
+	assert_int_equal(c, staleness + 1);
+	assert_int_equal(min, 1);
+	/* worker 0 is at the bound again (s + 1 vs 1): a wait that times
+	 * out leaves the clock advanced */
+	assert_int_equal(dml_ps_clock(ps0, 0, 0, NULL), DML_ETIMEDOUT);
+	assert_int_equal(dml_ps_clock(ps0, 0, 5, NULL), DML_ETIMEDOUT);
+	assert_int_equal(dml_ps_clock_get(ps1, 0, &c, NULL), 0);
+	assert_int_equal(c, staleness + 3);
+	assert_int_equal(dml_ps_clock(ps0, 2, 0, NULL), ps0 == ps1 ? DML_EINVAL : DML_EHANDLER);
+}
+
+static void test_clocks_local(void **state)
+{
+	(void)state;
+	for (int s = 0; s <= 2; s++) {
+		dml_ps *ps;
+		dml_ps_opts o = {.workers = 2, .staleness = s};
+		assert_int_equal(dml_ps_new(&ps, 4, &o), 0);
+		check_clocks(ps, ps, s);
+		dml_ps_free(ps);
+	}
+	/* asynchronous: never waits */
+	dml_ps *ps;
+	dml_ps_opts o = {.workers = 2, .staleness = DML_PS_ASYNC};
+	assert_int_equal(dml_ps_new(&ps, 4, &o), 0);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(dml_ps_clock(ps, 0, 0, NULL), 0);
+	dml_ps_free(ps);
+}
+
+/* Over RPC with ONE server thread: a worker waiting in a barrier must not
+ * hold it, or the other worker's clock could never be served. */
+static void test_clocks_remote(void **state)
+{
+	(void)state;
+	for (int s = 0; s <= 1; s++) {
+		served sv;
+		dml_ps_opts o = {.workers = 2, .staleness = s};
+		serve_start(&sv, 4, &o, 1);
+		dml_rpc_client *c0 = dial(sv.f.addr), *c1 = dial(sv.f.addr);
+		dml_ps *r0, *r1;
+		assert_int_equal(dml_ps_connect(&r0, &c0, 1, NULL), 0);
+		assert_int_equal(dml_ps_connect(&r1, &c1, 1, NULL), 0);
+		check_clocks(r0, r1, s);
+		dml_ps_free(r0);
+		dml_ps_free(r1);
+		dml_rpc_client_free(c0);
+		dml_rpc_client_free(c1);
+		serve_stop(&sv);
+	}
+}
+
+/* A barrier of 3 remote workers for 100 rounds, 1 server thread. */
+typedef struct bsp_arg {
+	const char *addr;
+	int w, rc;
+} bsp_arg;
+
+static void *bsp_worker(void *p)
+{
+	bsp_arg *a = p;
+	dml_rpc_client *c;
+	dml_ps *ps = NULL;
+	a->rc = dml_rpc_dial(&c, a->addr, NULL);
+	if (!a->rc)
+		a->rc = dml_ps_connect(&ps, &c, 1, NULL);
+	for (int i = 0; i < 100 && !a->rc; i++) {
+		int64_t min;
+		a->rc = dml_ps_clock(ps, a->w, 20000, &min);
+		if (!a->rc && min != i + 1) /* BSP: everyone reached this round */
+			a->rc = -1000;
+	}
+	dml_ps_free(ps);
+	dml_rpc_client_free(c);
+	return NULL;
+}
+
+static void test_bsp_rounds_remote(void **state)
+{
+	(void)state;
+	served sv;
+	dml_ps_opts o = {.workers = 3, .staleness = 0};
+	serve_start(&sv, 4, &o, 1);
+	pthread_t t[3];
+	bsp_arg a[3];
+	for (int i = 0; i < 3; i++) {
+		a[i] = (bsp_arg){sv.f.addr, i, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, bsp_worker, &a[i]), 0);
+	}
+	for (int i = 0; i < 3; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0);
+	}
+	serve_stop(&sv);
+}
+
+/* ---- remote equals local; 3 shards equal 1 ---------------------------- */
+
+/* The same sequence of calls on any store; returns the final vector. */
+static void script(dml_ps *ps, size_t dim, float *final)
+{
+	float *v = malloc(dim * sizeof *v);
+	uint32_t *idx = malloc(dim * sizeof *idx);
+	uint64_t seed = 42;
+	for (int round = 0; round < 6; round++) {
+		for (size_t i = 0; i < dim; i++)
+			v[i] = (float)(rng_next(&seed) % 200) / 50 - 2;
+		assert_int_equal(round % 2 ? dml_ps_push(ps, v) : dml_ps_update(ps, v), 0);
+		size_t n = 0;
+		for (size_t i = (size_t)round; i < dim; i += 5)
+			idx[n++] = (uint32_t)i;
+		assert_int_equal(dml_ps_push_sparse(ps, idx, v, n), 0);
+		assert_int_equal(dml_ps_update_sparse(ps, idx, v + 1, n / 2), 0);
+	}
+	/* ranges across shard boundaries */
+	float *part = malloc(dim * sizeof *part);
+	assert_int_equal(dml_ps_pull(ps, final), 0);
+	for (size_t off = 0; off < dim; off += dim / 7 + 1) {
+		size_t n = dim - off < dim / 3 ? dim - off : dim / 3;
+		assert_int_equal(dml_ps_pull_range(ps, off, n, part), 0);
+		assert_memory_equal(part, final + off, n * sizeof(float));
+	}
+	assert_int_equal(dml_ps_pull_range(ps, dim, 1, part), DML_EINVAL);
+	free(part);
+	free(v);
+	free(idx);
+}
+
+static void test_remote_equals_local_and_shards(void **state)
+{
+	(void)state;
+	enum { D = 100003 };
+	dml_ps_opts o = {.optim = {.kind = DML_OPTIM_ADAGRAD, .lr = 0.1f}};
+	static float local[D], one[D], three[D];
+	dml_ps *ps;
+	assert_int_equal(dml_ps_new(&ps, D, &o), 0);
+	script(ps, D, local);
+	dml_ps_free(ps);
+
+	served s1;
+	serve_start(&s1, D, &o, 2);
+	dml_rpc_client *c1 = dial(s1.f.addr);
+	assert_int_equal(dml_ps_connect(&ps, &c1, 1, NULL), 0);
+	assert_int_equal(dml_ps_dim(ps), D);
+	script(ps, D, one);
+	dml_ps_free(ps);
+	dml_rpc_client_free(c1);
+	serve_stop(&s1);
+	assert_memory_equal(local, one, sizeof local);
+
+	served s3[3];
+	dml_rpc_client *c3[3];
+	for (int i = 0; i < 3; i++) {
+		size_t off, len;
+		assert_int_equal(dml_ps_shard_range(D, 3, i, &off, &len), 0);
+		serve_start(&s3[i], len, &o, 1);
+		c3[i] = dial(s3[i].f.addr);
+	}
+	assert_int_equal(dml_ps_connect(&ps, c3, 3, NULL), 0);
+	assert_int_equal(dml_ps_dim(ps), D);
+	script(ps, D, three);
+	/* a bad index is refused before anything is sent */
+	uint32_t bad = D;
+	assert_int_equal(dml_ps_update_sparse(ps, &bad, three, 1), DML_EINVAL);
+	dml_ps_free(ps);
+	for (int i = 0; i < 3; i++) {
+		dml_rpc_client_free(c3[i]);
+		serve_stop(&s3[i]);
+	}
+	assert_memory_equal(local, three, sizeof local);
+}
+
+/* Many threads pushing through one remote handle over 2 shards: exact. */
+static void test_remote_exact_threads(void **state)
+{
+	(void)state;
+	served s[2];
+	dml_rpc_client *c[2];
+	for (int i = 0; i < 2; i++) {
+		size_t off, len;
+		assert_int_equal(dml_ps_shard_range(DIM, 2, i, &off, &len), 0);
+		serve_start(&s[i], len, NULL, 2);
+		c[i] = dial(s[i].f.addr);
+	}
+	dml_ps *ps;
+	assert_int_equal(dml_ps_connect(&ps, c, 2, NULL), 0);
+	run_updaters(ps);
+	static double want[DIM];
+	static float got[DIM];
+	expected_sums(want);
+	assert_int_equal(dml_ps_pull(ps, got), 0);
+	for (int i = 0; i < DIM; i++)
+		if ((double)got[i] != want[i])
+			fail_msg("param %d: got %g want %g", i, got[i], want[i]);
+	dml_ps_free(ps);
+	for (int i = 0; i < 2; i++) {
+		dml_rpc_client_free(c[i]);
+		serve_stop(&s[i]);
+	}
+}
+
+/* ---- exactly once ------------------------------------------------------ */
+
+static int raw_push(dml_rpc_client *c, uint64_t client, uint64_t seq, float k)
+{
+	float v[3] = {k, k, k};
+	psw_push a = {client, seq, PSW_OP_UPDATE, {v, 3, 0}};
+	return dml_rpc_call(c, &psw_m_push, &a, NULL, 10000);
+}
+
+static void test_retried_push_applied_once(void **state)
+{
+	(void)state;
+	served s;
+	serve_start(&s, 3, NULL, 1);
+	dml_rpc_client *c = dial(s.f.addr);
+	float out[3];
+	/* the same push twice (a retry after a lost reply) */
+	assert_int_equal(raw_push(c, 77, 1, 1), 0);
+	assert_int_equal(raw_push(c, 77, 1, 1), 0);
+	assert_int_equal(dml_ps_pull(s.ps, out), 0);
+	assert_true(out[0] == 1);
+	/* overtaking pushes: 5, 3, 4, 2 each once, and their retries not */
+	uint64_t order[] = {5, 3, 4, 2, 3, 5, 2, 4};
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(raw_push(c, 77, order[i], 1), 0);
+	assert_int_equal(dml_ps_pull(s.ps, out), 0);
+	assert_true(out[0] == 5);
+	/* another client's sequence numbers are its own */
+	assert_int_equal(raw_push(c, 78, 1, 10), 0);
+	assert_int_equal(dml_ps_pull(s.ps, out), 0);
+	assert_true(out[1] == 15);
+	/* far behind the window: refused, not silently dropped */
+	assert_int_equal(raw_push(c, 77, 1000, 1), 0);
+	assert_int_equal(raw_push(c, 77, 900, 1), DML_EHANDLER);
+	/* client id 0: no deduplication */
+	assert_int_equal(raw_push(c, 0, 1, 1), 0);
+	assert_int_equal(raw_push(c, 0, 1, 1), 0);
+	assert_int_equal(dml_ps_pull(s.ps, out), 0);
+	assert_true(out[2] == 18);
+	/* wrong length refused */
+	psw_push bad = {1, 1, PSW_OP_UPDATE, {out, 2, 0}};
+	assert_int_equal(dml_rpc_call(c, &psw_m_push, &bad, NULL, 10000), DML_EHANDLER);
+	/* many clients: the table evicts the oldest, and keeps working */
+	for (uint64_t id = 1000; id < 1000 + 5000; id++)
+		assert_int_equal(raw_push(c, id, 1, 0), 0);
+	assert_int_equal(raw_push(c, 5999, 2, 1), 0);
+	assert_int_equal(raw_push(c, 5999, 2, 1), 0); /* recent: still known */
+	assert_int_equal(raw_push(c, 5999, 1, 1), 0);
+	assert_int_equal(dml_ps_pull(s.ps, out), 0);
+	assert_true(out[0] == 19);
+	dml_rpc_client_free(c);
+	serve_stop(&s);
+}
+
+/* ---- checkpoints ------------------------------------------------------ */
+
+static char tmpdir[64];
+
+static void tmp_path(char *buf, size_t cap, const char *name)
+{
+	if (!tmpdir[0]) {
+		strcpy(tmpdir, "/tmp/dml_ps_XXXXXX");
+		assert_non_null(mkdtemp(tmpdir));
+	}
+	snprintf(buf, cap, "%s/%s", tmpdir, name);
+}
+
+static void test_checkpoint_roundtrip(void **state)
+{
+	(void)state;
+	enum { D = 20000 };
+	char path[128];
+	tmp_path(path, sizeof path, "adam.ckpt");
+	dml_ps_opts o = {.stripes = 5, .optim = {.kind = DML_OPTIM_ADAM, .lr = 0.01f}};
+	dml_ps *a, *b;
+	assert_int_equal(dml_ps_new(&a, D, &o), 0);
+	assert_int_equal(dml_ps_new(&b, D, &o), 0);
+	static float g[D], wa[D], wb[D];
+	uint64_t seed = 3;
+	for (int step = 0; step < 3; step++) {
+		for (int i = 0; i < D; i++)
+			g[i] = (float)(rng_next(&seed) % 100) / 10 - 5;
+		assert_int_equal(dml_ps_push(a, g), 0);
+	}
+	assert_int_equal(dml_ps_save(a, path), 0);
+	assert_int_equal(dml_ps_load(b, path), 0);
+	/* b continues exactly as a: parameters, Adam's moments and step */
+	for (int i = 0; i < D; i++)
+		g[i] = (float)(i % 11) - 5;
+	assert_int_equal(dml_ps_push(a, g), 0);
+	assert_int_equal(dml_ps_push(b, g), 0);
+	assert_int_equal(dml_ps_pull(a, wa), 0);
+	assert_int_equal(dml_ps_pull(b, wb), 0);
+	assert_memory_equal(wa, wb, sizeof wa);
+	uint64_t na, nb;
+	dml_ps_updates(a, &na);
+	dml_ps_updates(b, &nb);
+	assert_int_equal(na, nb);
+
+	/* wrong dimension, wrong rule: refused, nothing changes */
+	dml_ps *c;
+	assert_int_equal(dml_ps_new(&c, D + 1, &o), 0);
+	assert_int_equal(dml_ps_load(c, path), DML_EDIM);
+	dml_ps_free(c);
+	dml_ps_opts sgd = {.init = wa};
+	assert_int_equal(dml_ps_new(&c, D, &sgd), 0);
+	assert_int_equal(dml_ps_load(c, path), DML_ETYPE);
+	dml_ps_free(c);
+
+	/* corrupted and truncated copies */
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	struct stat st;
+	fstat(fd, &st);
+	size_t size = (size_t)st.st_size;
+	uint8_t *bytes = malloc(size);
+	assert_int_equal(read(fd, bytes, size), (ssize_t)size);
+	close(fd);
+	char bad[128];
+	tmp_path(bad, sizeof bad, "bad.ckpt");
+	size_t where[] = {size / 2, size - 3, 40};
+	for (int k = 0; k < 3; k++) {
+		bytes[where[k]] ^= 0x10;
+		FILE *f = fopen(bad, "wb");
+		fwrite(bytes, 1, size, f);
+		fclose(f);
+		bytes[where[k]] ^= 0x10;
+		int rc = dml_ps_load(b, bad);
+		assert_true(rc == DML_ECORRUPT || rc == DML_EFORMAT);
+		assert_int_equal(dml_ps_pull(b, wb), 0);
+		assert_memory_equal(wa, wb, sizeof wa); /* unchanged */
+	}
+	FILE *f = fopen(bad, "wb");
+	fwrite(bytes, 1, size / 2, f);
+	fclose(f);
+	assert_int_equal(dml_ps_load(b, bad), DML_ETRUNC);
+	assert_int_equal(dml_ps_load(b, "/nonexistent/x.ckpt"), DML_EIO);
+	free(bytes);
+	unlink(bad);
+	unlink(path);
+	dml_ps_free(a);
+	dml_ps_free(b);
+}
+
+/* A child saving over and over is killed with SIGKILL mid-save; the file
+ * left behind loads, and holds one of the two states. */
+static void test_checkpoint_sigkill(void **state)
+{
+	(void)state;
+	enum { D = 4000000 }; /* 16 MB: a save takes a while */
+	char path[128];
+	tmp_path(path, sizeof path, "kill.ckpt");
+	dml_ps *ps;
+	assert_int_equal(dml_ps_new(&ps, D, NULL), 0);
+	float *one = malloc(D * sizeof *one);
+	for (int i = 0; i < D; i++)
+		one[i] = 1;
+	assert_int_equal(dml_ps_save(ps, path), 0); /* state A: zeros */
+	for (int round = 0; round < 4; round++) {
+		int p[2];
+		assert_int_equal(pipe(p), 0);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			close(p[0]);
+			dml_ps_update(ps, one); /* state B: ones */
+			for (int i = 0; i < 1000; i++) {
+				if (write(p[1], "x", 1) != 1)
+					_exit(1);
+				dml_ps_save(ps, path);
+			}
+			_exit(0);
+		}
+		close(p[1]);
+		char ch;
+		for (int k = 0; k <= round; k++) /* into save number round + 1 */
+			assert_int_equal(read(p[0], &ch, 1), 1);
+		/* a bounded busy wait of a varying length: part way into it */
+		volatile unsigned long spin = 0;
+		for (unsigned long i = 0; i < 2000000ul * (unsigned long)round; i++)
+			spin = spin + i;
+		(void)spin;
+		kill(pid, SIGKILL);
+		int status;
+		waitpid(pid, &status, 0);
+		close(p[0]);
+		dml_ps *back;
+		assert_int_equal(dml_ps_new(&back, D, NULL), 0);
+		assert_int_equal(dml_ps_load(back, path), 0);
+		float first, last;
+		dml_ps_pull_range(back, 0, 1, &first);
+		dml_ps_pull_range(back, D - 1, 1, &last);
+		assert_true(first == last && (first == 0 || first == 1));
+		dml_ps_free(back);
+	}
+	/* remove temp files a killed save may have left */
+	char cmd[160];
+	snprintf(cmd, sizeof cmd, "rm -f %s/kill.ckpt*", tmpdir);
+	assert_int_equal(system(cmd), 0);
+	free(one);
+	dml_ps_free(ps);
+}
+
+static int cleanup(void **state)
+{
+	(void)state;
+	if (tmpdir[0])
+		rmdir(tmpdir);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_local_basics),
+		cmocka_unit_test(test_local_exact_threads),
+		cmocka_unit_test(test_push_optimizers),
+		cmocka_unit_test(test_clocks_local),
+		cmocka_unit_test(test_clocks_remote),
+		cmocka_unit_test(test_bsp_rounds_remote),
+		cmocka_unit_test(test_remote_equals_local_and_shards),
+		cmocka_unit_test(test_remote_exact_threads),
+		cmocka_unit_test(test_retried_push_applied_once),
+		cmocka_unit_test(test_checkpoint_roundtrip),
+		cmocka_unit_test(test_checkpoint_sigkill),
+	};
+	return cmocka_run_group_tests(tests, NULL, cleanup);
+}
