@@ -133,9 +133,13 @@ void dml_ps_free(dml_ps *ps)
 
 /* ---- updates ------------------------------------------------------ */
 
+/* The bulk in blocks of 16, so that gcc's -O2 cost model vectorises it. */
 static void range_add(float *restrict w, const float *restrict d, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	size_t m = n & ~(size_t)15;
+	for (size_t i = 0; i < m; i++)
+		w[i] += d[i];
+	for (size_t i = m; i < n; i++)
 		w[i] += d[i];
 }
 
