@@ -13,5 +13,7 @@
 #include "distml/optim.h"
 #include "distml/ps.h"
 #include "distml/data.h"
+#include "distml/model.h"
+#include "distml/train.h"
 
 #endif

@@ -114,7 +114,7 @@ void dml_ps_free(dml_ps *ps)
 	pthread_mutex_unlock(&ps->cmu);
 	while (wt) {
 		dml__ps_waiter *next = wt->next;
-		wt->wake(wt->arg, DML_ECLOSED, 0);
+		wt->wake(wt->arg, DML_ECLOSED, NULL);
 		free(wt);
 		wt = next;
 	}
@@ -354,26 +354,32 @@ static void wake_all(dml__ps_waiter *wt, int64_t min)
 {
 	while (wt) {
 		dml__ps_waiter *next = wt->next;
-		wt->wake(wt->arg, 0, min);
+		dml_ps_clock_info info = {wt->clock, min, 1};
+		wt->wake(wt->arg, 0, &info);
 		free(wt);
 		wt = next;
 	}
 }
 
-int dml__ps_clock_async(dml_ps *ps, int w, int64_t *min, dml__ps_wake_fn wake,
-                        void *arg)
+int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
+                        dml__ps_wake_fn wake, void *arg)
 {
 	if (!ps->workers || w < 0 || w >= ps->workers)
 		return DML_EINVAL;
 	dml__ps_waiter *mine = malloc(sizeof *mine);
 	if (!mine)
 		return DML_ENOMEM;
+	int64_t min;
 	pthread_mutex_lock(&ps->cmu);
-	dml__ps_waiter *done = advance(ps, w, min);
+	dml__ps_waiter *done = advance(ps, w, &min);
 	int64_t need = need_for(ps, ps->clock[w]);
-	int now = *min >= need;
+	int now = min >= need;
+	info->clock = ps->clock[w];
+	info->min = min;
+	info->waited = 0;
 	if (!now) {
 		mine->need = need;
+		mine->clock = ps->clock[w];
 		mine->wake = wake;
 		mine->arg = arg;
 		mine->next = ps->waiters;
@@ -382,7 +388,7 @@ int dml__ps_clock_async(dml_ps *ps, int w, int64_t *min, dml__ps_wake_fn wake,
 	pthread_mutex_unlock(&ps->cmu);
 	if (now)
 		free(mine);
-	wake_all(done, *min);
+	wake_all(done, min);
 	return now;
 }
 
@@ -397,12 +403,13 @@ static void abs_deadline(struct timespec *ts, dml_duration ms)
 	}
 }
 
-int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min_out)
+int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
+                 dml_ps_clock_info *info)
 {
 	if (!ps || timeout < DML_DEFAULT)
 		return DML_EINVAL;
 	if (ps->remote)
-		return dml__psr_clock(ps, worker, timeout, min_out);
+		return dml__psr_clock(ps, worker, timeout, info);
 	if (timeout == DML_DEFAULT)
 		timeout = DML_INFINITE;
 	if (!ps->workers || worker < 0 || worker >= ps->workers)
@@ -415,6 +422,8 @@ int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min_out)
 	pthread_mutex_lock(&ps->cmu);
 	dml__ps_waiter *done = advance(ps, worker, &min);
 	int64_t need = need_for(ps, ps->clock[worker]);
+	int64_t mine = ps->clock[worker];
+	int waited = min < need;
 	while (min < need && !rc) {
 		int e = timeout < 0 ? pthread_cond_wait(&ps->ccv, &ps->cmu)
 		                    : pthread_cond_timedwait(&ps->ccv, &ps->cmu, &dl);
@@ -424,8 +433,8 @@ int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min_out)
 	}
 	pthread_mutex_unlock(&ps->cmu);
 	wake_all(done, min);
-	if (min_out)
-		*min_out = min;
+	if (info && !rc)
+		*info = (dml_ps_clock_info){mine, min, waited};
 	return rc;
 }
 

@@ -12,12 +12,14 @@
 #include <stdatomic.h>
 
 /* Called when a clock wait registered with dml__ps_clock_async ends:
- * err 0 (released, min_clock the slowest clock) or DML_ECLOSED (the store
- * is being freed). Called without the store's locks held. */
-typedef void (*dml__ps_wake_fn)(void *arg, int err, int64_t min_clock);
+ * err 0 (released; info filled) or DML_ECLOSED (the store is being freed).
+ * Called without the store's locks held. */
+typedef void (*dml__ps_wake_fn)(void *arg, int err,
+                                const dml_ps_clock_info *info);
 
 typedef struct dml__ps_waiter {
 	int64_t need; /* released when the slowest clock reaches this */
+	int64_t clock; /* the waiting worker's clock */
 	dml__ps_wake_fn wake;
 	void *arg;
 	struct dml__ps_waiter *next;
@@ -53,11 +55,11 @@ struct dml_ps {
 	dml__ps_dedup *dedup; /* set by dml_ps_serve */
 };
 
-/* Advances worker w's clock. Returns 1 when it need not wait (*min set), 0
- * when `wake` will be called later (a waiter was registered), or a
+/* Advances worker w's clock. Returns 1 when it need not wait (*info set),
+ * 0 when `wake` will be called later (a waiter was registered), or a
  * negative error (DML_EINVAL, DML_ENOMEM: the clock is not advanced). */
-int dml__ps_clock_async(dml_ps *ps, int w, int64_t *min, dml__ps_wake_fn wake,
-                        void *arg);
+int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
+                        dml__ps_wake_fn wake, void *arg);
 
 /* Applies a dense delta (op 0) or gradient (op 1) to the local store. */
 void dml__ps_apply_dense(dml_ps *ps, int op, const float *v);
@@ -72,7 +74,8 @@ int dml__psr_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
 int dml__psr_pull(dml_ps *ps, size_t off, size_t n, float *out);
 int dml__psr_assign(dml_ps *ps, const float *v);
 int dml__psr_updates(dml_ps *ps, uint64_t *count);
-int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min);
+int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
+                   dml_ps_clock_info *info);
 int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min);
 void dml__psr_free(dml_ps *ps);
 

@@ -288,14 +288,15 @@ int dml__psr_updates(dml_ps *ps, uint64_t *count)
 	return rc;
 }
 
-int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout, int64_t *min)
+int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
+                   dml_ps_clock_info *info)
 {
 	dml__ps_remote *r = ps->remote;
 	psw_worker q = {worker};
-	psw_clock rep = {0, 0};
+	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock, &q, &rep, timeout);
-	if (!rc && min)
-		*min = rep.min;
+	if (!rc && info)
+		*info = (dml_ps_clock_info){rep.clock, rep.min, rep.waited != 0};
 	return rc;
 }
 
@@ -303,7 +304,7 @@ int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 {
 	dml__ps_remote *r = ps->remote;
 	psw_worker q = {worker};
-	psw_clock rep = {0, 0};
+	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock_get, &q, &rep, r->timeout);
 	if (!rc) {
 		if (clock)

@@ -217,9 +217,11 @@ static int h_assign(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return dml_ps_assign(ps, q->v.data);
 }
 
-static void clock_wake(void *arg, int err, int64_t min)
+static void clock_wake(void *arg, int err, const dml_ps_clock_info *info)
 {
-	psw_clock rep = {0, min};
+	psw_clock rep = {0, 0, 0};
+	if (info)
+		rep = (psw_clock){info->clock, info->min, info->waited};
 	dml_rpc_deferred_reply(arg, err, &rep, err ? "PS.Clock: store closed" : NULL);
 }
 
@@ -235,11 +237,10 @@ static int h_clock(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	int rc = dml_rpc_defer(ctx, &d);
 	if (rc)
 		return rc;
-	int64_t min = 0;
-	rc = dml__ps_clock_async(ps, q->worker, &min, clock_wake, d);
+	dml_ps_clock_info info;
+	rc = dml__ps_clock_async(ps, q->worker, &info, clock_wake, d);
 	if (rc == 1) {
-		psw_clock rep = {0, min};
-		dml_rpc_deferred_reply(d, 0, &rep, NULL);
+		clock_wake(d, 0, &info);
 	} else if (rc < 0) {
 		dml_rpc_deferred_reply(d, rc, NULL, "PS.Clock failed");
 	}
@@ -251,6 +252,7 @@ static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_worker *q = a;
 	psw_clock *rep = r;
+	rep->waited = 0;
 	int rc = dml_ps_clock_get(ps, q->worker, &rep->clock, &rep->min);
 	if (rc)
 		return dml_rpc_errorf(ctx, "PS.ClockGet: no worker %d (store has %d)",

@@ -57,9 +57,13 @@ typedef struct psw_worker { int32_t worker; } psw_worker;
 static const dml_field psw_worker_f[] = {DML_FIELD(psw_worker, worker, DML_I32)};
 static const dml_type psw_worker_t = DML_TYPE(psw_worker, psw_worker_f);
 
-typedef struct psw_clock { int64_t clock, min; } psw_clock;
+typedef struct psw_clock {
+	int64_t clock, min;
+	int32_t waited;
+} psw_clock;
 static const dml_field psw_clock_f[] = {DML_FIELD(psw_clock, clock, DML_I64),
-                                        DML_FIELD(psw_clock, min, DML_I64)};
+                                        DML_FIELD(psw_clock, min, DML_I64),
+                                        DML_FIELD(psw_clock, waited, DML_I32)};
 static const dml_type psw_clock_t = DML_TYPE(psw_clock, psw_clock_f);
 
 static const dml_rpc_method psw_m_info = {"PS.Info", NULL, &psw_info_t};

@@ -272,12 +272,13 @@ typedef struct clk_arg {
 	int worker;
 	atomic_int done;
 	int rc;
+	dml_ps_clock_info info;
 } clk_arg;
 
 static void *clock_thread(void *p)
 {
 	clk_arg *a = p;
-	a->rc = dml_ps_clock(a->ps, a->worker, 20000, NULL);
+	a->rc = dml_ps_clock(a->ps, a->worker, 20000, &a->info);
 	atomic_store(&a->done, 1);
 	return NULL;
 }
@@ -299,18 +300,28 @@ static void await_clock(dml_ps *ps, int w, int64_t c)
 static void check_clocks(dml_ps *ps0, dml_ps *ps1, int staleness)
 {
 	int64_t min;
+	dml_ps_clock_info ci;
 	/* within the bound, worker 0 does not wait */
-	for (int i = 0; i < staleness; i++)
-		assert_int_equal(dml_ps_clock(ps0, 0, 20000, &min), 0);
+	for (int i = 0; i < staleness; i++) {
+		assert_int_equal(dml_ps_clock(ps0, 0, 20000, &ci), 0);
+		assert_int_equal(ci.clock, i + 1);
+		assert_int_equal(ci.min, 0);
+		assert_int_equal(ci.waited, 0);
+	}
 	/* one more and it must wait for worker 1 */
-	clk_arg a = {ps0, 0, 0, 0};
+	clk_arg a = {ps0, 0, 0, 0, {0, 0, 0}};
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, clock_thread, &a), 0);
 	await_clock(ps1, 0, staleness + 1);
 	assert_int_equal(atomic_load(&a.done), 0); /* blocked: min 0 < 1 */
-	assert_int_equal(dml_ps_clock(ps1, 1, 20000, &min), 0); /* releases it */
+	assert_int_equal(dml_ps_clock(ps1, 1, 20000, &ci), 0); /* releases it */
+	assert_int_equal(ci.waited, 0);
+	assert_int_equal(ci.clock, 1);
 	pthread_join(t, NULL);
 	assert_int_equal(a.rc, 0);
+	assert_int_equal(a.info.waited, 1);
+	assert_int_equal(a.info.clock, staleness + 1);
+	assert_int_equal(a.info.min, 1);
 	int64_t c;
 	assert_int_equal(dml_ps_clock_get(ps1, 0, &c, &min), 0);
 	assert_int_equal(c, staleness + 1);
@@ -380,10 +391,10 @@ static void *bsp_worker(void *p)
 	if (!a->rc)
 		a->rc = dml_ps_connect(&ps, &c, 1, NULL);
 	for (int i = 0; i < 100 && !a->rc; i++) {
-		int64_t min;
-		a->rc = dml_ps_clock(ps, a->w, 20000, &min);
-		if (!a->rc && min != i + 1) /* BSP: everyone reached this round */
-			a->rc = -1000;
+		dml_ps_clock_info ci;
+		a->rc = dml_ps_clock(ps, a->w, 20000, &ci);
+		if (!a->rc && (ci.min != i + 1 || ci.clock != i + 1))
+			a->rc = -1000; /* BSP: everyone reached this round */
 	}
 	dml_ps_free(ps);
 	dml_rpc_client_free(c);

@@ -86,6 +86,13 @@ DML_API int dml_ps_assign(dml_ps *ps, const float *v);
  * the first server). Thread-safe. */
 DML_API int dml_ps_updates(dml_ps *ps, uint64_t *count);
 
+/* What a clock call reports. */
+typedef struct dml_ps_clock_info {
+	int64_t clock;  /* the worker's clock after advancing */
+	int64_t min;    /* the slowest worker's clock when the call returned */
+	int waited;     /* 1 if the call had to wait for slower workers */
+} dml_ps_clock_info;
+
 /*
  * Clocks, for the consistency models. Worker w (0 <= w < workers) calls
  * this at the end of each of its iterations: its clock advances by one,
@@ -93,13 +100,13 @@ DML_API int dml_ps_updates(dml_ps *ps, uint64_t *count);
  * (w's clock - staleness): staleness 0 is bulk-synchronous (a barrier),
  * s > 0 lets a worker run at most s clocks ahead, DML_PS_ASYNC never waits.
  * Waits at most `timeout` (DML_INFINITE, or ms): DML_ETIMEDOUT, the clock
- * staying advanced. *min_clock (may be NULL) gets the slowest clock seen.
+ * staying advanced. `info` (may be NULL) is filled on success.
  * DML_EINVAL if the store has no clocks or w is out of range. Remote: the
  * first server keeps the clocks; the wait holds no server thread.
  * Thread-safe.
  */
 DML_API int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
-                         int64_t *min_clock);
+                         dml_ps_clock_info *info);
 
 /* The clock of `worker` and the slowest clock. Thread-safe. */
 DML_API int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock,

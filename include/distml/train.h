@@ -1,0 +1,113 @@
+/*
+ * distml/train.h - training loops: single-process minibatch SGD, and the
+ * distributed worker loop around a parameter store (local or remote).
+ *
+ * Neither starts threads: the host runs dml_sgd_train, or one
+ * dml_dsgd_worker per worker, in threads or processes of its own.
+ *
+ * Part of libdistml. Included by <distml.h>; include that instead.
+ */
+#ifndef DISTML_TRAIN_H
+#define DISTML_TRAIN_H
+
+#include "common.h"
+#include "data.h"
+#include "model.h"
+#include "optim.h"
+#include "ps.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What an epoch callback is told. */
+typedef struct dml_epoch_info {
+	int worker;         /* dml_dsgd_worker: its id; dml_sgd_train: 0 */
+	int epoch;          /* 1, 2, ... */
+	double loss;        /* mean minibatch loss over the epoch */
+	uint64_t samples;   /* rows processed in this epoch */
+	double seconds;     /* wall time since training started */
+	int64_t staleness;  /* DSGD: largest clock lead seen this epoch, -1 = not measured */
+} dml_epoch_info;
+
+/* Called after each epoch with the current parameters (dim floats, valid
+ * during the call). Return non-zero to stop training early. */
+typedef int (*dml_epoch_fn)(void *user, const dml_epoch_info *info,
+                            const float *w);
+
+/* Statistics of a training run. */
+typedef struct dml_train_stats {
+	uint64_t steps;       /* minibatches */
+	uint64_t samples;     /* rows */
+	int epochs;           /* epochs completed */
+	double seconds;       /* wall time */
+	double loss;          /* mean minibatch loss of the last epoch */
+	uint64_t waits;       /* DSGD: clock calls that had to wait */
+	double wait_seconds;  /* DSGD: time spent in them */
+	int64_t max_staleness;/* DSGD: largest clock lead over the slowest worker */
+	int stopped;          /* the callback asked to stop */
+} dml_train_stats;
+
+/* Options of dml_sgd_train; zero-initialised means defaults. */
+typedef struct dml_sgd_opts {
+	int epochs;           /* 0 = 10 */
+	size_t batch;         /* rows per minibatch; 0 = 64 */
+	dml_optim_opts optim; /* the update rule and schedule (distml/optim.h) */
+	uint64_t seed;        /* shuffle seed (epoch e uses seed + e) */
+	int no_shuffle;       /* non-zero: keep the data set's order */
+	dml_epoch_fn on_epoch;
+	void *user;
+} dml_sgd_opts;
+
+/*
+ * Minibatch SGD on one thread: for each epoch, shuffles `train` in place
+ * (unless no_shuffle), then one optimizer step per minibatch on w (m->dim
+ * floats, initial parameters in, trained parameters out). `st` may be NULL.
+ * Errors from the model (DML_EDIM, DML_EINVAL) end training with w as it
+ * is; DML_ENOMEM. Not thread-safe on the same model or data set.
+ */
+DML_API int dml_sgd_train(const dml_model *m, dml_dataset *train, float *w,
+                          const dml_sgd_opts *o, dml_train_stats *st);
+
+/* Consistency model of a DSGD worker; it must match the store's clocks
+ * (dml_ps_opts.staleness): BSP with 0, SSP with s > 0, ASP with none. */
+typedef enum dml_dsgd_mode {
+	DML_DSGD_ASP = 0, /* never waits; no clock calls */
+	DML_DSGD_BSP = 1, /* a barrier after every step */
+	DML_DSGD_SSP = 2, /* at most s steps ahead of the slowest worker */
+} dml_dsgd_mode;
+
+/* Options of dml_dsgd_worker; zero-initialised means defaults. */
+typedef struct dml_dsgd_opts {
+	int worker;           /* this worker's id, 0 .. workers-1 */
+	dml_dsgd_mode mode;
+	int epochs;           /* 0 = 10 */
+	size_t batch;         /* 0 = 64 */
+	size_t steps_per_epoch; /* 0 = ceil(shard rows / batch); give every
+	                         worker the same number under BSP and SSP */
+	uint64_t seed;        /* shuffle seed (0 = worker id + 1) */
+	int no_shuffle;
+	dml_duration clock_timeout; /* longest wait per clock (0 = infinite) */
+	dml_epoch_fn on_epoch;
+	void *user;
+} dml_dsgd_opts;
+
+/*
+ * The distributed worker loop: repeat { pull the parameters from `ps`,
+ * compute the gradient of the next minibatch of `shard`, push it (the
+ * store's optimizer applies it), and, under BSP/SSP, advance this worker's
+ * clock and wait as the store's bound says }. `shard` is this worker's part
+ * of the data (dml_dataset_shard), shuffled in place each epoch. `st` may
+ * be NULL. Errors from the store (e.g. DML_ECONNLOST, DML_ETIMEDOUT for a
+ * clock wait) or the model end the loop and are returned, with `st` filled
+ * so far. Thread-safe with respect to other workers on the same store;
+ * `m` and `shard` belong to this worker.
+ */
+DML_API int dml_dsgd_worker(dml_ps *ps, const dml_model *m,
+                            dml_dataset *shard, const dml_dsgd_opts *o,
+                            dml_train_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DISTML_TRAIN_H */
