@@ -267,18 +267,15 @@ int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out)
 		return DML_EINVAL;
 	if (ps->remote)
 		return dml__psr_pull(ps, off, n, out);
-	size_t end = off + n;
-	while (off < end) {
-		size_t k = off / ps->stripe_len;
-		size_t stop = (k + 1) * ps->stripe_len;
-		if (stop > end)
-			stop = end;
+	if (!n)
+		return 0;
+	/* stripes [k0, k1) hold the range: take them all, in order */
+	size_t k0 = off / ps->stripe_len, k1 = (off + n - 1) / ps->stripe_len + 1;
+	for (size_t k = k0; k < k1; k++)
 		pthread_mutex_lock(&ps->stripes[k].mu);
-		memcpy(out, ps->w + off, (stop - off) * sizeof(float));
+	memcpy(out, ps->w + off, n * sizeof(float));
+	for (size_t k = k1; k-- > k0;)
 		pthread_mutex_unlock(&ps->stripes[k].mu);
-		out += stop - off;
-		off = stop;
-	}
 	return 0;
 }
 
@@ -458,7 +455,7 @@ int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 /* ---- checkpoints -------------------------------------------------- */
 
 /* The meta block: little-endian fields, fixed layout (docs/checkpoint.md). */
-enum { META_LEN = 8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 };
+enum { META_LEN = 8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 * 3 };
 
 static void meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
                      uint8_t *m)
@@ -476,7 +473,9 @@ static void meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
 	dml__put_u64(p, o->sched.step_size); p += 8;
 	dml__put_u32(p, (uint32_t)o->sched.kind); p += 4;
 	dml__put_u64(p, o->sched.total); p += 8;
-	memcpy(p, &o->sched.gamma, 4);
+	memcpy(p, &o->sched.gamma, 4); p += 4;
+	memcpy(p, &o->sched.t0, 4); p += 4;
+	memcpy(p, &o->sched.lr_min, 4);
 }
 
 int dml_ps_save(dml_ps *ps, const char *path)

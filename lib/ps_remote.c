@@ -223,8 +223,10 @@ int dml__psr_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
 		args[i].v.data = r->n == 1 ? (float *)val : lval + start[i];
 		args[i].v.n = cnt[i];
 		args[i].v.cap = 0;
-		want[i] = cnt[i] > 0 || nnz == 0; /* an empty push still counts a step */
-		args[i].seq = want[i] ? atomic_fetch_add(&r->seq[i], 1) + 1 : 0;
+		/* every shard takes the step, touched or not, so that step
+		 * counts (Adam, schedules) agree with a single store */
+		want[i] = 1;
+		args[i].seq = atomic_fetch_add(&r->seq[i], 1) + 1;
 	}
 	int rc = push_all(r, &psw_m_spush, args, sizeof args[0], want);
 	free(shard);
@@ -292,6 +294,8 @@ int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
                    dml_ps_clock_info *info)
 {
 	dml__ps_remote *r = ps->remote;
+	if (!ps->workers || worker < 0 || worker >= ps->workers)
+		return DML_EINVAL;
 	psw_worker q = {worker};
 	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock, &q, &rep, timeout);
@@ -303,6 +307,8 @@ int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
 int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 {
 	dml__ps_remote *r = ps->remote;
+	if (!ps->workers || worker < 0 || worker >= ps->workers)
+		return DML_EINVAL;
 	psw_worker q = {worker};
 	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock_get, &q, &rep, r->timeout);

@@ -28,6 +28,7 @@ typedef struct dd_ent {
 struct dml__ps_dedup {
 	pthread_mutex_t mu;
 	dd_ent e[DEDUP_CAP * 2]; /* open addressing, at most half full */
+	dd_ent keep[DEDUP_CAP];  /* scratch for dd_evict */
 	size_t n;
 	uint64_t tick;
 };
@@ -59,7 +60,7 @@ static int cmp_used(const void *a, const void *b)
 /* Keeps the most recently used half of the clients. */
 static void dd_evict(dml__ps_dedup *d)
 {
-	static _Thread_local dd_ent keep[DEDUP_CAP * 2];
+	dd_ent *keep = d->keep; /* d->n <= DEDUP_CAP entries */
 	size_t k = 0;
 	for (size_t i = 0; i < DEDUP_CAP * 2; i++)
 		if (d->e[i].client)

@@ -9,12 +9,13 @@
  *
  * Local stores are guarded by striped locks: the vector is cut into
  * `stripes` contiguous ranges, each with its own mutex. What a concurrent
- * reader sees: within one stripe, every update is applied whole or not at
- * all; a dense update or pull walks the stripes one at a time, so a pull
- * racing with an update may see it in some stripes and not yet in others
- * (use stripes = 1 for whole-vector atomicity). A sparse update holds all
- * the stripes it touches at once, so readers see it whole. No update is
- * ever lost or applied twice: T threads x M updates leave exactly the sum.
+ * reader sees: a pull holds every stripe of its range at once, so it sees a
+ * snapshot in which each update is applied whole or not at all, except a
+ * dense update (or push) racing with it: those walk the stripes one at a
+ * time, so the pull may see one in some stripes and not yet in others (use
+ * stripes = 1 to make dense updates atomic too). A sparse update holds all
+ * the stripes it touches at once. No update is ever lost or applied twice:
+ * T threads x M updates leave exactly the sum.
  *
  * Part of libdistml. Included by <distml.h>; include that instead.
  */
@@ -83,7 +84,7 @@ DML_API int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out);
 DML_API int dml_ps_assign(dml_ps *ps, const float *v);
 
 /* The number of updates and pushes applied so far (for a remote store, by
- * the first server). Thread-safe. */
+ * the first server, which every call reaches). Thread-safe. */
 DML_API int dml_ps_updates(dml_ps *ps, uint64_t *count);
 
 /* What a clock call reports. */
@@ -102,7 +103,8 @@ typedef struct dml_ps_clock_info {
  * Waits at most `timeout` (DML_INFINITE, or ms): DML_ETIMEDOUT, the clock
  * staying advanced. `info` (may be NULL) is filled on success.
  * DML_EINVAL if the store has no clocks or w is out of range. Remote: the
- * first server keeps the clocks; the wait holds no server thread.
+ * first server keeps the clocks; the wait holds no server thread; a call
+ * that times out leaves its clock advanced on the server.
  * Thread-safe.
  */
 DML_API int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
@@ -163,8 +165,8 @@ DML_API int dml_ps_shard_range(size_t dim, int n, int i, size_t *off,
                                size_t *len);
 
 /* Frees a store or handle (NULL is fine). No call may be running on it;
- * a served store must be freed after its server. Calls waiting in a
- * served store's clocks are answered with DML_ECLOSED. */
+ * a served store must be freed after its server (calls still waiting in
+ * its clocks then see their connection close: DML_ECONNLOST). */
 DML_API void dml_ps_free(dml_ps *ps);
 
 #ifdef __cplusplus
