@@ -17,6 +17,7 @@
 #define AUTO_STRIPES 256  /* most stripes chosen automatically */
 #define MAX_STRIPES 4096  /* most stripes at all */
 #define CKPT_KIND 0x53504d44u /* "DMPS" */
+#define WAITERS_PER_WORKER 64 /* clock calls parked per worker, at most */
 #define TAG_PARAMS 1u
 #define TAG_STATE0 2u
 #define TAG_STATE1 3u
@@ -339,6 +340,7 @@ static dml__ps_waiter *advance(dml_ps *ps, int w, int64_t *min)
 			*pp = wt->next;
 			wt->next = done;
 			done = wt;
+			ps->nwaiters--;
 		} else {
 			pp = &wt->next;
 		}
@@ -368,6 +370,12 @@ int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
 		return DML_ENOMEM;
 	int64_t min;
 	pthread_mutex_lock(&ps->cmu);
+	if (ps->nwaiters >= (size_t)WAITERS_PER_WORKER * (size_t)ps->workers) {
+		/* a peer pipelining clock calls: refuse, the clock stays */
+		pthread_mutex_unlock(&ps->cmu);
+		free(mine);
+		return DML_EBUSY;
+	}
 	dml__ps_waiter *done = advance(ps, w, &min);
 	int64_t need = need_for(ps, ps->clock[w]);
 	int now = min >= need;
@@ -381,6 +389,7 @@ int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
 		mine->arg = arg;
 		mine->next = ps->waiters;
 		ps->waiters = mine;
+		ps->nwaiters++;
 	}
 	pthread_mutex_unlock(&ps->cmu);
 	if (now)

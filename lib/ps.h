@@ -51,6 +51,7 @@ struct dml_ps {
 	int workers, staleness;
 	int64_t *clock;
 	dml__ps_waiter *waiters;
+	size_t nwaiters; /* at most WAITERS_PER_WORKER * workers */
 
 	dml__ps_dedup *dedup; /* set by dml_ps_serve */
 };

@@ -9,6 +9,7 @@
 #include "ps.h"
 #include "ps_wire.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/random.h>
 #include <time.h>
@@ -24,7 +25,10 @@ struct dml__ps_remote {
 	dml_duration timeout;
 	int retries;
 	uint64_t client_id;
-	atomic_uint_fast64_t seq[MAX_SHARDS];
+	/* a push takes its number and is queued under its shard's lock, so
+	 * that numbers go out in order (the server's window relies on it) */
+	pthread_mutex_t mu[MAX_SHARDS];
+	uint64_t seq[MAX_SHARDS];
 };
 
 static uint64_t fresh_id(void)
@@ -63,7 +67,6 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 	int rc = 0, started = 0;
 	for (int i = 0; i < n && !rc; i++, started++) {
 		r->c[i] = clients[i];
-		atomic_init(&r->seq[i], 0);
 		rc = dml_rpc_go(clients[i], &psw_m_info, NULL, &info[i], r->timeout, &p[i]);
 		if (rc)
 			break;
@@ -84,6 +87,8 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 		free(ps);
 		return rc;
 	}
+	for (int i = 0; i < n; i++)
+		pthread_mutex_init(&r->mu[i], NULL);
 	ps->dim = r->off[n];
 	ps->remote = r;
 	ps->workers = (int)info[0].workers;
@@ -92,7 +97,12 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 	return 0;
 }
 
-void dml__psr_free(dml_ps *ps) { free(ps->remote); }
+void dml__psr_free(dml_ps *ps)
+{
+	for (int i = 0; i < ps->remote->n; i++)
+		pthread_mutex_destroy(&ps->remote->mu[i]);
+	free(ps->remote);
+}
 
 /* Waits for every started call; the first error wins. */
 static int wait_all(dml_rpc_pending **p, int n, int rc)
@@ -109,9 +119,12 @@ static int wait_all(dml_rpc_pending **p, int n, int rc)
 	return rc;
 }
 
-/* Sends push `args[i]` to shard i for each i with want[i], retrying the
- * ones that time out with the same sequence number (the server applies a
- * push once however often it arrives). */
+_Static_assert(offsetof(psw_push, seq) == offsetof(psw_spush, seq),
+               "both push messages keep seq at one offset");
+
+/* Sends push `args[i]` to shard i for each i with want[i], numbering each
+ * as it is queued, and retries the ones that time out with the same number
+ * (the server applies a push once however often it arrives). */
 static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
                     size_t args_size, const int *want)
 {
@@ -122,10 +135,17 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 	for (int attempt = 0; attempt <= r->retries; attempt++) {
 		dml_rpc_pending *p[MAX_SHARDS] = {0};
 		rc = 0;
-		for (int i = 0; i < r->n && !rc; i++)
-			if (todo[i])
-				rc = dml_rpc_go(r->c[i], m, (char *)args + (size_t)i * args_size,
-				                NULL, r->timeout, &p[i]);
+		for (int i = 0; i < r->n && !rc; i++) {
+			if (!todo[i])
+				continue;
+			char *a = (char *)args + (size_t)i * args_size;
+			uint64_t *seq = (uint64_t *)(a + offsetof(psw_push, seq));
+			pthread_mutex_lock(&r->mu[i]);
+			if (!attempt)
+				*seq = ++r->seq[i];
+			rc = dml_rpc_go(r->c[i], m, a, NULL, r->timeout, &p[i]);
+			pthread_mutex_unlock(&r->mu[i]);
+		}
 		int again = 0;
 		for (int i = 0; i < r->n; i++) {
 			if (!p[i])
@@ -150,7 +170,7 @@ int dml__psr_update(dml_ps *ps, int op, const float *v)
 	int want[MAX_SHARDS];
 	for (int i = 0; i < r->n; i++) {
 		args[i].client = r->client_id;
-		args[i].seq = atomic_fetch_add(&r->seq[i], 1) + 1;
+		args[i].seq = 0; /* numbered by push_all */
 		args[i].op = op;
 		args[i].v.data = (float *)v + r->off[i];
 		args[i].v.n = r->off[i + 1] - r->off[i];
@@ -226,7 +246,7 @@ int dml__psr_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
 		/* every shard takes the step, touched or not, so that step
 		 * counts (Adam, schedules) agree with a single store */
 		want[i] = 1;
-		args[i].seq = atomic_fetch_add(&r->seq[i], 1) + 1;
+		args[i].seq = 0; /* numbered by push_all */
 	}
 	int rc = push_all(r, &psw_m_spush, args, sizeof args[0], want);
 	free(shard);

@@ -12,17 +12,22 @@
 
 /*
  * Per client id: the highest sequence number applied and a 64-bit window
- * of the ones below it (as IPsec's anti-replay window), so pushes that
- * overtake each other (threads sharing a handle) are still each applied
- * once. A push older than the window is refused, never silently dropped.
- * The table keeps the DEDUP_CAP most recently active clients.
+ * of the ones below it (as IPsec's anti-replay window). A remote handle
+ * numbers its pushes in the order it sends them on its connection, so a
+ * number below the window arrived earlier and was handled then: it is a
+ * late retry, answered without applying it again.
+ * The table holds DEDUP_CAP clients. A client is forgotten only after
+ * DEDUP_TTL_MS without pushes (far beyond any retry); when the table is
+ * full of active clients, pushes from new ones are refused.
  */
 #define DEDUP_CAP 4096
+#define DEDUP_TTL_MS (10 * 60 * 1000)
 #define WINDOW 64
 
 typedef struct dd_ent {
 	uint64_t client; /* 0 = empty */
-	uint64_t max, bits, used;
+	uint64_t max, bits;
+	uint64_t used; /* ms, monotonic */
 } dd_ent;
 
 struct dml__ps_dedup {
@@ -30,10 +35,9 @@ struct dml__ps_dedup {
 	dd_ent e[DEDUP_CAP * 2]; /* open addressing, at most half full */
 	dd_ent keep[DEDUP_CAP];  /* scratch for dd_evict */
 	size_t n;
-	uint64_t tick;
 };
 
-enum { DD_NEW = 0, DD_DUP = 1, DD_OLD = 2 };
+enum { DD_NEW = 0, DD_DUP = 1, DD_FULL = 2 };
 
 static size_t dd_hash(uint64_t x)
 {
@@ -51,24 +55,17 @@ static dd_ent *dd_slot(dml__ps_dedup *d, uint64_t client)
 	return &d->e[i];
 }
 
-static int cmp_used(const void *a, const void *b)
-{
-	uint64_t x = ((const dd_ent *)a)->used, y = ((const dd_ent *)b)->used;
-	return (x < y) - (x > y); /* most recent first */
-}
-
-/* Keeps the most recently used half of the clients. */
-static void dd_evict(dml__ps_dedup *d)
+/* Forgets the clients idle for longer than DEDUP_TTL_MS. */
+static void dd_evict(dml__ps_dedup *d, uint64_t now)
 {
 	dd_ent *keep = d->keep; /* d->n <= DEDUP_CAP entries */
 	size_t k = 0;
 	for (size_t i = 0; i < DEDUP_CAP * 2; i++)
-		if (d->e[i].client)
+		if (d->e[i].client && now - d->e[i].used < DEDUP_TTL_MS)
 			keep[k++] = d->e[i];
-	qsort(keep, k, sizeof *keep, cmp_used);
 	memset(d->e, 0, sizeof d->e);
 	d->n = 0;
-	for (size_t i = 0; i < k && i < DEDUP_CAP / 2; i++) {
+	for (size_t i = 0; i < k; i++) {
 		*dd_slot(d, keep[i].client) = keep[i];
 		d->n++;
 	}
@@ -78,19 +75,24 @@ static int dd_check(dml__ps_dedup *d, uint64_t client, uint64_t seq)
 {
 	if (!client) /* no id: the client asked for at-least-once */
 		return DD_NEW;
+	uint64_t now = (uint64_t)dml__now_ms();
 	pthread_mutex_lock(&d->mu);
 	dd_ent *e = dd_slot(d, client);
 	if (!e->client) {
 		if (d->n >= DEDUP_CAP) {
-			dd_evict(d);
+			dd_evict(d, now);
 			e = dd_slot(d, client);
+		}
+		if (d->n >= DEDUP_CAP) {
+			pthread_mutex_unlock(&d->mu);
+			return DD_FULL;
 		}
 		e->client = client;
 		e->max = 0;
 		e->bits = 0;
 		d->n++;
 	}
-	e->used = ++d->tick;
+	e->used = now;
 	int r = DD_NEW;
 	if (seq > e->max) {
 		uint64_t shift = seq - e->max;
@@ -98,7 +100,7 @@ static int dd_check(dml__ps_dedup *d, uint64_t client, uint64_t seq)
 		e->bits |= 1;
 		e->max = seq;
 	} else if (e->max - seq >= WINDOW) {
-		r = DD_OLD;
+		r = DD_DUP; /* sent before the window: a late retry */
 	} else {
 		uint64_t bit = (uint64_t)1 << (e->max - seq);
 		if (e->bits & bit)
@@ -176,8 +178,8 @@ static int h_push(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	switch (dd_check(ps->dedup, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
-	case DD_OLD:
-		return dml_rpc_errorf(ctx, "PS.Push: sequence number too old");
+	case DD_FULL:
+		return dml_rpc_errorf(ctx, "PS.Push: too many active clients");
 	}
 	dml__ps_apply_dense(ps, q->op, q->v.data);
 	return 0;
@@ -200,8 +202,8 @@ static int h_spush(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	switch (dd_check(ps->dedup, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
-	case DD_OLD:
-		return dml_rpc_errorf(ctx, "PS.PushSparse: sequence number too old");
+	case DD_FULL:
+		return dml_rpc_errorf(ctx, "PS.PushSparse: too many active clients");
 	}
 	dml__ps_apply_sparse(ps, q->op, q->idx.data, q->v.data, q->v.n);
 	return 0;

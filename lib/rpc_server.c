@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -64,6 +65,7 @@ struct conn {
 	pthread_mutex_t omu; /* guards out, opos and writes to fd */
 	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
+	atomic_int over;     /* unsent bytes > OUT_HIGH (set under omu) */
 	dml__buf scratch; /* argument/reply structs, aligned payload copies */
 	method_ent *last; /* the method of the previous request */
 };
@@ -504,10 +506,13 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 
 static size_t align_up(size_t n) { return (n + 15) & ~(size_t)15; }
 
+static int note_backlog(conn *c);
+
 static int send_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
 {
 	pthread_mutex_lock(&c->omu);
 	int rc = reply_error(c, seq, status, msg);
+	note_backlog(c);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
 }
@@ -517,6 +522,7 @@ static int send_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 {
 	pthread_mutex_lock(&c->omu);
 	int rc = reply_ok(s, c, seq, t, reply);
+	note_backlog(c);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
 }
@@ -592,13 +598,21 @@ static int conn_flush_locked(conn *c)
 	return 0;
 }
 
-/* Flushes; *backlog tells whether unsent replies are still over the limit:
- * the connection then stops reading requests until the peer reads them. */
+/* Under omu: records whether unsent replies are over the limit; the owner
+ * then stops serving requests until the peer reads them. */
+static int note_backlog(conn *c)
+{
+	int over = c->out.len - c->opos > OUT_HIGH;
+	atomic_store(&c->over, over);
+	return over;
+}
+
+/* Flushes; *backlog tells whether unsent replies are still over the limit. */
 static int conn_flush(conn *c, int *backlog)
 {
 	pthread_mutex_lock(&c->omu);
 	int rc = conn_flush_locked(c);
-	*backlog = c->out.len - c->opos > OUT_HIGH;
+	*backlog = note_backlog(c);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
 }
@@ -627,13 +641,15 @@ static int conn_make_room(conn *c, size_t total, size_t name_len)
 	return 0;
 }
 
-/* Serves every complete frame buffered in c->in. Sets *partial (and *fr)
- * when an incomplete frame's header has been parsed. */
+/* Serves the complete frames buffered in c->in, stopping early while the
+ * replies not yet sent are over the limit (so a burst of small requests
+ * with large replies cannot pile up replies without bound). Sets *partial
+ * (and *fr) when an incomplete frame's header has been parsed. */
 static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr,
                         int *partial)
 {
 	*partial = 0;
-	while (c->in.len - c->rpos >= DML__FRAME_HDR) {
+	while (c->in.len - c->rpos >= DML__FRAME_HDR && !atomic_load(&c->over)) {
 		const uint8_t *f = c->in.data + c->rpos;
 		int rc = dml__frame_parse(f, c->in.len - c->rpos, s->o.max_frame, fr);
 		if (rc)
@@ -646,8 +662,11 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 			return rc;
 		c->rpos += fr->total;
 	}
-	if (c->rpos == c->in.len)
+	if (c->rpos == c->in.len) {
 		c->rpos = c->in.len = 0;
+		if (c->in.cap > 64 * READ_CHUNK) /* after a large frame */
+			dml__buf_free(&c->in);
+	}
 	return 0;
 }
 
@@ -655,13 +674,13 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
  * the connection, or an error to drop it. */
 static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 {
-	if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
-		return DML_ENOMEM;
 	for (;;) {
 		dml__frame fr;
 		int partial, rc = serve_frames(s, c, gen, &fr, &partial);
 		if (rc)
 			return rc;
+		if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
+			return DML_ENOMEM;
 		if (partial) {
 			if ((rc = conn_make_room(c, fr.total, fr.name_len)))
 				return rc;
@@ -678,6 +697,8 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 			return rc;
 		if (backlog)
 			return 0;
+		if (!partial && c->in.len - c->rpos >= DML__FRAME_HDR)
+			continue; /* frames left when serving stopped: serve them */
 		size_t room = c->in.cap - c->in.len;
 		ssize_t n = dml__read(c->fd, c->in.data + c->in.len, room);
 		if (n == DML_EAGAIN)
@@ -832,9 +853,12 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 			                 msg ? msg : dml_strerror(err));
 		else
 			rc = reply_ok(d->s, c, d->seq, d->rt, reply);
+		if (rc) /* no reply at all would leave the caller waiting */
+			shutdown(c->fd, SHUT_RDWR);
 		/* write at once: the owner may be waiting in epoll for input */
 		if (!rc)
 			rc = conn_flush_locked(c);
+		note_backlog(c);
 		pending = c->opos < c->out.len;
 	}
 	pthread_mutex_unlock(&c->omu);

@@ -1072,6 +1072,87 @@ static void test_deferred_out_of_order(void **state)
 	pthread_mutex_destroy(&b.mu);
 }
 
+/* Resident memory of this process, bytes. */
+static size_t rss_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	unsigned long size = 0, res = 0;
+	if (f) {
+		if (fscanf(f, "%lu %lu", &size, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return (size_t)res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* 300 tiny pipelined requests, each asking for a 1.3 MB reply, sent at
+ * once: the server must not build all 390 MB of replies before the peer
+ * reads them (it stops serving over 4 MiB unsent), and every reply must
+ * still arrive, in order, as the peer reads. */
+static void test_small_requests_large_replies_bounded(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	int fd = raw_connect(&f);
+	mixed_args ma = {MIX_MAX, MIX_MAX, MIX_MAX};
+	uint8_t payload[64];
+	size_t plen;
+	assert_int_equal(dml_encode(&mixed_args_t, &ma, payload, sizeof payload, &plen), 0);
+	enum { N = 300 };
+	static uint8_t reqs[N * 128];
+	size_t total = 0;
+	for (int i = 0; i < N; i++)
+		total += request(reqs + total, (uint64_t)i + 1, "Test.Mixed", payload, plen);
+	size_t base = rss_bytes(), peak = base;
+	size_t off = 0;
+	while (off < total) {
+		ssize_t w = send(fd, reqs + off, total - off, MSG_NOSIGNAL);
+		assert_true(w > 0);
+		off += (size_t)w;
+	}
+	/* read every reply; watch memory while doing so */
+	static uint8_t buf[1 << 16];
+	uint64_t next_seq = 1;
+	size_t have = 0, need = 20;
+	uint64_t frame_left = 0;
+	while (next_seq <= N) {
+		ssize_t r = recv(fd, buf + have, sizeof buf - have, 0);
+		assert_true(r > 0);
+		have += (size_t)r;
+		size_t pos = 0;
+		while (have - pos >= need || frame_left) {
+			if (frame_left) {
+				size_t take = have - pos < frame_left ? have - pos : frame_left;
+				pos += take;
+				frame_left -= take;
+				if (frame_left || pos == have)
+					break;
+				continue;
+			}
+			uint32_t len;
+			uint64_t seq;
+			uint32_t status;
+			memcpy(&len, buf + pos, 4);
+			memcpy(&seq, buf + pos + 8, 8);
+			memcpy(&status, buf + pos + 16, 4);
+			assert_int_equal(seq, next_seq); /* in order */
+			assert_int_equal(status, 0);
+			next_seq++;
+			pos += 20;
+			frame_left = len - 16; /* the rest of the frame after the header */
+		}
+		memmove(buf, buf + pos, have - pos);
+		have -= pos;
+		size_t now = rss_bytes();
+		if (now > peak)
+			peak = now;
+	}
+	assert_true(peak - base < (size_t)100 << 20);
+	close(fd);
+	fixture_stop(&f);
+}
+
 static void test_stop_wakes_every_runner(void **state)
 {
 	(void)state;
@@ -1096,6 +1177,7 @@ int main(void)
 		cmocka_unit_test(test_large_arrays),
 		cmocka_unit_test(test_large_reply_layouts),
 		cmocka_unit_test(test_unread_replies_bounded),
+		cmocka_unit_test(test_small_requests_large_replies_bounded),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_stop_in_flight),
 		cmocka_unit_test(test_close_pending),
