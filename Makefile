@@ -93,8 +93,9 @@ valgrind: deps
 demo: deps lib examples
 	sh scripts/demo.sh $(B)
 
-bench: deps lib $(BENCHES)
+bench: deps lib examples $(BENCHES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
+	@echo "== bench/dsgd_bench.sh"; sh bench/dsgd_bench.sh $(B)
 
 bench-peers: deps lib $(BENCHES)
 	sh bench/peers/run.sh $(B)

@@ -7,12 +7,17 @@
 # standard library only, no network), runs BUILD_DIR/bench/rpc_bench and then
 # the Go program, and prints a side-by-side table from their RESULT lines.
 # Everything Go writes (build cache, GOPATH) stays under BUILD_DIR/peers/.
+# Then bench/peers/ml_peers.sh compares the training examples with LIBLINEAR
+# and scikit-learn (see README.md beside this file).
 set -e
 
 B=${1:-build}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC="$HERE/netrpc_bench.go"
 
+# The RPC part runs in a subshell: its "no Go, skipping" exit ends only that
+# part, and the ML part below still runs. A failure still stops the script.
+(
 # --- Go toolchain ---------------------------------------------------------
 if ! command -v go >/dev/null 2>&1; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -103,3 +108,7 @@ END {
 			ratio(d, g), ">=" tgt[i], met(d, g, tgt[i]), ratio(g, r)
 	}
 }'
+)
+
+# --- training: LIBLINEAR and scikit-learn -------------------------------------
+sh "$HERE/ml_peers.sh" "$B"
