@@ -65,10 +65,10 @@ $(B)/libdistml.so: $(SHARED_REAL)
 	ln -sf libdistml.so.$(VERSION) $@
 
 # Tests and programs link the static library, so they run from the tree.
-$(B)/tests/%: tests/%.c tests/testutil.h $(STATIC) | $(B)/tests
+$(B)/tests/%: tests/%.c tests/testutil.h $(wildcard examples/*.h) $(STATIC) | $(B)/tests
 	$(CC) $(ALL_CFLAGS) -Itests -Ilib $< -o $@ $(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
 
-$(B)/examples/%: examples/%.c $(STATIC) | $(B)/examples
+$(B)/examples/%: examples/%.c $(wildcard examples/*.h) $(STATIC) | $(B)/examples
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
 
 $(B)/bench/%: bench/%.c $(wildcard bench/*.h) $(STATIC) | $(B)/bench
@@ -97,7 +97,7 @@ bench: deps lib examples $(BENCHES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 	@echo "== bench/dsgd_bench.sh"; sh bench/dsgd_bench.sh $(B)
 
-bench-peers: deps lib $(BENCHES)
+bench-peers: deps lib examples $(BENCHES)
 	sh bench/peers/run.sh $(B)
 
 distml.pc: pkgconfig/distml.pc.in $(VERSION_H)

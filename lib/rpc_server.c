@@ -709,9 +709,13 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if ((size_t)n < room) {
 			/* Drained for now: serve what came and wait for the
 			 * (level-triggered) re-arm instead of reading EAGAIN. */
-			if ((rc = serve_frames(s, c, gen, &fr, &partial)))
+			if ((rc = serve_frames(s, c, gen, &fr, &partial)) ||
+			    (rc = conn_flush(c, &backlog)))
 				return rc;
-			return conn_flush(c, &backlog);
+			/* serving may have stopped over the reply limit with
+			 * whole frames left: no event would bring them back */
+			if (backlog || partial || c->in.len - c->rpos < DML__FRAME_HDR)
+				return 0;
 		}
 	}
 }

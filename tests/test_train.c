@@ -1,0 +1,271 @@
+/* test_train.c - single-process SGD and the DSGD worker loop: convergence,
+ * the consistency models' staleness bounds, DSGD over loopback RPC. */
+#include "testutil.h"
+
+#include <math.h>
+
+/* ---- a small separable problem: 4 classes of blobs in 8 dimensions ---- */
+
+enum { F = 8, K = 4, NTRAIN = 2000, NTEST = 500 };
+
+static uint64_t rng(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static double unif(uint64_t *s) { return (double)(rng(s) >> 11) / 9007199254740992.0; }
+
+static dml_dataset *blobs(size_t n, uint64_t seed)
+{
+	float *x = malloc(n * F * sizeof *x), *y = malloc(n * sizeof *y);
+	uint64_t s = seed;
+	for (size_t r = 0; r < n; r++) {
+		int c = (int)(rng(&s) % K);
+		y[r] = (float)c;
+		for (int j = 0; j < F; j++) /* class c: centre 2 on axis c */
+			x[r * F + j] = (float)((j == c ? 2.0 : 0.0) + (unif(&s) - 0.5));
+	}
+	dml_dataset *ds;
+	assert_int_equal(dml_dataset_new_dense(&ds, n, F, x, y), 0);
+	assert_int_equal(dml_dataset_set_classes(ds, K), 0);
+	free(x);
+	free(y);
+	return ds;
+}
+
+static double accuracy(const dml_model *m, const float *w, const dml_dataset *ds)
+{
+	double acc = -1;
+	assert_int_equal(dml_model_evaluate(m, w, ds, NULL, &acc), 0);
+	return acc;
+}
+
+/* ---- single process ---------------------------------------------------- */
+
+typedef struct epochs_seen {
+	int n;
+	double loss[64];
+	int stop_at;
+} epochs_seen;
+
+static int record(void *user, const dml_epoch_info *info, const float *w)
+{
+	(void)w;
+	epochs_seen *e = user;
+	assert_int_equal(info->epoch, e->n + 1);
+	e->loss[e->n++] = info->loss;
+	return e->stop_at && info->epoch >= e->stop_at;
+}
+
+static void test_sgd_converges(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
+	dml_model m;
+	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	float *w = calloc(m.dim, sizeof *w);
+	assert_non_null(w);
+	epochs_seen seen = {0};
+	dml_sgd_opts o = {.epochs = 8, .batch = 32, .optim = {.kind = DML_OPTIM_SGD, .lr = 0.1f},
+	                  .seed = 3, .on_epoch = record, .user = &seen};
+	dml_train_stats st;
+	assert_int_equal(dml_sgd_train(&m, train, w, &o, &st), 0);
+	assert_int_equal(st.epochs, 8);
+	assert_int_equal(seen.n, 8);
+	assert_int_equal(st.samples, 8 * NTRAIN);
+	assert_int_equal(st.steps, 8 * ((NTRAIN + 31) / 32));
+	assert_true(seen.loss[7] < seen.loss[0]);
+	assert_true(accuracy(&m, w, test) > 0.99);
+	/* early stop from the callback */
+	epochs_seen stop = {.stop_at = 2};
+	o.on_epoch = record;
+	o.user = &stop;
+	assert_int_equal(dml_sgd_train(&m, train, w, &o, &st), 0);
+	assert_int_equal(st.epochs, 2);
+	assert_true(st.stopped);
+	/* a model for other inputs: an error, not a crash */
+	dml_model wrong;
+	assert_int_equal(dml_model_softmax(&wrong, F + 1, K, 0), 0);
+	float *w2 = calloc(wrong.dim, sizeof *w2);
+	assert_int_equal(dml_sgd_train(&wrong, train, w2, NULL, NULL), DML_EDIM);
+	assert_int_equal(dml_sgd_train(NULL, train, w2, NULL, NULL), DML_EINVAL);
+	free(w2);
+	dml_model_free(&wrong);
+	free(w);
+	dml_model_free(&m);
+	dml_dataset_free(train);
+	dml_dataset_free(test);
+}
+
+/* ---- DSGD on a local store: the staleness bounds -------------------- */
+
+typedef struct wk_arg {
+	dml_ps *ps;
+	dml_dataset *shard;
+	dml_dsgd_opts o;
+	dml_train_stats st;
+	int rc;
+	int slow; /* spin this many rounds per epoch callback: a straggler */
+} wk_arg;
+
+static int slow_epoch(void *user, const dml_epoch_info *info, const float *w)
+{
+	(void)w;
+	(void)info;
+	wk_arg *a = user;
+	volatile unsigned long x = 0;
+	for (unsigned long i = 0; i < (unsigned long)a->slow * 1000000ul; i++)
+		x = x + i;
+	(void)x;
+	return 0;
+}
+
+static void *wk_main(void *p)
+{
+	wk_arg *a = p;
+	dml_model m;
+	a->rc = dml_model_softmax(&m, F, K, 0);
+	if (!a->rc)
+		a->rc = dml_dsgd_worker(a->ps, &m, a->shard, &a->o, &a->st);
+	dml_model_free(&m);
+	return NULL;
+}
+
+/* Runs W workers on `ps` (a local store or a remote handle per worker). */
+static void run_workers(dml_ps **ps, int nw, dml_dsgd_mode mode, dml_dataset *train,
+                        wk_arg *a, int epochs)
+{
+	pthread_t t[8];
+	for (int i = 0; i < nw; i++) {
+		a[i] = (wk_arg){0};
+		a[i].ps = ps[i];
+		assert_int_equal(dml_dataset_shard(train, i, nw, &a[i].shard), 0);
+		a[i].o = (dml_dsgd_opts){.worker = i, .mode = mode, .epochs = epochs, .batch = 16,
+		                         .steps_per_epoch = (NTRAIN / nw + 15) / 16,
+		                         .clock_timeout = 20000};
+		a[i].slow = i == nw - 1 ? 5 : 0; /* the last worker lags */
+		a[i].o.on_epoch = slow_epoch;
+		a[i].o.user = &a[i];
+		assert_int_equal(pthread_create(&t[i], NULL, wk_main, &a[i]), 0);
+	}
+	for (int i = 0; i < nw; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0);
+		dml_dataset_free(a[i].shard);
+	}
+}
+
+static void test_dsgd_staleness_local(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
+	struct { dml_dsgd_mode mode; int s; } cases[] = {
+		{DML_DSGD_BSP, 0}, {DML_DSGD_SSP, 1}, {DML_DSGD_SSP, 3}, {DML_DSGD_ASP, DML_PS_ASYNC}};
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		enum { W = 3, EPOCHS = 4 };
+		dml_model m;
+		assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+		dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f},
+		                  .workers = W, .staleness = cases[c].s};
+		dml_ps *ps;
+		assert_int_equal(dml_ps_new(&ps, m.dim, &po), 0);
+		dml_ps *handles[W] = {ps, ps, ps};
+		wk_arg a[W];
+		run_workers(handles, W, cases[c].mode, train, a, EPOCHS);
+		uint64_t steps = 0;
+		for (int i = 0; i < W; i++) {
+			steps += a[i].st.steps;
+			assert_int_equal(a[i].st.epochs, EPOCHS);
+			if (cases[c].mode == DML_DSGD_ASP)
+				assert_int_equal(a[i].st.max_staleness, -1);
+			else /* the guarantee: never more than s ahead */
+				assert_true(a[i].st.max_staleness <= cases[c].s);
+		}
+		/* a straggler makes the others wait, except asynchronously */
+		uint64_t waits = a[0].st.waits + a[1].st.waits;
+		if (cases[c].mode == DML_DSGD_ASP)
+			assert_int_equal(waits, 0);
+		else
+			assert_true(waits > 0);
+		uint64_t applied;
+		assert_int_equal(dml_ps_updates(ps, &applied), 0);
+		assert_int_equal(applied, steps); /* every push applied once */
+		float *w = malloc(m.dim * sizeof *w);
+		assert_int_equal(dml_ps_pull(ps, w), 0);
+		assert_true(accuracy(&m, w, test) > 0.95);
+		free(w);
+		dml_ps_free(ps);
+		dml_model_free(&m);
+	}
+	dml_dataset_free(train);
+	dml_dataset_free(test);
+}
+
+/* DSGD over loopback RPC reaches the accuracy of single-process SGD. */
+static void test_dsgd_remote_matches_sgd(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
+	dml_model m;
+	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	/* single process */
+	float *w = calloc(m.dim, sizeof *w);
+	dml_sgd_opts so = {.epochs = 3, .batch = 16, .optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}};
+	assert_int_equal(dml_sgd_train(&m, train, w, &so, NULL), 0);
+	double single = accuracy(&m, w, test);
+
+	/* 2 workers, each with its own client, SSP s = 1 */
+	enum { W = 2 };
+	dml_ps *store;
+	dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}, .workers = W, .staleness = 1};
+	assert_int_equal(dml_ps_new(&store, m.dim, &po), 0);
+	fixture f;
+	assert_int_equal(dml_rpc_server_new(&f.srv, NULL), 0);
+	assert_int_equal(dml_ps_serve(store, f.srv), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&f, 1);
+	dml_rpc_client *c[W];
+	dml_ps *h[W];
+	for (int i = 0; i < W; i++) {
+		assert_int_equal(dml_rpc_dial(&c[i], f.addr, NULL), 0);
+		assert_int_equal(dml_ps_connect(&h[i], &c[i], 1, NULL), 0);
+	}
+	wk_arg a[W];
+	run_workers(h, W, DML_DSGD_SSP, train, a, 3);
+	assert_int_equal(dml_ps_pull(h[0], w), 0);
+	double dist = accuracy(&m, w, test);
+	for (int i = 0; i < W; i++) {
+		assert_true(a[i].st.max_staleness <= 1);
+		dml_ps_free(h[i]);
+		dml_rpc_client_free(c[i]);
+	}
+	fixture_stop(&f);
+	dml_ps_free(store);
+	assert_true(single > 0.97);
+	assert_true(dist > single - 0.02);
+	/* a store of another size: DML_EDIM before any traffic */
+	dml_ps *other;
+	assert_int_equal(dml_ps_new(&other, m.dim + 1, NULL), 0);
+	dml_dataset *shard;
+	assert_int_equal(dml_dataset_shard(train, 0, 2, &shard), 0);
+	assert_int_equal(dml_dsgd_worker(other, &m, shard, NULL, NULL), DML_EDIM);
+	dml_dataset_free(shard);
+	dml_ps_free(other);
+	free(w);
+	dml_model_free(&m);
+	dml_dataset_free(train);
+	dml_dataset_free(test);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_sgd_converges),
+		cmocka_unit_test(test_dsgd_staleness_local),
+		cmocka_unit_test(test_dsgd_remote_matches_sgd),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
