@@ -71,32 +71,6 @@ const char *dml__isa_name(int isa);
 /* Fills *kr with the kernels of `isa`; DML_EINVAL if not supported. */
 int dml__kern_get(dml__kern *kr, int isa);
 
-/*
- * Denormal floats make x86 arithmetic take microcode assists, about a
- * hundred cycles each: a few denormal weights (L2 decay drives the weights
- * of always-zero inputs toward them) can slow the products several times.
- * The models' entry points run with denormals flushed to zero (MXCSR FTZ
- * and DAZ) and restore the caller's control bits on the way out, keeping
- * any exception flags raised meanwhile: the host's floating-point
- * environment is as it was.
- */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <xmmintrin.h>
-static inline unsigned dml__fp_enter(void)
-{
-	unsigned csr = _mm_getcsr();
-	_mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
-	return csr;
-}
-static inline void dml__fp_leave(unsigned csr)
-{
-	_mm_setcsr(csr | (_mm_getcsr() & 0x3Fu)); /* keep the new flags */
-}
-#else
-static inline unsigned dml__fp_enter(void) { return 0; }
-static inline void dml__fp_leave(unsigned csr) { (void)csr; }
-#endif
-
 /* ---- shared by model.c and model_softmax.c ---- */
 
 /* Every built-in model's instance starts with its kernels. */

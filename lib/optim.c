@@ -252,6 +252,7 @@ void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
                       float *restrict s0, float *restrict s1, size_t n)
 {
 	coef k = coef_make(o, lr, t);
+	unsigned csr = dml__fp_enter(); /* Adam's v decays into denormals */
 	switch (rule_of(o)) {
 	case R_SGD: sgd_dense(k, w, g, n); break;
 	case R_MOMENTUM: momentum_dense(k, w, g, s0, n); break;
@@ -260,6 +261,7 @@ void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
 	case R_ADAM: adam_dense(k, w, g, s0, s1, n); break;
 	case R_NONE: break;
 	}
+	dml__fp_leave(csr);
 }
 
 void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
@@ -267,6 +269,7 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
                              size_t nnz, float *s0, float *s1)
 {
 	coef k = coef_make(o, lr, t);
+	unsigned csr = dml__fp_enter();
 	size_t j;
 	switch (rule_of(o)) {
 	case R_SGD:
@@ -292,6 +295,7 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
 	case R_NONE:
 		break;
 	}
+	dml__fp_leave(csr);
 }
 
 /* The state vectors are `stride` floats apart: dim rounded up to BLOCK, so

@@ -30,7 +30,7 @@ static int opts_check(size_t dim, const dml_ps_opts *o)
 		return DML_EINVAL;
 	if (o->workers < 0 || o->workers > 1000000)
 		return DML_EINVAL;
-	if (o->staleness < DML_PS_ASYNC)
+	if (o->staleness < DML_PS_ASYNC || o->worker_timeout < 0)
 		return DML_EINVAL;
 	return dml_optim_check(&o->optim);
 }
@@ -66,18 +66,28 @@ int dml_ps_new(dml_ps **out, size_t dim, const dml_ps_opts *opts)
 		ps->s[k] = calloc(dim, sizeof(float));
 	ps->workers = o.workers;
 	ps->staleness = o.staleness;
-	if (o.workers)
+	ps->worker_timeout = o.worker_timeout;
+	if (o.workers) {
 		ps->clock = calloc((size_t)o.workers, sizeof *ps->clock);
+		ps->clock_at = calloc((size_t)o.workers, sizeof *ps->clock_at);
+		ps->dropped = calloc((size_t)o.workers, 1);
+	}
 	if (!ps->w || !ps->stripes || (nstate > 0 && !ps->s[0]) ||
-	    (nstate > 1 && !ps->s[1]) || (o.workers && !ps->clock)) {
+	    (nstate > 1 && !ps->s[1]) ||
+	    (o.workers && (!ps->clock || !ps->clock_at || !ps->dropped))) {
 		free(ps->w);
 		free(ps->stripes);
 		free(ps->s[0]);
 		free(ps->s[1]);
 		free(ps->clock);
+		free(ps->clock_at);
+		free(ps->dropped);
 		free(ps);
 		return DML_ENOMEM;
 	}
+	int64_t now = dml__now_ms();
+	for (int i = 0; i < o.workers; i++)
+		ps->clock_at[i] = now;
 	if (o.init)
 		memcpy(ps->w, o.init, dim * sizeof(float));
 	else
@@ -129,6 +139,8 @@ void dml_ps_free(dml_ps *ps)
 	free(ps->s[1]);
 	free(ps->stripes);
 	free(ps->clock);
+	free(ps->clock_at);
+	free(ps->dropped);
 	free(ps);
 }
 
@@ -313,13 +325,18 @@ int dml_ps_updates(dml_ps *ps, uint64_t *count)
 
 /* ---- clocks ------------------------------------------------------- */
 
+/* The slowest clock of the workers not dropped (all dropped: the
+ * fastest, so that nobody waits for them). */
 static int64_t min_clock(const dml_ps *ps)
 {
-	int64_t m = ps->clock[0];
-	for (int i = 1; i < ps->workers; i++)
-		if (ps->clock[i] < m)
+	int64_t m = INT64_MAX, top = INT64_MIN;
+	for (int i = 0; i < ps->workers; i++) {
+		if (ps->clock[i] > top)
+			top = ps->clock[i];
+		if (!ps->dropped[i] && ps->clock[i] < m)
 			m = ps->clock[i];
-	return m;
+	}
+	return m == INT64_MAX ? top : m;
 }
 
 /* The slowest clock a worker at clock c waits for; INT64_MIN = none. */
@@ -328,15 +345,14 @@ static int64_t need_for(const dml_ps *ps, int64_t c)
 	return ps->staleness < 0 ? INT64_MIN : c - ps->staleness;
 }
 
-/* Under cmu: advances w and detaches the waiters now released. */
-static dml__ps_waiter *advance(dml_ps *ps, int w, int64_t *min)
+/* Under cmu: detaches the waiters released by the slowest clock `min`
+ * and wakes the local ones. */
+static dml__ps_waiter *release(dml_ps *ps, int64_t min)
 {
-	ps->clock[w]++;
-	*min = min_clock(ps);
 	dml__ps_waiter *done = NULL, **pp = &ps->waiters;
 	while (*pp) {
 		dml__ps_waiter *wt = *pp;
-		if (wt->need <= *min) {
+		if (wt->need <= min) {
 			*pp = wt->next;
 			wt->next = done;
 			done = wt;
@@ -349,6 +365,47 @@ static dml__ps_waiter *advance(dml_ps *ps, int w, int64_t *min)
 	return done;
 }
 
+/* Under cmu: advances w (a dropped worker rejoins at the slowest live
+ * worker's clock, so it holds nobody back) and detaches the waiters now
+ * released. */
+static dml__ps_waiter *advance(dml_ps *ps, int w, int64_t *min)
+{
+	if (ps->dropped[w]) {
+		int64_t live = INT64_MAX; /* the slowest worker still counted */
+		for (int i = 0; i < ps->workers; i++)
+			if (!ps->dropped[i] && ps->clock[i] < live)
+				live = ps->clock[i];
+		ps->dropped[w] = 0;
+		if (live != INT64_MAX && ps->clock[w] < live - 1)
+			ps->clock[w] = live - 1;
+	}
+	ps->clock[w]++;
+	ps->clock_at[w] = dml__now_ms();
+	*min = min_clock(ps);
+	return release(ps, *min);
+}
+
+/* Under cmu: drops the slowest live workers silent for longer than
+ * worker_timeout, when someone waits; returns the waiters released. */
+static dml__ps_waiter *check_locked(dml_ps *ps, int64_t *min)
+{
+	*min = min_clock(ps);
+	if (ps->worker_timeout <= 0 || (!ps->waiters && !ps->nblocked))
+		return NULL;
+	int64_t now = dml__now_ms();
+	int any = 0;
+	for (int i = 0; i < ps->workers; i++)
+		if (!ps->dropped[i] && ps->clock[i] == *min &&
+		    now - ps->clock_at[i] > ps->worker_timeout) {
+			ps->dropped[i] = 1;
+			any = 1;
+		}
+	if (!any)
+		return NULL;
+	*min = min_clock(ps);
+	return release(ps, *min);
+}
+
 static void wake_all(dml__ps_waiter *wt, int64_t min)
 {
 	while (wt) {
@@ -358,6 +415,15 @@ static void wake_all(dml__ps_waiter *wt, int64_t min)
 		free(wt);
 		wt = next;
 	}
+}
+
+void dml__ps_check_workers(dml_ps *ps)
+{
+	int64_t min;
+	pthread_mutex_lock(&ps->cmu);
+	dml__ps_waiter *done = check_locked(ps, &min);
+	pthread_mutex_unlock(&ps->cmu);
+	wake_all(done, min);
 }
 
 int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
@@ -430,13 +496,34 @@ int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
 	int64_t need = need_for(ps, ps->clock[worker]);
 	int64_t mine = ps->clock[worker];
 	int waited = min < need;
+	int64_t end = timeout >= 0 ? dml__now_ms() + timeout : -1;
+	ps->nblocked++;
 	while (min < need && !rc) {
-		int e = timeout < 0 ? pthread_cond_wait(&ps->ccv, &ps->cmu)
-		                    : pthread_cond_timedwait(&ps->ccv, &ps->cmu, &dl);
+		int e;
+		if (ps->worker_timeout > 0) { /* wake now and then to drop the dead */
+			int64_t step = ps->worker_timeout / 4 + 1, left = end - dml__now_ms();
+			struct timespec ts;
+			abs_deadline(&ts, end >= 0 && left < step ? (left > 0 ? left : 0) : step);
+			e = pthread_cond_timedwait(&ps->ccv, &ps->cmu, &ts);
+			if (e == ETIMEDOUT && (end < 0 || dml__now_ms() < end))
+				e = 0;
+			int64_t m2;
+			dml__ps_waiter *more = check_locked(ps, &m2);
+			while (more) { /* collect with the others, woken below */
+				dml__ps_waiter *next = more->next;
+				more->next = done;
+				done = more;
+				more = next;
+			}
+		} else {
+			e = timeout < 0 ? pthread_cond_wait(&ps->ccv, &ps->cmu)
+			                : pthread_cond_timedwait(&ps->ccv, &ps->cmu, &dl);
+		}
 		if (e == ETIMEDOUT)
 			rc = DML_ETIMEDOUT;
 		min = min_clock(ps);
 	}
+	ps->nblocked--;
 	pthread_mutex_unlock(&ps->cmu);
 	wake_all(done, min);
 	if (info && !rc)

@@ -52,6 +52,10 @@ struct dml_ps {
 	int64_t *clock;
 	dml__ps_waiter *waiters;
 	size_t nwaiters; /* at most WAITERS_PER_WORKER * workers */
+	int64_t *clock_at;      /* ms of each worker's last clock call */
+	unsigned char *dropped; /* workers dropped by worker_timeout */
+	dml_duration worker_timeout;
+	int nblocked;           /* local threads waiting in dml_ps_clock */
 
 	dml__ps_dedup *dedup; /* set by dml_ps_serve */
 };
@@ -79,6 +83,10 @@ int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
                    dml_ps_clock_info *info);
 int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min);
 void dml__psr_free(dml_ps *ps);
+
+/* Drops the workers that outstayed worker_timeout while others wait for
+ * them, and answers the waits that releases (the server's tick). */
+void dml__ps_check_workers(dml_ps *ps);
 
 /* Frees what dml_ps_serve allocated (ps_serve.c). */
 void dml__ps_serve_free(dml_ps *ps);

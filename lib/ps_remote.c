@@ -128,7 +128,7 @@ _Static_assert(offsetof(psw_push, seq) == offsetof(psw_spush, seq),
 static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
                     size_t args_size, const int *want)
 {
-	int rc = 0;
+	int rc = 0, last = DML_ETIMEDOUT;
 	int todo[MAX_SHARDS];
 	for (int i = 0; i < r->n; i++)
 		todo[i] = want[i];
@@ -152,15 +152,19 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 				continue;
 			int e = dml_rpc_wait(p[i]);
 			dml_rpc_pending_free(p[i]);
-			todo[i] = e == DML_ETIMEDOUT;
+			/* a lost reply: resend (a client with reconnect dials
+			 * again); the server applies the number once */
+			todo[i] = e == DML_ETIMEDOUT || e == DML_ECONNLOST;
+			if (todo[i])
+				last = e;
 			again |= todo[i];
-			if (!rc && e != DML_ETIMEDOUT)
+			if (!rc && !todo[i])
 				rc = e;
 		}
 		if (rc || !again)
 			return rc;
 	}
-	return DML_ETIMEDOUT;
+	return last;
 }
 
 int dml__psr_update(dml_ps *ps, int op, const float *v)

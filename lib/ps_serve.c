@@ -263,6 +263,8 @@ static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return 0;
 }
 
+static void tick(void *arg) { dml__ps_check_workers(arg); }
+
 int dml_ps_serve(dml_ps *ps, dml_rpc_server *server)
 {
 	if (!ps || !server || ps->remote)
@@ -285,5 +287,9 @@ int dml_ps_serve(dml_ps *ps, dml_rpc_server *server)
 		if (rc)
 			return rc; /* registrations so far stay; the server is unusable */
 	}
+	/* clock waits over RPC hold no thread: the server's tick drops dead
+	 * workers for them */
+	if (ps->worker_timeout > 0)
+		return dml_rpc_server_tick(server, ps->worker_timeout / 4 + 1, tick, ps);
 	return 0;
 }

@@ -87,6 +87,12 @@ struct dml_rpc_client {
 	int nfree;
 	int reader;
 	int broken; /* 0 or the error every call now gets */
+	/* reconnecting (under mu) */
+	char addr[300];
+	int reconnecting;
+	int64_t next_dial;    /* ms, monotonic: no attempt before */
+	dml_duration backoff; /* the wait after the next failed attempt */
+	uint64_t reconnects;
 	char errmsg[DML_RPC_ERRMSG_MAX];
 	/* reader-role state */
 	dml__buf in;
@@ -654,6 +660,56 @@ static int method_check(dml_rpc_client *c, const dml_rpc_method *m)
 	return 0;
 }
 
+static int make_blocking(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ? DML_ESYS : 0;
+}
+
+/* Under mu, with the connection lost: dials again if the backoff allows
+ * (mu is released meanwhile, and other calls fail fast). 0 when connected
+ * again, else the error the call gets. */
+static int reconnect(dml_rpc_client *c, int64_t deadline)
+{
+	int64_t now = dml__now_ms();
+	if (c->broken != DML_ECONNLOST || c->reconnecting || c->reader || now < c->next_dial)
+		return c->broken;
+	c->reconnecting = 1;
+	pthread_mutex_unlock(&c->mu);
+	int64_t dl = dml__deadline(c->o.dial_timeout);
+	if (deadline >= 0 && (dl < 0 || deadline < dl))
+		dl = deadline;
+	int fd = -1;
+	int rc = dml__dial(c->addr, dl, &fd);
+	if (!rc && (rc = make_blocking(fd))) {
+		close(fd);
+		fd = -1;
+	}
+	pthread_mutex_lock(&c->wmu); /* order: wmu, then mu */
+	pthread_mutex_lock(&c->mu);
+	c->reconnecting = 0;
+	if (rc) {
+		c->next_dial = dml__now_ms() + c->backoff;
+		c->backoff = c->backoff * 2 > c->o.backoff_max ? c->o.backoff_max : c->backoff * 2;
+		pthread_mutex_unlock(&c->wmu);
+		return DML_ECONNLOST;
+	}
+	/* nobody reads or writes the old socket: no reader (checked above,
+	 * and none starts while broken), writers wait for wmu */
+	close(c->fd);
+	c->fd = fd;
+	c->rcvtimeo = 0;
+	c->out.len = 0; /* may end in a partial frame of the old stream */
+	atomic_store(&c->queued, 0);
+	c->in.len = c->rpos = 0;
+	c->broken = 0;
+	c->backoff = c->o.backoff_min;
+	c->next_dial = 0;
+	c->reconnects++;
+	pthread_mutex_unlock(&c->wmu);
+	return 0;
+}
+
 int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
                void *reply, dml_duration timeout, dml_rpc_pending **out)
 {
@@ -666,10 +722,9 @@ int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&c->mu);
-	if (c->broken) {
-		rc = c->broken;
+	if (c->broken && (!c->o.reconnect || (rc = reconnect(c, call_deadline(c, timeout))))) {
 		pthread_mutex_unlock(&c->mu);
-		return rc;
+		return rc ? rc : c->broken;
 	}
 	dml_rpc_pending *k = call_alloc(c);
 	if (!k) {
@@ -886,11 +941,23 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 		o.call_timeout = DML_INFINITE;
 	if (!o.max_frame)
 		o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	if (o.backoff_min < 0 || o.backoff_max < 0)
+		return DML_EINVAL;
+	if (!o.backoff_min)
+		o.backoff_min = 50;
+	if (!o.backoff_max)
+		o.backoff_max = 5000;
+	if (o.backoff_max < o.backoff_min)
+		o.backoff_max = o.backoff_min;
+	if (strlen(addr) >= sizeof(((dml_rpc_client *)0)->addr))
+		return DML_EADDR;
 	dml_rpc_client *c = calloc(1, sizeof *c);
 	if (!c)
 		return DML_ENOMEM;
 	c->o = o;
 	c->next_seq = 1;
+	strcpy(c->addr, addr);
+	c->backoff = o.backoff_min;
 	if (dml__buf_grow(&c->in, READ_BUF)) {
 		free(c);
 		return DML_ENOMEM;
@@ -902,8 +969,7 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 		return rc;
 	}
 	/* Reads block (bounded by SO_RCVTIMEO); writes pass MSG_DONTWAIT. */
-	int fl = fcntl(c->fd, F_GETFL);
-	if (fl < 0 || fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+	if (make_blocking(c->fd)) {
 		close(c->fd);
 		dml__buf_free(&c->in);
 		free(c);

@@ -66,6 +66,12 @@ struct conn {
 	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
 	atomic_int over;     /* unsent bytes > OUT_HIGH (set under omu) */
+	/* for the timeouts (ms, monotonic), read by the sweep */
+	atomic_int open;            /* set up and in the epoll set */
+	_Atomic int64_t rx_at;      /* bytes last received */
+	_Atomic int64_t frame_at;   /* a partial frame began; 0 = none */
+	_Atomic int64_t tx_at;      /* output last empty or progressing */
+	atomic_int deferred;        /* deferred replies owed */
 	dml__buf scratch; /* argument/reply structs, aligned payload copies */
 	method_ent *last; /* the method of the previous request */
 };
@@ -124,6 +130,14 @@ struct dml_rpc_server {
 	conn *free_slots;
 	int nconns;
 	atomic_int stopped;
+	_Atomic int64_t next_sweep; /* ms; the next timeout check */
+	atomic_int sweeping;
+	struct {
+		dml_duration period;
+		void (*fn)(void *);
+		void *arg;
+	} ticks[8];
+	int nticks;
 	atomic_uint_fast64_t next_id;
 	hub *hub;
 };
@@ -228,6 +242,16 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		s->o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
 	if (!s->o.max_conns)
 		s->o.max_conns = DML_RPC_DEFAULT_MAX_CONNS;
+	dml_duration *tm[3] = {&s->o.frame_timeout, &s->o.write_timeout, &s->o.idle_timeout};
+	dml_duration defaults[3] = {30000, 30000, 600000};
+	for (int i = 0; i < 3; i++) {
+		if (*tm[i] < DML_INFINITE) {
+			free(s);
+			return DML_EINVAL;
+		}
+		if (!*tm[i])
+			*tm[i] = defaults[i];
+	}
 	s->nchunks_cap = ((size_t)s->o.max_conns + CHUNK - 1) / CHUNK;
 	s->chunks = calloc(s->nchunks_cap, sizeof *s->chunks);
 	s->hub = malloc(sizeof *s->hub);
@@ -391,6 +415,7 @@ static void conn_close(dml_rpc_server *s, conn *c)
 {
 	pthread_mutex_lock(&c->omu);
 	uint32_t gen = conn_gen(c) + 1;
+	atomic_store(&c->open, 0);
 	atomic_store(&c->state, (uint64_t)gen << 32);
 	conn_release_io(c); /* closing the fd removes it from the epoll set */
 	pthread_mutex_unlock(&c->omu);
@@ -449,6 +474,13 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		}
 		c->fd = fd;
 		c->id = atomic_fetch_add(&s->next_id, 1);
+		int64_t now = dml__now_ms();
+		atomic_store(&c->rx_at, now);
+		atomic_store(&c->tx_at, now);
+		atomic_store(&c->frame_at, 0);
+		atomic_store(&c->deferred, 0);
+		atomic_store(&c->over, 0);
+		atomic_store(&c->open, 1);
 		/* the new owner of the slot owns it until the add: busy is 0
 		 * and nothing else knows the new descriptor yet */
 		struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
@@ -593,6 +625,7 @@ static int conn_flush_locked(conn *c)
 		if (w < 0)
 			return (int)w;
 		c->opos += (size_t)w;
+		atomic_store(&c->tx_at, dml__now_ms());
 	}
 	c->opos = c->out.len = 0;
 	return 0;
@@ -602,6 +635,8 @@ static int conn_flush_locked(conn *c)
  * then stops serving requests until the peer reads them. */
 static int note_backlog(conn *c)
 {
+	if (c->opos == c->out.len)
+		atomic_store(&c->tx_at, dml__now_ms()); /* nothing owed: not stalled */
 	int over = c->out.len - c->opos > OUT_HIGH;
 	atomic_store(&c->over, over);
 	return over;
@@ -670,6 +705,17 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 	return 0;
 }
 
+/* Records when the frame now buffered in part began (for frame_timeout):
+ * a frame parsed in part, or a header cut short. */
+static void note_frame(conn *c, int partial)
+{
+	size_t left = c->in.len - c->rpos;
+	if (!partial && (left == 0 || left >= DML__FRAME_HDR))
+		atomic_store(&c->frame_at, 0);
+	else if (!atomic_load(&c->frame_at))
+		atomic_store(&c->frame_at, dml__now_ms());
+}
+
 /* Reads and serves requests until the socket is drained. Returns 0 to keep
  * the connection, or an error to drop it. */
 static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
@@ -679,6 +725,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		int partial, rc = serve_frames(s, c, gen, &fr, &partial);
 		if (rc)
 			return rc;
+		note_frame(c, partial);
 		if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
 			return DML_ENOMEM;
 		if (partial) {
@@ -706,12 +753,14 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if (n < 0)
 			return (int)n;
 		c->in.len += (size_t)n;
+		atomic_store(&c->rx_at, dml__now_ms());
 		if ((size_t)n < room) {
 			/* Drained for now: serve what came and wait for the
 			 * (level-triggered) re-arm instead of reading EAGAIN. */
 			if ((rc = serve_frames(s, c, gen, &fr, &partial)) ||
 			    (rc = conn_flush(c, &backlog)))
 				return rc;
+			note_frame(c, partial);
 			/* serving may have stopped over the reply limit with
 			 * whole frames left: no event would bring them back */
 			if (backlog || partial || c->in.len - c->rpos < DML__FRAME_HDR)
@@ -746,13 +795,42 @@ static int conn_rearm(dml_rpc_server *s, conn *c, uint32_t gen)
 	return epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) ? DML_ESYS : 0;
 }
 
+#define EV_SWEEP 0x80000000u /* not an epoll bit: check the timeouts */
+
+static int late(int64_t now, int64_t since, dml_duration limit)
+{
+	return limit >= 0 && since && now - since > limit;
+}
+
+/* Whether a connection has outstayed a timeout (its owner asks). */
+static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
+{
+	pthread_mutex_lock(&c->omu);
+	int pending = c->opos < c->out.len;
+	pthread_mutex_unlock(&c->omu);
+	if (late(now, atomic_load(&c->frame_at), s->o.frame_timeout))
+		return 1;
+	if (pending && late(now, atomic_load(&c->tx_at), s->o.write_timeout))
+		return 1;
+	return !pending && !atomic_load(&c->deferred) && !atomic_load(&c->frame_at) &&
+	       late(now, atomic_load(&c->rx_at), s->o.idle_timeout);
+}
+
 /* Serves a connection: after an event (`events`), or only flushes its
- * output (events == 0, for a deferred reply). Goes round while others
- * registered news meanwhile; closes the connection on an error. */
+ * output (events == 0, for a deferred reply), or checks its timeouts
+ * (EV_SWEEP). Goes round while others registered news meanwhile; closes
+ * the connection on an error or a timeout. */
 static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
 {
 	if (!conn_acquire(c, gen))
 		return;
+	if (events == EV_SWEEP) {
+		if (conn_expired(s, c, dml__now_ms())) {
+			conn_close(s, c);
+			return;
+		}
+		events = 0;
+	}
 	for (;;) {
 		uint64_t seen = atomic_load(&c->state);
 		/* Read when asked to, or when output drained below the limit
@@ -775,15 +853,84 @@ static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events
 	}
 }
 
+/* How often to sweep: a quarter of the shortest timeout, or the shortest
+ * tick period; -1 = never. */
+static dml_duration sweep_period(const dml_rpc_server *s)
+{
+	dml_duration t = -1, v[3] = {s->o.frame_timeout, s->o.write_timeout, s->o.idle_timeout};
+	for (int i = 0; i < 3; i++)
+		if (v[i] >= 0 && (t < 0 || v[i] / 4 < t))
+			t = v[i] / 4;
+	for (int i = 0; i < s->nticks; i++)
+		if (t < 0 || s->ticks[i].period < t)
+			t = s->ticks[i].period;
+	return t < 0 ? -1 : t < 10 ? 10 : t;
+}
+
+int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
+                        void (*fn)(void *arg), void *arg)
+{
+	if (!s || !fn || period < 1 || period > 3600000)
+		return DML_EINVAL;
+	if (s->nticks == 8)
+		return DML_EBUSY;
+	s->ticks[s->nticks].period = period;
+	s->ticks[s->nticks].fn = fn;
+	s->ticks[s->nticks].arg = arg;
+	s->nticks++;
+	return 0;
+}
+
+/* Checks every open connection's timeouts, a few times per shortest
+ * timeout; one thread at a time. */
+static void sweep(dml_rpc_server *s)
+{
+	dml_duration t = sweep_period(s);
+	int64_t now = dml__now_ms();
+	if (t < 0 || now < atomic_load(&s->next_sweep))
+		return;
+	int idle = 0;
+	if (!atomic_compare_exchange_strong(&s->sweeping, &idle, 1))
+		return;
+	atomic_store(&s->next_sweep, now + t);
+	for (int i = 0; i < s->nticks; i++)
+		s->ticks[i].fn(s->ticks[i].arg);
+	pthread_mutex_lock(&s->mu);
+	size_t nchunks = s->nchunks;
+	pthread_mutex_unlock(&s->mu);
+	for (size_t k = 0; k < nchunks; k++)
+		for (int i = 0; i < CHUNK; i++) {
+			conn *c = &s->chunks[k][i];
+			uint32_t gen = conn_gen(c);
+			if (atomic_load(&c->open))
+				conn_serve(s, c, gen, EV_SWEEP);
+		}
+	atomic_store(&s->sweeping, 0);
+}
+
+/* Milliseconds epoll may wait: the caller's timeout, cut at the next sweep. */
+static int poll_wait_ms(dml_rpc_server *s, dml_duration timeout)
+{
+	int64_t tmo = timeout < 0 ? -1 : timeout > 1000000000 ? 1000000000 : timeout;
+	if (sweep_period(s) >= 0) {
+		int64_t left = atomic_load(&s->next_sweep) - dml__now_ms();
+		if (left < 0)
+			left = 0;
+		if (tmo < 0 || left < tmo)
+			tmo = left + 1;
+	}
+	return (int)tmo;
+}
+
 int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
 {
 	if (!s)
 		return DML_EINVAL;
 	if (atomic_load(&s->stopped))
 		return DML_ESTOPPED;
+	sweep(s);
 	struct epoll_event evs[EVENTS_PER_POLL];
-	int tmo = timeout < 0 ? -1 : (timeout > 1000000000 ? 1000000000 : (int)timeout);
-	int n = epoll_wait(s->epfd, evs, EVENTS_PER_POLL, tmo);
+	int n = epoll_wait(s->epfd, evs, EVENTS_PER_POLL, poll_wait_ms(s, timeout));
 	if (n < 0)
 		return errno == EINTR ? 0 : DML_ESYS;
 	int handled = 0;
@@ -823,6 +970,7 @@ int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
 	dml_rpc_deferred *d = malloc(sizeof *d);
 	if (!d)
 		return DML_ENOMEM;
+	atomic_fetch_add(&ctx->c->deferred, 1);
 	d->h = ctx->s->hub;
 	atomic_fetch_add(&d->h->refs, 1);
 	d->s = ctx->s;
@@ -852,6 +1000,7 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	pthread_mutex_lock(&c->omu);
 	int rc = DML_ECLOSED, pending = 0;
 	if (conn_gen(c) == d->gen && c->fd >= 0) {
+		atomic_fetch_sub(&c->deferred, 1);
 		if (err)
 			rc = reply_error(c, d->seq, DML__ST_HANDLER,
 			                 msg ? msg : dml_strerror(err));

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ps_wire.h"
+#include "internal.h"
 
 /* ---- helpers ------------------------------------------------------- */
 
@@ -420,6 +421,79 @@ static void test_bsp_rounds_remote(void **state)
 	serve_stop(&sv);
 }
 
+/* A dead worker (it never calls again) is dropped after worker_timeout, so
+ * a bulk-synchronous barrier goes on without it; when it comes back it
+ * rejoins. Locally and over RPC with one server thread (the server's tick
+ * does the dropping there). */
+typedef struct rounds_arg {
+	dml_ps *ps;
+	int w, rounds, rc;
+} rounds_arg;
+
+static void *rounds_thread(void *p)
+{
+	rounds_arg *a = p;
+	for (int i = 0; i < a->rounds && !a->rc; i++)
+		a->rc = dml_ps_clock(a->ps, a->w, 20000, NULL);
+	return NULL;
+}
+
+static void check_dead_worker(dml_ps *h[3])
+{
+	pthread_t t[2];
+	rounds_arg a[2];
+	int64_t t0 = dml__now_ms();
+	for (int i = 0; i < 2; i++) {
+		a[i] = (rounds_arg){h[i], i, 50, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, rounds_thread, &a[i]), 0);
+	}
+	for (int i = 0; i < 2; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0); /* not DML_ETIMEDOUT: worker 2 was dropped */
+	}
+	assert_true(dml__now_ms() - t0 < 15000);
+	/* (a live worker stalled past the timeout on a loaded machine is
+	 * dropped too and rejoins ahead: hence >= rather than == below) */
+	int64_t c, min;
+	assert_int_equal(dml_ps_clock_get(h[0], 0, &c, &min), 0);
+	assert_true(c >= 50);
+	assert_true(min >= 50); /* the dead worker (clock 0) no longer counts */
+	/* it comes back: rejoins at the live workers' pace, and counts again */
+	dml_ps_clock_info ci;
+	assert_int_equal(dml_ps_clock(h[2], 2, 20000, &ci), 0);
+	assert_true(ci.clock >= 50);
+	assert_int_equal(dml_ps_clock_get(h[0], 2, &c, &min), 0);
+	assert_int_equal(c, ci.clock);
+	assert_true(min <= c);
+}
+
+static void test_dead_worker_dropped(void **state)
+{
+	(void)state;
+	dml_ps_opts o = {.workers = 3, .staleness = 0, .worker_timeout = 300};
+	dml_ps *ps;
+	assert_int_equal(dml_ps_new(&ps, 4, &o), 0);
+	dml_ps *local[3] = {ps, ps, ps};
+	check_dead_worker(local);
+	dml_ps_free(ps);
+	assert_int_equal(dml_ps_new(&ps, 4, &(dml_ps_opts){.worker_timeout = -1}), DML_EINVAL);
+
+	served sv;
+	serve_start(&sv, 4, &o, 1);
+	dml_rpc_client *c[3];
+	dml_ps *r[3];
+	for (int i = 0; i < 3; i++) {
+		c[i] = dial(sv.f.addr);
+		assert_int_equal(dml_ps_connect(&r[i], &c[i], 1, NULL), 0);
+	}
+	check_dead_worker(r);
+	for (int i = 0; i < 3; i++) {
+		dml_ps_free(r[i]);
+		dml_rpc_client_free(c[i]);
+	}
+	serve_stop(&sv);
+}
+
 /* ---- remote equals local; 3 shards equal 1 ---------------------------- */
 
 /* The same sequence of calls on any store; returns the final vector. */
@@ -753,6 +827,7 @@ int main(void)
 		cmocka_unit_test(test_clocks_local),
 		cmocka_unit_test(test_clocks_remote),
 		cmocka_unit_test(test_bsp_rounds_remote),
+		cmocka_unit_test(test_dead_worker_dropped),
 		cmocka_unit_test(test_remote_equals_local_and_shards),
 		cmocka_unit_test(test_remote_exact_threads),
 		cmocka_unit_test(test_retried_push_applied_once),

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../examples/arith.h"
+#include "internal.h"
 
 /* ---- the test service --------------------------------------------- */
 
@@ -1153,6 +1154,143 @@ static void test_small_requests_large_replies_bounded(void **state)
 	fixture_stop(&f);
 }
 
+/* Waits (bounded, poll with a timeout) until the peer closes `fd`:
+ * returns the milliseconds it took, or -1 if it stayed open. Reads and
+ * discards what arrives meanwhile. */
+static int64_t await_close(int fd, int64_t limit_ms)
+{
+	static uint8_t sink[1 << 16];
+	int64_t t0 = dml__now_ms();
+	for (;;) {
+		int64_t left = t0 + limit_ms - dml__now_ms();
+		if (left <= 0)
+			return -1;
+		struct pollfd p = {fd, POLLIN, 0};
+		if (poll(&p, 1, (int)left) != 1)
+			return -1;
+		ssize_t r = recv(fd, sink, sizeof sink, 0);
+		if (r == 0 || (r < 0 && errno == ECONNRESET))
+			return dml__now_ms() - t0;
+		if (r < 0 && errno != EINTR && errno != EAGAIN)
+			return -1;
+	}
+}
+
+/* A frame sent half-way and left there, a peer that never reads its
+ * replies, and a silent peer are each dropped after their timeout, while a
+ * well-behaved client is served throughout; with timeouts off, a silent
+ * peer stays. */
+static void test_server_timeouts(void **state)
+{
+	(void)state;
+	dml_rpc_server_opts o = {.frame_timeout = 200, .write_timeout = 300,
+	                         .idle_timeout = DML_INFINITE};
+	fixture f;
+	serve(&f, "127.0.0.1:0", &o, 2);
+	dml_rpc_client *good = dial(f.addr);
+
+	int slow = raw_connect(&f); /* half a header, then nothing */
+	assert_int_equal(send(slow, "\x40\0\0\0\1\1", 6, 0), 6);
+	int deaf = raw_connect(&f); /* asks for 1.3 MB replies, never reads */
+	int rcv = 4096;
+	setsockopt(deaf, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+	mixed_args ma = {MIX_MAX, MIX_MAX, MIX_MAX};
+	uint8_t payload[64], req[128];
+	size_t plen;
+	assert_int_equal(dml_encode(&mixed_args_t, &ma, payload, sizeof payload, &plen), 0);
+	for (int i = 0; i < 20; i++) {
+		size_t n = request(req, (uint64_t)i + 1, "Test.Mixed", payload, plen);
+		assert_int_equal(send(deaf, req, n, MSG_NOSIGNAL), (ssize_t)n);
+	}
+	assert_int_equal(mul(good, 6, 7), 42);
+	assert_true(await_close(slow, 10000) >= 0);
+	assert_int_equal(mul(good, 6, 8), 48);
+	/* the deaf peer: its unread replies stall, then it is dropped (what
+	 * it finally reads ends in a close or reset) */
+	assert_true(await_close(deaf, 10000) >= 0);
+	for (int i = 0; i < 50; i++) /* the good client was never held up */
+		assert_int_equal(mul(good, i, 2), 2 * i);
+	close(slow);
+	close(deaf);
+	dml_rpc_client_free(good);
+	fixture_stop(&f);
+
+	/* a silent connection is dropped after the idle timeout */
+	dml_rpc_server_opts idle = {.idle_timeout = 300};
+	serve(&f, "127.0.0.1:0", &idle, 1);
+	int silent = raw_connect(&f);
+	assert_true(await_close(silent, 10000) >= 250);
+	close(silent);
+	fixture_stop(&f);
+
+	/* timeouts off: a silent connection stays open */
+	dml_rpc_server_opts off = {.frame_timeout = DML_INFINITE, .write_timeout = DML_INFINITE,
+	                           .idle_timeout = DML_INFINITE};
+	serve(&f, "127.0.0.1:0", &off, 1);
+	silent = raw_connect(&f);
+	assert_int_equal(await_close(silent, 600), -1);
+	close(silent);
+	fixture_stop(&f);
+	dml_rpc_server_opts bad = {.idle_timeout = -5};
+	dml_rpc_server *s;
+	assert_int_equal(dml_rpc_server_new(&s, &bad), DML_EINVAL);
+}
+
+/* A client with reconnect fails fast while the server is away and comes
+ * back by itself when it returns; without reconnect it stays failed. */
+static void test_client_reconnect(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	char addr[128];
+	strcpy(addr, f.addr);
+	dml_rpc_client_opts co = {.reconnect = 1, .backoff_min = 5, .backoff_max = 40,
+	                          .dial_timeout = 2000};
+	dml_rpc_client *c, *plain;
+	assert_int_equal(dml_rpc_dial(&c, addr, &co), 0);
+	assert_int_equal(dml_rpc_dial(&plain, addr, NULL), 0);
+	assert_int_equal(mul(c, 3, 3), 9);
+	assert_int_equal(mul(plain, 3, 3), 9);
+	fixture_stop(&f); /* the server goes away: connections close */
+
+	Args a = {2, 2};
+	Reply r;
+	int64_t t0 = dml__now_ms();
+	int rc;
+	int tries = 0;
+	do { /* the first call notices the loss, later ones fail fast */
+		rc = dml_rpc_call(c, &arith_multiply, &a, &r, 5000);
+		tries++;
+	} while (rc == 0 && tries < 100);
+	assert_true(rc == DML_ECONNLOST || rc == DML_ECONNREFUSED);
+	for (int i = 0; i < 20; i++) {
+		rc = dml_rpc_call(c, &arith_multiply, &a, &r, 5000);
+		assert_true(rc == DML_ECONNLOST);
+	}
+	assert_true(dml__now_ms() - t0 < 4000); /* nothing hung */
+
+	/* the server is back on the same address */
+	serve(&f, addr, NULL, 1);
+	t0 = dml__now_ms();
+	do { /* bounded: at most backoff_max between attempts */
+		rc = dml_rpc_call(c, &arith_multiply, &a, &r, 5000);
+	} while (rc == DML_ECONNLOST && dml__now_ms() - t0 < 5000);
+	assert_int_equal(rc, 0);
+	assert_int_equal(r.C, 4);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(mul(c, i, 3), 3 * i);
+	/* without the option the old client stays failed */
+	do {
+		rc = dml_rpc_call(plain, &arith_multiply, &a, &r, 5000);
+	} while (rc == 0);
+	assert_int_equal(rc, DML_ECONNLOST);
+	assert_int_equal(dml_rpc_call(plain, &arith_multiply, &a, &r, 5000), DML_ECONNLOST);
+	dml_rpc_client_free(plain);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+}
+
 static void test_stop_wakes_every_runner(void **state)
 {
 	(void)state;
@@ -1178,6 +1316,8 @@ int main(void)
 		cmocka_unit_test(test_large_reply_layouts),
 		cmocka_unit_test(test_unread_replies_bounded),
 		cmocka_unit_test(test_small_requests_large_replies_bounded),
+		cmocka_unit_test(test_server_timeouts),
+		cmocka_unit_test(test_client_reconnect),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_stop_in_flight),
 		cmocka_unit_test(test_close_pending),

@@ -260,12 +260,72 @@ static void test_dsgd_remote_matches_sgd(void **state)
 	dml_dataset_free(test);
 }
 
+/* A worker that dies (stops after its first epoch) does not stall the
+ * others: the store drops it after worker_timeout, in BSP and SSP. */
+static int die_after_one(void *user, const dml_epoch_info *info, const float *w)
+{
+	(void)user;
+	(void)w;
+	return info->worker == 2; /* worker 2 stops: from now on it is silent */
+}
+
+static void *wk_plain(void *p)
+{
+	wk_arg *a = p;
+	dml_model m;
+	a->rc = dml_model_softmax(&m, F, K, 0);
+	if (!a->rc)
+		a->rc = dml_dsgd_worker(a->ps, &m, a->shard, &a->o, &a->st);
+	dml_model_free(&m);
+	return NULL;
+}
+
+static void test_dsgd_dead_worker(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(NTRAIN, 1);
+	dml_dsgd_mode modes[2] = {DML_DSGD_BSP, DML_DSGD_SSP};
+	for (int k = 0; k < 2; k++) {
+		enum { W = 3 };
+		dml_model m;
+		assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+		dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}, .workers = W,
+		                  .staleness = k, .worker_timeout = 300};
+		dml_ps *ps;
+		assert_int_equal(dml_ps_new(&ps, m.dim, &po), 0);
+		pthread_t t[W];
+		wk_arg a[W];
+		for (int i = 0; i < W; i++) {
+			a[i] = (wk_arg){0};
+			a[i].ps = ps;
+			assert_int_equal(dml_dataset_shard(train, i, W, &a[i].shard), 0);
+			a[i].o = (dml_dsgd_opts){.worker = i, .mode = modes[k], .epochs = 3, .batch = 16,
+			                         .steps_per_epoch = (NTRAIN / W + 15) / 16,
+			                         .clock_timeout = 20000, .on_epoch = die_after_one};
+			assert_int_equal(pthread_create(&t[i], NULL, wk_plain, &a[i]), 0);
+		}
+		for (int i = 0; i < W; i++) {
+			pthread_join(t[i], NULL);
+			assert_int_equal(a[i].rc, 0);
+			dml_dataset_free(a[i].shard);
+		}
+		assert_int_equal(a[2].st.epochs, 1);
+		assert_true(a[2].st.stopped);
+		assert_int_equal(a[0].st.epochs, 3);
+		assert_int_equal(a[1].st.epochs, 3);
+		dml_ps_free(ps);
+		dml_model_free(&m);
+	}
+	dml_dataset_free(train);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sgd_converges),
 		cmocka_unit_test(test_dsgd_staleness_local),
 		cmocka_unit_test(test_dsgd_remote_matches_sgd),
+		cmocka_unit_test(test_dsgd_dead_worker),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

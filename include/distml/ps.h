@@ -44,6 +44,10 @@ typedef struct dml_ps_opts {
 	int workers;          /* workers with clocks (0 = no clocks) */
 	int staleness;        /* clock bound s: 0 = bulk-synchronous, s > 0 =
 	                         bounded staleness, DML_PS_ASYNC = none */
+	dml_duration worker_timeout; /* a worker whose clock has not moved for
+	                         this long while others wait for it is dropped
+	                         from the bound (it rejoins at its next clock
+	                         call); 0 = never */
 } dml_ps_opts;
 
 /* Creates a local store of `dim` (>= 1) parameters. *out owns it

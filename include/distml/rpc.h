@@ -57,6 +57,15 @@ typedef struct dml_rpc_server_opts {
 	int max_conns;    /* open connections at once; 0 = 4096; beyond it new
 	                     connections are accepted and closed at once */
 	dml_codec codec;  /* DML_CODEC_BINARY */
+	/* Timeouts that drop a connection (0 = the default, DML_INFINITE =
+	 * never); checked by the run/poll threads a few times per period: */
+	dml_duration frame_timeout; /* a frame begun must arrive whole within
+	                               this (0 = 30 s): slow or stalled senders */
+	dml_duration write_timeout; /* unsent replies must make progress within
+	                               this (0 = 30 s): peers that do not read */
+	dml_duration idle_timeout;  /* nothing received, nothing to send and no
+	                               deferred reply owed for this long
+	                               (0 = 10 min) */
 } dml_rpc_server_opts;
 
 /*
@@ -130,6 +139,15 @@ DML_API void dml_rpc_server_stop(dml_rpc_server *s);
  * be running or polling it. NULL is ignored. */
 DML_API void dml_rpc_server_free(dml_rpc_server *s);
 
+/* Calls fn(arg) from a thread running or polling the server about every
+ * `period` ms (1 ms .. 1 h), one call at a time: housekeeping such as a
+ * host's own timeouts (the parameter store uses it to drop dead workers).
+ * With the server driven through dml_rpc_server_fd, ticks run only when
+ * the host calls dml_rpc_server_poll. Up to 8 ticks (then DML_EBUSY).
+ * Not thread-safe: call before the server runs. */
+DML_API int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
+                                void (*fn)(void *arg), void *arg);
+
 /* Sets the message sent with a handler's error and returns DML_EHANDLER,
  * so a handler can `return dml_rpc_errorf(ctx, "...")`. The message is
  * truncated to DML_RPC_ERRMSG_MAX - 1 bytes. */
@@ -179,11 +197,25 @@ typedef struct dml_rpc_client_opts {
 	size_t max_frame;          /* largest request sent or reply accepted;
 	                              0 = 64 MiB; 64 B .. 4 GiB - 1 */
 	dml_codec codec;
+	int reconnect;             /* non-zero: after the connection is lost,
+	                              a new call dials again (see below) */
+	dml_duration backoff_min;  /* first wait between dial attempts (0 = 50 ms) */
+	dml_duration backoff_max;  /* longest wait, doubling up to it (0 = 5 s) */
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
  * On success *out owns the client (free with dml_rpc_client_free).
- * DML_EADDR, DML_ECONNREFUSED, DML_ETIMEDOUT, DML_ENOMEM, DML_ESYS. */
+ * DML_EADDR, DML_ECONNREFUSED, DML_ETIMEDOUT, DML_ENOMEM, DML_ESYS.
+ *
+ * When the connection is lost, every pending call fails with DML_ECONNLOST,
+ * and so does every new call: at once, never hanging. With opts.reconnect,
+ * a new call (dml_rpc_go / dml_rpc_call) first dials the same address again,
+ * within the call's deadline and at most once per backoff period (which
+ * doubles from backoff_min to backoff_max while dialling fails, and resets
+ * on success); between attempts calls fail fast with DML_ECONNLOST. There
+ * is no background thread: reconnecting happens in the calling thread.
+ * Calls are not resent automatically: whether a lost call ran is unknown,
+ * so only the caller can tell whether it may be repeated. */
 DML_API int dml_rpc_dial(dml_rpc_client **out, const char *addr,
                          const dml_rpc_client_opts *opts);
 
