@@ -122,7 +122,7 @@ int main(int argc, char **argv)
 	int rc = dsgd_load_fashion(data, &job.train, &job.test);
 	if (rc == DML_ENOTFOUND) {
 		printf("data: Fashion-MNIST not found in %s (Debian package dataset-fashion-mnist;\n"
-		       "      `make deps` installs it when run as root).\n"
+		       "      `make demo` installs it when run as root).\n"
 		       "      Training on a generated data set of the same shape instead.\n", data);
 		rc = generate(&job.train, &job.test);
 	} else if (!rc) {

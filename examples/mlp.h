@@ -2,7 +2,7 @@
  * mlp.h - a one-hidden-layer perceptron as a host model for libdistml:
  * in -> hidden (ReLU) -> classes (softmax, cross-entropy), L2 on the
  * weights. mlp_model() fills a dml_model with its callbacks, so anything
- * that trains a dml_model (plain SGD in examples/mlp.c, distributed SGD)
+ * that trains a dml_model (dml_sgd_train, or DSGD as in examples/mlp.c)
  * trains it. Header-only: include it from one .c file per program.
  *
  * Parameters, in this order (dim = hidden*in + hidden + classes*hidden +

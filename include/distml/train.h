@@ -53,7 +53,8 @@ typedef struct dml_sgd_opts {
 	int epochs;           /* 0 = 10 */
 	size_t batch;         /* rows per minibatch; 0 = 64 */
 	dml_optim_opts optim; /* the update rule and schedule (distml/optim.h) */
-	uint64_t seed;        /* shuffle seed (epoch e uses seed + e) */
+	uint64_t seed;        /* shuffle seed: the first pass uses seed, the
+	                         k-th later pass seed + k */
 	int no_shuffle;       /* non-zero: keep the data set's order */
 	dml_epoch_fn on_epoch;
 	void *user;
