@@ -24,6 +24,7 @@ struct dml__ps_remote {
 	size_t off[MAX_SHARDS + 1]; /* shard i holds [off[i], off[i+1]) */
 	dml_duration timeout;
 	int retries;
+	dml_duration retry_timeout;
 	uint64_t client_id;
 	/* a push takes its number and is queued under its shard's lock, so
 	 * that numbers go out in order (the server's window relies on it) */
@@ -61,6 +62,7 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 	r->n = n;
 	r->timeout = opts && opts->timeout ? opts->timeout : DEFAULT_TIMEOUT;
 	r->retries = !opts || !opts->retries ? 1 : opts->retries < 0 ? 0 : opts->retries;
+	r->retry_timeout = opts && opts->retry_timeout > 0 ? opts->retry_timeout : 0;
 	r->client_id = fresh_id();
 	dml_rpc_pending *p[MAX_SHARDS];
 	psw_info info[MAX_SHARDS];
@@ -123,18 +125,23 @@ _Static_assert(offsetof(psw_push, seq) == offsetof(psw_spush, seq),
                "both push messages keep seq at one offset");
 
 /* Sends push `args[i]` to shard i for each i with want[i], numbering each
- * as it is queued, and retries the ones that time out with the same number
- * (the server applies a push once however often it arrives). */
+ * as it is queued. Pushes whose reply is lost (timeout, connection lost)
+ * are resent with the same number, which the server applies once: up to
+ * `retries` times, and beyond that while `retry_timeout` lasts, waiting
+ * between attempts (10 ms doubling to 1 s) so that a client with
+ * reconnect can dial a restarted server. */
 static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
                     size_t args_size, const int *want)
 {
-	int rc = 0, last = DML_ETIMEDOUT;
+	int last = DML_ETIMEDOUT;
 	int todo[MAX_SHARDS];
 	for (int i = 0; i < r->n; i++)
 		todo[i] = want[i];
-	for (int attempt = 0; attempt <= r->retries; attempt++) {
+	int64_t start = dml__now_ms();
+	long delay_ms = 10;
+	for (int attempt = 0;; attempt++) {
 		dml_rpc_pending *p[MAX_SHARDS] = {0};
-		rc = 0;
+		int rc = 0, again = 0;
 		for (int i = 0; i < r->n && !rc; i++) {
 			if (!todo[i])
 				continue;
@@ -145,15 +152,17 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 				*seq = ++r->seq[i];
 			rc = dml_rpc_go(r->c[i], m, a, NULL, r->timeout, &p[i]);
 			pthread_mutex_unlock(&r->mu[i]);
+			if (rc == DML_ECONNLOST) { /* not sent: try again later */
+				last = rc;
+				again = 1;
+				rc = 0;
+			}
 		}
-		int again = 0;
 		for (int i = 0; i < r->n; i++) {
 			if (!p[i])
 				continue;
 			int e = dml_rpc_wait(p[i]);
 			dml_rpc_pending_free(p[i]);
-			/* a lost reply: resend (a client with reconnect dials
-			 * again); the server applies the number once */
 			todo[i] = e == DML_ETIMEDOUT || e == DML_ECONNLOST;
 			if (todo[i])
 				last = e;
@@ -163,8 +172,15 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 		}
 		if (rc || !again)
 			return rc;
+		int64_t now = dml__now_ms();
+		if (attempt >= r->retries && (r->retry_timeout <= 0 || now - start >= r->retry_timeout))
+			return last;
+		if (last == DML_ECONNLOST && r->retry_timeout > 0) {
+			struct timespec ts = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
+			nanosleep(&ts, NULL); /* a backoff while the server is away */
+			delay_ms = delay_ms * 2 > 1000 ? 1000 : delay_ms * 2;
+		}
 	}
-	return last;
 }
 
 int dml__psr_update(dml_ps *ps, int op, const float *v)

@@ -124,6 +124,32 @@ int dml_sgd_train(const dml_model *m, dml_dataset *train, float *w,
 	return rc;
 }
 
+/* After a store call failed with DML_ECONNLOST: waits a little and says
+ * whether to try again (the RPC client dials again on the next call). */
+typedef struct retrier {
+	dml_duration limit;
+	int64_t since; /* ms of the first failure in a row; 0 = none */
+	long delay_ms;
+} retrier;
+
+static int may_retry(retrier *r, int rc, dml_train_stats *s)
+{
+	if (rc != DML_ECONNLOST || r->limit <= 0)
+		return 0;
+	int64_t now = dml__now_ms();
+	if (!r->since) {
+		r->since = now;
+		r->delay_ms = 10;
+	}
+	if (now - r->since >= r->limit)
+		return 0;
+	struct timespec ts = {r->delay_ms / 1000, (r->delay_ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL); /* a backoff, not a synchronisation */
+	r->delay_ms = r->delay_ms * 2 > 1000 ? 1000 : r->delay_ms * 2;
+	s->retries++;
+	return 1;
+}
+
 int dml_dsgd_worker(dml_ps *ps, const dml_model *m, dml_dataset *shard,
                     const dml_dsgd_opts *opts, dml_train_stats *st)
 {
@@ -164,9 +190,15 @@ int dml_dsgd_worker(dml_ps *ps, const dml_model *m, dml_dataset *shard,
 		for (size_t k = 0; k < steps && !rc; k++) {
 			dml_batch b;
 			double loss;
-			if ((rc = dml_ps_pull(ps, w)) || (rc = walker_next(&wk, &b)) ||
-			    (rc = m->loss_grad(m->self, w, &b, grad, &loss)) ||
-			    (rc = dml_ps_push(ps, grad)))
+			retrier rt = {o.reconnect_timeout, 0, 0};
+			while ((rc = dml_ps_pull(ps, w)) && may_retry(&rt, rc, &s))
+				;
+			if (rc || (rc = walker_next(&wk, &b)) ||
+			    (rc = m->loss_grad(m->self, w, &b, grad, &loss)))
+				break;
+			/* pushes are resent by the remote handle itself, with
+			 * their sequence numbers (dml_ps_remote_opts) */
+			if ((rc = dml_ps_push(ps, grad)))
 				break;
 			sum += loss * (double)b.n;
 			samples += b.n;
@@ -175,7 +207,10 @@ int dml_dsgd_worker(dml_ps *ps, const dml_model *m, dml_dataset *shard,
 				continue;
 			dml_ps_clock_info ci;
 			double tw = now_s();
-			if ((rc = dml_ps_clock(ps, o.worker, tmo, &ci)))
+			rt.since = 0;
+			while ((rc = dml_ps_clock(ps, o.worker, tmo, &ci)) && may_retry(&rt, rc, &s))
+				;
+			if (rc)
 				break;
 			if (ci.waited) {
 				s.waits++;

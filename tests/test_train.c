@@ -2,7 +2,13 @@
  * the consistency models' staleness bounds, DSGD over loopback RPC. */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* ---- a small separable problem: 4 classes of blobs in 8 dimensions ---- */
 
@@ -319,6 +325,170 @@ static void test_dsgd_dead_worker(void **state)
 	dml_dataset_free(train);
 }
 
+/* ---- a store server killed with SIGKILL and restarted from its last
+ * checkpoint: the workers reconnect and finish ---------------------- */
+
+typedef struct ckpt_tick {
+	dml_ps *ps;
+	const char *path;
+} ckpt_tick;
+
+static void save_tick(void *arg)
+{
+	ckpt_tick *t = arg;
+	dml_ps_save(t->ps, t->path); /* periodic checkpoint, from the server's tick */
+}
+
+/* The server process: a store (from the checkpoint when there is one)
+ * served on 127.0.0.1:port, saved every 20 ms; writes one byte to `ready`
+ * once listening, then serves until killed. */
+static void store_process(int port, const char *path, size_t dim, int ready)
+{
+	dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}, .workers = 2,
+	                  .staleness = 1, .worker_timeout = 2000};
+	dml_ps *ps;
+	dml_rpc_server *srv;
+	char addr[64];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+	if (dml_ps_new(&ps, dim, &po) || (access(path, R_OK) == 0 && dml_ps_load(ps, path)) ||
+	    dml_rpc_server_new(&srv, NULL) || dml_ps_serve(ps, srv))
+		_exit(3);
+	ckpt_tick t = {ps, path};
+	if (dml_rpc_server_tick(srv, 20, save_tick, &t) || dml_rpc_server_listen(srv, addr))
+		_exit(4);
+	if (write(ready, "r", 1) != 1)
+		_exit(5);
+	dml_rpc_server_run(srv);
+	_exit(0);
+}
+
+static pid_t start_store(int port, const char *path, size_t dim)
+{
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(p[0]);
+		store_process(port, path, dim, p[1]);
+	}
+	close(p[1]);
+	char ch;
+	assert_int_equal(read(p[0], &ch, 1), 1); /* listening */
+	close(p[0]);
+	return pid;
+}
+
+typedef struct restart_arg {
+	const char *addr;
+	dml_dataset *shard;
+	int w, rc;
+	dml_train_stats st;
+	sem_t *epoch1;
+} restart_arg;
+
+static int post_epoch(void *user, const dml_epoch_info *info, const float *w)
+{
+	(void)w;
+	restart_arg *a = user;
+	if (info->epoch == 1 && a->w == 0)
+		sem_post(a->epoch1);
+	return 0;
+}
+
+static void *restart_worker(void *p)
+{
+	restart_arg *a = p;
+	dml_rpc_client_opts co = {.reconnect = 1, .backoff_min = 10, .backoff_max = 200,
+	                          .dial_timeout = 1000, .call_timeout = 5000};
+	dml_rpc_client *c = NULL;
+	dml_ps *ps = NULL;
+	dml_model m;
+	memset(&m, 0, sizeof m);
+	a->rc = dml_rpc_dial(&c, a->addr, &co);
+	dml_ps_remote_opts ro = {.timeout = 5000, .retry_timeout = 20000};
+	if (!a->rc)
+		a->rc = dml_ps_connect(&ps, &c, 1, &ro);
+	if (!a->rc)
+		a->rc = dml_model_softmax(&m, F, K, 0);
+	if (!a->rc) {
+		dml_dsgd_opts o = {.worker = a->w, .mode = DML_DSGD_SSP, .epochs = 6, .batch = 16,
+		                   .steps_per_epoch = (NTRAIN / 2 + 15) / 16, .clock_timeout = 20000,
+		                   .reconnect_timeout = 20000, .on_epoch = post_epoch, .user = a};
+		a->rc = dml_dsgd_worker(ps, &m, a->shard, &o, &a->st);
+	}
+	dml_model_free(&m);
+	dml_ps_free(ps);
+	dml_rpc_client_free(c);
+	return NULL;
+}
+
+static void test_store_restart(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
+	dml_model m;
+	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	char dir[] = "/tmp/dml_restart_XXXXXX", path[128], addr[64];
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof path, "%s/store.ckpt", dir);
+	/* a free port: bind, read, close (the store binds it with SO_REUSEADDR) */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof sa;
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+	int port = ntohs(sa.sin_port);
+	close(fd);
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+
+	pid_t pid = start_store(port, path, m.dim);
+	sem_t epoch1;
+	sem_init(&epoch1, 0, 0);
+	pthread_t t[2];
+	restart_arg a[2];
+	for (int i = 0; i < 2; i++) {
+		a[i] = (restart_arg){addr, NULL, i, 0, {0}, &epoch1};
+		assert_int_equal(dml_dataset_shard(train, i, 2, &a[i].shard), 0);
+		assert_int_equal(pthread_create(&t[i], NULL, restart_worker, &a[i]), 0);
+	}
+	sem_wait(&epoch1); /* mid-run: kill the store, restart it from its checkpoint */
+	kill(pid, SIGKILL);
+	int status;
+	waitpid(pid, &status, 0);
+	assert_true(WIFSIGNALED(status));
+	pid = start_store(port, path, m.dim);
+	uint64_t retries = 0;
+	for (int i = 0; i < 2; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0);
+		assert_int_equal(a[i].st.epochs, 6);
+		retries += a[i].st.retries;
+		dml_dataset_free(a[i].shard);
+	}
+	assert_true(retries > 0); /* they did lose the store, and came back */
+	/* the run still reaches its accuracy: read the restarted store */
+	dml_rpc_client *c;
+	dml_ps *ps;
+	assert_int_equal(dml_rpc_dial(&c, addr, NULL), 0);
+	assert_int_equal(dml_ps_connect(&ps, &c, 1, NULL), 0);
+	float *w = malloc(m.dim * sizeof *w);
+	assert_int_equal(dml_ps_pull(ps, w), 0);
+	assert_true(accuracy(&m, w, test) > 0.95);
+	free(w);
+	dml_ps_free(ps);
+	dml_rpc_client_free(c);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	sem_destroy(&epoch1);
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+	dml_model_free(&m);
+	dml_dataset_free(train);
+	dml_dataset_free(test);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -326,6 +496,7 @@ int main(void)
 		cmocka_unit_test(test_dsgd_staleness_local),
 		cmocka_unit_test(test_dsgd_remote_matches_sgd),
 		cmocka_unit_test(test_dsgd_dead_worker),
+		cmocka_unit_test(test_store_restart),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

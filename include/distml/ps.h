@@ -148,8 +148,14 @@ DML_API int dml_ps_serve(dml_ps *ps, dml_rpc_server *server);
 /* Options of a remote handle; zero-initialised means defaults. */
 typedef struct dml_ps_remote_opts {
 	dml_duration timeout; /* per call (0 = 30 s) */
-	int retries;          /* resends of a push that timed out (0 = 1,
-	                         negative = none); applied once by the server */
+	int retries;          /* resends of a push whose reply was lost (timed
+	                         out or connection lost; 0 = 1, negative =
+	                         none); the server applies a push once */
+	dml_duration retry_timeout; /* beyond `retries`, keep resending a lost
+	                         push for this long, waiting 10 ms doubling to
+	                         1 s between attempts (0 = no): with clients
+	                         dialled with `reconnect`, pushes ride out a
+	                         server restart */
 } dml_ps_remote_opts;
 
 /*

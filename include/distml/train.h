@@ -46,6 +46,7 @@ typedef struct dml_train_stats {
 	double wait_seconds;  /* DSGD: time spent in them */
 	int64_t max_staleness;/* DSGD: largest clock lead over the slowest worker */
 	int stopped;          /* the callback asked to stop */
+	uint64_t retries;     /* DSGD: store calls repeated after a lost connection */
 } dml_train_stats;
 
 /* Options of dml_sgd_train; zero-initialised means defaults. */
@@ -89,6 +90,13 @@ typedef struct dml_dsgd_opts {
 	uint64_t seed;        /* shuffle seed (0 = worker id + 1) */
 	int no_shuffle;
 	dml_duration clock_timeout; /* longest wait per clock (0 = infinite) */
+	dml_duration reconnect_timeout; /* when a pull or clock call fails with
+	                         DML_ECONNLOST, repeat it (waiting 10 ms, doubling
+	                         to 1 s, between attempts) for up to this long:
+	                         with RPC clients dialled with `reconnect`, and a
+	                         remote handle with retry_timeout for the pushes,
+	                         the worker rides out a store server's restart.
+	                         0 = give up at once */
 	dml_epoch_fn on_epoch;
 	void *user;
 } dml_dsgd_opts;
