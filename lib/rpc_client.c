@@ -81,6 +81,7 @@ struct dml_rpc_client {
 	pthread_mutex_t mu; /* everything below but the write side */
 	uint64_t next_seq;
 	dml_rpc_pending *table[NBUCKETS];
+	size_t inflight; /* calls in the table */
 	dml_rpc_pending *waiters;
 	dml_rpc_pending *all;
 	dml_rpc_pending *freelist;
@@ -110,6 +111,7 @@ static void table_add(dml_rpc_client *c, dml_rpc_pending *k)
 	dml_rpc_pending **b = &c->table[k->seq % NBUCKETS];
 	k->hnext = *b;
 	*b = k;
+	c->inflight++;
 }
 
 static dml_rpc_pending *table_find(dml_rpc_client *c, uint64_t seq)
@@ -125,6 +127,7 @@ static void table_remove(dml_rpc_client *c, dml_rpc_pending *k)
 	for (dml_rpc_pending **p = &c->table[k->seq % NBUCKETS]; *p; p = &(*p)->hnext)
 		if (*p == k) {
 			*p = k->hnext;
+			c->inflight--;
 			return;
 		}
 }
@@ -726,6 +729,10 @@ int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 		pthread_mutex_unlock(&c->mu);
 		return rc ? rc : c->broken;
 	}
+	if (c->inflight >= (size_t)c->o.max_in_flight) {
+		pthread_mutex_unlock(&c->mu);
+		return DML_EBUSY;
+	}
 	dml_rpc_pending *k = call_alloc(c);
 	if (!k) {
 		pthread_mutex_unlock(&c->mu);
@@ -941,8 +948,10 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 		o.call_timeout = DML_INFINITE;
 	if (!o.max_frame)
 		o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
-	if (o.backoff_min < 0 || o.backoff_max < 0)
+	if (o.backoff_min < 0 || o.backoff_max < 0 || o.max_in_flight < 0)
 		return DML_EINVAL;
+	if (!o.max_in_flight)
+		o.max_in_flight = DML_RPC_DEFAULT_MAX_IN_FLIGHT;
 	if (!o.backoff_min)
 		o.backoff_min = 50;
 	if (!o.backoff_max)

@@ -242,6 +242,12 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		s->o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
 	if (!s->o.max_conns)
 		s->o.max_conns = DML_RPC_DEFAULT_MAX_CONNS;
+	if (s->o.max_deferred < 0) {
+		free(s);
+		return DML_EINVAL;
+	}
+	if (!s->o.max_deferred)
+		s->o.max_deferred = DML_RPC_DEFAULT_MAX_DEFERRED;
 	dml_duration *tm[3] = {&s->o.frame_timeout, &s->o.write_timeout, &s->o.idle_timeout};
 	dml_duration defaults[3] = {30000, 30000, 600000};
 	for (int i = 0; i < 3; i++) {
@@ -967,6 +973,8 @@ int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
 {
 	if (!ctx || !out || ctx->deferred)
 		return DML_EINVAL;
+	if (atomic_load(&ctx->c->deferred) >= ctx->s->o.max_deferred)
+		return DML_EBUSY;
 	dml_rpc_deferred *d = malloc(sizeof *d);
 	if (!d)
 		return DML_ENOMEM;

@@ -1291,6 +1291,58 @@ static void test_client_reconnect(void **state)
 	fixture_stop(&f);
 }
 
+/* Limits on calls in flight: a client refuses more than max_in_flight
+ * pending calls (DML_EBUSY, nothing sent), and a server owes at most
+ * max_deferred deferred replies per connection (the handler's defer fails,
+ * the caller gets an error reply). */
+static void test_in_flight_limits(void **state)
+{
+	(void)state;
+	barrier b = {.n = 0};
+	pthread_mutex_init(&b.mu, NULL);
+	fixture f;
+	dml_rpc_server_opts so = {.max_deferred = 3};
+	assert_int_equal(dml_rpc_server_new(&f.srv, &so), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_barrier, h_barrier, &b), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &arith_multiply, h_multiply, NULL), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&f, 1);
+	dml_rpc_client_opts co = {.max_in_flight = 4};
+	dml_rpc_client *c;
+	assert_int_equal(dml_rpc_dial(&c, f.addr, &co), 0);
+	barrier_args ba = {50};
+	barrier_reply br[5];
+	dml_rpc_pending *p[5];
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(dml_rpc_go(c, &m_barrier, &ba, &br[i], 20000, &p[i]), 0);
+	assert_int_equal(dml_rpc_go(c, &m_barrier, &ba, &br[4], 20000, &p[4]), DML_EBUSY);
+	/* 3 are held by the server; the 4th could not be deferred */
+	assert_int_equal(dml_rpc_wait(p[3]), DML_EHANDLER);
+	dml_rpc_pending_free(p[3]);
+	Args a = {6, 7};
+	Reply r;
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &a, &r, 20000), 0);
+	assert_int_equal(r.C, 42);
+	/* release the three with a fourth party from another connection */
+	pthread_mutex_lock(&b.mu);
+	barrier_reply rep = {50};
+	for (int i = 0; i < b.n; i++)
+		assert_int_equal(dml_rpc_deferred_reply(b.waiting[i], 0, &rep, NULL), 0);
+	assert_int_equal(b.n, 3);
+	b.n = 0;
+	pthread_mutex_unlock(&b.mu);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(dml_rpc_wait(p[i]), 0);
+		assert_int_equal(br[i].arrived, 50);
+		dml_rpc_pending_free(p[i]);
+	}
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+	pthread_mutex_destroy(&b.mu);
+	dml_rpc_client_opts bad = {.max_in_flight = -1};
+	assert_int_equal(dml_rpc_dial(&c, "127.0.0.1:1", &bad), DML_EINVAL);
+}
+
 static void test_stop_wakes_every_runner(void **state)
 {
 	(void)state;
@@ -1328,6 +1380,7 @@ int main(void)
 		cmocka_unit_test(test_stop_wakes_every_runner),
 		cmocka_unit_test(test_deferred_barrier),
 		cmocka_unit_test(test_deferred_out_of_order),
+		cmocka_unit_test(test_in_flight_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

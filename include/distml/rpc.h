@@ -32,6 +32,8 @@ extern "C" {
 /* Default limits (each configurable in the options below). */
 #define DML_RPC_DEFAULT_MAX_FRAME ((size_t)64 << 20) /* 64 MiB */
 #define DML_RPC_DEFAULT_MAX_CONNS 4096
+#define DML_RPC_DEFAULT_MAX_IN_FLIGHT 65536 /* calls pending on one client */
+#define DML_RPC_DEFAULT_MAX_DEFERRED 1024   /* deferred replies owed per connection */
 #define DML_RPC_MAX_METHOD 255   /* longest method name, bytes */
 #define DML_RPC_ERRMSG_MAX 256   /* longest error message kept, with NUL */
 
@@ -66,6 +68,9 @@ typedef struct dml_rpc_server_opts {
 	dml_duration idle_timeout;  /* nothing received, nothing to send and no
 	                               deferred reply owed for this long
 	                               (0 = 10 min) */
+	int max_deferred;           /* deferred replies owed on one connection;
+	                               beyond it dml_rpc_defer returns DML_EBUSY
+	                               (0 = 1024) */
 } dml_rpc_server_opts;
 
 /*
@@ -171,7 +176,8 @@ typedef struct dml_rpc_deferred dml_rpc_deferred;
 /* Takes over the reply of the current request. *out is owned by the caller
  * until passed to dml_rpc_deferred_reply, exactly once (also after the
  * server is freed: the reply is then dropped). DML_EINVAL (already
- * deferred), DML_ENOMEM. Call only from the handler, with its ctx. */
+ * deferred), DML_EBUSY (max_deferred owed on this connection: return an
+ * error instead), DML_ENOMEM. Call only from the handler, with its ctx. */
 DML_API int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out);
 
 /* Sends the deferred reply and frees `d`: with err == 0, `reply` (a struct
@@ -201,6 +207,8 @@ typedef struct dml_rpc_client_opts {
 	                              a new call dials again (see below) */
 	dml_duration backoff_min;  /* first wait between dial attempts (0 = 50 ms) */
 	dml_duration backoff_max;  /* longest wait, doubling up to it (0 = 5 s) */
+	int max_in_flight;         /* calls pending at once; beyond it
+	                              dml_rpc_go returns DML_EBUSY (0 = 65536) */
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
