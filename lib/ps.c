@@ -436,7 +436,10 @@ int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
 		return DML_ENOMEM;
 	int64_t min;
 	pthread_mutex_lock(&ps->cmu);
-	if (ps->nwaiters >= (size_t)WAITERS_PER_WORKER * (size_t)ps->workers) {
+	int mine_waiting = 0;
+	for (dml__ps_waiter *wt = ps->waiters; wt; wt = wt->next)
+		mine_waiting += wt->worker == w;
+	if (mine_waiting >= WAITERS_PER_WORKER) {
 		/* a peer pipelining clock calls: refuse, the clock stays */
 		pthread_mutex_unlock(&ps->cmu);
 		free(mine);
@@ -451,6 +454,7 @@ int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
 	if (!now) {
 		mine->need = need;
 		mine->clock = ps->clock[w];
+		mine->worker = w;
 		mine->wake = wake;
 		mine->arg = arg;
 		mine->next = ps->waiters;

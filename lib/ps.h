@@ -20,6 +20,7 @@ typedef void (*dml__ps_wake_fn)(void *arg, int err,
 typedef struct dml__ps_waiter {
 	int64_t need; /* released when the slowest clock reaches this */
 	int64_t clock; /* the waiting worker's clock */
+	int worker;
 	dml__ps_wake_fn wake;
 	void *arg;
 	struct dml__ps_waiter *next;

@@ -152,7 +152,7 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 				*seq = ++r->seq[i];
 			rc = dml_rpc_go(r->c[i], m, a, NULL, r->timeout, &p[i]);
 			pthread_mutex_unlock(&r->mu[i]);
-			if (rc == DML_ECONNLOST) { /* not sent: try again later */
+			if (rc == DML_ECONNLOST || rc == DML_ETIMEDOUT) { /* not sent whole: again */
 				last = rc;
 				again = 1;
 				rc = 0;

@@ -134,6 +134,7 @@ struct dml_rpc_server {
 	atomic_int sweeping;
 	struct {
 		dml_duration period;
+		int64_t next; /* ms */
 		void (*fn)(void *);
 		void *arg;
 	} ticks[8];
@@ -881,6 +882,7 @@ int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
 	if (s->nticks == 8)
 		return DML_EBUSY;
 	s->ticks[s->nticks].period = period;
+	s->ticks[s->nticks].next = 0;
 	s->ticks[s->nticks].fn = fn;
 	s->ticks[s->nticks].arg = arg;
 	s->nticks++;
@@ -900,7 +902,10 @@ static void sweep(dml_rpc_server *s)
 		return;
 	atomic_store(&s->next_sweep, now + t);
 	for (int i = 0; i < s->nticks; i++)
-		s->ticks[i].fn(s->ticks[i].arg);
+		if (now >= s->ticks[i].next) {
+			s->ticks[i].next = now + s->ticks[i].period;
+			s->ticks[i].fn(s->ticks[i].arg);
+		}
 	pthread_mutex_lock(&s->mu);
 	size_t nchunks = s->nchunks;
 	pthread_mutex_unlock(&s->mu);

@@ -207,9 +207,16 @@ int dml_dsgd_worker(dml_ps *ps, const dml_model *m, dml_dataset *shard,
 				continue;
 			dml_ps_clock_info ci;
 			double tw = now_s();
-			rt.since = 0;
-			while ((rc = dml_ps_clock(ps, o.worker, tmo, &ci)) && may_retry(&rt, rc, &s))
-				;
+			/* A clock call lost with its connection is not repeated:
+			 * it may have advanced the clock already. Going on costs
+			 * at most one step of lag (or, after a store restart,
+			 * nothing: its clocks start again at 0). */
+			rc = dml_ps_clock(ps, o.worker, tmo, &ci);
+			if (rc == DML_ECONNLOST && o.reconnect_timeout > 0) {
+				s.retries++;
+				rc = 0;
+				continue;
+			}
 			if (rc)
 				break;
 			if (ci.waited) {
