@@ -1183,7 +1183,7 @@ static int64_t await_close(int fd, int64_t limit_ms)
 static void test_server_timeouts(void **state)
 {
 	(void)state;
-	dml_rpc_server_opts o = {.frame_timeout = 200, .write_timeout = 300,
+	dml_rpc_server_opts o = {.frame_timeout = 1000, .write_timeout = 1500,
 	                         .idle_timeout = DML_INFINITE};
 	fixture f;
 	serve(&f, "127.0.0.1:0", &o, 2);
