@@ -282,8 +282,10 @@ static uint8_t *encode(const msg *x, size_t *len)
  * big_start/big_advance/big_finish), on a payload held in memory: the
  * prefix up to the planned array's count, the array straight into the
  * caller's buffer, the rest after the prefix moved to keep its alignment.
- * Returns 1 and the decode result in *rc if the bulk path applied. */
-static int decode_bulk(msg *x, const uint8_t *p, size_t len, int *rc)
+ * Returns 1 and the decode result in *rc if the bulk path applied; *pl
+ * (free it) then holds the payload that later views point into. */
+static int decode_bulk(msg *x, const uint8_t *p, size_t len, int *rc,
+                       uint8_t **plp)
 {
 	int field;
 	size_t count_off, es;
@@ -308,7 +310,7 @@ static int decode_bulk(msg *x, const uint8_t *p, size_t len, int *rc)
 	memcpy(pl + shift + pre, p + pre + nb, rest);
 	dml__array_set_n(x->t, x->m, field, (size_t)n);
 	*rc = dml__decode_h(x->t, x->m, pl + shift, len - nb, field);
-	free(pl);
+	*plp = pl;
 	return 1;
 }
 
@@ -369,7 +371,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		msg c;
 		msg_init(&c, t, mask, caps);
 		int brc;
-		if (decode_bulk(&c, buf, len, &brc)) {
+		uint8_t *pl = NULL;
+		if (decode_bulk(&c, buf, len, &brc, &pl)) {
 			FZ_CHECK(brc == 0 || brc == DML_EPROTO || brc == DML_ETYPE ||
 			         brc == DML_ETOOBIG);
 			if (canonical) {
@@ -377,6 +380,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				FZ_CHECK(same(&a, &c));
 			}
 		}
+		free(pl);
 		msg_free(&c);
 	}
 	msg_free(&a);

@@ -29,7 +29,7 @@ static uint32_t be32(const uint8_t *p)
 /* The data set holds the values of the plain images and labels files. */
 static void check_content(dml_dataset *ds, const uint8_t *img, size_t ilen,
                           const uint8_t *lab, size_t llen, int have_labels,
-                          int raw)
+                          int raw, int remap)
 {
 	FZ_CHECK(ilen >= 4 && img[0] == 0 && img[1] == 0);
 	int type = img[2], nd = img[3];
@@ -58,7 +58,8 @@ static void check_content(dml_dataset *ds, const uint8_t *img, size_t ilen,
 	if (!have_labels) {
 		for (size_t i = 0; i < n; i++)
 			FZ_CHECK(b.y[i] == 0);
-		FZ_CHECK(dml_dataset_classes(ds) == 0);
+		/* no classes, unless remap_labels made the one label a class */
+		FZ_CHECK(dml_dataset_classes(ds) == (remap && n ? 1 : 0));
 		return;
 	}
 	FZ_CHECK(llen == 8 + n && lab[0] == 0 && lab[1] == 0 && lab[2] == 0x08 &&
@@ -69,6 +70,44 @@ static void check_content(dml_dataset *ds, const uint8_t *img, size_t ilen,
 		float l = cv ? cv[(size_t)b.y[i]] : b.y[i];
 		FZ_CHECK(l == (float)lab[8 + i]);
 	}
+}
+
+/* Whether plain IDX files are valid (include/distml/data.h), limits of
+ * memory aside: the library must then load them. */
+static int idx_valid(const uint8_t *img, size_t ilen, const uint8_t *lab,
+                     size_t llen, int have_labels, size_t classes)
+{
+	if (ilen < 4 || img[0] || img[1] || (img[2] != 0x08 && img[2] != 0x0D) ||
+	    img[3] < 2 || img[3] > 4)
+		return 0;
+	size_t nd = img[3], off = 4 + 4 * nd, es = img[2] == 0x08 ? 1 : 4;
+	if (ilen < off)
+		return 0;
+	uint64_t n = be32(img + 4), row = 1, count, bytes;
+	for (size_t d = 1; d < nd; d++) {
+		uint64_t k = be32(img + 4 + 4 * d);
+		if (k == 0 || __builtin_mul_overflow(row, k, &row))
+			return 0;
+	}
+	if (__builtin_mul_overflow(row, n, &count) ||
+	    __builtin_mul_overflow(count, es, &bytes) || bytes != ilen - off)
+		return 0;
+	for (uint64_t i = 0; es == 4 && i < count; i++) {
+		uint32_t u = be32(img + off + 4 * i);
+		float v;
+		memcpy(&v, &u, 4);
+		if (!isfinite(v))
+			return 0;
+	}
+	if (!have_labels)
+		return 1;
+	if (llen != 8 + n || lab[0] || lab[1] || lab[2] != 0x08 || lab[3] != 1 ||
+	    be32(lab + 4) != n)
+		return 0;
+	for (uint64_t i = 0; classes && i < n; i++)
+		if (lab[8 + i] >= classes)
+			return 0;
+	return 1;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -120,13 +159,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_CHECK(!((flags & 3) == 2 && zimg >= 10));
 		FZ_CHECK(!(have_labels && (flags >> 3 & 3) == 2 && zlab >= 10));
 		check_content(ds, body, ilen, body + ilen, llen, have_labels,
-		              o.raw_pixels);
+		              o.raw_pixels, o.remap_labels);
 		dml_dataset_free(ds);
 	} else {
 		FZ_CHECK(rc == DML_EFORMAT || rc == DML_ETRUNC ||
 		         rc == DML_ETOOBIG || rc == DML_EDIM);
 		FZ_CHECK(ds == (dml_dataset *)(uintptr_t)0x1);
 		fz_check_err(err, errcap, rc);
+		/* intact files that are valid load, unless too large */
+		if ((flags & 3) <= 1 && (!have_labels || (flags >> 3 & 3) <= 1) &&
+		    rc != DML_ETOOBIG)
+			FZ_CHECK(!idx_valid(body, ilen, body + ilen, llen,
+			                    have_labels, o.classes));
 	}
 	free(err);
 	return 0;

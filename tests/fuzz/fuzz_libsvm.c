@@ -7,7 +7,8 @@
  *          `cut`, 3 gzip with a bit flipped at `cut`); bit 2: zero_based;
  *          bit 3: dense; bit 4: remap_labels; bit 5: opts.classes =
  *          classes; bit 6: opts.dim = dim; bit 7: max_line = 24
- *   opts   bits 0-1: max_bytes (default, 1 KiB, 64 KiB, 16 MiB);
+ *   opts   bits 0-1: max_bytes (default, 1 KiB, 64 KiB, 16 MiB; dense: 64 MiB
+ *          for the default);
  *          bits 2-3: the size of the error buffer (none, 1, 24, 256)
  *
  * The result is compared with a small reference reader written from the
@@ -150,7 +151,21 @@ static int ref_line(ref *r, char *s, size_t len, const dml_data_opts *o)
 	return 1;
 }
 
-/* Reads the whole text; 0 if the library must reject it. */
+/* Whether strtof may see more than one field: it skips any leading isspace
+ * character, so "\f 5" reads as one number, where the format separates
+ * fields by spaces and tabs. The library takes such text; the reference
+ * does not try to say what it holds. */
+static int ambiguous(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] == '\v' || p[i] == '\f' ||
+		    (p[i] == '\r' && i + 1 < n && is_sp((char)p[i + 1])))
+			return 1;
+	return 0;
+}
+
+/* Reads the whole text: 1 if the library must accept it, 0 if it must
+ * reject it, -1 if the reference cannot tell. */
 static int ref_read(ref *r, const uint8_t *p, size_t n, const dml_data_opts *o,
                     size_t max_line)
 {
@@ -176,7 +191,7 @@ static int ref_read(ref *r, const uint8_t *p, size_t n, const dml_data_opts *o,
 		s += len + 1;
 	}
 	free(line);
-	return ok;
+	return ambiguous(p, n) ? -1 : ok;
 }
 
 /* ---- comparing ---- */
@@ -246,6 +261,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	o.classes = flags >> 5 & 1 ? classes : 0;
 	o.dim = flags >> 6 & 1 ? dim : 0;
 	o.max_line = flags >> 7 ? 24 : 0;
+	/* stored dense, one line "1 100000000:1" takes 400 MB: the default
+	 * limit (4 GiB) is for real data sets, not for a fuzzer's memory */
+	if (o.dense && !o.max_bytes)
+		o.max_bytes = 1 << 26;
 	size_t errcap = errcaps[opt >> 2 & 3];
 	char *err = errcap ? malloc(errcap) : NULL;
 	if (err)
@@ -262,9 +281,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int ok = ref_read(&r, body, blen, &o, o.max_line ? o.max_line : 1 << 20);
 	if (rc == 0) {
 		fz_check_dataset(ds);
-		FZ_CHECK(ok);
-		FZ_CHECK(!(how == 2 && zlen >= 10)); /* a cut gzip stream */
-		check_same(ds, &r, &o);
+		/* a gzip stream cut short never loads (a file cut inside the
+		 * 10-byte gzip header is read as plain text: unknown content) */
+		FZ_CHECK(!(how == 2 && zlen >= 10));
+		if (how != 2 && ok >= 0) {
+			FZ_CHECK(ok == 1);
+			check_same(ds, &r, &o);
+		}
 		dml_dataset_free(ds);
 	} else {
 		FZ_CHECK(rc == DML_EFORMAT || rc == DML_ETRUNC ||
@@ -272,7 +295,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_CHECK(ds == (dml_dataset *)(uintptr_t)0x1);
 		fz_check_err(err, errcap, rc);
 		if (how <= 1 && rc != DML_ETOOBIG)
-			FZ_CHECK(!ok);
+			FZ_CHECK(ok != 1);
 	}
 	ref_free(&r);
 	free(err);

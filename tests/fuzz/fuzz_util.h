@@ -12,78 +12,6 @@
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
-/* A fully checked `err` of `cap` bytes after a failed load: NUL-terminated
- * inside its buffer, and saying something when there is room. */
-static inline void fz_check_err(const char *err, size_t cap, int rc)
-{
-	if (!cap)
-		return;
-	size_t n = strnlen(err, cap);
-	FZ_CHECK(n < cap);
-	if (cap > 1 && rc != DML_ENOMEM)
-		FZ_CHECK(n > 0);
-}
-
-/*
- * The invariants of a loaded data set (data.h): finite labels and values,
- * a consistent CSR layout, labels within the declared classes; then the
- * calls that read or reorder it (batch, slice, shard, shuffle, to_dense)
- * on small sets. Frees nothing.
- */
-static inline void fz_check_dataset(dml_dataset *ds)
-{
-	size_t n = dml_dataset_rows(ds), dim = dml_dataset_dim(ds);
-	size_t k = dml_dataset_classes(ds);
-	const float *y = dml_dataset_labels(ds);
-	FZ_CHECK(y || n == 0);
-	for (size_t i = 0; i < n; i++) {
-		FZ_CHECK(isfinite(y[i]));
-		if (k)
-			FZ_CHECK(y[i] >= 0 && y[i] < (float)k && y[i] == (float)(size_t)y[i]);
-	}
-	if (k) {
-		const float *cv = dml_dataset_class_values(ds);
-		FZ_CHECK(cv);
-		for (size_t i = 0; i < k; i++)
-			FZ_CHECK(isfinite(cv[i]));
-	}
-	dml_batch b;
-	FZ_CHECK(dml_dataset_batch(ds, 0, n, &b) == 0);
-	FZ_CHECK(b.n == n && b.dim == dim && b.y == y);
-	FZ_CHECK(!b.x != !b.indptr);
-	FZ_CHECK(!!b.indptr == dml_dataset_is_sparse(ds));
-	if (b.x) {
-		FZ_CHECK(dml_dataset_nnz(ds) == (uint64_t)n * dim);
-		for (size_t i = 0; i < n * dim; i++)
-			FZ_CHECK(isfinite(b.x[i]));
-	} else {
-		FZ_CHECK(b.indptr[n] - b.indptr[0] == dml_dataset_nnz(ds));
-		for (size_t r = 0; r < n; r++) {
-			FZ_CHECK(b.indptr[r] <= b.indptr[r + 1]);
-			for (uint64_t e = b.indptr[r]; e < b.indptr[r + 1]; e++) {
-				FZ_CHECK(b.idx[e] < dim && isfinite(b.val[e]));
-				if (e > b.indptr[r])
-					FZ_CHECK(b.idx[e] > b.idx[e - 1]);
-			}
-		}
-	}
-	FZ_CHECK(dml_dataset_batch(ds, n, 1, &b) == 0 && b.n == 0);
-	FZ_CHECK(dml_dataset_batch(ds, n + 1, 1, &b) == DML_EINVAL);
-	if ((uint64_t)n * (dim + 1) > (1u << 16))
-		return;
-	dml_dataset *s = NULL;
-	FZ_CHECK(dml_dataset_slice(ds, n / 3, n, &s) == 0);
-	FZ_CHECK(dml_dataset_rows(s) == n - n / 3 && dml_dataset_dim(s) == dim);
-	FZ_CHECK(dml_dataset_shuffle(s, n) == 0);
-	dml_dataset_free(s);
-	s = NULL;
-	FZ_CHECK(dml_dataset_shard(ds, 1, 2, &s) == 0);
-	FZ_CHECK(dml_dataset_rows(s) == n / 2);
-	int rc = dml_dataset_to_dense(s);
-	FZ_CHECK(rc == 0 || rc == DML_ETOOBIG || rc == DML_ENOMEM);
-	dml_dataset_free(s);
-}
-
 #endif
 
 #include <errno.h>
@@ -319,3 +247,4 @@ static inline void fz_check_dataset(dml_dataset *ds)
 }
 
 #endif
+
