@@ -697,6 +697,7 @@ static void test_failed_save_keeps_old(void **state)
 typedef struct saver {
 	pthread_t t;
 	int id, rc;
+	const char *path; /* in_dir's buffers are not for threads */
 } saver;
 
 static void *save_thread(void *arg)
@@ -707,7 +708,7 @@ static void *save_thread(void *arg)
 		v[i] = (uint32_t)(s->id * 100000 + i);
 	const dml__ckpt_sec sec = {1, v, sizeof v};
 	for (int i = 0; i < 5 && !s->rc; i++)
-		s->rc = dml__ckpt_save(in_dir("conc.ckpt"), (uint32_t)s->id, NULL, 0, &sec, 1, 1);
+		s->rc = dml__ckpt_save(s->path, (uint32_t)s->id, NULL, 0, &sec, 1, 1);
 	return NULL;
 }
 
@@ -715,9 +716,12 @@ static void test_concurrent_saves(void **state)
 {
 	(void)state;
 	saver s[4];
+	char path[600];
+	snprintf(path, sizeof path, "%s", in_dir("conc.ckpt"));
 	for (int i = 0; i < 4; i++) {
 		s[i].id = i;
 		s[i].rc = 0;
+		s[i].path = path;
 		assert_int_equal(pthread_create(&s[i].t, NULL, save_thread, &s[i]), 0);
 	}
 	for (int i = 0; i < 4; i++) {
