@@ -9,7 +9,10 @@
  *
  * Input: [mode][flags][level/store][nsec][meta_len u16][pos u16][xor][kind]
  *        [meta...][body...]
- *   mode   (mode & 3) == 0: the rest of the input is the file, as is
+ *   mode   (mode & 3) == 0: the rest of the input is the file, as is;
+ *          bit 2: with flags bit 0, a last section whose length runs past
+ *          the body is filled out by repeating its bytes (up to 256 KiB:
+ *          sections larger than the reader's buffers)
  *   flags  bit 0: body = the uncompressed sections, compressed here at
  *                 `level` (else body = the compressed data, used as is);
  *          bit 1: seal the section headers' CRCs in the body;
@@ -181,6 +184,34 @@ static uint32_t seal_sections(uint8_t *raw, size_t n, int seal)
 	return k;
 }
 
+#define FILL_MAX ((size_t)256 << 10)
+
+/* Extends the raw stream so that its last section, if cut short, gets all
+ * the bytes its header claims (by repeating those it has), within
+ * FILL_MAX. */
+static uint8_t *fill_sections(uint8_t *raw, size_t *n)
+{
+	size_t pos = 0;
+	while (*n - pos >= 16) {
+		uint64_t len = get64(raw + pos + 4);
+		size_t have = *n - pos - 16;
+		if (len <= have) {
+			pos += 16 + (size_t)len;
+			continue;
+		}
+		if (len > FILL_MAX - (pos + 16))
+			break;
+		uint8_t *more = fz_cycle(raw + pos + 16, have, (size_t)len);
+		uint8_t *r = realloc(raw, pos + 16 + (size_t)len + 1);
+		FZ_CHECK(r);
+		memcpy(r + pos + 16, more, (size_t)len);
+		free(more);
+		*n = pos + 16 + (size_t)len;
+		return r;
+	}
+	return raw;
+}
+
 static uint8_t *deflate_all(const uint8_t *p, size_t n, int level, size_t *len)
 {
 	z_stream zs;
@@ -237,6 +268,8 @@ static uint8_t *build(fz *in, unsigned *store, size_t *flen)
 	size_t clen, raw_len = 0;
 	uint32_t nsec = nsec8;
 	if (flags & 1) {
+		if (mode & 4)
+			body = fill_sections(body, &blen);
 		uint32_t k = seal_sections(body, blen, flags & 2);
 		if (flags & 4)
 			nsec = k;

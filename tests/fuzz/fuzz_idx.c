@@ -8,7 +8,10 @@
  *          bit 2: a labels file; bits 3-4: how it is stored; bit 5:
  *          raw_pixels; bit 6: remap_labels; bit 7: opts.classes = classes
  *   opts   bits 0-1: max_bytes (default, 1 KiB, 64 KiB, 16 MiB);
- *          bits 2-3: the size of the error buffer (none, 1, 24, 256)
+ *          bits 2-3: the size of the error buffer (none, 1, 24, 256);
+ *          bits 4-5: fill each file out to the size its header declares
+ *          (0: no; 1: exactly; 2: one byte short; 3: one byte over) by
+ *          repeating the bytes after the header, at most 512 KiB
  *   body   the images file; with labels, its first `split` bytes (modulo
  *          the body's length + 1), the labels file the rest
  *
@@ -110,6 +113,37 @@ static int idx_valid(const uint8_t *img, size_t ilen, const uint8_t *lab,
 	return 1;
 }
 
+#define FILL_MAX ((uint64_t)512 << 10)
+
+/* An IDX file filled out to the size its header declares, plus `delta`
+ * bytes (-1, 0, 1), by repeating its data; as is if its header is cut. */
+static uint8_t *fill_idx(const uint8_t *p, size_t n, int delta, size_t *len)
+{
+	size_t off = n >= 4 ? 4 + 4 * (size_t)p[3] : SIZE_MAX;
+	if (off > n || p[3] == 0) {
+		*len = n;
+		return fz_cycle(p, n, n);
+	}
+	uint64_t want = p[2] == 0x0D ? 4 : 1;
+	for (size_t d = 0; d < p[3]; d++)
+		if (__builtin_mul_overflow(want, (uint64_t)be32(p + 4 + 4 * d), &want))
+			want = UINT64_MAX;
+	if (want > FILL_MAX)
+		want = FILL_MAX;
+	else if (delta < 0 && want)
+		want--;
+	else if (delta > 0)
+		want++;
+	uint8_t *data = fz_cycle(p + off, n - off, (size_t)want);
+	uint8_t *out = malloc(off + (size_t)want + 1);
+	FZ_CHECK(out);
+	memcpy(out, p, off);
+	memcpy(out + off, data, (size_t)want);
+	free(data);
+	*len = off + (size_t)want;
+	return out;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -121,17 +155,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	uint16_t split = fz_u16(&in), cut = fz_u16(&in);
 	size_t blen;
 	const uint8_t *body = fz_take(&in, SIZE_MAX, &blen);
-	int have_labels = flags >> 2 & 1;
+	int have_labels = flags >> 2 & 1, fill = opt >> 4 & 3;
 	size_t ilen = have_labels ? split % (blen + 1) : blen;
 	size_t llen = blen - ilen;
+	uint8_t *img, *lab;
+	if (fill) {
+		int delta = fill == 1 ? 0 : fill == 2 ? -1 : 1;
+		img = fill_idx(body, ilen, delta, &ilen);
+		lab = fill_idx(body + (blen - llen), llen, delta, &llen);
+	} else {
+		img = fz_cycle(body, ilen, ilen);
+		lab = fz_cycle(body + ilen, llen, llen);
+	}
 
 	size_t zlen;
-	uint8_t *z = fz_encode_file(flags & 3, body, ilen, level, cut, &zlen);
+	uint8_t *z = fz_encode_file(flags & 3, img, ilen, level, cut, &zlen);
 	fz_file_set(&images, z, zlen);
 	free(z);
 	size_t zimg = zlen, zlab = 0;
 	if (have_labels) {
-		z = fz_encode_file(flags >> 3 & 3, body + ilen, llen, level, cut, &zlen);
+		z = fz_encode_file(flags >> 3 & 3, lab, llen, level, cut, &zlen);
 		fz_file_set(&labels, z, zlen);
 		free(z);
 		zlab = zlen;
@@ -158,7 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* a gzip stream cut short never loads */
 		FZ_CHECK(!((flags & 3) == 2 && zimg >= 10));
 		FZ_CHECK(!(have_labels && (flags >> 3 & 3) == 2 && zlab >= 10));
-		check_content(ds, body, ilen, body + ilen, llen, have_labels,
+		check_content(ds, img, ilen, lab, llen, have_labels,
 		              o.raw_pixels, o.remap_labels);
 		dml_dataset_free(ds);
 	} else {
@@ -169,9 +212,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* intact files that are valid load, unless too large */
 		if ((flags & 3) <= 1 && (!have_labels || (flags >> 3 & 3) <= 1) &&
 		    rc != DML_ETOOBIG)
-			FZ_CHECK(!idx_valid(body, ilen, body + ilen, llen,
+			FZ_CHECK(!idx_valid(img, ilen, lab, llen,
 			                    have_labels, o.classes));
 	}
 	free(err);
+	free(img);
+	free(lab);
 	return 0;
 }

@@ -8,8 +8,9 @@
  *          bit 3: dense; bit 4: remap_labels; bit 5: opts.classes =
  *          classes; bit 6: opts.dim = dim; bit 7: max_line = 24
  *   opts   bits 0-1: max_bytes (default, 1 KiB, 64 KiB, 16 MiB; dense: 64 MiB
- *          for the default);
- *          bits 2-3: the size of the error buffer (none, 1, 24, 256)
+ *          for the default); bits 2-3: the size of the error buffer (none,
+ *          1, 24, 256); bits 4-7: r, the file is the body repeated 2^r
+ *          times (at most 256 KiB: long lines, many rows)
  *
  * The result is compared with a small reference reader written from the
  * format's description in include/distml/data.h: what the library accepts
@@ -245,7 +246,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int level = fz_u8(&in) % 10, how = flags & 3;
 	uint16_t cut = fz_u16(&in);
 	size_t blen;
-	const uint8_t *body = fz_take(&in, SIZE_MAX, &blen);
+	const uint8_t *given = fz_take(&in, SIZE_MAX, &blen);
+	size_t reps = (size_t)1 << (opt >> 4);
+	if (blen && reps > ((size_t)256 << 10) / blen)
+		reps = ((size_t)256 << 10) / blen;
+	uint8_t *body = fz_cycle(given, blen, blen * (reps ? reps : 1));
+	blen *= reps ? reps : 1;
 
 	size_t zlen;
 	uint8_t *z = fz_encode_file(how, body, blen, level, cut, &zlen);
@@ -275,6 +281,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (o.remap_labels && o.classes) {
 		FZ_CHECK(rc == DML_EINVAL);
 		free(err);
+		free(body);
 		return 0;
 	}
 	ref r;
@@ -299,5 +306,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	ref_free(&r);
 	free(err);
+	free(body);
 	return 0;
 }

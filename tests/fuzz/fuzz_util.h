@@ -132,6 +132,26 @@ static inline void fz_file_set(fz_file *f, const void *p, size_t n)
 	}
 }
 
+/* `want` bytes that repeat p[0..n) (zeros if n is 0), in a new buffer: big
+ * inputs (past the readers' chunk sizes) from small ones. */
+static inline uint8_t *fz_cycle(const uint8_t *p, size_t n, size_t want)
+{
+	uint8_t *out = malloc(want ? want : 1);
+	FZ_CHECK(out);
+	if (!n) {
+		memset(out, 0, want);
+		return out;
+	}
+	size_t have = want < n ? want : n;
+	memcpy(out, p, have);
+	while (have < want) { /* doubling: few calls, whatever n is */
+		size_t k = want - have < have ? want - have : have;
+		memcpy(out + have, out, k);
+		have += k;
+	}
+	return out;
+}
+
 /* The gzip encoding of p[0..n) at `level` (0-9), in a new buffer. */
 static inline uint8_t *fz_gzip(const void *p, size_t n, int level, size_t *len)
 {
@@ -166,6 +186,8 @@ static inline uint8_t *fz_encode_file(int how, const uint8_t *p, size_t n,
 		*len = n;
 		return c;
 	}
+	if (n > 65536 && level > 1)
+		level = 1; /* big files: speed over size */
 	uint8_t *z = fz_gzip(p, n, level, len);
 	if (how == 2 && *len)
 		*len = cut % *len;

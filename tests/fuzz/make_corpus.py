@@ -113,6 +113,12 @@ def idxs():
     write("idx", "f32_4d", idx_input(0x20, idx(0x0D, [2, 1, 2, 2], [0.5, -1.0, 2.5, 3.0, 0, 1e-3, 7, -7])))
     write("idx", "u8_classes", idx_input(0x84, img + lab, split=len(img), classes=3))
     write("idx", "u8_remap_gzip_cut", idx_input(0x46, img + lab, split=len(img), cut=20))
+    # 70000 images of 2x2 and their labels, filled out from a few bytes
+    # (opts bits 4-5 = 1): past the reader's first allocation and chunk
+    big = idx(0x08, [70000, 2, 2], range(0, 250, 10))
+    big_lab = idx(0x08, [70000], [1, 0, 3, 2])
+    write("idx", "u8_big_fill", idx_input(0x0D, big + big_lab, split=len(big),
+                                          opts=(3 << 2) | (1 << 4)))
 
 
 # ---- LIBSVM: [flags][opts][dim][classes][level][cut u16][body] ----
@@ -134,6 +140,11 @@ def svms():
     zero = b"2 0:1 1:2\n0 2:3\n1 0:0.25\n"
     write("libsvm", "zero_based_classes_dim", svm_input(0x64, zero, dim=4, classes=3))
     write("libsvm", "long_line", svm_input(0x80, b"1 1:1\n2 1:1 2:2 3:3 4:4 5:5\n"))
+    # repeated 2^r times (opts bits 4-7): many rows; one line of 176 KB, cut to 256 KiB at most
+    write("libsvm", "many_rows", svm_input(0x00, b"1 1:0.5 3:2\n-1 2:1 7:1e-2\n",
+                                           opts=(3 << 2) | (10 << 4)))
+    write("libsvm", "long_comment", svm_input(0x01, b"# ten bytes",
+                                              opts=(3 << 2) | (14 << 4)))
 
 
 # ---- checkpoints: [mode][flags][ls][nsec][meta_len u16][pos u16][xor][kind]
@@ -190,6 +201,9 @@ def ckpts():
     # a whole file, built here from docs/checkpoint.md
     f = ckpt_file(PS, ps_meta(1, 1), [(1, floats(0.25)), (2, floats(-1))])
     write("ckpt", "raw_file", bytes([0, 0, 4 << 4]) + bytes(7) + f)
+    # a 100000-byte section from 12 bytes (mode bit 2), stored (level 0)
+    big = struct.pack("<IQ", 4, 100000) + b"\0\0\0\0" + b"0123456789ab"
+    write("ckpt", "big_section_stored", ckpt_input(1 | 4, 0x07, 1, 0, b"", big, kind=2))
     # damaged: a bit flipped in the compressed data
     write("ckpt", "ps_sgd_flipped", ckpt_input(1, 0x3F, (2 << 4) | 0, 0, ps_meta(4, 0),
                                                sec(1, floats(1, 2, 3, 4)), pos=140, xor=4))
