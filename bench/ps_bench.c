@@ -26,6 +26,8 @@
 
 #include <distml.h>
 
+#include "bench.h"
+
 #define ROUNDS 5
 #define LOCAL_DIM (1000 * 1000)
 #define REMOTE_DIM (10 * 1000 * 1000)
@@ -33,29 +35,10 @@
 
 static double secs = 0.3;
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *what, int rc)
+_Noreturn static void die(const char *what, int rc)
 {
 	fprintf(stderr, "ps_bench: %s: %s\n", what, rc < 0 ? dml_strerror(rc) : "failed");
 	exit(1);
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* ---- 1. local updates ----------------------------------------------- */
@@ -132,36 +115,6 @@ static double run_updaters(int kind, int threads, float *plain, global_ps *g,
 }
 
 /* ---- 2. remote push + pull vs raw TCP ------------------------------- */
-
-static int write_all(int fd, const void *p, size_t n)
-{
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w <= 0)
-			return -1;
-		p = (const char *)p + w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-	while (n) {
-		ssize_t r = recv(fd, p, n, 0);
-		if (r <= 0)
-			return -1;
-		p = (char *)p + r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
-static void nodelay(int fd)
-{
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
 
 /* The raw peer: reads a 40 MB message and sends 40 MB back. */
 static void *raw_server(void *arg)

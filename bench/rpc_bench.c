@@ -33,6 +33,8 @@
 
 #include <distml.h>
 
+#include "bench.h"
+
 #include "../examples/arith.h"
 
 #define ROUNDS 5
@@ -68,14 +70,7 @@ static void place(pthread_t dml_srv, pthread_t raw_srv, int same)
 	pin(raw_srv, scpu);
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *what, int rc)
+_Noreturn static void die(const char *what, int rc)
 {
 	fprintf(stderr, "rpc_bench: %s: %s\n", what, rc < 0 ? dml_strerror(rc) : "failed");
 	exit(1);
@@ -186,36 +181,6 @@ static int raw_listen(int *port)
 	return fd;
 }
 
-static void nodelay(int fd)
-{
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-static int write_all(int fd, const void *p, size_t n)
-{
-	while (n) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w <= 0)
-			return -1;
-		p = (const char *)p + w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-	while (n) {
-		ssize_t r = recv(fd, p, n, 0);
-		if (r <= 0)
-			return -1;
-		p = (char *)p + r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
-
 static void *raw_server(void *arg)
 {
 	int lfd = *(int *)arg;
@@ -322,18 +287,6 @@ static double raw_bulk(int fd, float *v)
 }
 
 /* ---- main ------------------------------------------------------------ */
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 int main(int argc, char **argv)
 {
