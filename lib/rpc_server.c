@@ -809,7 +809,9 @@ static int late(int64_t now, int64_t since, dml_duration limit)
 	return limit >= 0 && since && now - since > limit;
 }
 
-/* Whether a connection has outstayed a timeout (its owner asks). */
+/* Whether a connection has outstayed a timeout (its owner asks): 0 no,
+ * 1 yes, 2 its peer stopped reading (it is then reset, so that the kernel
+ * does not go on holding the unsent replies). */
 static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
 {
 	pthread_mutex_lock(&c->omu);
@@ -818,7 +820,7 @@ static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
 	if (late(now, atomic_load(&c->frame_at), s->o.frame_timeout))
 		return 1;
 	if (pending && late(now, atomic_load(&c->tx_at), s->o.write_timeout))
-		return 1;
+		return 2;
 	return !pending && !atomic_load(&c->deferred) && !atomic_load(&c->frame_at) &&
 	       late(now, atomic_load(&c->rx_at), s->o.idle_timeout);
 }
@@ -832,7 +834,12 @@ static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events
 	if (!conn_acquire(c, gen))
 		return;
 	if (events == EV_SWEEP) {
-		if (conn_expired(s, c, dml__now_ms())) {
+		int why = conn_expired(s, c, dml__now_ms());
+		if (why) {
+			if (why == 2) {
+				struct linger l = {1, 0}; /* close with a reset */
+				(void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+			}
 			conn_close(s, c);
 			return;
 		}
