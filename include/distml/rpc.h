@@ -64,7 +64,8 @@ typedef struct dml_rpc_server_opts {
 	dml_duration frame_timeout; /* a frame begun must arrive whole within
 	                               this (0 = 30 s): slow or stalled senders */
 	dml_duration write_timeout; /* unsent replies must make progress within
-	                               this (0 = 30 s): peers that do not read */
+	                               this (0 = 30 s): peers that do not read
+	                               are reset (abortive close) */
 	dml_duration idle_timeout;  /* nothing received, nothing to send and no
 	                               deferred reply owed for this long
 	                               (0 = 10 min) */
