@@ -49,6 +49,13 @@ const char *dml_version(void)
 
 int dml_version_number(void) { return DML_VERSION_NUMBER; }
 
+int64_t dml__now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int64_t dml__now_ms(void)
 {
 	struct timespec ts;

@@ -40,6 +40,9 @@ static inline uint64_t dml__get_u64(const uint8_t *p)
 /* Monotonic clock in milliseconds. */
 int64_t dml__now_ms(void);
 
+/* Monotonic clock in microseconds (for short busy-polls). */
+int64_t dml__now_us(void);
+
 /* Absolute deadline (ms, monotonic) for a relative timeout; -1 = never. */
 int64_t dml__deadline(dml_duration timeout);
 

@@ -493,7 +493,18 @@ static int read_step(dml_rpc_client *c, int64_t deadline)
 	if (c->bg.active) {
 		rc = big_read(c);
 	} else {
-		ssize_t r = dml__read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+		uint8_t *at = c->in.data + c->in.len;
+		size_t room = c->in.cap - c->in.len;
+		ssize_t r = DML_EAGAIN;
+		if (c->o.spin_us) { /* busy-poll first, bounded; poll() does not
+		                       lock the socket against arriving data */
+			int64_t until = dml__now_us() + c->o.spin_us;
+			struct pollfd p = {c->fd, POLLIN, 0};
+			while (poll(&p, 1, 0) == 0 && dml__now_us() < until)
+				;
+		}
+		if (r == DML_EAGAIN)
+			r = dml__read(c->fd, at, room);
 		if (r > 0)
 			c->in.len += (size_t)r;
 		rc = r > 0 ? 0 : (int)r;
@@ -948,7 +959,8 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 		o.call_timeout = DML_INFINITE;
 	if (!o.max_frame)
 		o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
-	if (o.backoff_min < 0 || o.backoff_max < 0 || o.max_in_flight < 0)
+	if (o.backoff_min < 0 || o.backoff_max < 0 || o.max_in_flight < 0 ||
+	    o.spin_us < 0 || o.spin_us > DML_RPC_MAX_SPIN_US)
 		return DML_EINVAL;
 	if (!o.max_in_flight)
 		o.max_in_flight = DML_RPC_DEFAULT_MAX_IN_FLIGHT;

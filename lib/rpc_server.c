@@ -132,6 +132,7 @@ struct dml_rpc_server {
 	atomic_int stopped;
 	_Atomic int64_t next_sweep; /* ms; the next timeout check */
 	atomic_int sweeping;
+	atomic_int spinning; /* a run thread busy-polls (opts.spin_us) */
 	struct {
 		dml_duration period;
 		int64_t next; /* ms */
@@ -243,7 +244,7 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		s->o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
 	if (!s->o.max_conns)
 		s->o.max_conns = DML_RPC_DEFAULT_MAX_CONNS;
-	if (s->o.max_deferred < 0) {
+	if (s->o.max_deferred < 0 || s->o.spin_us < 0 || s->o.spin_us > DML_RPC_MAX_SPIN_US) {
 		free(s);
 		return DML_EINVAL;
 	}
@@ -966,12 +967,30 @@ int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
 	return handled;
 }
 
+/* After work, polls without sleeping until spin_us pass with nothing to
+ * do (opts.spin_us), if no other thread does so already: the next request
+ * then finds this thread awake. What dml_rpc_server_poll returns. */
+static int spin(dml_rpc_server *s)
+{
+	int zero = 0, rc = 0;
+	if (!atomic_compare_exchange_strong(&s->spinning, &zero, 1))
+		return 0;
+	int64_t until = dml__now_us() + s->o.spin_us;
+	while (rc >= 0 && dml__now_us() < until)
+		if ((rc = dml_rpc_server_poll(s, 0)) > 0)
+			until = dml__now_us() + s->o.spin_us;
+	atomic_store(&s->spinning, 0);
+	return rc;
+}
+
 int dml_rpc_server_run(dml_rpc_server *s)
 {
 	if (!s)
 		return DML_EINVAL;
 	for (;;) {
 		int rc = dml_rpc_server_poll(s, DML_INFINITE);
+		if (rc > 0 && s->o.spin_us)
+			rc = spin(s);
 		if (rc == DML_ESTOPPED)
 			return 0;
 		if (rc < 0)

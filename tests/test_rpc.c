@@ -538,6 +538,41 @@ static void test_deadline(void **state)
 	gate_destroy(&the_gate);
 }
 
+/* spin_us: out-of-range values are refused; spinning servers and clients
+ * (a client shared by 8 threads, and 8 clients of their own) give exact
+ * results; a deadline still holds while the client spins; stop ends
+ * runners that spin. */
+static void test_spin(void **state)
+{
+	(void)state;
+	dml_rpc_server *s;
+	dml_rpc_client *c;
+	int bad[] = {-1, DML_RPC_MAX_SPIN_US + 1};
+	for (int i = 0; i < 2; i++) {
+		dml_rpc_server_opts so = {.spin_us = bad[i]};
+		assert_int_equal(dml_rpc_server_new(&s, &so), DML_EINVAL);
+		dml_rpc_client_opts co = {.spin_us = bad[i]};
+		assert_int_equal(dml_rpc_dial(&c, "127.0.0.1:1", &co), DML_EINVAL);
+	}
+	gate_init(&the_gate);
+	dml_rpc_server_opts so = {.spin_us = 200};
+	fixture f;
+	serve(&f, "127.0.0.1:0", &so, 2);
+	dml_rpc_client_opts co = {.spin_us = 200};
+	assert_int_equal(dml_rpc_dial(&c, f.addr, &co), 0);
+	for (int i = 0; i < 1000; i++)
+		assert_int_equal(mul(c, i, 3), 3 * i);
+	run_workers(f.addr, c, 300);
+	run_workers(f.addr, NULL, 300);
+	assert_int_equal(dml_rpc_call(c, &m_gate, NULL, NULL, 50), DML_ETIMEDOUT);
+	sem_wait(&the_gate.entered);
+	gate_open(&the_gate);
+	assert_int_equal(mul(c, 9, 9), 81);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+	gate_destroy(&the_gate);
+}
+
 static void test_stop_in_flight(void **state)
 {
 	(void)state;
@@ -1390,6 +1425,7 @@ int main(void)
 		cmocka_unit_test(test_server_timeouts),
 		cmocka_unit_test(test_client_reconnect),
 		cmocka_unit_test(test_deadline),
+		cmocka_unit_test(test_spin),
 		cmocka_unit_test(test_stop_in_flight),
 		cmocka_unit_test(test_close_pending),
 		cmocka_unit_test(test_hostile_frames),

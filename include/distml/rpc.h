@@ -34,6 +34,7 @@ extern "C" {
 #define DML_RPC_DEFAULT_MAX_CONNS 4096
 #define DML_RPC_DEFAULT_MAX_IN_FLIGHT 65536 /* calls pending on one client */
 #define DML_RPC_DEFAULT_MAX_DEFERRED 1024   /* deferred replies owed per connection */
+#define DML_RPC_MAX_SPIN_US 10000          /* largest spin_us accepted */
 #define DML_RPC_MAX_METHOD 255   /* longest method name, bytes */
 #define DML_RPC_ERRMSG_MAX 256   /* longest error message kept, with NUL */
 
@@ -72,6 +73,11 @@ typedef struct dml_rpc_server_opts {
 	int max_deferred;           /* deferred replies owed on one connection;
 	                               beyond it dml_rpc_defer returns DML_EBUSY
 	                               (0 = 1024) */
+	int spin_us;                /* a dml_rpc_server_run thread that found
+	                               work polls for more for up to this many
+	                               microseconds before it sleeps; one thread
+	                               spins at a time (0 = never; at most
+	                               10000): less latency for more CPU */
 } dml_rpc_server_opts;
 
 /*
@@ -210,6 +216,11 @@ typedef struct dml_rpc_client_opts {
 	dml_duration backoff_max;  /* longest wait, doubling up to it (0 = 5 s) */
 	int max_in_flight;         /* calls pending at once; beyond it
 	                              dml_rpc_go returns DML_EBUSY (0 = 65536) */
+	int spin_us;               /* a thread waiting for replies polls the
+	                              socket for up to this many microseconds
+	                              before it sleeps (0 = never; at most
+	                              10000): less latency for more CPU, when
+	                              client and server are on different cores */
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
