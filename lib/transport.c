@@ -218,10 +218,10 @@ int dml__unix_path(int fd, char *buf, size_t cap)
 	return 0;
 }
 
-static ssize_t recv_flags(int fd, void *buf, size_t len, int flags)
+ssize_t dml__read(int fd, void *buf, size_t len)
 {
 	for (;;) {
-		ssize_t n = recv(fd, buf, len, flags);
+		ssize_t n = recv(fd, buf, len, 0);
 		if (n > 0)
 			return n;
 		if (n == 0)
@@ -232,16 +232,6 @@ static ssize_t recv_flags(int fd, void *buf, size_t len, int flags)
 			return DML_EAGAIN;
 		return DML_ECONNLOST;
 	}
-}
-
-ssize_t dml__read(int fd, void *buf, size_t len)
-{
-	return recv_flags(fd, buf, len, 0);
-}
-
-ssize_t dml__read_now(int fd, void *buf, size_t len)
-{
-	return recv_flags(fd, buf, len, MSG_DONTWAIT);
 }
 
 ssize_t dml__writev(int fd, const struct iovec *iov, int n)

@@ -33,9 +33,6 @@ int dml__unix_path(int fd, char *buf, size_t cap);
 /* One read: bytes read (> 0), DML_EAGAIN, DML_ECONNLOST on EOF/reset. */
 ssize_t dml__read(int fd, void *buf, size_t len);
 
-/* The same, never blocking (DML_EAGAIN when nothing is there). */
-ssize_t dml__read_now(int fd, void *buf, size_t len);
-
 /* One gather write: bytes written (>= 0), DML_EAGAIN or DML_ECONNLOST.
  * Never raises SIGPIPE. */
 ssize_t dml__writev(int fd, const struct iovec *iov, int n);
