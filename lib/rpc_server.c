@@ -34,6 +34,11 @@
 
 #define MAX_LISTENERS 8
 #define READ_CHUNK (16 * 1024)
+/* An input buffer grown past BIG_IN for a large frame is kept for the next
+ * one, and freed once BIG_KEEP_MS pass without one: fresh pages for every
+ * large frame would cost more than reading it. */
+#define BIG_IN (64 * READ_CHUNK)
+#define BIG_KEEP_MS 1000
 #define EVENTS_PER_POLL 8
 #define ACCEPTS_PER_EVENT 64
 #define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
@@ -74,6 +79,7 @@ struct conn {
 	atomic_int deferred;        /* deferred replies owed */
 	dml__buf scratch; /* argument/reply structs, aligned payload copies */
 	method_ent *last; /* the method of the previous request */
+	int64_t big_at;   /* ms: in was last grown or used past BIG_IN; 0 = not */
 };
 
 struct dml_rpc_ctx {
@@ -133,6 +139,7 @@ struct dml_rpc_server {
 	_Atomic int64_t next_sweep; /* ms; the next timeout check */
 	atomic_int sweeping;
 	atomic_int spinning; /* a run thread busy-polls (opts.spin_us) */
+	atomic_int nbig;     /* connections keeping a large input buffer */
 	struct {
 		dml_duration period;
 		int64_t next; /* ms */
@@ -359,6 +366,7 @@ static void conn_release_io(conn *c)
 	dml__buf_free(&c->scratch);
 	c->rpos = c->opos = 0;
 	c->last = NULL;
+	c->big_at = 0;
 }
 
 void dml_rpc_server_free(dml_rpc_server *s)
@@ -421,6 +429,8 @@ static uint64_t conn_cookie(const conn *c, uint32_t gen)
  * events and deferred replies miss; the slot goes back to the free list. */
 static void conn_close(dml_rpc_server *s, conn *c)
 {
+	if (c->big_at)
+		atomic_fetch_sub(&s->nbig, 1);
 	pthread_mutex_lock(&c->omu);
 	uint32_t gen = conn_gen(c) + 1;
 	atomic_store(&c->open, 0);
@@ -660,12 +670,40 @@ static int conn_flush(conn *c, int *backlog)
 	return rc;
 }
 
+/* Notes that c->in is large (BIG_IN) and in use; the sweep then comes at
+ * least every BIG_KEEP_MS to free it once it is no longer used. */
+static void big_use(dml_rpc_server *s, conn *c)
+{
+	int64_t now = dml__now_ms();
+	if (!c->big_at) {
+		atomic_fetch_add(&s->nbig, 1);
+		int64_t next = atomic_load(&s->next_sweep);
+		while (next > now + BIG_KEEP_MS &&
+		       !atomic_compare_exchange_weak(&s->next_sweep, &next, now + BIG_KEEP_MS))
+			;
+	}
+	c->big_at = now;
+}
+
+/* Frees a large input buffer, holding nothing, unused for BIG_KEEP_MS. */
+static void big_release(dml_rpc_server *s, conn *c)
+{
+	if (c->big_at && c->rpos == c->in.len && dml__now_ms() - c->big_at >= BIG_KEEP_MS) {
+		dml__buf_free(&c->in);
+		c->rpos = 0;
+		c->big_at = 0;
+		atomic_fetch_sub(&s->nbig, 1);
+	}
+}
+
 /* Makes room to read the rest of a frame of `total` bytes whose first
  * bytes sit at rpos; places it so that its payload is 8-aligned. */
-static int conn_make_room(conn *c, size_t total, size_t name_len)
+static int conn_make_room(dml_rpc_server *s, conn *c, size_t total, size_t name_len)
 {
 	size_t have = c->in.len - c->rpos;
 	size_t shift = (8 - (DML__FRAME_HDR + name_len) % 8) % 8;
+	if (shift + total > BIG_IN)
+		big_use(s, c);
 	if (c->rpos == shift && c->in.cap >= shift + total)
 		return 0;
 	if (c->in.cap < shift + total) {
@@ -707,8 +745,7 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 	}
 	if (c->rpos == c->in.len) {
 		c->rpos = c->in.len = 0;
-		if (c->in.cap > 64 * READ_CHUNK) /* after a large frame */
-			dml__buf_free(&c->in);
+		big_release(s, c); /* after large frames, if they stopped */
 	}
 	return 0;
 }
@@ -737,7 +774,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
 			return DML_ENOMEM;
 		if (partial) {
-			if ((rc = conn_make_room(c, fr.total, fr.name_len)))
+			if ((rc = conn_make_room(s, c, fr.total, fr.name_len)))
 				return rc;
 		} else if (c->in.cap - c->in.len < DML__FRAME_HDR * 4) {
 			size_t have = c->in.len - c->rpos;
@@ -836,6 +873,8 @@ static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events
 		return;
 	if (events == EV_SWEEP) {
 		int why = conn_expired(s, c, dml__now_ms());
+		if (!why)
+			big_release(s, c);
 		if (why) {
 			if (why == 2) {
 				struct linger l = {1, 0}; /* close with a reset */
@@ -869,7 +908,8 @@ static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events
 }
 
 /* How often to sweep: a quarter of the shortest timeout, or the shortest
- * tick period; -1 = never. */
+ * tick period, or BIG_KEEP_MS while large input buffers are kept; -1 =
+ * never. */
 static dml_duration sweep_period(const dml_rpc_server *s)
 {
 	dml_duration t = -1, v[3] = {s->o.frame_timeout, s->o.write_timeout, s->o.idle_timeout};
@@ -879,6 +919,8 @@ static dml_duration sweep_period(const dml_rpc_server *s)
 	for (int i = 0; i < s->nticks; i++)
 		if (t < 0 || s->ticks[i].period < t)
 			t = s->ticks[i].period;
+	if (atomic_load(&s->nbig) && (t < 0 || t > BIG_KEEP_MS))
+		t = BIG_KEEP_MS; /* large input buffers to free */
 	return t < 0 ? -1 : t < 10 ? 10 : t;
 }
 
