@@ -332,7 +332,7 @@ static int load(dml_dataset **out, idx_file *img, idx_file *lab,
 	if (labels_path && (o->classes || n))
 		rc = dml__dataset_set_class_info(ds, o->classes ? o->classes
 		                                                : (size_t)max_label + 1);
-	if (!rc && o->remap_labels)
+	if (!rc && o->remap_labels && labels_path) /* no labels: nothing to remap */
 		rc = dml_dataset_remap_labels(ds, NULL);
 	if (rc) {
 		dml_dataset_free(ds);

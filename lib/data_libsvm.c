@@ -70,6 +70,14 @@ static int fail(parser *p, int code, const char *fmt, ...)
 static int is_space(char c) { return c == ' ' || c == '\t'; }
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
+/* Whether a number may start with c: strtof would skip other white space
+ * (\f, \v, \r) first, which the format does not allow. */
+static int number_start(char c)
+{
+	return is_digit(c) || c == '+' || c == '-' || c == '.' ||
+	       ((c | 32) >= 'a' && (c | 32) <= 'z'); /* inf, nan: refused below */
+}
+
 /* Length of the field at s (up to a space or the end), capped for
  * messages. */
 static int field_len(const char *s)
@@ -140,7 +148,7 @@ static int parse_label(parser *p, char **s, float *label)
 {
 	char *end;
 	errno = 0;
-	float v = strtof(*s, &end);
+	float v = number_start(**s) ? strtof(*s, &end) : (end = *s, 0.0f);
 	if (end == *s || (*end && !is_space(*end)))
 		return fail(p, DML_EFORMAT, "bad label '%.*s'", field_len(*s), *s);
 	if (!isfinite(v))
@@ -207,7 +215,7 @@ static int parse_entry(parser *p, char **s, int64_t prev)
 	if (!*v || is_space(*v))
 		return fail(p, DML_EFORMAT, "missing value after '%.*s'",
 		            (int)(v - f), f);
-	float x = strtof(v, &end);
+	float x = number_start(*v) ? strtof(v, &end) : (end = v, 0.0f);
 	if (end == v || (*end && !is_space(*end)))
 		return fail(p, DML_EFORMAT, "bad value in '%.*s'", field_len(f), f);
 	if (!isfinite(x))

@@ -170,6 +170,13 @@ static void test_idx_u8(void **state)
 		assert_int_equal(dml_dataset_classes(ds), 0);
 		assert_true(dml_dataset_labels(ds)[2] == 0.0f);
 		dml_dataset_free(ds);
+		/* remap_labels without labels: still no classes */
+		dml_data_opts rm = {0};
+		rm.remap_labels = 1;
+		assert_int_equal(dml_dataset_load_idx(&ds, ip, NULL, &rm, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_classes(ds), 0);
+		assert_null(dml_dataset_class_values(ds));
+		dml_dataset_free(ds);
 	}
 }
 
@@ -479,6 +486,10 @@ static void test_libsvm_malformed(void **state)
 		{"1 1:1 qid:2\n", DML_EFORMAT, ":1: qid after the features"},
 		{"1 qid:x 1:1\n", DML_EFORMAT, ":1: bad qid"},
 		{"1 1:1\n1 1:1\r2:1\n", DML_EFORMAT, ":2: bad value"},
+		{"1 2:\f3\n", DML_EFORMAT, ":1: bad value"}, /* strtof would skip \f */
+		{"1 2:\v3\n", DML_EFORMAT, ":1: bad value"},
+		{"1 2:\r 3\n", DML_EFORMAT, ":1: bad value"},
+		{"\v1 1:1\n", DML_EFORMAT, ":1: bad label"},
 	};
 	char err[256], name[32];
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

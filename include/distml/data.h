@@ -72,7 +72,8 @@ typedef struct dml_data_opts {
 	 * and dml_dataset_classes reports `classes`. Not with remap_labels. */
 	size_t classes;
 	/* Labels: after loading, map the distinct labels in ascending order to
-	 * 0..k-1 (see dml_dataset_remap_labels). */
+	 * 0..k-1 (see dml_dataset_remap_labels). Ignored by an IDX load
+	 * without a labels file (its labels are all 0, and it has no classes). */
 	int remap_labels;
 } dml_data_opts;
 
@@ -116,7 +117,8 @@ DML_API int dml_dataset_load_idx(dml_dataset **out, const char *images_path,
 
 /*
  * LIBSVM / SVMlight text: one row per line, "label idx:val idx:val ...".
- * Labels and values are decimal floats (strtof syntax, finite); indices are
+ * Labels and values are decimal floats (strtof syntax, finite, starting
+ * with a digit, sign or '.': no other white space before them); indices are
  * decimal integers, 1-based unless opts->zero_based, strictly ascending
  * within a line. Fields are separated by spaces or tabs; "\r\n" line ends are
  * accepted; everything from '#' to the end of the line is a comment; blank
