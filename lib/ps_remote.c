@@ -27,9 +27,13 @@ struct dml__ps_remote {
 	dml_duration retry_timeout;
 	uint64_t client_id;
 	/* a push takes its number and is queued under its shard's lock, so
-	 * that numbers go out in order (the server's window relies on it) */
+	 * that numbers go out in order (the server's window relies on it);
+	 * fewer than PSW_WINDOW numbered pushes are unfinished at once, so
+	 * that a resend always falls inside the window */
 	pthread_mutex_t mu[MAX_SHARDS];
+	pthread_cond_t room[MAX_SHARDS];
 	uint64_t seq[MAX_SHARDS];
+	int unfinished[MAX_SHARDS];
 };
 
 static uint64_t fresh_id(void)
@@ -89,8 +93,10 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 		free(ps);
 		return rc;
 	}
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
 		pthread_mutex_init(&r->mu[i], NULL);
+		pthread_cond_init(&r->room[i], NULL);
+	}
 	ps->dim = r->off[n];
 	ps->remote = r;
 	ps->workers = (int)info[0].workers;
@@ -101,8 +107,10 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 
 void dml__psr_free(dml_ps *ps)
 {
-	for (int i = 0; i < ps->remote->n; i++)
+	for (int i = 0; i < ps->remote->n; i++) {
 		pthread_mutex_destroy(&ps->remote->mu[i]);
+		pthread_cond_destroy(&ps->remote->room[i]);
+	}
 	free(ps->remote);
 }
 
@@ -124,14 +132,33 @@ static int wait_all(dml_rpc_pending **p, int n, int rc)
 _Static_assert(offsetof(psw_push, seq) == offsetof(psw_spush, seq),
                "both push messages keep seq at one offset");
 
+static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
+                      size_t args_size, const int *want, int *numbered);
+
 /* Sends push `args[i]` to shard i for each i with want[i], numbering each
  * as it is queued. Pushes whose reply is lost (timeout, connection lost)
  * are resent with the same number, which the server applies once: up to
  * `retries` times, and beyond that while `retry_timeout` lasts, waiting
  * between attempts (10 ms doubling to 1 s) so that a client with
- * reconnect can dial a restarted server. */
+ * reconnect can dial a restarted server. A push waits for its number
+ * while PSW_WINDOW - 1 numbered pushes to that shard are unfinished. */
 static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
                     size_t args_size, const int *want)
+{
+	int numbered[MAX_SHARDS] = {0};
+	int rc = push_tries(r, m, args, args_size, want, numbered);
+	for (int i = 0; i < r->n; i++) /* finished: acknowledged or given up */
+		if (numbered[i]) {
+			pthread_mutex_lock(&r->mu[i]);
+			r->unfinished[i]--;
+			pthread_cond_signal(&r->room[i]);
+			pthread_mutex_unlock(&r->mu[i]);
+		}
+	return rc;
+}
+
+static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
+                      size_t args_size, const int *want, int *numbered)
 {
 	int last = DML_ETIMEDOUT;
 	int todo[MAX_SHARDS];
@@ -148,8 +175,13 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 			char *a = (char *)args + (size_t)i * args_size;
 			uint64_t *seq = (uint64_t *)(a + offsetof(psw_push, seq));
 			pthread_mutex_lock(&r->mu[i]);
-			if (!attempt)
+			if (!attempt) {
+				while (r->unfinished[i] >= PSW_WINDOW - 1)
+					pthread_cond_wait(&r->room[i], &r->mu[i]);
+				r->unfinished[i]++;
+				numbered[i] = 1;
 				*seq = ++r->seq[i];
+			}
 			rc = dml_rpc_go(r->c[i], m, a, NULL, r->timeout, &p[i]);
 			pthread_mutex_unlock(&r->mu[i]);
 			if (rc == DML_ECONNLOST || rc == DML_ETIMEDOUT) { /* not sent whole: again */

@@ -22,7 +22,6 @@
  */
 #define DEDUP_CAP 4096
 #define DEDUP_TTL_MS (10 * 60 * 1000)
-#define WINDOW 64
 
 typedef struct dd_ent {
 	uint64_t client; /* 0 = empty */
@@ -96,10 +95,10 @@ static int dd_check(dml__ps_dedup *d, uint64_t client, uint64_t seq)
 	int r = DD_NEW;
 	if (seq > e->max) {
 		uint64_t shift = seq - e->max;
-		e->bits = shift >= WINDOW ? 0 : e->bits << shift;
+		e->bits = shift >= PSW_WINDOW ? 0 : e->bits << shift;
 		e->bits |= 1;
 		e->max = seq;
-	} else if (e->max - seq >= WINDOW) {
+	} else if (e->max - seq >= PSW_WINDOW) {
 		r = DD_DUP; /* sent before the window: a late retry */
 	} else {
 		uint64_t bit = (uint64_t)1 << (e->max - seq);

@@ -10,6 +10,11 @@
 
 enum { PSW_OP_UPDATE = 0, PSW_OP_PUSH = 1 };
 
+/* The server's exactly-once window: a push number this far or further
+ * below the highest seen from its client is taken for a late copy. A
+ * handle therefore keeps fewer than this many pushes in flight per shard. */
+#define PSW_WINDOW 64
+
 typedef struct psw_info {
 	uint64_t dim;
 	int64_t optim, workers, staleness;

@@ -600,6 +600,51 @@ static void test_remote_exact_threads(void **state)
 	}
 }
 
+/* 100 threads share one remote handle, more than the exactly-once window
+ * (64) of pushes at once: pushes beyond it wait for a number, none is
+ * lost or doubled, none hangs. */
+typedef struct wide_arg { dml_ps *ps; int rc; } wide_arg;
+
+static void *wide_pusher(void *p)
+{
+	wide_arg *a = p;
+	float d[4] = {1, 2, 3, 4};
+	for (int i = 0; i < 20 && !a->rc; i++)
+		a->rc = dml_ps_update(a->ps, d);
+	return NULL;
+}
+
+static void test_remote_wider_than_window(void **state)
+{
+	(void)state;
+	enum { NT = 100 };
+	served s;
+	serve_start(&s, 4, NULL, 1);
+	dml_rpc_client *c = dial(s.f.addr);
+	dml_ps *ps;
+	assert_int_equal(dml_ps_connect(&ps, &c, 1, NULL), 0);
+	pthread_t t[NT];
+	wide_arg a[NT];
+	for (int i = 0; i < NT; i++) {
+		a[i] = (wide_arg){ps, 0};
+		assert_int_equal(pthread_create(&t[i], NULL, wide_pusher, &a[i]), 0);
+	}
+	for (int i = 0; i < NT; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0);
+	}
+	float got[4];
+	assert_int_equal(dml_ps_pull(ps, got), 0);
+	for (int j = 0; j < 4; j++)
+		assert_true(got[j] == (float)(NT * 20 * (j + 1)));
+	uint64_t n;
+	assert_int_equal(dml_ps_updates(s.ps, &n), 0);
+	assert_int_equal(n, NT * 20);
+	dml_ps_free(ps);
+	dml_rpc_client_free(c);
+	serve_stop(&s);
+}
+
 /* ---- exactly once ------------------------------------------------------ */
 
 static int raw_push(dml_rpc_client *c, uint64_t client, uint64_t seq, float k)
@@ -830,6 +875,7 @@ int main(void)
 		cmocka_unit_test(test_dead_worker_dropped),
 		cmocka_unit_test(test_remote_equals_local_and_shards),
 		cmocka_unit_test(test_remote_exact_threads),
+		cmocka_unit_test(test_remote_wider_than_window),
 		cmocka_unit_test(test_retried_push_applied_once),
 		cmocka_unit_test(test_checkpoint_roundtrip),
 		cmocka_unit_test(test_checkpoint_sigkill),
