@@ -1314,6 +1314,32 @@ static void test_server_timeouts(void **state)
 		assert_int_equal(mul(good, i, 2), 2 * i);
 	close(slow);
 	close(deaf);
+
+	/* a whole frame sent byte by byte, one byte every 20 ms (it would take
+	 * over 2 s): progress does not reset the frame timer, so the peer is
+	 * dropped about frame_timeout after its first byte, and the good
+	 * client is served meanwhile */
+	int drip = raw_connect(&f);
+	static const uint8_t zeros[200];
+	uint8_t big[256];
+	size_t dn = request(big, 99, "Test.Echo", zeros, sizeof zeros);
+	int64_t t0 = dml__now_ms();
+	size_t sent = 0;
+	for (; sent < dn; sent++) { /* bounded: dn bytes */
+		struct pollfd p = {drip, POLLIN, 0};
+		if (poll(&p, 1, 20) == 1) /* the server closed it (EOF or reset) */
+			break;
+		if (send(drip, big + sent, 1, MSG_NOSIGNAL) != 1)
+			break;
+		if (sent % 10 == 0)
+			assert_int_equal(mul(good, (int64_t)sent, 3), 3 * (int64_t)sent);
+	}
+	int64_t took = dml__now_ms() - t0;
+	assert_true(sent < dn);       /* cut off before the frame was whole */
+	assert_true(took >= 900);     /* not before frame_timeout (1000 ms) */
+	assert_true(await_close(drip, 10000) >= 0);
+	close(drip);
+	assert_int_equal(mul(good, 7, 7), 49);
 	dml_rpc_client_free(good);
 	fixture_stop(&f);
 
