@@ -1278,6 +1278,37 @@ static int await_reset(int fd, int limit_ms)
 	return err == ECONNRESET ? 0 : -1;
 }
 
+/* max_conns: a connection beyond the limit is accepted and closed at once,
+ * those within it are served, and a slot freed by a close is taken again. */
+static void test_max_conns(void **state)
+{
+	(void)state;
+	dml_rpc_server_opts o = {.max_conns = 2};
+	fixture f;
+	serve(&f, "127.0.0.1:0", &o, 1);
+	dml_rpc_client *a = dial(f.addr), *b = dial(f.addr);
+	assert_int_equal(mul(a, 2, 3), 6);
+	assert_int_equal(mul(b, 4, 5), 20);
+	int extra = raw_connect(&f); /* the third: closed by the server */
+	assert_true(await_close(extra, 10000) >= 0);
+	close(extra);
+	assert_int_equal(mul(a, 6, 7), 42);
+	dml_rpc_client_free(b);
+	/* b's slot comes back once the server has seen the close: a new client
+	 * is served, within a bounded number of tries */
+	int served = 0;
+	for (int i = 0; i < 200 && !served; i++) {
+		dml_rpc_client *c = dial(f.addr);
+		Args x = {8, 8};
+		Reply r = {0};
+		served = dml_rpc_call(c, &arith_multiply, &x, &r, 10000) == 0 && r.C == 64;
+		dml_rpc_client_free(c);
+	}
+	assert_true(served);
+	dml_rpc_client_free(a);
+	fixture_stop(&f);
+}
+
 /* A frame sent half-way and left there, a peer that never reads its
  * replies, and a silent peer are each dropped after their timeout, while a
  * well-behaved client is served throughout; with timeouts off, a silent
@@ -1498,6 +1529,7 @@ int main(void)
 		cmocka_unit_test(test_large_buffer_released),
 		cmocka_unit_test(test_small_requests_large_replies_bounded),
 		cmocka_unit_test(test_server_timeouts),
+		cmocka_unit_test(test_max_conns),
 		cmocka_unit_test(test_client_reconnect),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_spin),
