@@ -2,8 +2,9 @@
  * rpc_server.c - the RPC server: an epoll set of listeners and connections,
  * driven by whichever host threads call run/poll.
  *
- * Ownership: one thread at a time serves a connection. Connections are armed
- * EPOLLONESHOT, and each has an atomic word (generation << 32 | busy count):
+ * Ownership: one thread at a time serves a connection. Connections are
+ * registered once, edge-triggered (EPOLLIN | EPOLLOUT | EPOLLET: no epoll
+ * call per request), and each has an atomic word (generation << 32 | busy):
  * whoever raises busy from 0 owns the connection; anyone else who has news
  * for it (an event, a deferred reply that could not be written at once)
  * raises busy and leaves, and the owner, failing to bring busy back to 0,
@@ -501,7 +502,7 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		atomic_store(&c->open, 1);
 		/* the new owner of the slot owns it until the add: busy is 0
 		 * and nothing else knows the new descriptor yet */
-		struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT,
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET,
 		                         .data.u64 = conn_cookie(c, conn_gen(c))};
 		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
 			conn_close(s, c);
@@ -783,7 +784,8 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 			c->in.len = have;
 		}
 		/* Send replies before reading more; stop reading while the peer
-		 * does not take them (re-armed for output only, see conn_event). */
+		 * does not take them (the EPOLLOUT edge when it does brings the
+		 * connection back, see conn_serve). */
 		int backlog;
 		if ((rc = conn_flush(c, &backlog)))
 			return rc;
@@ -800,8 +802,8 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		c->in.len += (size_t)n;
 		atomic_store(&c->rx_at, dml__now_ms());
 		if ((size_t)n < room) {
-			/* Drained for now: serve what came and wait for the
-			 * (level-triggered) re-arm instead of reading EAGAIN. */
+			/* Drained for now (a short read): serve what came; more
+			 * input raises a new edge, so no read for EAGAIN. */
 			if ((rc = serve_frames(s, c, gen, &fr, &partial)) ||
 			    (rc = conn_flush(c, &backlog)))
 				return rc;
@@ -827,19 +829,6 @@ static int conn_acquire(conn *c, uint32_t gen)
 	return (uint32_t)st == 0;
 }
 
-/* Re-arms the connection for what it waits for now. 0 or DML_ESYS. */
-static int conn_rearm(dml_rpc_server *s, conn *c, uint32_t gen)
-{
-	pthread_mutex_lock(&c->omu);
-	struct epoll_event ev = {.events = EPOLLONESHOT, .data.u64 = conn_cookie(c, gen)};
-	if (c->out.len - c->opos <= OUT_HIGH)
-		ev.events |= EPOLLIN;
-	if (c->opos < c->out.len)
-		ev.events |= EPOLLOUT;
-	pthread_mutex_unlock(&c->omu);
-	return epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev) ? DML_ESYS : 0;
-}
-
 #define EV_SWEEP 0x80000000u /* not an epoll bit: check the timeouts */
 
 static int late(int64_t now, int64_t since, dml_duration limit)
@@ -863,10 +852,14 @@ static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
 	       late(now, atomic_load(&c->rx_at), s->o.idle_timeout);
 }
 
-/* Serves a connection: after an event (`events`), or only flushes its
- * output (events == 0, for a deferred reply), or checks its timeouts
- * (EV_SWEEP). Goes round while others registered news meanwhile; closes
- * the connection on an error or a timeout. */
+/* Serves a connection: after an event (`events`), or for a deferred reply
+ * (events == 0), or to check its timeouts (EV_SWEEP). Goes round while
+ * others registered news meanwhile; closes the connection on an error or
+ * a timeout.
+ * Connections are edge-triggered (no re-arm per request): input is read
+ * until a short read whenever output is not backlogged, since no event
+ * reports it again; while output is backlogged, the socket's send buffer
+ * is full, and the EPOLLOUT edge when the peer reads brings it back. */
 static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
 {
 	if (!conn_acquire(c, gen))
@@ -887,22 +880,19 @@ static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events
 	}
 	for (;;) {
 		uint64_t seen = atomic_load(&c->state);
-		/* Read when asked to, or when output drained below the limit
-		 * (input was not watched meanwhile). */
 		int backlog = 0, rc = 0;
-		if (events & EPOLLOUT || !events)
+		if (events & EPOLLOUT || !(events & EPOLLIN))
 			rc = conn_flush(c, &backlog);
-		if (!rc && events && !backlog)
+		if (!rc && !backlog)
 			rc = conn_read(s, c, gen);
-		if (!rc)
-			rc = conn_rearm(s, c, gen);
 		if (rc) {
 			conn_close(s, c);
 			return;
 		}
 		if (atomic_compare_exchange_strong(&c->state, &seen, (uint64_t)gen << 32))
 			return;
-		/* news arrived; the re-arm above reports any input again */
+		/* news arrived meanwhile (an event, a deferred reply): flush
+		 * and read again */
 		events = 0;
 	}
 }
