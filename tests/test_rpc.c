@@ -281,6 +281,48 @@ static void test_ipv6(void **state)
 	fixture_stop(&f);
 }
 
+/* The dial timeout: a listener whose accept queue is full (backlog 0, one
+ * connection waiting, never accepted) drops further SYNs, so a dial waits
+ * in connect() and must give up with DML_ETIMEDOUT near dial_timeout. */
+static void test_dial_timeout(void **state)
+{
+	(void)state;
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(lfd >= 0);
+	struct sockaddr_in sa = {0};
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t len = sizeof sa;
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(lfd, 0), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+	int fill[4], nfill = 0;
+	char addr[64];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+	/* fill the queue: connections complete until it is full (bounded) */
+	for (; nfill < 4; nfill++) {
+		fill[nfill] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		assert_true(fill[nfill] >= 0);
+		int rc = connect(fill[nfill], (struct sockaddr *)&sa, sizeof sa);
+		assert_true(rc == 0 || errno == EINPROGRESS);
+		struct pollfd p = {fill[nfill], POLLOUT, 0};
+		if (poll(&p, 1, 200) != 1) { /* this one hangs: the queue is full */
+			nfill++;
+			break;
+		}
+	}
+	dml_rpc_client_opts o = {.dial_timeout = 300};
+	dml_rpc_client *c = NULL;
+	int64_t t0 = dml__now_ms();
+	assert_int_equal(dml_rpc_dial(&c, addr, &o), DML_ETIMEDOUT);
+	int64_t took = dml__now_ms() - t0;
+	assert_null(c);
+	assert_true(took >= 250 && took < 5000);
+	for (int i = 0; i < nfill; i++)
+		close(fill[i]);
+	close(lfd);
+}
+
 static void test_setup_errors(void **state)
 {
 	(void)state;
@@ -1520,6 +1562,7 @@ int main(void)
 		cmocka_unit_test(test_unix_socket),
 		cmocka_unit_test(test_ipv6),
 		cmocka_unit_test(test_setup_errors),
+		cmocka_unit_test(test_dial_timeout),
 		cmocka_unit_test(test_many_clients),
 		cmocka_unit_test(test_shared_client),
 		cmocka_unit_test(test_pipelined),
