@@ -267,7 +267,8 @@ static void test_dsgd_remote_matches_sgd(void **state)
 }
 
 /* A worker that dies (stops after its first epoch) does not stall the
- * others: the store drops it after worker_timeout, in BSP and SSP. */
+ * others: the store drops it after worker_timeout in BSP and SSP, also
+ * when served over RPC (its tick does it); ASP never waits for it. */
 static int die_after_one(void *user, const dml_epoch_info *info, const float *w)
 {
 	(void)user;
@@ -286,42 +287,73 @@ static void *wk_plain(void *p)
 	return NULL;
 }
 
+/* One round: W workers on a store (local, or served with a remote handle
+ * and RPC client per worker) in `mode`; worker 2 dies after one epoch. */
+static void dead_worker_round(dml_dataset *train, dml_dsgd_mode mode, int remote)
+{
+	enum { W = 3 };
+	dml_model m;
+	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}, .workers = W,
+	                  .staleness = mode == DML_DSGD_BSP   ? 0
+	                               : mode == DML_DSGD_SSP ? 1
+	                                                      : DML_PS_ASYNC,
+	                  .worker_timeout = 300};
+	dml_ps *store;
+	assert_int_equal(dml_ps_new(&store, m.dim, &po), 0);
+	fixture f;
+	dml_rpc_client *c[W] = {0};
+	dml_ps *h[W];
+	if (remote) {
+		assert_int_equal(dml_rpc_server_new(&f.srv, NULL), 0);
+		assert_int_equal(dml_ps_serve(store, f.srv), 0);
+		assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+		fixture_start(&f, 1); /* one thread: clock waits must not hold it */
+	}
+	pthread_t t[W];
+	wk_arg a[W];
+	for (int i = 0; i < W; i++) {
+		h[i] = store;
+		if (remote) {
+			assert_int_equal(dml_rpc_dial(&c[i], f.addr, NULL), 0);
+			assert_int_equal(dml_ps_connect(&h[i], &c[i], 1, NULL), 0);
+		}
+		a[i] = (wk_arg){0};
+		a[i].ps = h[i];
+		assert_int_equal(dml_dataset_shard(train, i, W, &a[i].shard), 0);
+		a[i].o = (dml_dsgd_opts){.worker = i, .mode = mode, .epochs = 3, .batch = 16,
+		                         .steps_per_epoch = (NTRAIN / W + 15) / 16,
+		                         .clock_timeout = 20000, .on_epoch = die_after_one};
+		assert_int_equal(pthread_create(&t[i], NULL, wk_plain, &a[i]), 0);
+	}
+	for (int i = 0; i < W; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(a[i].rc, 0);
+		dml_dataset_free(a[i].shard);
+	}
+	assert_int_equal(a[2].st.epochs, 1);
+	assert_true(a[2].st.stopped);
+	assert_int_equal(a[0].st.epochs, 3);
+	assert_int_equal(a[1].st.epochs, 3);
+	for (int i = 0; remote && i < W; i++) {
+		dml_ps_free(h[i]);
+		dml_rpc_client_free(c[i]);
+	}
+	if (remote)
+		fixture_stop(&f);
+	dml_ps_free(store);
+	dml_model_free(&m);
+}
+
+/* BSP, SSP and ASP, on a local store and over RPC: the others finish. */
 static void test_dsgd_dead_worker(void **state)
 {
 	(void)state;
 	dml_dataset *train = blobs(NTRAIN, 1);
-	dml_dsgd_mode modes[2] = {DML_DSGD_BSP, DML_DSGD_SSP};
-	for (int k = 0; k < 2; k++) {
-		enum { W = 3 };
-		dml_model m;
-		assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
-		dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}, .workers = W,
-		                  .staleness = k, .worker_timeout = 300};
-		dml_ps *ps;
-		assert_int_equal(dml_ps_new(&ps, m.dim, &po), 0);
-		pthread_t t[W];
-		wk_arg a[W];
-		for (int i = 0; i < W; i++) {
-			a[i] = (wk_arg){0};
-			a[i].ps = ps;
-			assert_int_equal(dml_dataset_shard(train, i, W, &a[i].shard), 0);
-			a[i].o = (dml_dsgd_opts){.worker = i, .mode = modes[k], .epochs = 3, .batch = 16,
-			                         .steps_per_epoch = (NTRAIN / W + 15) / 16,
-			                         .clock_timeout = 20000, .on_epoch = die_after_one};
-			assert_int_equal(pthread_create(&t[i], NULL, wk_plain, &a[i]), 0);
-		}
-		for (int i = 0; i < W; i++) {
-			pthread_join(t[i], NULL);
-			assert_int_equal(a[i].rc, 0);
-			dml_dataset_free(a[i].shard);
-		}
-		assert_int_equal(a[2].st.epochs, 1);
-		assert_true(a[2].st.stopped);
-		assert_int_equal(a[0].st.epochs, 3);
-		assert_int_equal(a[1].st.epochs, 3);
-		dml_ps_free(ps);
-		dml_model_free(&m);
-	}
+	dml_dsgd_mode modes[3] = {DML_DSGD_BSP, DML_DSGD_SSP, DML_DSGD_ASP};
+	for (int remote = 0; remote < 2; remote++)
+		for (int k = 0; k < 3; k++)
+			dead_worker_round(train, modes[k], remote);
 	dml_dataset_free(train);
 }
 
