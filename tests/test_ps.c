@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -654,6 +655,71 @@ static int raw_push(dml_rpc_client *c, uint64_t client, uint64_t seq, float k)
 	return dml_rpc_call(c, &psw_m_push, &a, NULL, 10000);
 }
 
+/* The handle's own resend after a timeout: the only server thread is held
+ * in another handler for 400 ms while a push (timeout 100 ms) waits; the
+ * handle resends it with its number until the server answers, and the
+ * server applies it once. One attempt alone would have timed out. */
+static gate hold_gate;
+
+static int h_hold(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)a;
+	(void)r;
+	gate_pass(u);
+	return 0;
+}
+
+static const dml_rpc_method m_hold = {"Test.Hold", NULL, NULL};
+
+static void *open_later(void *g)
+{
+	poll(NULL, 0, 400); /* the fault: the server is stalled this long */
+	gate_open(g);
+	return NULL;
+}
+
+static void test_handle_resends_after_timeout(void **state)
+{
+	(void)state;
+	gate_init(&hold_gate);
+	served s;
+	assert_int_equal(dml_ps_new(&s.ps, 3, NULL), 0);
+	assert_int_equal(dml_rpc_server_new(&s.f.srv, NULL), 0);
+	assert_int_equal(dml_ps_serve(s.ps, s.f.srv), 0);
+	assert_int_equal(dml_rpc_server_register(s.f.srv, &m_hold, h_hold, &hold_gate), 0);
+	assert_int_equal(dml_rpc_server_listen(s.f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&s.f, 1);
+	dml_rpc_client *other = dial(s.f.addr), *c = dial(s.f.addr);
+	dml_ps_remote_opts ro = {.timeout = 100, .retries = 1, .retry_timeout = 10000};
+	dml_ps *h;
+	assert_int_equal(dml_ps_connect(&h, &c, 1, &ro), 0);
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_go(other, &m_hold, NULL, NULL, 30000, &k), 0);
+	assert_int_equal(dml_rpc_flush(other, 10000), 0); /* go only queues */
+	sem_wait(&hold_gate.entered); /* the server thread is held */
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, open_later, &hold_gate), 0);
+	float d[3] = {1, 2, 3}, got[3];
+	int64_t t0 = dml__now_ms();
+	assert_int_equal(dml_ps_update(h, d), 0);
+	int64_t took = dml__now_ms() - t0;
+	pthread_join(t, NULL);
+	assert_true(took >= 300); /* answered only after the stall: resent */
+	assert_int_equal(dml_rpc_wait(k), 0);
+	dml_rpc_pending_free(k);
+	uint64_t n;
+	assert_int_equal(dml_ps_updates(s.ps, &n), 0);
+	assert_int_equal(n, 1); /* every copy after the first was not applied */
+	assert_int_equal(dml_ps_pull(h, got), 0);
+	assert_true(got[0] == 1 && got[1] == 2 && got[2] == 3);
+	dml_ps_free(h);
+	dml_rpc_client_free(c);
+	dml_rpc_client_free(other);
+	serve_stop(&s);
+	gate_destroy(&hold_gate);
+}
+
 static void test_retried_push_applied_once(void **state)
 {
 	(void)state;
@@ -877,6 +943,7 @@ int main(void)
 		cmocka_unit_test(test_remote_exact_threads),
 		cmocka_unit_test(test_remote_wider_than_window),
 		cmocka_unit_test(test_retried_push_applied_once),
+		cmocka_unit_test(test_handle_resends_after_timeout),
 		cmocka_unit_test(test_checkpoint_roundtrip),
 		cmocka_unit_test(test_checkpoint_sigkill),
 	};
