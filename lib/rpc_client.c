@@ -493,18 +493,15 @@ static int read_step(dml_rpc_client *c, int64_t deadline)
 	if (c->bg.active) {
 		rc = big_read(c);
 	} else {
-		uint8_t *at = c->in.data + c->in.len;
-		size_t room = c->in.cap - c->in.len;
-		ssize_t r = DML_EAGAIN;
-		if (c->o.spin_us) { /* busy-poll first, bounded; poll() does not
+		if (c->o.spin_us) { /* busy-poll first, bounded (the deadline may
+		                       pass by up to spin_us); poll() does not
 		                       lock the socket against arriving data */
 			int64_t until = dml__now_us() + c->o.spin_us;
 			struct pollfd p = {c->fd, POLLIN, 0};
 			while (poll(&p, 1, 0) == 0 && dml__now_us() < until)
 				;
 		}
-		if (r == DML_EAGAIN)
-			r = dml__read(c->fd, at, room);
+		ssize_t r = dml__read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
 		if (r > 0)
 			c->in.len += (size_t)r;
 		rc = r > 0 ? 0 : (int)r;

@@ -72,6 +72,8 @@ struct conn {
 	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
 	atomic_int over;     /* unsent bytes > OUT_HIGH (set under omu) */
+	atomic_int hup;      /* the peer's end of stream (or an error) was
+	                        reported: read on past short reads to see it */
 	/* for the timeouts (ms, monotonic), read by the sweep */
 	atomic_int open;            /* set up and in the epoll set */
 	_Atomic int64_t rx_at;      /* bytes last received */
@@ -478,6 +480,8 @@ static conn *slot_at(dml_rpc_server *s, uint32_t slot)
 	return &s->chunks[slot / CHUNK][slot % CHUNK];
 }
 
+static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events);
+
 static void accept_all(dml_rpc_server *s, listener *l)
 {
 	for (int k = 0; k < ACCEPTS_PER_EVENT; k++) {
@@ -491,6 +495,10 @@ static void accept_all(dml_rpc_server *s, listener *l)
 			close(fd);
 			continue;
 		}
+		/* ours until added and set up: a sweep that sees `open` first
+		 * finds it busy */
+		uint32_t gen = conn_gen(c);
+		atomic_store(&c->state, ((uint64_t)gen << 32) | 1);
 		c->fd = fd;
 		c->id = atomic_fetch_add(&s->next_id, 1);
 		int64_t now = dml__now_ms();
@@ -499,13 +507,18 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		atomic_store(&c->frame_at, 0);
 		atomic_store(&c->deferred, 0);
 		atomic_store(&c->over, 0);
+		atomic_store(&c->hup, 0);
 		atomic_store(&c->open, 1);
-		/* the new owner of the slot owns it until the add: busy is 0
-		 * and nothing else knows the new descriptor yet */
-		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET,
-		                         .data.u64 = conn_cookie(c, conn_gen(c))};
-		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		                         .data.u64 = conn_cookie(c, gen)};
+		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
 			conn_close(s, c);
+			continue;
+		}
+		/* let go; events that came meanwhile found it busy: serve them */
+		uint64_t mine = ((uint64_t)gen << 32) | 1;
+		if (!atomic_compare_exchange_strong(&c->state, &mine, (uint64_t)gen << 32))
+			conn_serve_owned(s, c, gen, 0);
 	}
 }
 
@@ -740,6 +753,8 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 			*partial = 1;
 			return 0;
 		}
+		if (fr->total > BIG_IN)
+			big_use(s, c); /* also when it came whole in one read */
 		if ((rc = dispatch(s, c, gen, f, fr)))
 			return rc;
 		c->rpos += fr->total;
@@ -801,7 +816,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 			return (int)n;
 		c->in.len += (size_t)n;
 		atomic_store(&c->rx_at, dml__now_ms());
-		if ((size_t)n < room) {
+		if ((size_t)n < room && !atomic_load(&c->hup)) {
 			/* Drained for now (a short read): serve what came; more
 			 * input raises a new edge, so no read for EAGAIN. */
 			if ((rc = serve_frames(s, c, gen, &fr, &partial)) ||
@@ -862,8 +877,19 @@ static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
  * is full, and the EPOLLOUT edge when the peer reads brings it back. */
 static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
 {
-	if (!conn_acquire(c, gen))
-		return;
+	/* an end of stream raises one edge, maybe together with data that a
+	 * short read then takes: remember it (a stale event may mark a new
+	 * connection in the slot, which costs it only extra reads) */
+	if (events != EV_SWEEP && events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) &&
+	    conn_gen(c) == gen)
+		atomic_store(&c->hup, 1);
+	if (conn_acquire(c, gen))
+		conn_serve_owned(s, c, gen, events);
+}
+
+/* conn_serve, for the owner. */
+static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
+{
 	if (events == EV_SWEEP) {
 		int why = conn_expired(s, c, dml__now_ms());
 		if (!why)
@@ -940,7 +966,12 @@ static void sweep(dml_rpc_server *s)
 	int idle = 0;
 	if (!atomic_compare_exchange_strong(&s->sweeping, &idle, 1))
 		return;
-	atomic_store(&s->next_sweep, now + t);
+	/* the next sweep in t, unless a large buffer (big_use) asked for an
+	 * earlier one meanwhile */
+	int64_t next = atomic_load(&s->next_sweep);
+	while (!(next > now && next < now + t) &&
+	       !atomic_compare_exchange_weak(&s->next_sweep, &next, now + t))
+		;
 	for (int i = 0; i < s->nticks; i++)
 		if (now >= s->ticks[i].next) {
 			s->ticks[i].next = now + s->ticks[i].period;
@@ -1069,7 +1100,7 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	}
 	conn *c = d->c;
 	pthread_mutex_lock(&c->omu);
-	int rc = DML_ECLOSED, pending = 0;
+	int rc = DML_ECLOSED;
 	if (conn_gen(c) == d->gen && c->fd >= 0) {
 		atomic_fetch_sub(&c->deferred, 1);
 		if (err)
@@ -1079,15 +1110,17 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 			rc = reply_ok(d->s, c, d->seq, d->rt, reply);
 		if (rc) /* no reply at all would leave the caller waiting */
 			shutdown(c->fd, SHUT_RDWR);
-		/* write at once: the owner may be waiting in epoll for input */
+		/* Write at once: the owner may be waiting in epoll for input.
+		 * What does not fit waits for the EPOLLOUT edge that the full
+		 * socket raises when the peer reads, and a failed connection
+		 * (or the shutdown above) raises an edge too: a server thread
+		 * then flushes or closes it. Not this thread, which must not
+		 * run handlers (the caller may hold locks they take). */
 		if (!rc)
 			rc = conn_flush_locked(c);
 		note_backlog(c);
-		pending = c->opos < c->out.len;
 	}
 	pthread_mutex_unlock(&c->omu);
-	if (pending || (rc && rc != DML_ECLOSED))
-		conn_serve(d->s, c, d->gen, 0); /* arm for output, or close */
 	pthread_rwlock_unlock(&h->lock);
 	hub_unref(h);
 	free(d);

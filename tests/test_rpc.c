@@ -6,8 +6,10 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "../examples/arith.h"
@@ -1307,6 +1309,156 @@ static int64_t await_close(int fd, int64_t limit_ms)
 	}
 }
 
+/* ---- regressions found in review of the edge-triggered server -------- */
+
+/* A request and the peer's end of stream, both queued before the server
+ * reads them (its only thread is held): the server answers and then sees
+ * the end of stream and closes, with every timeout off. */
+static void test_data_then_eof(void **state)
+{
+	(void)state;
+	gate_init(&the_gate);
+	dml_rpc_server_opts off = {.frame_timeout = DML_INFINITE, .write_timeout = DML_INFINITE,
+	                           .idle_timeout = DML_INFINITE};
+	fixture f;
+	serve(&f, "127.0.0.1:0", &off, 1);
+	dml_rpc_client *c = dial(f.addr);
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_go(c, &m_gate, NULL, NULL, 30000, &k), 0);
+	assert_int_equal(dml_rpc_flush(c, 10000), 0);
+	sem_wait(&the_gate.entered); /* the server thread is held */
+	int fd = raw_connect(&f);
+	uint8_t req[128], payload[64];
+	size_t plen;
+	Args x = {6, 7};
+	assert_int_equal(dml_encode(&args_type, &x, payload, sizeof payload, &plen), 0);
+	size_t n = request(req, 1, "Arith.Multiply", payload, plen);
+	raw_send(fd, req, n);
+	assert_int_equal(shutdown(fd, SHUT_WR), 0); /* FIN right behind it */
+	gate_open(&the_gate);
+	assert_int_equal(dml_rpc_wait(k), 0);
+	dml_rpc_pending_free(k);
+	assert_true(await_close(fd, 5000) >= 0); /* the reply, then the close */
+	close(fd);
+	dml_rpc_client_free(c);
+	fixture_stop(&f);
+	gate_destroy(&the_gate);
+}
+
+/* A deferred reply sent from inside a handler that holds a lock (the
+ * barrier of docs/rpc.md), to a connection whose socket is full: the
+ * replying thread must not go on to serve that connection's next request,
+ * whose handler takes the same lock. */
+typedef struct big_reply { dml_bytes b; } big_reply;
+static const dml_field big_reply_f[] = {DML_FIELD(big_reply, b, DML_BYTES)};
+static const dml_type big_reply_t = DML_TYPE(big_reply, big_reply_f);
+static const dml_rpc_method m_big = {"T.Big", NULL, &big_reply_t};
+static const dml_rpc_method m_bar = {"T.Bar", NULL, NULL};
+static uint8_t big_blob[2 << 20];
+static pthread_mutex_t bar_mu;
+static dml_rpc_deferred *bar_wait;
+static sem_t bar_deferred;
+static atomic_int bar_reentered;
+
+static int h_big(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)a;
+	(void)u;
+	((big_reply *)r)->b = (dml_bytes){big_blob, sizeof big_blob, 0};
+	return 0;
+}
+
+static int h_bar(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)r;
+	(void)u;
+	if (pthread_mutex_lock(&bar_mu)) { /* EDEADLK: this thread holds it */
+		atomic_store(&bar_reentered, 1);
+		return DML_EBUSY;
+	}
+	int rc = 0;
+	if (!bar_wait) { /* the first waits */
+		rc = dml_rpc_defer(ctx, &bar_wait);
+		sem_post(&bar_deferred);
+	} else { /* the second releases it, holding the lock */
+		dml_rpc_deferred_reply(bar_wait, 0, NULL, NULL);
+		bar_wait = NULL;
+	}
+	pthread_mutex_unlock(&bar_mu);
+	return rc;
+}
+
+static int unix_connect(const char *path)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	return fd;
+}
+
+static void test_deferred_reply_runs_no_handler(void **state)
+{
+	(void)state;
+	pthread_mutexattr_t at;
+	pthread_mutexattr_init(&at);
+	pthread_mutexattr_settype(&at, PTHREAD_MUTEX_ERRORCHECK);
+	pthread_mutex_init(&bar_mu, &at);
+	pthread_mutexattr_destroy(&at);
+	sem_init(&bar_deferred, 0, 0);
+	gate_init(&the_gate);
+	bar_wait = NULL;
+	atomic_store(&bar_reentered, 0);
+	char path[64], addr[80];
+	snprintf(path, sizeof path, "/tmp/distml-test-defer-%d.sock", (int)getpid());
+	snprintf(addr, sizeof addr, "unix:%s", path);
+	unlink(path);
+	fixture f;
+	memset(&f, 0, sizeof f);
+	assert_int_equal(dml_rpc_server_new(&f.srv, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_big, h_big, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_bar, h_bar, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_gate, h_gate, &the_gate), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, addr), 0);
+	fixture_start(&f, 1);
+	int y = unix_connect(path), x = unix_connect(path);
+	uint8_t req[256];
+	raw_send(y, req, request(req, 1, "T.Bar", NULL, 0)); /* deferred */
+	sem_wait(&bar_deferred);
+	/* a 2 MB reply that y does not read: its socket is full, < 4 MiB owed */
+	raw_send(y, req, request(req, 2, "T.Big", NULL, 0));
+	/* x: a call that holds the only server thread, then the releasing Bar */
+	size_t n = request(req, 1, "Test.Gate", NULL, 0);
+	n += request(req + n, 2, "T.Bar", NULL, 0);
+	raw_send(x, req, n);
+	sem_wait(&the_gate.entered);
+	raw_send(y, req, request(req, 3, "T.Bar", NULL, 0)); /* waits in the socket */
+	gate_open(&the_gate);
+	/* x gets both replies; the Bar that released y's ran no other Bar */
+	uint8_t buf[256];
+	size_t have = 0;
+	while (have < 40) {
+		struct pollfd p = {x, POLLIN, 0};
+		assert_int_equal(poll(&p, 1, 10000), 1);
+		ssize_t r = recv(x, buf + have, sizeof buf - have, 0);
+		assert_true(r > 0);
+		have += (size_t)r;
+	}
+	assert_int_equal(atomic_load(&bar_reentered), 0);
+	close(x);
+	close(y);
+	fixture_stop(&f);
+	if (bar_wait) /* y's third Bar, deferred and never released */
+		dml_rpc_deferred_reply(bar_wait, 0, NULL, NULL);
+	unlink(path);
+	gate_destroy(&the_gate);
+	sem_destroy(&bar_deferred);
+	pthread_mutex_destroy(&bar_mu);
+}
+
+
 /* Waits (bounded) until the peer resets `fd`, without reading from it:
  * 0, or -1 if that did not happen within limit_ms. */
 static int await_reset(int fd, int limit_ms)
@@ -1573,6 +1725,8 @@ int main(void)
 		cmocka_unit_test(test_small_requests_large_replies_bounded),
 		cmocka_unit_test(test_server_timeouts),
 		cmocka_unit_test(test_max_conns),
+		cmocka_unit_test(test_data_then_eof),
+		cmocka_unit_test(test_deferred_reply_runs_no_handler),
 		cmocka_unit_test(test_client_reconnect),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_spin),
