@@ -716,8 +716,6 @@ static int conn_make_room(dml_rpc_server *s, conn *c, size_t total, size_t name_
 {
 	size_t have = c->in.len - c->rpos;
 	size_t shift = (8 - (DML__FRAME_HDR + name_len) % 8) % 8;
-	if (shift + total > BIG_IN)
-		big_use(s, c);
 	if (c->rpos == shift && c->in.cap >= shift + total)
 		return 0;
 	if (c->in.cap < shift + total) {
@@ -728,6 +726,8 @@ static int conn_make_room(dml_rpc_server *s, conn *c, size_t total, size_t name_
 		memcpy(nb.data + shift, c->in.data + c->rpos, have);
 		dml__buf_free(&c->in);
 		c->in = nb;
+		if (c->in.cap > BIG_IN)
+			big_use(s, c); /* counted, so that it is freed when unused */
 	} else {
 		memmove(c->in.data + shift, c->in.data + c->rpos, have);
 	}

@@ -192,7 +192,9 @@ DML_API int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out);
  * reply carrying `msg` (NULL = dml_strerror(err)), as a handler's error.
  * Returns 0, or DML_ECLOSED when the connection or the server has gone
  * (the reply is dropped), DML_ENOMEM. Thread-safe: any thread, also inside
- * a handler, also while the server is being freed. */
+ * a handler, also while the server is being freed. Never runs a handler
+ * (what the socket does not take at once is left to the server's threads),
+ * so it may be called holding locks that handlers take. */
 DML_API int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err,
                                    const void *reply, const char *msg);
 
