@@ -65,7 +65,7 @@ $(B)/libdistml.so: $(SHARED_REAL)
 	ln -sf libdistml.so.$(VERSION) $@
 
 # Tests and programs link the static library, so they run from the tree.
-$(B)/tests/%: tests/%.c tests/testutil.h $(wildcard examples/*.h) $(STATIC) | $(B)/tests
+$(B)/tests/%: tests/%.c $(wildcard tests/*.h) $(wildcard examples/*.h) $(STATIC) | $(B)/tests
 	$(CC) $(ALL_CFLAGS) -Itests -Ilib $< -o $@ $(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
 
 $(B)/examples/%: examples/%.c $(wildcard examples/*.h) $(STATIC) | $(B)/examples
@@ -153,7 +153,7 @@ $(FUZZ_LIB_OBJ): $(FUZZ_B)/obj/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined \
 		-DDML_BUILDING_LIBRARY -fvisibility=hidden -fno-math-errno -c $< -o $@
 
-$(FUZZ_BINS): $(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(FUZZ_LIB_OBJ)
+$(FUZZ_BINS): $(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h tests/codec_all.h $(FUZZ_LIB_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $< \
 		$(FUZZ_LIB_OBJ) -o $@ $(LDLIBS)
 

@@ -32,31 +32,7 @@ typedef struct vec {
 	size_t cap;
 } vec;
 
-typedef struct all {
-	int32_t i32;
-	int64_t i64;
-	uint32_t u32;
-	uint64_t u64;
-	float f32;
-	double f64;
-	bool b;
-	dml_str s;
-	dml_bytes blob;
-	dml_f32s fs;
-	dml_f64s ds;
-	dml_i64s is;
-	dml_u32s us;
-} all;
-static const dml_field all_f[] = {
-	DML_FIELD(all, i32, DML_I32),    DML_FIELD(all, i64, DML_I64),
-	DML_FIELD(all, u32, DML_U32),    DML_FIELD(all, u64, DML_U64),
-	DML_FIELD(all, f32, DML_F32),    DML_FIELD(all, f64, DML_F64),
-	DML_FIELD(all, b, DML_BOOL),     DML_FIELD(all, s, DML_STR),
-	DML_FIELD(all, blob, DML_BYTES), DML_FIELD(all, fs, DML_F32S),
-	DML_FIELD(all, ds, DML_F64S),    DML_FIELD(all, is, DML_I64S),
-	DML_FIELD(all, us, DML_U32S),
-};
-static const dml_type all_t = DML_TYPE(all, all_f);
+#include "../codec_all.h"
 
 /* docs/protocol.md section 8.4 */
 typedef struct mixed {
@@ -132,7 +108,7 @@ static const dml_type bulk_t = DML_TYPE(bulk, bulk_f);
 static const dml_type empty_t = {"empty", NULL, 0, 1};
 
 static const dml_type *const types[] = {
-	&all_t,      &mixed_t,    &scal_t,    &strs_t,       &arrs_t,
+	&all_type,      &mixed_t,    &scal_t,    &strs_t,       &arrs_t,
 	&bulk_t,     &empty_t,    &psw_info_t, &psw_range_t, &psw_vec_t,
 	&psw_push_t, &psw_spush_t, &psw_worker_t, &psw_clock_t,
 };
