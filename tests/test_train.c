@@ -276,17 +276,6 @@ static int die_after_one(void *user, const dml_epoch_info *info, const float *w)
 	return info->worker == 2; /* worker 2 stops: from now on it is silent */
 }
 
-static void *wk_plain(void *p)
-{
-	wk_arg *a = p;
-	dml_model m;
-	a->rc = dml_model_softmax(&m, F, K, 0);
-	if (!a->rc)
-		a->rc = dml_dsgd_worker(a->ps, &m, a->shard, &a->o, &a->st);
-	dml_model_free(&m);
-	return NULL;
-}
-
 /* One round: W workers on a store (local, or served with a remote handle
  * and RPC client per worker) in `mode`; worker 2 dies after one epoch. */
 static void dead_worker_round(dml_dataset *train, dml_dsgd_mode mode, int remote)
@@ -324,7 +313,7 @@ static void dead_worker_round(dml_dataset *train, dml_dsgd_mode mode, int remote
 		a[i].o = (dml_dsgd_opts){.worker = i, .mode = mode, .epochs = 3, .batch = 16,
 		                         .steps_per_epoch = (NTRAIN / W + 15) / 16,
 		                         .clock_timeout = 20000, .on_epoch = die_after_one};
-		assert_int_equal(pthread_create(&t[i], NULL, wk_plain, &a[i]), 0);
+		assert_int_equal(pthread_create(&t[i], NULL, wk_main, &a[i]), 0);
 	}
 	for (int i = 0; i < W; i++) {
 		pthread_join(t[i], NULL);

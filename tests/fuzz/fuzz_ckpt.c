@@ -214,21 +214,8 @@ static uint8_t *fill_sections(uint8_t *raw, size_t *n)
 
 static uint8_t *deflate_all(const uint8_t *p, size_t n, int level, size_t *len)
 {
-	z_stream zs;
-	memset(&zs, 0, sizeof zs);
-	FZ_CHECK(deflateInit2(&zs, level < 0 ? 1 : level, Z_DEFLATED, 15, 8,
-	                      level < 0 ? Z_RLE : Z_DEFAULT_STRATEGY) == Z_OK);
-	size_t cap = deflateBound(&zs, (uLong)n) + 16;
-	uint8_t *out = malloc(cap);
-	FZ_CHECK(out);
-	zs.next_in = (Bytef *)(uintptr_t)p;
-	zs.avail_in = (uInt)n;
-	zs.next_out = out;
-	zs.avail_out = (uInt)cap;
-	FZ_CHECK(deflate(&zs, Z_FINISH) == Z_STREAM_END);
-	*len = cap - zs.avail_out;
-	deflateEnd(&zs);
-	return out;
+	return fz_deflate(p, n, level < 0 ? 1 : level, 15,
+	                  level < 0 ? Z_RLE : Z_DEFAULT_STRATEGY, len);
 }
 
 static uint8_t *build(fz *in, unsigned *store, size_t *flen)

@@ -152,13 +152,14 @@ static inline uint8_t *fz_cycle(const uint8_t *p, size_t n, size_t want)
 	return out;
 }
 
-/* The gzip encoding of p[0..n) at `level` (0-9), in a new buffer. */
-static inline uint8_t *fz_gzip(const void *p, size_t n, int level, size_t *len)
+/* p[0..n) deflated with zlib's deflateInit2(level, window_bits,
+ * strategy) (window_bits 15 = zlib, 15 + 16 = gzip), in a new buffer. */
+static inline uint8_t *fz_deflate(const void *p, size_t n, int level, int window_bits,
+                                  int strategy, size_t *len)
 {
 	z_stream zs;
 	memset(&zs, 0, sizeof zs);
-	FZ_CHECK(deflateInit2(&zs, level, Z_DEFLATED, 15 + 16, 8,
-	                      Z_DEFAULT_STRATEGY) == Z_OK);
+	FZ_CHECK(deflateInit2(&zs, level, Z_DEFLATED, window_bits, 8, strategy) == Z_OK);
 	size_t cap = deflateBound(&zs, (uLong)n) + 32;
 	uint8_t *out = malloc(cap);
 	FZ_CHECK(out);
@@ -170,6 +171,12 @@ static inline uint8_t *fz_gzip(const void *p, size_t n, int level, size_t *len)
 	*len = cap - zs.avail_out;
 	deflateEnd(&zs);
 	return out;
+}
+
+/* The gzip encoding of p[0..n) at `level` (0-9), in a new buffer. */
+static inline uint8_t *fz_gzip(const void *p, size_t n, int level, size_t *len)
+{
+	return fz_deflate(p, n, level, 15 + 16, Z_DEFAULT_STRATEGY, len);
 }
 
 /* The content of a data file from the input's first byte `how`:
