@@ -1,10 +1,42 @@
 # libdistml - see README.md. `make`, `make check`, `make demo`, `make bench`.
+#
+# Variables a packager may set: CC, CFLAGS (default -O2 -g), CPPFLAGS,
+# LDFLAGS, PREFIX, LIBDIR, INCLUDEDIR, PKGCONFIGDIR, DESTDIR, B (the build
+# directory: build, or build/san with SANITIZE), WERROR=0 (warnings stay
+# warnings), DML_NO_DEPS=1 (never install packages; say what is missing).
 
 VERSION_H := include/distml/common.h
 MAJOR := $(shell sed -n 's/^\#define DML_VERSION_MAJOR \([0-9]*\)/\1/p' $(VERSION_H))
 MINOR := $(shell sed -n 's/^\#define DML_VERSION_MINOR \([0-9]*\)/\1/p' $(VERSION_H))
 PATCH := $(shell sed -n 's/^\#define DML_VERSION_PATCH \([0-9]*\)/\1/p' $(VERSION_H))
 VERSION := $(MAJOR).$(MINOR).$(PATCH)
+
+ifeq ($(origin B),undefined)
+ifdef SANITIZE
+B := build/san
+else
+B := build
+endif
+endif
+
+# "make clean install" (any goals with clean): clean first, then the others
+# in a fresh make; in one make, -j would run them at the same time.
+ifneq ($(filter clean,$(MAKECMDGOALS)),)
+ifneq ($(filter-out clean,$(MAKECMDGOALS)),)
+DML_CLEAN_FIRST := 1
+endif
+endif
+
+ifdef DML_CLEAN_FIRST
+.PHONY: $(MAKECMDGOALS) dml-clean-first
+$(filter-out clean,$(MAKECMDGOALS)): dml-clean-first
+	@:
+clean:
+	@:
+dml-clean-first:
+	rm -rf $(B)
+	@$(MAKE) --no-print-directory $(filter-out clean,$(MAKECMDGOALS))
+else
 
 CC ?= cc
 PREFIX ?= /usr/local
@@ -13,66 +45,81 @@ INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 DESTDIR ?=
 
+# The soname changes whenever the ABI may: with every minor release before
+# 1.0 (libdistml.so.0.MINOR), with every major one after (docs/abi.md).
+ifeq ($(MAJOR),0)
+SONAME_VERSION := $(MAJOR).$(MINOR)
+else
+SONAME_VERSION := $(MAJOR)
+endif
+
 OPT ?= -O2 -g
-WARN := -Wall -Wextra -Werror -pedantic -Wshadow -Wstrict-prototypes -Wno-overlength-strings
+WERROR ?= 1
+WARN := -Wall -Wextra -pedantic -Wshadow -Wstrict-prototypes -Wno-overlength-strings
+ifneq ($(WERROR),0)
+WARN += -Werror
+endif
 CFLAGS ?= $(OPT)
-ALL_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) $(CFLAGS) -Iinclude -pthread
+DEPFLAGS = -MMD -MP -MF $@.d
+ALL_CPPFLAGS := -Iinclude -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(CPPFLAGS)
+ALL_CFLAGS := -std=c11 $(WARN) $(CFLAGS) -pthread
 LDLIBS := -lz -lm -pthread
 
 ifdef SANITIZE
 ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=$(SANITIZE)
-B := build/san
-else
-B := build
 endif
 
 # -fno-math-errno: sqrtf without errno, so the optimizer loops vectorise.
-LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -DDML_BUILDING_LIBRARY -Ilib -fno-math-errno
+LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -fno-math-errno
+LIB_CPPFLAGS := $(ALL_CPPFLAGS) -DDML_BUILDING_LIBRARY -Ilib
+MAPFILE := lib/distml.map
 
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/obj/%.o)
-HEADERS := include/distml.h $(wildcard include/distml/*.h)
 STATIC := $(B)/libdistml.a
 SHARED_REAL := $(B)/libdistml.so.$(VERSION)
-SHARED_SONAME := libdistml.so.$(MAJOR)
+SHARED_SONAME := libdistml.so.$(SONAME_VERSION)
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all lib check check-install demo bench bench-peers install uninstall clean valgrind deps examples
+.PHONY: all lib check demo bench bench-peers install uninstall clean valgrind deps examples abi-check abi-baseline
 all: lib examples
 
 lib: $(STATIC) $(B)/libdistml.so
 
-$(B)/obj/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h) | $(B)/obj
-	$(CC) $(LIB_CFLAGS) -c $< -o $@
-
 $(B)/obj $(B)/tests $(B)/examples $(B)/bench:
 	mkdir -p $@
+
+$(B)/obj/%.o: lib/%.c | $(B)/obj
+	$(CC) $(LIB_CPPFLAGS) $(LIB_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(STATIC): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(SHARED_REAL): $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,$(SHARED_SONAME) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(SHARED_REAL): $(LIB_OBJ) $(MAPFILE)
+	$(CC) -shared -Wl,-soname,$(SHARED_SONAME) -Wl,--version-script=$(MAPFILE) \
+		$(LDFLAGS) -o $@ $(LIB_OBJ) $(LDLIBS)
 
 $(B)/libdistml.so: $(SHARED_REAL)
 	ln -sf libdistml.so.$(VERSION) $(B)/$(SHARED_SONAME)
 	ln -sf libdistml.so.$(VERSION) $@
 
 # Tests and programs link the static library, so they run from the tree.
-$(B)/tests/%: tests/%.c $(wildcard tests/*.h) $(wildcard examples/*.h) $(STATIC) | $(B)/tests
-	$(CC) $(ALL_CFLAGS) -Itests -Ilib $< -o $@ $(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
+$(B)/tests/%: tests/%.c $(STATIC) | $(B)/tests
+	$(CC) $(ALL_CPPFLAGS) -Itests -Ilib $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ \
+		$(STATIC) $(LDFLAGS) -lcmocka $(LDLIBS)
 
-$(B)/examples/%: examples/%.c $(wildcard examples/*.h) $(STATIC) | $(B)/examples
-	$(CC) $(ALL_CFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
+$(B)/examples/%: examples/%.c $(STATIC) | $(B)/examples
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
 
-$(B)/bench/%: bench/%.c $(wildcard bench/*.h) $(STATIC) | $(B)/bench
-	$(CC) $(ALL_CFLAGS) -Ibench $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS) -lm
+$(B)/bench/%: bench/%.c $(STATIC) | $(B)/bench
+	$(CC) $(ALL_CPPFLAGS) -Ibench -Ilib $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ \
+		$(STATIC) $(LDFLAGS) $(LDLIBS)
 
 examples: $(EXAMPLES)
 
@@ -86,9 +133,10 @@ ifndef SANITIZE
 endif
 	@sh scripts/run-tests.sh $(TESTS)
 
+# Under valgrind the tests run at a tenth of their sizes (DML_TEST_SCALE).
 valgrind: deps
 	@$(MAKE) --no-print-directory $(TESTS)
-	@VALGRIND=1 sh scripts/run-tests.sh $(TESTS)
+	@VALGRIND=1 DML_TEST_SCALE=$${DML_TEST_SCALE:-10} sh scripts/run-tests.sh $(TESTS)
 
 demo: deps lib examples
 	sh scripts/demo.sh $(B)
@@ -105,11 +153,20 @@ bench-peers: deps lib examples $(BENCHES)
 soak: deps lib $(B)/bench/soak
 	$(B)/bench/soak 60
 
-distml.pc: pkgconfig/distml.pc.in $(VERSION_H)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $(B)/distml.pc
+# The ABI of the shared library against the committed baseline of its
+# soname (abi/, docs/abi.md); abi-baseline writes that baseline.
+abi-check: lib
+	@sh scripts/abi.sh check $(B)
+abi-baseline: lib
+	@sh scripts/abi.sh baseline $(B)
 
-install: lib distml.pc
+# Written anew by every install: it holds PREFIX, which may differ each time.
+.PHONY: FORCE
+$(B)/distml.pc: pkgconfig/distml.pc.in $(VERSION_H) FORCE | $(B)/obj
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+install: lib $(B)/distml.pc
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/distml $(DESTDIR)$(PKGCONFIGDIR)
 	install -m 644 include/distml.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 644 include/distml/*.h $(DESTDIR)$(INCLUDEDIR)/distml/
@@ -131,7 +188,7 @@ uninstall:
 # runs each for N seconds on a copy of its seed corpus (scripts/fuzz.sh).
 FUZZ_SECONDS ?= 10
 FUZZ_CC ?= clang
-FUZZ_B := build/fuzz
+FUZZ_B := $(B)/fuzz
 FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS := $(FUZZ_NAMES:%=$(FUZZ_B)/fuzz_%)
 # The models and their kernels are not needed by any harness, and clang 14
@@ -139,23 +196,26 @@ FUZZ_BINS := $(FUZZ_NAMES:%=$(FUZZ_B)/fuzz_%)
 # UBSan: left out.
 FUZZ_LIB_SRC := $(filter-out lib/kernels.c lib/model.c lib/model_softmax.c lib/train.c,$(LIB_SRC))
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:lib/%.c=$(FUZZ_B)/obj/%.o)
-FUZZ_CFLAGS := -std=c11 -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(WARN) \
-	-O1 -g -fno-omit-frame-pointer -fno-sanitize-recover=all -Iinclude -Ilib -pthread
+FUZZ_CFLAGS := -std=c11 $(WARN) -O1 -g -fno-omit-frame-pointer -fno-sanitize-recover=all -pthread
 
 .PHONY: fuzz
 fuzz:
 	@FUZZ_CC=$(FUZZ_CC) sh scripts/fuzz.sh deps
 	@$(MAKE) --no-print-directory $(FUZZ_BINS)
-	@sh scripts/fuzz.sh run $(FUZZ_SECONDS) $(FUZZ_NAMES)
+	@FUZZ_B=$(FUZZ_B) sh scripts/fuzz.sh run $(FUZZ_SECONDS) $(FUZZ_NAMES)
 
-$(FUZZ_LIB_OBJ): $(FUZZ_B)/obj/%.o: lib/%.c $(HEADERS) $(wildcard lib/*.h)
+$(FUZZ_LIB_OBJ): $(FUZZ_B)/obj/%.o: lib/%.c
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined \
-		-DDML_BUILDING_LIBRARY -fvisibility=hidden -fno-math-errno -c $< -o $@
+	$(FUZZ_CC) $(ALL_CPPFLAGS) -Ilib -DDML_BUILDING_LIBRARY $(FUZZ_CFLAGS) $(DEPFLAGS) \
+		-fsanitize=fuzzer-no-link,address,undefined -fvisibility=hidden -fno-math-errno -c $< -o $@
 
-$(FUZZ_BINS): $(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h tests/codec_all.h $(FUZZ_LIB_OBJ)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $< \
-		$(FUZZ_LIB_OBJ) -o $@ $(LDLIBS)
+$(FUZZ_BINS): $(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(ALL_CPPFLAGS) -Ilib -Itests $(FUZZ_CFLAGS) $(DEPFLAGS) \
+		-fsanitize=fuzzer,address,undefined $< $(FUZZ_LIB_OBJ) -o $@ $(LDLIBS)
 
 clean:
-	rm -rf build
+	rm -rf $(B)
+
+-include $(wildcard $(B)/obj/*.d $(B)/tests/*.d $(B)/examples/*.d $(B)/bench/*.d $(FUZZ_B)/obj/*.d $(FUZZ_B)/*.d)
+
+endif

@@ -5,6 +5,9 @@
 # otherwise it says what to install. Extra package names may be passed;
 # those after --optional are installed when possible, and their absence is
 # only reported (e.g. the demo's data set).
+#
+# DML_NO_DEPS=1 (a distribution's build root, a packager) never installs
+# anything: what is missing is named, and missing required packages fail.
 missing=""
 optional=""
 have_header() { printf '#include <%s>\n' "$1" | ${CC:-cc} -E -x c - >/dev/null 2>&1; }
@@ -22,8 +25,11 @@ for p in "$@"; do
 		if [ $opt = 1 ]; then optional="$optional $p"; else missing="$missing $p"; fi
 	fi
 done
+may_install() {
+	[ "${DML_NO_DEPS:-0}" = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
+}
 if [ -n "$optional" ]; then
-	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+	if may_install; then
 		echo "deps: installing$optional"
 		export DEBIAN_FRONTEND=noninteractive
 		apt-get install -y -qq $optional >/dev/null 2>&1 ||
@@ -34,7 +40,7 @@ if [ -n "$optional" ]; then
 	fi
 fi
 [ -z "$missing" ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if may_install; then
 	echo "deps: installing$missing"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get install -y -qq $missing >/dev/null 2>&1 ||

@@ -7,17 +7,17 @@
 #       libclang_rt.fuzzer) through scripts/deps.sh when missing.
 #   sh scripts/fuzz.sh run SECONDS NAME...
 #       for each NAME: replays tests/fuzz/regressions/NAME/* (inputs that
-#       once found a bug), then fuzzes build/fuzz/fuzz_NAME for SECONDS on a
-#       copy of tests/fuzz/corpus/NAME in build/fuzz/corpus-NAME (the seed
+#       once found a bug), then fuzzes $FUZZ_B/fuzz_NAME (default build/fuzz) for SECONDS on a
+#       copy of tests/fuzz/corpus/NAME in $FUZZ_B/corpus-NAME (the seed
 #       corpus stays clean). Prints the executions and time of each run
 #       (libFuzzer's -print_final_stats=1), and fails if any harness
 #       crashed, leaked, timed out or ran out of memory; the input that did
-#       is left in build/fuzz/artifacts-NAME/ and the log in
-#       build/fuzz/NAME.log.
+#       is left in $FUZZ_B/artifacts-NAME/ and the log in
+#       $FUZZ_B/NAME.log.
 set -u
 cd "$(dirname "$0")/.."
 FUZZ_CC=${FUZZ_CC:-clang}
-B=build/fuzz
+B=${FUZZ_B:-build/fuzz}
 
 links_fuzzer() {
 	d=$(mktemp -d) || return 1

@@ -1,9 +1,16 @@
 #!/bin/sh
-# Runs each test program given; with VALGRIND=1 under valgrind memcheck.
-# Prints a closing "N passed, N failed" line and fails if any test failed.
+# Runs each test program given, each under its own time limit
+# (DML_TEST_TIMEOUT seconds, default 600; 1800 under valgrind); with
+# VALGRIND=1 under valgrind memcheck. Prints each program's time and a
+# closing "N passed, N failed" line, and fails if any test failed.
 pass=0
 fail=0
 failed=""
+if [ "${VALGRIND:-0}" = 1 ]; then
+	limit=${DML_TEST_TIMEOUT:-1800}
+else
+	limit=${DML_TEST_TIMEOUT:-600}
+fi
 for t in "$@"; do
 	if [ "${VALGRIND:-0}" = 1 ]; then
 		set -- valgrind -q --error-exitcode=99 --leak-check=full \
@@ -11,7 +18,15 @@ for t in "$@"; do
 	else
 		set -- "$t"
 	fi
-	if "$@"; then
+	start=$(date +%s)
+	timeout -k 10 "$limit" "$@"
+	rc=$?
+	end=$(date +%s)
+	if [ $rc = 124 ] || [ $rc = 137 ]; then
+		echo "$t: timed out after $limit s"
+	fi
+	echo "time: $t $((end - start)) s"
+	if [ $rc = 0 ]; then
 		pass=$((pass + 1))
 	else
 		fail=$((fail + 1))

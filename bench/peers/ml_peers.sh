@@ -69,7 +69,7 @@ if command -v dpkg-query >/dev/null 2>&1 &&
 	[ -n "$(missing_pkgs libopenblas0-serial)" ]; then
 	PKGS="$PKGS libopenblas0-pthread"
 fi
-if [ -n "$PKGS" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if [ -n "$PKGS" ] && [ "${DML_NO_DEPS:-0}" = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 	# "python3-sklearn" brings numpy, scipy and threadpoolctl for /usr/bin/python3.
 	case "$PKGS" in *python3-sklearn*) PKGS="$PKGS libopenblas0-pthread" ;; esac
 	# shellcheck disable=SC2086

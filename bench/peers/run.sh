@@ -20,7 +20,7 @@ SRC="$HERE/netrpc_bench.go"
 (
 # --- Go toolchain ---------------------------------------------------------
 if ! command -v go >/dev/null 2>&1; then
-	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+	if [ "${DML_NO_DEPS:-0}" = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 		echo "# bench-peers: Go not found, installing golang-go"
 		export DEBIAN_FRONTEND=noninteractive
 		if ! apt-get install -y golang-go >/dev/null 2>&1; then
