@@ -160,7 +160,7 @@ static dml_dataset *load_data(const char **what)
 	dml_dataset *ds = NULL;
 	dml_data_opts o = {0};
 	o.classes = N_CLASS;
-	if (dml_dataset_load_idx(&ds, img, lab, &o, NULL, 0) == 0 &&
+	if (dml_dataset_new_idx(&ds, img, lab, &o) == 0 &&
 	    dml_dataset_dim(ds) == N_FEAT) {
 		*what = "Fashion-MNIST train";
 		return ds;
@@ -221,7 +221,7 @@ static int measure(int isa, int peak_isa, const dml_dataset *ds, size_t batch,
                    int rounds, figures *f)
 {
 	dml_model m;
-	int rc = dml_model_softmax(&m, N_FEAT, N_CLASS, 0);
+	int rc = dml_model_init_softmax(&m, N_FEAT, N_CLASS, 0);
 	if (rc)
 		return rc;
 	dml_optim_opts oo = {0};
@@ -230,7 +230,7 @@ static int measure(int isa, int peak_isa, const dml_dataset *ds, size_t batch,
 	dml_optim *opt = NULL;
 	float *w = calloc(m.dim, sizeof(float)), *g = calloc(m.dim, sizeof(float));
 	if (!w || !g || (rc = dml__model_set_isa(&m, isa)) ||
-	    (rc = dml_optim_new(&opt, &oo, m.dim)) || (rc = m.init(m.self, w, 1)))
+	    (rc = dml_optim_new_dim(&opt, m.dim, &oo)) || (rc = m.init(m.self, w, 1)))
 		goto out;
 	/* the probe's length: about 0.1 s at the peak */
 	int lanes;
@@ -267,7 +267,7 @@ out:
 	free(w);
 	free(g);
 	dml_optim_free(opt);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	return rc;
 }
 

@@ -243,7 +243,7 @@ int main(int argc, char **argv)
 	pthread_join(rt, NULL);
 	close(lfd);
 	dml_ps_free(remote);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	dml_rpc_server_stop(srv);
 	pthread_join(st, NULL);
 	dml_rpc_server_free(srv);

@@ -128,12 +128,12 @@ static double dml_pipe(dml_rpc_client *c)
 	do {
 		for (int i = 0; i < WINDOW; i++) {
 			a[i] = (Args){n + i, 3};
-			int rc = dml_rpc_go(c, &arith_multiply, &a[i], &r[i], 10000, &k[i]);
+			int rc = dml_rpc_start(&k[i], c, &arith_multiply, &a[i], &r[i], 10000);
 			if (rc)
 				die("go", rc);
 		}
 		for (int i = 0; i < WINDOW; i++) {
-			int rc = dml_rpc_wait(k[i]);
+			int rc = dml_rpc_pending_wait(k[i]);
 			if (rc || r[i].C != 3 * (n + i))
 				die("wait", rc);
 			dml_rpc_pending_free(k[i]);
@@ -346,7 +346,7 @@ static void dml_start(dml_pair *p, int spin)
 
 static void dml_end(dml_pair *p)
 {
-	dml_rpc_client_free(p->c);
+	dml_rpc_free(p->c);
 	dml_rpc_server_stop(p->srv);
 	pthread_join(p->t, NULL);
 	dml_rpc_server_free(p->srv);
@@ -388,8 +388,8 @@ int main(int argc, char **argv)
 	Args a = {1, 2};
 	Reply r = {2};
 	size_t alen, rlen;
-	dml_encode(&args_type, &a, NULL, 0, &alen);
-	dml_encode(&reply_type, &r, NULL, 0, &rlen);
+	dml_type_encode(&args_type, &a, NULL, 0, &alen);
+	dml_type_encode(&reply_type, &r, NULL, 0, &rlen);
 	REQ = 20 + strlen(arith_multiply.name) + alen;
 	REP = 20 + rlen;
 

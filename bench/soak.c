@@ -231,7 +231,7 @@ static int go_push(worker *w, conn *cn, slot *s)
 		w->delta[i] = sign * p[i];
 	w->delta[cn->id] = 1;
 	psw_push a = {cn->client_id, s->seq, 0, {w->delta, dim, dim}};
-	return dml_rpc_go(cn->c, &m_push, &a, NULL, CALL_TIMEOUT_MS, &s->k);
+	return dml_rpc_start(&s->k, cn->c, &m_push, &a, NULL, CALL_TIMEOUT_MS);
 }
 
 /* Starts one call on slot s; 0 or an error (nothing to wait for). */
@@ -269,7 +269,7 @@ static int start_call(worker *w, conn *cn, slot *s)
 	                    ? (int64_t)cn->sent : -1;
 	s->reply.v = (dml_f32s){s->buf, 0, PULL_MAX};
 	w->pulls++;
-	return dml_rpc_go(cn->c, &m_pull, &s->range, &s->reply, CALL_TIMEOUT_MS, &s->k);
+	return dml_rpc_start(&s->k, cn->c, &m_pull, &s->range, &s->reply, CALL_TIMEOUT_MS);
 }
 
 static void check_pull(worker *w, conn *cn, slot *s)
@@ -304,7 +304,7 @@ static void ack_push(worker *w, conn *cn, slot *s)
 static void finish_call(worker *w, conn *cn, slot *s)
 {
 	for (;;) {
-		int rc = dml_rpc_wait(s->k);
+		int rc = dml_rpc_pending_wait(s->k);
 		int64_t t = now_ns();
 		if (rc == DML_ETIMEDOUT && s->kind == K_PUSH && s->tries < RETRIES) {
 			dml_rpc_pending_free(s->k);
@@ -565,7 +565,7 @@ int main(int argc, char **argv)
 		die("remote pull", rc);
 	int remote_same = memcmp(v, vr, dim * sizeof *v) == 0;
 	dml_ps_free(remote);
-	dml_rpc_client_free(vc);
+	dml_rpc_free(vc);
 	verdict vd = check_store(v, sum);
 
 	double p50 = hist_quantile(hist, 0.50) / 1e3, p90 = hist_quantile(hist, 0.90) / 1e3;
@@ -600,7 +600,7 @@ int main(int argc, char **argv)
 
 	/* teardown: clients, then the server, then the store */
 	for (int i = 0; i < nconns; i++)
-		dml_rpc_client_free(conns[i].c);
+		dml_rpc_free(conns[i].c);
 	dml_rpc_server_stop(srv);
 	for (int i = 0; i < SERVER_THREADS; i++)
 		pthread_join(st[i], NULL);

@@ -26,7 +26,7 @@ int main(int argc, char **argv)
 	Reply reply;
 	rc = dml_rpc_call(client, &arith_multiply, &args, &reply, 5000);
 	if (rc) {
-		fprintf(stderr, "arith error: %s\n", dml_strerror(rc));
+		fprintf(stderr, "arith error: %s: %s\n", dml_strerror(rc), dml_error_detail());
 		return 1;
 	}
 	printf("Arith: %lld*%lld=%lld\n", (long long)args.A, (long long)args.B,
@@ -37,11 +37,11 @@ int main(int argc, char **argv)
 	Args dargs = {17, 8};
 	Quotient quo;
 	dml_rpc_pending *call;
-	rc = dml_rpc_go(client, &arith_divide, &dargs, &quo, 5000, &call);
+	rc = dml_rpc_start(&call, client, &arith_divide, &dargs, &quo, 5000);
 	if (!rc)
-		rc = dml_rpc_wait(call);
+		rc = dml_rpc_pending_wait(call);
 	if (rc) {
-		fprintf(stderr, "arith error: %s\n", dml_strerror(rc));
+		fprintf(stderr, "arith error: %s: %s\n", dml_strerror(rc), dml_error_detail());
 		return 1;
 	}
 	dml_rpc_pending_free(call);
@@ -52,12 +52,10 @@ int main(int argc, char **argv)
 	/* A handler's error comes back with its message */
 	Args zero = {1, 0};
 	rc = dml_rpc_call(client, &arith_divide, &zero, &quo, 5000);
-	char msg[DML_RPC_ERRMSG_MAX];
-	dml_rpc_client_errmsg(client, msg, sizeof msg);
-	printf("Arith: 1/0: %s: %s\n", dml_strerror(rc), msg);
+	printf("Arith: 1/0: %s: %s\n", dml_strerror(rc), dml_error_detail());
 	bad |= rc != DML_EHANDLER;
 
-	dml_rpc_client_free(client);
+	dml_rpc_free(client);
 	if (bad)
 		fprintf(stderr, "arith_client: WRONG ANSWER\n");
 	return bad;

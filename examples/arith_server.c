@@ -26,7 +26,7 @@ static int divide(dml_rpc_ctx *ctx, const void *args, void *reply, void *user)
 	(void)user;
 	const Args *a = args;
 	if (a->B == 0)
-		return dml_rpc_errorf(ctx, "divide by zero");
+		return dml_rpc_ctx_errorf(ctx, "divide by zero");
 	Quotient *q = reply;
 	q->Quo = a->A / a->B;
 	q->Rem = a->A % a->B;

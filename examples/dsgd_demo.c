@@ -31,7 +31,7 @@ typedef struct softmax_arg {
 static int make_softmax(dml_model *m, void *arg)
 {
 	softmax_arg *a = arg;
-	return dml_model_softmax(m, a->features, a->classes, 0);
+	return dml_model_init_softmax(m, a->features, a->classes, 0);
 }
 
 /* A generated stand-in of Fashion-MNIST's shape: 10 classes, each a random
@@ -132,7 +132,7 @@ int main(int argc, char **argv)
 	}
 	/* standardise each pixel with the training set's mean and deviation */
 	dml_scaler *sc = NULL;
-	if (!rc && !(rc = dml_scaler_fit(job.train, DML_SCALE_STANDARD, &sc)) &&
+	if (!rc && !(rc = dml_scaler_new_fit(&sc, job.train, DML_SCALE_STANDARD)) &&
 	    !(rc = dml_scaler_apply(sc, job.train)))
 		rc = dml_scaler_apply(sc, job.test);
 	dml_scaler_free(sc);

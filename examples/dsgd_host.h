@@ -86,8 +86,8 @@ static int dsgd_load_fashion(const char *dir, dml_dataset **train, dml_dataset *
 	if (access(ti, R_OK) != 0)
 		return DML_ENOTFOUND;
 	dml_data_opts o = {.classes = 10};
-	int rc = dml_dataset_load_idx(train, ti, tl, &o, err, sizeof err);
-	if (!rc && (rc = dml_dataset_load_idx(test, vi, vl, &o, err, sizeof err)))
+	int rc = dml_dataset_new_idx(train, ti, tl, &o);
+	if (!rc && (rc = dml_dataset_new_idx(test, vi, vl, &o)))
 		dml_dataset_free(*train);
 	if (rc)
 		fprintf(stderr, "%s\n", err);
@@ -111,7 +111,7 @@ static int dsgd_on_epoch(void *user, const dml_epoch_info *info, const float *w)
 	dml_dataset *sub = NULL;
 	dml_model_evaluate(&job->eval, w, job->test, NULL, &test_acc);
 	size_t rows = dml_dataset_rows(job->shards[0]);
-	if (!dml_dataset_slice(job->shards[0], 0, rows < 10000 ? rows : 10000, &sub)) {
+	if (!dml_dataset_new_slice(&sub, job->shards[0], 0, rows < 10000 ? rows : 10000)) {
 		dml_model_evaluate(&job->eval, w, sub, NULL, &train_acc);
 		dml_dataset_free(sub);
 	}
@@ -161,11 +161,11 @@ static void *dsgd_worker_main(void *p)
 		o.clock_timeout = 60000;
 		o.on_epoch = dsgd_on_epoch;
 		o.user = wk;
-		wk->rc = dml_dsgd_worker(ps, &m, job->shards[wk->id], &o, &wk->st);
+		wk->rc = dml_dsgd_run(ps, &m, job->shards[wk->id], &wk->st, &o);
 	}
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_ps_free(ps);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	return NULL;
 }
 
@@ -181,7 +181,7 @@ static void dsgd_cleanup(dsgd_job *job)
 		dml_dataset_free(job->shards[i]);
 		job->shards[i] = NULL;
 	}
-	dml_model_free(&job->eval);
+	dml_model_destroy(&job->eval);
 	pthread_mutex_destroy(&job->mu);
 }
 
@@ -196,7 +196,7 @@ static int dsgd_run(dsgd_job *job)
 	int rc = job->make_model(&job->eval, job->model_arg);
 	size_t most = 0;
 	for (int i = 0; i < job->workers && !rc; i++) {
-		rc = dml_dataset_shard(job->train, i, job->workers, &job->shards[i]);
+		rc = dml_dataset_new_shard(&job->shards[i], job->train, i, job->workers);
 		if (!rc && dml_dataset_rows(job->shards[i]) > most)
 			most = dml_dataset_rows(job->shards[i]);
 	}

@@ -54,7 +54,7 @@ static void *run(void *p)
 	}
 	if (!w->ps)
 		dml_ps_free(ps);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	return NULL;
 }
 

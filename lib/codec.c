@@ -58,19 +58,32 @@ static size_t member_size(dml_kind k)
 	return s ? s : sizeof(vec);
 }
 
-int dml_type_check(const dml_type *t)
+/* The check, without touching the caller's error detail when it passes. */
+int dml__type_valid(const dml_type *t)
 {
-	if (!t || t->nfields > DML_MAX_FIELDS || (t->nfields && !t->fields))
-		return DML_EINVAL;
+	if (!t)
+		return dml__fail(DML_EINVAL, "type: NULL");
+	if (t->nfields > DML_MAX_FIELDS || (t->nfields && !t->fields))
+		return dml__fail(DML_EINVAL, "type %s: %zu fields (at most %d)",
+		                 t->name ? t->name : "?", t->nfields, DML_MAX_FIELDS);
 	for (size_t i = 0; i < t->nfields; i++) {
 		const dml_field *f = &t->fields[i];
 		if (f->kind < DML_I32 || f->kind > DML_U32S)
-			return DML_EINVAL;
+			return dml__fail(DML_EINVAL, "type %s: field %zu has kind %d",
+			                 t->name ? t->name : "?", i, (int)f->kind);
 		size_t ms = member_size(f->kind);
 		if (f->offset > t->size || ms > t->size - f->offset)
-			return DML_EINVAL;
+			return dml__fail(DML_EINVAL, "type %s: field %zu lies outside "
+			                 "the struct's %zu bytes",
+			                 t->name ? t->name : "?", i, t->size);
 	}
 	return 0;
+}
+
+int dml_type_check(const dml_type *t)
+{
+	dml__detail_clear();
+	return dml__type_valid(t);
 }
 
 /* Padding before an array tag so the data lands aligned. */
@@ -164,21 +177,11 @@ int dml__encode_w(const dml_type *t, const void *msg, dml__writer *w)
 	return 0;
 }
 
-int dml__encode_size(const dml_type *t, const void *msg, size_t ext_min,
-                     size_t *inline_len, size_t *total_len)
+int dml_type_encode(const dml_type *t, const void *msg, void *buf, size_t cap,
+                    size_t *len)
 {
-	dml__writer w = {0};
-	w.ext_min = ext_min;
-	int rc = dml__encode_w(t, msg, &w);
-	*inline_len = w.pos;
-	*total_len = w.off;
-	return rc;
-}
-
-int dml_encode(const dml_type *t, const void *msg, void *buf, size_t cap,
-               size_t *len)
-{
-	if (!len || (!buf && cap) || dml_type_check(t))
+	dml__detail_clear();
+	if (!len || (!buf && cap) || dml__type_valid(t))
 		return DML_EINVAL;
 	dml__writer w = {0};
 	w.p = buf;
@@ -293,11 +296,23 @@ int dml__decode_h(const dml_type *t, void *msg, const uint8_t *buf,
 	return r.pos == r.len ? 0 : DML_EPROTO;
 }
 
-int dml_decode(const dml_type *t, void *msg, const void *buf, size_t len)
+int dml_type_decode(const dml_type *t, const void *buf, size_t len, void *msg)
 {
-	if (dml_type_check(t))
+	dml__detail_clear();
+	if (dml__type_valid(t))
 		return DML_EINVAL;
 	return dml__decode_h(t, msg, buf, len, -1);
+}
+
+int dml_encode(const dml_type *t, const void *msg, void *buf, size_t cap,
+               size_t *len)
+{
+	return dml_type_encode(t, msg, buf, cap, len);
+}
+
+int dml_decode(const dml_type *t, void *msg, const void *buf, size_t len)
+{
+	return dml_type_decode(t, buf, len, msg);
 }
 
 int dml__bulk_plan(const dml_type *t, const void *msg, int *field,

@@ -41,15 +41,15 @@ typedef struct dml__writer {
 	int next;
 } dml__writer;
 
+/* dml_type_check without clearing the caller's error detail (for use
+ * inside other public calls); sets it on failure. */
+int dml__type_valid(const dml_type *t);
+
 /* Encodes `msg` of a type already checked with dml_type_check; fails
  * with DML_EINVAL (bad field) or DML_ETOOBIG. With a
  * NULL or too small `p` it still counts (w->pos/off give the sizes) and
  * returns DML_ETOOBIG if p was non-NULL and too small. */
 int dml__encode_w(const dml_type *t, const void *msg, dml__writer *w);
-
-/* Sizes of `msg` as dml__encode_w would produce with the given ext_min. */
-int dml__encode_size(const dml_type *t, const void *msg, size_t ext_min,
-                     size_t *inline_len, size_t *total_len);
 
 /* Decodes (type already checked); `hole` is the index of a field whose array data is absent from
  * `buf` (already in the caller's buffer), or -1. */

@@ -4,12 +4,15 @@
  * and feature scaling. The file readers are data_idx.c and data_libsvm.c;
  * they build their arrays and hand them over with dml__dataset_adopt.
  */
-#include "internal.h"
+#include "dataset.h"
+
+#include "abi.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
-#include <zlib.h>
 
 struct dml_dataset {
 	size_t n;
@@ -29,15 +32,7 @@ struct dml_scaler {
 	float *scale;
 };
 
-/* Shared with the readers (declared again there: no private header). */
-int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
-                       uint64_t *indptr, uint32_t *idx, float *val, float *y);
-int dml__dataset_set_class_info(dml_dataset *ds, size_t k);
-int dml__gz_read(gzFile gz, const char *path, void *buf, size_t len,
-                 size_t *got, const char **why);
-
-/* Largest class count: floats hold integers exactly up to 2^24. */
-#define MAX_CLASSES ((size_t)1 << 24)
+#define MAX_CLASSES DML_DATA_MAX_CLASSES
 
 /* ---- allocation helpers ----------------------------------------------- */
 
@@ -90,9 +85,24 @@ int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
 	return 0;
 }
 
-/* Reads up to len bytes (fewer only at the end of the data). On a zlib or
- * system error returns its DML_E* code with the reason in *why (valid until
- * the file is closed). */
+int dml__data_fail(int code, const char *path, unsigned long long line,
+                   int offset, const char *fmt, ...)
+{
+	char what[200], msg[DML_ERRMSG_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof what, fmt, ap);
+	va_end(ap);
+	if (offset)
+		snprintf(msg, sizeof msg, "%s: offset %llu: %s", path, line, what);
+	else if (line)
+		snprintf(msg, sizeof msg, "%s:%llu: %s", path, line, what);
+	else
+		snprintf(msg, sizeof msg, "%s: %s", path, what);
+	dml__escape(dml__detail_buf(), DML_ERRMSG_MAX, msg, strlen(msg));
+	return code;
+}
+
 int dml__gz_read(gzFile gz, const char *path, void *buf, size_t len,
                  size_t *got, const char **why)
 {
@@ -139,6 +149,7 @@ int dml__gz_read(gzFile gz, const char *path, void *buf, size_t len,
 int dml_dataset_new_dense(dml_dataset **out, size_t n, size_t dim,
                           const float *x, const float *y)
 {
+	dml__detail_clear();
 	if (!out)
 		return DML_EINVAL;
 	if (dim && n > SIZE_MAX / sizeof(float) / dim)
@@ -182,6 +193,7 @@ int dml_dataset_new_sparse(dml_dataset **out, size_t n, size_t dim,
                            const uint64_t *indptr, const uint32_t *idx,
                            const float *val, const float *y)
 {
+	dml__detail_clear();
 	if (!out || (!indptr && n) || n == SIZE_MAX)
 		return DML_EINVAL;
 	uint64_t base = n ? indptr[0] : 0, nnz = 0;
@@ -250,6 +262,7 @@ const float *dml_dataset_class_values(const dml_dataset *ds)
 int dml_dataset_batch(const dml_dataset *ds, size_t start, size_t count,
                       dml_batch *out)
 {
+	dml__detail_clear();
 	if (!ds || !out || start > ds->n)
 		return DML_EINVAL;
 	size_t rows = ds->n - start < count ? ds->n - start : count;
@@ -282,9 +295,10 @@ static int copy_class_info(dml_dataset *dst, const dml_dataset *src)
 	return 0;
 }
 
-int dml_dataset_slice(const dml_dataset *ds, size_t start, size_t count,
-                      dml_dataset **out)
+int dml_dataset_new_slice(dml_dataset **out, const dml_dataset *ds,
+                          size_t start, size_t count)
 {
+	dml__detail_clear();
 	dml_batch b;
 	dml_dataset *c;
 	if (!out || dml_dataset_batch(ds, start, count, &b))
@@ -299,26 +313,19 @@ int dml_dataset_slice(const dml_dataset *ds, size_t start, size_t count,
 	return rc;
 }
 
-int dml_shard_range(size_t rows, int i, int n, size_t *start, size_t *count)
+int dml_dataset_new_shard(dml_dataset **out, const dml_dataset *ds, int i, int n)
 {
-	if (n < 1 || i < 0 || i >= n || !start || !count)
-		return DML_EINVAL;
-	size_t k = (size_t)n, base = rows / k, extra = rows % k, s = (size_t)i;
-	*start = s * base + (s < extra ? s : extra);
-	*count = base + (s < extra ? 1 : 0);
-	return 0;
-}
-
-int dml_dataset_shard(const dml_dataset *ds, int i, int n, dml_dataset **out)
-{
+	dml__detail_clear();
 	size_t start, count;
-	if (!ds || !out || dml_shard_range(ds->n, i, n, &start, &count))
+	if (!ds || !out)
 		return DML_EINVAL;
-	return dml_dataset_slice(ds, start, count, out);
+	int rc = dml_shard_range(ds->n, i, n, &start, &count);
+	return rc ? rc : dml_dataset_new_slice(out, ds, start, count);
 }
 
 int dml_dataset_to_dense(dml_dataset *ds)
 {
+	dml__detail_clear();
 	if (!ds)
 		return DML_EINVAL;
 	if (!ds->indptr)
@@ -453,6 +460,7 @@ static int shuffle_sparse(dml_dataset *ds, rng *g)
 
 int dml_dataset_shuffle(dml_dataset *ds, uint64_t seed)
 {
+	dml__detail_clear();
 	if (!ds)
 		return DML_EINVAL;
 	rng g;
@@ -527,6 +535,7 @@ static int apply_table(dml_dataset *ds, const class_entry *tab, size_t k,
 
 int dml_dataset_map_labels(dml_dataset *ds, const float *values, size_t k)
 {
+	dml__detail_clear();
 	if (!ds || !values || k == 0 || k > MAX_CLASSES || !all_finite(values, k))
 		return DML_EINVAL;
 	class_entry *tab = alloc_array(k, sizeof *tab);
@@ -555,6 +564,7 @@ int dml_dataset_map_labels(dml_dataset *ds, const float *values, size_t k)
 
 int dml_dataset_remap_labels(dml_dataset *ds, size_t *k)
 {
+	dml__detail_clear();
 	if (!ds)
 		return DML_EINVAL;
 	if (ds->n == 0) {
@@ -613,6 +623,7 @@ int dml__dataset_set_class_info(dml_dataset *ds, size_t k)
 
 int dml_dataset_set_classes(dml_dataset *ds, size_t k)
 {
+	dml__detail_clear();
 	if (!ds || k > MAX_CLASSES)
 		return DML_EINVAL;
 	for (size_t i = 0; k && i < ds->n; i++) {
@@ -705,9 +716,10 @@ static void fit_dense(const dml_dataset *ds, dml_scale_kind kind, double *a,
 		b[j] = sqrt_pos(b[j] / (double)n);
 }
 
-int dml_scaler_fit(const dml_dataset *ds, dml_scale_kind kind,
-                   dml_scaler **out)
+int dml_scaler_new_fit(dml_scaler **out, const dml_dataset *ds,
+                       dml_scale_kind kind)
 {
+	dml__detail_clear();
 	if (!ds || !out || kind < DML_SCALE_STANDARD || kind > DML_SCALE_MAXABS ||
 	    (ds->indptr && kind != DML_SCALE_MAXABS))
 		return DML_EINVAL;
@@ -745,6 +757,7 @@ int dml_scaler_fit(const dml_dataset *ds, dml_scale_kind kind,
 int dml_scaler_new(dml_scaler **out, size_t dim, const float *offset,
                    const float *scale)
 {
+	dml__detail_clear();
 	if (!out || (dim && (!offset || !scale)) ||
 	    (dim && (!all_finite(offset, dim) || !all_finite(scale, dim))))
 		return DML_EINVAL;
@@ -767,6 +780,7 @@ static float scale_one(const dml_scaler *sc, size_t j, float v)
 
 int dml_scaler_apply(const dml_scaler *sc, dml_dataset *ds)
 {
+	dml__detail_clear();
 	if (!sc || !ds)
 		return DML_EINVAL;
 	if (sc->dim != ds->dim)
@@ -815,4 +829,72 @@ void dml_scaler_free(dml_scaler *sc)
 	free(sc->offset);
 	free(sc->scale);
 	free(sc);
+}
+
+/* ---- the loaders' entry points ---------------------------------------- */
+
+int dml_dataset_new_idx_abi(dml_dataset **out, const char *images_path,
+                            const char *labels_path, const dml_data_opts *opts,
+                            int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_data_opts o;
+	dml__abi_in(&o, sizeof o, opts, DML__L_DATA_OPTS, abi);
+	return dml__load_idx(out, images_path, labels_path, &o);
+}
+
+int dml_dataset_new_libsvm_abi(dml_dataset **out, const char *path,
+                               const dml_data_opts *opts, int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_data_opts o;
+	dml__abi_in(&o, sizeof o, opts, DML__L_DATA_OPTS, abi);
+	return dml__load_libsvm(out, path, &o);
+}
+
+/* ---- deprecated names (0.2; docs/api.md) ------------------------------ */
+
+/* The old loaders' message buffer: the detail again, "" on success. */
+static int old_err(int rc, char *err, size_t errcap)
+{
+	if (err && errcap)
+		dml__set_msg(err, errcap, "%s", rc ? dml_error_detail() : "");
+	return rc;
+}
+
+int dml_dataset_load_idx(dml_dataset **out, const char *images_path,
+                         const char *labels_path, const dml_data_opts *opts,
+                         char *err, size_t errcap)
+{
+	return old_err(dml_dataset_new_idx_abi(out, images_path, labels_path, opts, 1),
+	               err, errcap);
+}
+
+int dml_dataset_load_libsvm(dml_dataset **out, const char *path,
+                            const dml_data_opts *opts, char *err,
+                            size_t errcap)
+{
+	return old_err(dml_dataset_new_libsvm_abi(out, path, opts, 1), err, errcap);
+}
+
+int dml_dataset_shard(const dml_dataset *ds, int i, int n, dml_dataset **out)
+{
+	return dml_dataset_new_shard(out, ds, i, n);
+}
+
+int dml_dataset_slice(const dml_dataset *ds, size_t start, size_t count,
+                      dml_dataset **out)
+{
+	return dml_dataset_new_slice(out, ds, start, count);
+}
+
+int dml_scaler_fit(const dml_dataset *ds, dml_scale_kind kind, dml_scaler **out)
+{
+	return dml_scaler_new_fit(out, ds, kind);
 }

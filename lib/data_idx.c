@@ -6,28 +6,18 @@
  * header's sizes are a claim: the product is checked for overflow and
  * against max_bytes, and memory then grows with the data actually read.
  */
-#include "internal.h"
+#include "dataset.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <zlib.h>
-
-/* From data.c. */
-int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
-                       uint64_t *indptr, uint32_t *idx, float *val, float *y);
-int dml__dataset_set_class_info(dml_dataset *ds, size_t k);
-int dml__gz_read(gzFile gz, const char *path, void *buf, size_t len,
-                 size_t *got, const char **why);
 
 #define IDX_U8 0x08
 #define IDX_F32 0x0D
 #define IDX_MAX_DIMS 4
 #define CHUNK ((size_t)1 << 18)         /* bytes read per gzread */
 #define FIRST_CAP ((size_t)1 << 16)     /* values allocated before data arrives */
-#define DEFAULT_MAX_BYTES ((uint64_t)4 << 30)
 
 /* An open IDX file and its header. */
 typedef struct idx_file {
@@ -41,32 +31,9 @@ typedef struct idx_file {
 	uint64_t count; /* values in the file: the product of dims */
 } idx_file;
 
-/* Error context: where messages go. */
-typedef struct errbuf {
-	char *s;
-	size_t cap;
-} errbuf;
-
-#define FAIL(e, code, f, at, ...)                                              \
-	fail_at(e, code, (f)->path, (unsigned long long)(at), __VA_ARGS__)
-
-static int fail_at(errbuf *e, int code, const char *path,
-                   unsigned long long off, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
-
-static int fail_at(errbuf *e, int code, const char *path,
-                   unsigned long long off, const char *fmt, ...)
-{
-	if (!e->s || !e->cap)
-		return code;
-	char what[160];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(what, sizeof what, fmt, ap);
-	va_end(ap);
-	dml__set_msg(e->s, e->cap, "%s: offset %llu: %s", path, off, what);
-	return code;
-}
+/* A message naming the file and the byte offset. */
+#define FAIL(code, f, at, ...)                                                 \
+	dml__data_fail(code, (f)->path, (unsigned long long)(at), 1, __VA_ARGS__)
 
 static const char *type_name(int t)
 {
@@ -82,16 +49,16 @@ static const char *type_name(int t)
 }
 
 /* Reads exactly n bytes or fails, naming what was being read. */
-static int read_exact(idx_file *f, errbuf *e, void *buf, size_t n,
+static int read_exact(idx_file *f, void *buf, size_t n,
                       const char *what)
 {
 	size_t got;
 	const char *why = "";
 	int rc = dml__gz_read(f->gz, f->path, buf, n, &got, &why);
 	if (rc)
-		return FAIL(e, rc, f, f->off + got, "%s", why);
+		return FAIL(rc, f, f->off + got, "%s", why);
 	if (got < n)
-		return FAIL(e, DML_ETRUNC, f, f->off + got,
+		return FAIL(DML_ETRUNC, f, f->off + got,
 		            "file ends inside the %s", what);
 	f->off += n;
 	return 0;
@@ -99,42 +66,42 @@ static int read_exact(idx_file *f, errbuf *e, void *buf, size_t n,
 
 /* Opens `path` and reads its header; the role says which types and
  * dimensions are acceptable. */
-static int idx_open(idx_file *f, const char *path, int images, errbuf *e)
+static int idx_open(idx_file *f, const char *path, int images)
 {
 	memset(f, 0, sizeof *f);
 	f->path = path;
 	errno = 0;
 	f->gz = gzopen(path, "rb");
 	if (!f->gz)
-		return fail_at(e, errno ? DML_EIO : DML_ENOMEM, path, 0,
+		return dml__data_fail(errno ? DML_EIO : DML_ENOMEM, path, 0, 1,
 		               "cannot open: %s",
 		               errno ? strerror(errno) : "out of memory");
 	gzbuffer(f->gz, 1u << 17);
 	uint8_t magic[4];
-	int rc = read_exact(f, e, magic, 4, "header");
+	int rc = read_exact(f, magic, 4, "header");
 	if (rc)
 		return rc;
 	if (magic[0] || magic[1])
-		return FAIL(e, DML_EFORMAT, f, 0,
+		return FAIL(DML_EFORMAT, f, 0,
 		            "bad magic %02x %02x %02x %02x (not an IDX file)",
 		            magic[0], magic[1], magic[2], magic[3]);
 	f->type = magic[2];
 	f->ndims = magic[3];
 	const char *tn = type_name(f->type);
 	if (!tn)
-		return FAIL(e, DML_EFORMAT, f, 2, "bad type byte 0x%02x",
+		return FAIL(DML_EFORMAT, f, 2, "bad type byte 0x%02x",
 		            (unsigned)f->type);
 	if (images ? f->type != IDX_U8 && f->type != IDX_F32 : f->type != IDX_U8)
-		return FAIL(e, DML_EFORMAT, f, 2,
+		return FAIL(DML_EFORMAT, f, 2,
 		            "type %s (0x%02x) not supported for %s; expected %s", tn,
 		            (unsigned)f->type, images ? "images" : "labels",
 		            images ? "u8 (0x08) or f32 (0x0d)" : "u8 (0x08)");
 	if (images ? f->ndims < 2 || f->ndims > IDX_MAX_DIMS : f->ndims != 1)
-		return FAIL(e, DML_EFORMAT, f, 3,
+		return FAIL(DML_EFORMAT, f, 3,
 		            "%d dimensions; %s need %s", f->ndims,
 		            images ? "images" : "labels", images ? "2 to 4" : "1");
 	uint8_t raw[4 * IDX_MAX_DIMS];
-	if ((rc = read_exact(f, e, raw, 4 * (size_t)f->ndims, "header")))
+	if ((rc = read_exact(f, raw, 4 * (size_t)f->ndims, "header")))
 		return rc;
 	uint64_t row = 1;
 	for (int d = 0; d < f->ndims; d++) {
@@ -144,14 +111,14 @@ static int idx_open(idx_file *f, const char *path, int images, errbuf *e)
 		if (d == 0)
 			continue;
 		if (f->dims[d] == 0)
-			return FAIL(e, DML_EFORMAT, f, 4 + 4 * d, "dimension %d is 0",
+			return FAIL(DML_EFORMAT, f, 4 + 4 * d, "dimension %d is 0",
 			            d);
 		if (row > UINT64_MAX / f->dims[d])
-			return FAIL(e, DML_EFORMAT, f, 4, "dimensions overflow");
+			return FAIL(DML_EFORMAT, f, 4, "dimensions overflow");
 		row *= f->dims[d];
 	}
 	if (row > SIZE_MAX || (f->dims[0] && row > UINT64_MAX / f->dims[0]))
-		return FAIL(e, DML_EFORMAT, f, 4, "dimensions overflow: %u x %llu",
+		return FAIL(DML_EFORMAT, f, 4, "dimensions overflow: %u x %llu",
 		            f->dims[0], (unsigned long long)row);
 	f->row = row;
 	f->count = row * f->dims[0];
@@ -167,16 +134,16 @@ static void idx_close(idx_file *f)
 
 /* After the data: anything more is an error (and reading on lets zlib
  * verify the gzip trailer's checksum). */
-static int expect_end(idx_file *f, errbuf *e)
+static int expect_end(idx_file *f)
 {
 	uint8_t b;
 	size_t got;
 	const char *why = "";
 	int rc = dml__gz_read(f->gz, f->path, &b, 1, &got, &why);
 	if (rc)
-		return FAIL(e, rc, f, f->off, "%s", why);
+		return FAIL(rc, f, f->off, "%s", why);
 	if (got)
-		return FAIL(e, DML_EFORMAT, f, f->off,
+		return FAIL(DML_EFORMAT, f, f->off,
 		            "unexpected data after the %llu values the header "
 		            "declares", (unsigned long long)f->count);
 	return 0;
@@ -212,7 +179,7 @@ static float f32_be(const uint8_t *p)
  * `lut`, f32 checked finite. Labels (lut NULL) are checked against
  * `classes` when non-zero, and their maximum goes to *max_label.
  */
-static int read_values(idx_file *f, errbuf *e, const float *lut,
+static int read_values(idx_file *f, const float *lut,
                        size_t classes, unsigned *max_label, float **out)
 {
 	size_t total = (size_t)f->count, esize = f->type == IDX_F32 ? 4 : 1;
@@ -228,11 +195,11 @@ static int read_values(idx_file *f, errbuf *e, const float *lut,
 		size_t got;
 		const char *why = "";
 		if ((rc = dml__gz_read(f->gz, f->path, chunk, k * esize, &got, &why))) {
-			FAIL(e, rc, f, f->off + got, "%s", why);
+			FAIL(rc, f, f->off + got, "%s", why);
 			break;
 		}
 		if (got < k * esize) {
-			rc = FAIL(e, DML_ETRUNC, f, f->off + got,
+			rc = FAIL(DML_ETRUNC, f, f->off + got,
 			          "truncated: the header declares %llu values of %zu "
 			          "byte(s) at offsets %llu..%llu, the file ends here",
 			          (unsigned long long)total, esize,
@@ -248,7 +215,7 @@ static int read_values(idx_file *f, errbuf *e, const float *lut,
 			if (esize == 4) {
 				float x = f32_be(chunk + 4 * i);
 				if (!isfinite(x)) {
-					rc = FAIL(e, DML_EFORMAT, f, at + 4 * i,
+					rc = FAIL(DML_EFORMAT, f, at + 4 * i,
 					          "value is NaN or infinite");
 					break;
 				}
@@ -258,7 +225,7 @@ static int read_values(idx_file *f, errbuf *e, const float *lut,
 			} else {
 				unsigned l = chunk[i];
 				if (classes && l >= classes) {
-					rc = FAIL(e, DML_EFORMAT, f, at + i,
+					rc = FAIL(DML_EFORMAT, f, at + i,
 					          "label %u out of range 0..%zu", l,
 					          classes - 1);
 					break;
@@ -271,7 +238,7 @@ static int read_values(idx_file *f, errbuf *e, const float *lut,
 		have += k;
 	}
 	if (!rc)
-		rc = expect_end(f, e);
+		rc = expect_end(f);
 	free(chunk);
 	if (rc) {
 		free(v);
@@ -282,12 +249,12 @@ static int read_values(idx_file *f, errbuf *e, const float *lut,
 }
 
 /* The bytes the data set will take, against the limit. */
-static int check_size(idx_file *img, uint64_t limit, errbuf *e)
+static int check_size(idx_file *img, uint64_t limit)
 {
 	uint64_t n = img->dims[0], values = img->count;
 	if (values > (UINT64_MAX - 4 * n) / 4 || values > SIZE_MAX / 4 ||
 	    4 * values + 4 * n > limit)
-		return FAIL(e, DML_ETOOBIG, img, 4,
+		return FAIL(DML_ETOOBIG, img, 4,
 		            "header declares %llu values, more than max_bytes "
 		            "(%llu bytes) allows", (unsigned long long)values,
 		            (unsigned long long)limit);
@@ -295,16 +262,16 @@ static int check_size(idx_file *img, uint64_t limit, errbuf *e)
 }
 
 static int load(dml_dataset **out, idx_file *img, idx_file *lab,
-                const char *labels_path, const dml_data_opts *o, errbuf *e)
+                const char *labels_path, const dml_data_opts *o)
 {
-	uint64_t limit = o->max_bytes ? o->max_bytes : DEFAULT_MAX_BYTES;
-	int rc = idx_open(img, img->path, 1, e);
+	uint64_t limit = o->max_bytes ? o->max_bytes : DML_DATA_DEFAULT_MAX_BYTES;
+	int rc = idx_open(img, img->path, 1);
 	if (!rc)
-		rc = check_size(img, limit, e);
+		rc = check_size(img, limit);
 	if (!rc && labels_path) {
-		rc = idx_open(lab, labels_path, 0, e);
+		rc = idx_open(lab, labels_path, 0);
 		if (!rc && lab->dims[0] != img->dims[0])
-			rc = fail_at(e, DML_EDIM, lab->path, 4,
+			rc = dml__data_fail(DML_EDIM, lab->path, 4, 1,
 			             "%u labels, but %s has %u images", lab->dims[0],
 			             img->path, img->dims[0]);
 	}
@@ -316,9 +283,9 @@ static int load(dml_dataset **out, idx_file *img, idx_file *lab,
 		lut[i] = o->raw_pixels ? (float)i : (float)i / 255.0f;
 	float *x = NULL, *y = NULL;
 	unsigned max_label = 0;
-	rc = read_values(img, e, lut, 0, NULL, &x);
+	rc = read_values(img, lut, 0, NULL, &x);
 	if (!rc && labels_path)
-		rc = read_values(lab, e, NULL, o->classes, &max_label, &y);
+		rc = read_values(lab, NULL, o->classes, &max_label, &y);
 	if (!rc && !labels_path && !(y = calloc(n ? n : 1, sizeof *y)))
 		rc = DML_ENOMEM;
 	if (rc) {
@@ -342,25 +309,17 @@ static int load(dml_dataset **out, idx_file *img, idx_file *lab,
 	return 0;
 }
 
-int dml_dataset_load_idx(dml_dataset **out, const char *images_path,
-                         const char *labels_path, const dml_data_opts *opts,
-                         char *err, size_t errcap)
+int dml__load_idx(dml_dataset **out, const char *images_path,
+                  const char *labels_path, const dml_data_opts *o)
 {
-	errbuf e = {err, errcap};
-	if (err && errcap)
-		err[0] = '\0';
-	dml_data_opts o = {0};
-	if (opts)
-		o = *opts;
-	if (!out || !images_path || (o.remap_labels && o.classes) ||
-	    o.classes > ((size_t)1 << 24)) {
-		if (err && errcap)
-			dml__set_msg(err, errcap, "invalid arguments");
+	if (!out || !images_path)
 		return DML_EINVAL;
-	}
+	if ((o->remap_labels && o->classes) || o->classes > DML_DATA_MAX_CLASSES)
+		return dml__fail(DML_EINVAL, "classes %zu (at most %zu, not with "
+		                 "remap_labels)", o->classes, DML_DATA_MAX_CLASSES);
 	idx_file img = {0}, lab = {0};
 	img.path = images_path;
-	int rc = load(out, &img, &lab, labels_path, &o, &e);
+	int rc = load(out, &img, &lab, labels_path, o);
 	idx_close(&img);
 	idx_close(&lab);
 	return rc;

@@ -6,32 +6,19 @@
  * place with strtof/strtoull. The CSR arrays grow geometrically as entries
  * arrive, and no array may exceed max_bytes.
  */
-#include "internal.h"
+#include "dataset.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <zlib.h>
-
-/* From data.c. */
-int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
-                       uint64_t *indptr, uint32_t *idx, float *val, float *y);
-int dml__dataset_set_class_info(dml_dataset *ds, size_t k);
-int dml__gz_read(gzFile gz, const char *path, void *buf, size_t len,
-                 size_t *got, const char **why);
 
 #define CHUNK ((size_t)1 << 16)
-#define DEFAULT_MAX_LINE ((size_t)1 << 20)
-#define DEFAULT_MAX_BYTES ((uint64_t)4 << 30)
-#define MAX_CLASSES ((size_t)1 << 24)
 
 /* The reader's state: options, position and the growing CSR arrays. */
 typedef struct parser {
 	const char *path;
-	char *err;
-	size_t errcap;
 	size_t line;       /* current line, 1-based */
 	uint64_t limit;    /* max_bytes */
 	size_t dim;        /* given dim, or 0 */
@@ -53,18 +40,12 @@ static int fail(parser *p, int code, const char *fmt, ...)
 
 static int fail(parser *p, int code, const char *fmt, ...)
 {
-	if (!p->err || !p->errcap)
-		return code;
 	char what[200];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(what, sizeof what, fmt, ap);
 	va_end(ap);
-	if (p->line)
-		dml__set_msg(p->err, p->errcap, "%s:%zu: %s", p->path, p->line, what);
-	else
-		dml__set_msg(p->err, p->errcap, "%s: %s", p->path, what);
-	return code;
+	return dml__data_fail(code, p->path, p->line, 0, "%s", what);
 }
 
 static int is_space(char c) { return c == ' ' || c == '\t'; }
@@ -401,31 +382,24 @@ static int finish(parser *p, dml_dataset *ds, const dml_data_opts *o)
 	return rc;
 }
 
-int dml_dataset_load_libsvm(dml_dataset **out, const char *path,
-                            const dml_data_opts *opts, char *err,
-                            size_t errcap)
+int dml__load_libsvm(dml_dataset **out, const char *path,
+                     const dml_data_opts *o)
 {
-	if (err && errcap)
-		err[0] = '\0';
-	dml_data_opts o = {0};
-	if (opts)
-		o = *opts;
-	size_t max_line = o.max_line ? o.max_line : DEFAULT_MAX_LINE;
-	if (!out || !path || (o.remap_labels && o.classes) ||
-	    o.classes > MAX_CLASSES || max_line > SIZE_MAX / 4 ||
-	    (o.dim && o.dim - 1 > UINT32_MAX)) {
-		if (err && errcap)
-			dml__set_msg(err, errcap, "invalid arguments");
+	size_t max_line = o->max_line ? o->max_line : DML_DATA_DEFAULT_MAX_LINE;
+	if (!out || !path)
 		return DML_EINVAL;
-	}
+	if ((o->remap_labels && o->classes) || o->classes > DML_DATA_MAX_CLASSES)
+		return dml__fail(DML_EINVAL, "classes %zu (at most %zu, not with "
+		                 "remap_labels)", o->classes, DML_DATA_MAX_CLASSES);
+	if (max_line > SIZE_MAX / 4 || (o->dim && o->dim - 1 > UINT32_MAX))
+		return dml__fail(DML_EINVAL, "max_line %zu or dim %zu too large",
+		                 max_line, o->dim);
 	parser p = {0};
 	p.path = path;
-	p.err = err;
-	p.errcap = errcap;
-	p.limit = o.max_bytes ? o.max_bytes : DEFAULT_MAX_BYTES;
-	p.dim = o.dim;
-	p.zero_based = o.zero_based;
-	p.classes = o.classes;
+	p.limit = o->max_bytes ? o->max_bytes : DML_DATA_DEFAULT_MAX_BYTES;
+	p.dim = o->dim;
+	p.zero_based = o->zero_based;
+	p.classes = o->classes;
 	errno = 0;
 	gzFile gz = gzopen(path, "rb");
 	if (!gz)
@@ -438,7 +412,7 @@ int dml_dataset_load_libsvm(dml_dataset **out, const char *path,
 	if (!rc)
 		rc = build(&p, &ds);
 	parser_free(&p);
-	if (!rc && (rc = finish(&p, ds, &o))) {
+	if (!rc && (rc = finish(&p, ds, o))) {
 		dml_dataset_free(ds);
 		ds = NULL;
 	}

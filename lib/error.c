@@ -1,10 +1,9 @@
-/* error.c - error names and the library version. */
+/* error.c - error names, the calling thread's error detail, escaping of
+ * untrusted text, the library version and ABI level. */
 #include "internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
 
 #define STR2(x) #x
 #define STR(x) STR2(x)
@@ -49,85 +48,69 @@ const char *dml_version(void)
 
 int dml_version_number(void) { return DML_VERSION_NUMBER; }
 
-int64_t dml__now_us(void)
+int dml__abi_check(int abi)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-/* The coarse clock: a few ms of resolution (the timer tick), which
- * timeouts in ms do not notice, for no TSC read: it is read several times
- * per RPC call. */
-int64_t dml__now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Deadlines are taken from the coarse clock (no TSC read: cheap on every
- * call), rounded up so that they never come before the precise clock's. */
-int64_t dml__deadline(dml_duration timeout)
-{
-	if (timeout < 0)
-		return -1;
-	struct timespec ts, res;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	clock_getres(CLOCK_MONOTONIC_COARSE, &res);
-	return (int64_t)ts.tv_sec * 1000 + (ts.tv_nsec + res.tv_nsec) / 1000000 +
-	       1 + timeout;
-}
-
-int dml__remaining_ms(int64_t deadline)
-{
-	if (deadline < 0)
-		return -1;
-	int64_t left = deadline - dml__now_ms();
-	if (left <= 0)
+	if (abi >= 1 && abi <= DML_ABI)
 		return 0;
-	return left > 1000000000 ? 1000000000 : (int)left;
+	return dml__fail(DML_EVERSION,
+	                 "caller built for struct layout level %d; this library "
+	                 "(%s) knows levels 1 to %d",
+	                 abi, dml_version(), DML_ABI);
 }
 
-int dml__buf_grow(dml__buf *b, size_t cap)
-{
-	if (cap <= b->cap)
-		return 0;
-	size_t ncap = b->cap ? b->cap : 256;
-	while (ncap < cap) {
-		if (ncap > SIZE_MAX / 2)
-			return DML_ENOMEM;
-		ncap *= 2;
-	}
-	void *p = NULL;
-	if (posix_memalign(&p, 16, ncap) != 0)
-		return DML_ENOMEM;
-	if (b->len)
-		memcpy(p, b->data, b->len);
-	free(b->data);
-	b->data = p;
-	b->cap = ncap;
-	return 0;
-}
+/* ---- error detail ------------------------------------------------- */
 
-int dml__buf_reserve(dml__buf *b, size_t extra)
-{
-	if (extra > SIZE_MAX - b->len)
-		return DML_ENOMEM;
-	return dml__buf_grow(b, b->len + extra);
-}
+/* The library's only state outside its handles: one message per thread,
+ * which no other thread reads. */
+static _Thread_local char detail[DML_ERRMSG_MAX];
 
-void dml__buf_free(dml__buf *b)
-{
-	free(b->data);
-	b->data = NULL;
-	b->len = b->cap = 0;
-}
+const char *dml_error_detail(void) { return detail; }
 
-void dml__set_msg(char *dst, size_t cap, const char *fmt, ...)
+char *dml__detail_buf(void) { return detail; }
+
+void dml__detail_clear(void) { detail[0] = 0; }
+
+void dml__detail_set(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(dst, cap, fmt, ap);
+	vsnprintf(detail, sizeof detail, fmt, ap);
 	va_end(ap);
+}
+
+int dml__fail(int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof detail, fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+size_t dml__escape(char *dst, size_t cap, const void *src, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *s = src;
+	size_t out = 0, i = 0;
+	if (!cap)
+		return 0;
+	for (; i < n; i++) {
+		unsigned char c = s[i];
+		size_t need = c == '\\' ? 2 : (c >= 0x20 && c < 0x7f) ? 1 : 4;
+		if (out + need >= cap)
+			break;
+		if (need == 1) {
+			dst[out++] = (char)c;
+		} else if (need == 2) {
+			dst[out++] = '\\';
+			dst[out++] = '\\';
+		} else {
+			dst[out++] = '\\';
+			dst[out++] = 'x';
+			dst[out++] = hex[c >> 4];
+			dst[out++] = hex[c & 15];
+		}
+	}
+	dst[out] = 0;
+	return i;
 }

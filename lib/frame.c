@@ -9,8 +9,12 @@ int dml__frame_parse(const uint8_t *p, size_t n, size_t max_frame,
 	uint32_t len = dml__get_u32(p);
 	uint8_t ver = p[4], kind = p[5];
 	uint16_t name_len = dml__get_u16(p + 6);
-	if (ver != DML__FRAME_VERSION)
-		return DML_EPROTO;
+	if (ver != DML__FRAME_VERSION) {
+		/* bytes 0..4 (length, version) keep their meaning in every
+		 * version; the seq is read for a polite refusal */
+		out->seq = dml__get_u64(p + 8);
+		return DML_EVERSION;
+	}
 	if (kind != DML__KIND_REQUEST && kind != DML__KIND_REPLY)
 		return DML_EPROTO;
 	if (len < DML__FRAME_HDR - 4 || name_len > len - (DML__FRAME_HDR - 4))
@@ -18,8 +22,7 @@ int dml__frame_parse(const uint8_t *p, size_t n, size_t max_frame,
 	uint32_t status = dml__get_u32(p + 16);
 	if (kind == DML__KIND_REQUEST && (status != 0 || name_len == 0))
 		return DML_EPROTO;
-	if (kind == DML__KIND_REPLY &&
-	    (status > DML__ST_MAX || (status == DML__ST_OK && name_len != 0)))
+	if (kind == DML__KIND_REPLY && status == DML__ST_OK && name_len != 0)
 		return DML_EPROTO; /* only error replies carry a message */
 	size_t total = (size_t)len + 4;
 	out->total = total;

@@ -12,14 +12,16 @@
 
 enum { DML__KIND_REQUEST = 1, DML__KIND_REPLY = 2 };
 
-/* Reply status on the wire. */
+/* Reply status on the wire. A receiver takes a status it does not know for
+ * an error of a newer peer (docs/protocol.md, section 11). */
 enum {
 	DML__ST_OK = 0,
 	DML__ST_NOMETHOD = 1, /* name holds a message */
 	DML__ST_HANDLER = 2,  /* name holds the handler's message */
 	DML__ST_BADARGS = 3,  /* arguments did not decode */
 	DML__ST_TOOBIG = 4,   /* reply too large to send */
-	DML__ST_MAX = 4
+	DML__ST_VERSION = 5,  /* the request's frame version is not spoken here */
+	DML__ST_MAX = 5       /* the last status this library knows */
 };
 
 typedef struct dml__frame {
@@ -33,8 +35,10 @@ typedef struct dml__frame {
 
 /*
  * Parses a header from the first `n` bytes at `p`. Returns 0 and fills
- * `out`; DML_EAGAIN if fewer than 20 bytes; DML_EPROTO for a malformed
- * header; DML_ETOOBIG if the frame exceeds `max_frame` bytes.
+ * `out`; DML_EAGAIN if fewer than 20 bytes; DML_EVERSION for a version
+ * other than DML__FRAME_VERSION (out->seq is then the header's seq, if it
+ * has one where version 1 has it); DML_EPROTO for a malformed header;
+ * DML_ETOOBIG if the frame exceeds `max_frame` bytes.
  */
 int dml__frame_parse(const uint8_t *p, size_t n, size_t max_frame,
                      dml__frame *out);

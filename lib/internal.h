@@ -92,7 +92,54 @@ static inline void dml__fp_leave(unsigned csr) { (void)csr; }
 #endif
 
 /* snprintf into a fixed buffer, always NUL-terminated. */
-void dml__set_msg(char *dst, size_t cap, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+void dml__set_msg(char *dst, size_t cap, const char *fmt, ...) DML_PRINTF(3, 4);
+
+/* ---- error detail (common.h: dml_error_detail) ---------------------- */
+
+/* Every public function that returns a code calls dml__detail_clear first;
+ * a failure with something to say sets the detail with dml__fail (which
+ * returns its code, for `return dml__fail(DML_EINVAL, "...")`) or
+ * dml__detail_set. The detail is the calling thread's. */
+void dml__detail_clear(void);
+void dml__detail_set(const char *fmt, ...) DML_PRINTF(1, 2);
+int dml__fail(int code, const char *fmt, ...) DML_PRINTF(2, 3);
+/* The calling thread's detail buffer (DML_ERRMSG_MAX bytes). */
+char *dml__detail_buf(void);
+
+/* Copies n bytes of untrusted text into dst (cap bytes, NUL-terminated),
+ * printable ASCII as is, a backslash as \\ and every other byte as \xNN;
+ * stops short rather than cut an escape. Returns the bytes of src used. */
+size_t dml__escape(char *dst, size_t cap, const void *src, size_t n);
+
+/* ---- durations (common.h) -------------------------------------------- */
+
+/* An option's duration: 0 becomes `def`; DML_INFINITE and positive values
+ * stay; anything else is DML_EINVAL (and *v is unchanged). */
+int dml__opt_duration(dml_duration *v, dml_duration def);
+
+/* A call's timeout: DML_DEFAULT becomes `def` (the handle's option, already
+ * resolved); DML_INFINITE, 0 and positive values stay; anything else is
+ * DML_EINVAL. */
+int dml__call_timeout(dml_duration t, dml_duration def, dml_duration *out);
+
+/* The layout level a caller passed (DML_ABI): 0, or DML_EVERSION when it
+ * is not one this library knows. */
+int dml__abi_check(int abi);
+
+/* ---- waiting between attempts ---------------------------------------- */
+
+/* A doubling delay between attempts: min, then twice as long each time, up
+ * to max; reset after a success. */
+typedef struct dml__backoff {
+	int64_t min, max, cur; /* ms */
+} dml__backoff;
+
+void dml__backoff_init(dml__backoff *b, int64_t min_ms, int64_t max_ms);
+/* The delay before the next attempt; doubles the one after. */
+int64_t dml__backoff_next(dml__backoff *b);
+void dml__backoff_reset(dml__backoff *b);
+/* Sleeps ms milliseconds (a backoff between attempts, never a
+ * synchronisation). */
+void dml__sleep_ms(int64_t ms);
 
 #endif

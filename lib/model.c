@@ -1,5 +1,5 @@
 /*
- * model.c - the model interface's shared parts (dml_model_free,
+ * model.c - the model interface's shared parts (dml_model_destroy,
  * dml_model_evaluate, batch checks, scratch) and the built-in models with
  * one output per row: linear regression, logistic regression and the
  * linear SVM. See include/distml/model.h and docs/model.md.
@@ -11,6 +11,8 @@
  * batches through plain loops over the stored entries.
  */
 #include "kernels.h"
+
+#include "abi.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -85,33 +87,50 @@ int dml__model_check_batch(const dml_batch *b, size_t features, int classes)
 	return 0;
 }
 
-void dml_model_free(dml_model *m)
+void dml_model_destroy(dml_model *m)
 {
 	if (!m)
 		return;
 	if (m->destroy && m->self)
 		m->destroy(m->self);
-	memset(m, 0, sizeof *m);
+	m->self = NULL;
+	m->destroy = NULL;
 }
 
-int dml_model_evaluate(const dml_model *m, const float *w,
-                       const dml_dataset *ds, double *loss, double *accuracy)
+void dml_model_free(dml_model *m)
 {
-	if (!m || !m->loss_grad || !w || !ds)
+	dml_model_destroy(m);
+	if (m)
+		memset(m, 0, sizeof *m);
+}
+
+int dml_model_evaluate_abi(dml_model *m_in, const float *w,
+                           const dml_dataset *ds, double *loss, double *accuracy,
+                           int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_model mm;
+	dml__abi_in(&mm, sizeof mm, m_in, DML__L_MODEL, abi);
+	const dml_model *m = &mm;
+	if (!m_in || !m->loss_grad || !w || !ds)
 		return DML_EINVAL;
 	size_t n = dml_dataset_rows(ds);
 	int want_acc = accuracy && m->task == DML_TASK_CLASSIFICATION;
 	if (n == 0 || (want_acc && !m->predict))
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "evaluate: %s", n ? "the model has no "
+		                 "predict" : "the data set has no rows");
 	if (dml_dataset_dim(ds) != m->features)
-		return DML_EDIM;
+		return dml__fail(DML_EDIM, "evaluate: %zu features, the model takes %zu",
+		                 dml_dataset_dim(ds), m->features);
 	float pred[EVAL_BATCH];
 	double lsum = 0;
 	size_t hits = 0;
 	for (size_t s = 0; s < n; s += EVAL_BATCH) {
 		dml_batch b;
-		int rc = dml_dataset_batch(ds, s, EVAL_BATCH, &b);
-		if (rc)
+		if ((rc = dml_dataset_batch(ds, s, EVAL_BATCH, &b)))
 			return rc;
 		if (loss) {
 			double l = 0;
@@ -289,11 +308,16 @@ static int lin_predict(void *self, const float *w, const dml_batch *b,
 	return rc;
 }
 
-static int lin_new(dml_model *m, size_t features, float l2, lin_kind kind)
+static int lin_new(dml_model *out, size_t features, float l2, lin_kind kind,
+                   int abi)
 {
-	if (!m || features == 0 || features >= SIZE_MAX / sizeof(float) ||
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	if (!out || features == 0 || features >= SIZE_MAX / sizeof(float) ||
 	    !(l2 >= 0) || !isfinite(l2))
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "features >= 1, finite l2 >= 0");
 	lin_model *s = calloc(1, sizeof *s);
 	if (!s)
 		return DML_ENOMEM;
@@ -301,30 +325,46 @@ static int lin_new(dml_model *m, size_t features, float l2, lin_kind kind)
 	s->kind = kind;
 	s->features = features;
 	s->l2 = l2;
-	memset(m, 0, sizeof *m);
-	m->dim = features + 1;
-	m->features = features;
-	m->classes = kind == LIN_REG ? 0 : 2;
-	m->task = kind == LIN_REG ? DML_TASK_REGRESSION : DML_TASK_CLASSIFICATION;
-	m->self = s;
-	m->init = lin_init;
-	m->loss_grad = lin_loss_grad;
-	m->predict = lin_predict;
-	m->destroy = lin_destroy;
+	dml_model m = {0};
+	m.dim = features + 1;
+	m.features = features;
+	m.classes = kind == LIN_REG ? 0 : 2;
+	m.task = kind == LIN_REG ? DML_TASK_REGRESSION : DML_TASK_CLASSIFICATION;
+	m.self = s;
+	m.init = lin_init;
+	m.loss_grad = lin_loss_grad;
+	m.predict = lin_predict;
+	m.destroy = lin_destroy;
+	dml__abi_out(out, &m, DML__L_MODEL, abi);
 	return 0;
+}
+
+int dml_model_init_linreg_abi(dml_model *m, size_t features, float l2, int abi)
+{
+	return lin_new(m, features, l2, LIN_REG, abi);
+}
+
+int dml_model_init_logreg_abi(dml_model *m, size_t features, float l2, int abi)
+{
+	return lin_new(m, features, l2, LIN_LOGISTIC, abi);
+}
+
+int dml_model_init_svm_abi(dml_model *m, size_t features, float l2, int abi)
+{
+	return lin_new(m, features, l2, LIN_SVM, abi);
 }
 
 int dml_model_linreg(dml_model *m, size_t features, float l2)
 {
-	return lin_new(m, features, l2, LIN_REG);
+	return lin_new(m, features, l2, LIN_REG, 1);
 }
 
 int dml_model_logreg(dml_model *m, size_t features, float l2)
 {
-	return lin_new(m, features, l2, LIN_LOGISTIC);
+	return lin_new(m, features, l2, LIN_LOGISTIC, 1);
 }
 
 int dml_model_svm(dml_model *m, size_t features, float l2)
 {
-	return lin_new(m, features, l2, LIN_SVM);
+	return lin_new(m, features, l2, LIN_SVM, 1);
 }

@@ -17,6 +17,8 @@
  */
 #include "kernels.h"
 
+#include "abi.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -209,15 +211,22 @@ static int smx_predict(void *self, const float *w, const dml_batch *b,
 	return rc;
 }
 
-int dml_model_softmax(dml_model *m, size_t features, int classes, float l2)
+int dml_model_init_softmax_abi(dml_model *out, size_t features, int classes,
+                               float l2, int abi)
 {
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
 	/* classes as floats must be exact: at most 2^24 */
-	if (!m || features == 0 || classes < 2 || classes > (1 << 24) ||
-	    !(l2 >= 0) || !isfinite(l2))
-		return DML_EINVAL;
+	if (!out || features == 0 || classes < 2 ||
+	    (size_t)classes > DML_DATA_MAX_CLASSES || !(l2 >= 0) || !isfinite(l2))
+		return dml__fail(DML_EINVAL, "softmax: features >= 1, 2 to 2^24 "
+		                 "classes, finite l2 >= 0");
 	size_t k = (size_t)classes;
 	if (features > (SIZE_MAX / sizeof(float) - k) / k - 1)
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "softmax: %zu x %d parameters overflow",
+		                 features, classes);
 	smx_model *s = calloc(1, sizeof *s);
 	if (!s)
 		return DML_ENOMEM;
@@ -225,15 +234,21 @@ int dml_model_softmax(dml_model *m, size_t features, int classes, float l2)
 	s->features = features;
 	s->classes = k;
 	s->l2 = l2;
-	memset(m, 0, sizeof *m);
-	m->dim = k * features + k;
-	m->features = features;
-	m->classes = classes;
-	m->task = DML_TASK_CLASSIFICATION;
-	m->self = s;
-	m->init = smx_init;
-	m->loss_grad = smx_loss_grad;
-	m->predict = smx_predict;
-	m->destroy = dml__softmax_destroy;
+	dml_model m = {0};
+	m.dim = k * features + k;
+	m.features = features;
+	m.classes = classes;
+	m.task = DML_TASK_CLASSIFICATION;
+	m.self = s;
+	m.init = smx_init;
+	m.loss_grad = smx_loss_grad;
+	m.predict = smx_predict;
+	m.destroy = dml__softmax_destroy;
+	dml__abi_out(out, &m, DML__L_MODEL, abi);
 	return 0;
+}
+
+int dml_model_softmax(dml_model *m, size_t features, int classes, float l2)
+{
+	return dml_model_init_softmax_abi(m, features, classes, l2, 1);
 }

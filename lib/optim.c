@@ -9,6 +9,8 @@
  */
 #include "optim.h"
 
+#include "abi.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -34,21 +36,21 @@ void dml__optim_resolve(const dml_optim_opts *in, dml_optim_opts *out)
 	if (in)
 		o = *in;
 	if (o.lr == 0)
-		o.lr = DML__OPTIM_LR;
+		o.lr = DML_OPTIM_DEFAULT_LR;
 	if (o.momentum == 0)
-		o.momentum = DML__OPTIM_MOMENTUM;
+		o.momentum = DML_OPTIM_DEFAULT_MOMENTUM;
 	if (o.beta1 == 0)
-		o.beta1 = DML__OPTIM_BETA1;
+		o.beta1 = DML_OPTIM_DEFAULT_BETA1;
 	if (o.beta2 == 0)
-		o.beta2 = DML__OPTIM_BETA2;
+		o.beta2 = DML_OPTIM_DEFAULT_BETA2;
 	if (o.eps == 0)
-		o.eps = DML__OPTIM_EPS;
+		o.eps = DML_OPTIM_DEFAULT_EPS;
 	if (o.sched.step_size == 0)
-		o.sched.step_size = DML__SCHED_STEP_SIZE;
+		o.sched.step_size = DML_SCHED_DEFAULT_STEP_SIZE;
 	if (o.sched.gamma == 0)
-		o.sched.gamma = DML__SCHED_GAMMA;
+		o.sched.gamma = DML_SCHED_DEFAULT_GAMMA;
 	if (o.sched.t0 == 0)
-		o.sched.t0 = DML__SCHED_T0;
+		o.sched.t0 = DML_SCHED_DEFAULT_T0;
 	*out = o;
 }
 
@@ -64,41 +66,69 @@ static int unit(float x)
 	return x >= 0 && x < 1;
 }
 
-int dml_optim_check(const dml_optim_opts *in)
+int dml__optim_valid(const dml_optim_opts *in)
 {
 	dml_optim_opts o;
 	dml__optim_resolve(in, &o);
 	unsigned kind = (unsigned)o.kind, sched = (unsigned)o.sched.kind;
 	if (kind > DML_OPTIM_ADAM || sched > DML_SCHED_COSINE)
-		return DML_EINVAL;
-	if (!nonneg(o.lr) || !nonneg(o.l2) || !nonneg(o.eps) ||
-	    !unit(o.momentum) || !unit(o.beta1) || !unit(o.beta2))
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "optimizer kind %u or schedule kind %u "
+		                 "unknown", kind, sched);
+	if (!nonneg(o.lr) || !nonneg(o.l2) || !nonneg(o.eps))
+		return dml__fail(DML_EINVAL, "optimizer lr, l2, eps: finite, >= 0");
+	if (!unit(o.momentum) || !unit(o.beta1) || !unit(o.beta2))
+		return dml__fail(DML_EINVAL, "optimizer momentum, beta1, beta2: in [0, 1)");
 	if (!nonneg(o.sched.gamma) || !nonneg(o.sched.t0) ||
 	    !nonneg(o.sched.lr_min))
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "schedule gamma, t0, lr_min: finite, >= 0");
 	if (o.sched.kind == DML_SCHED_COSINE && o.sched.total == 0)
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "a cosine schedule needs its total steps");
 	return 0;
 }
 
-int dml_optim_state_floats(const dml_optim_opts *o)
+int dml_optim_check_abi(const dml_optim_opts *in, int abi)
 {
-	switch (o ? o->kind : DML_OPTIM_SGD) {
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_optim_opts o;
+	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
+	return dml__optim_valid(&o);
+}
+
+int dml_optim_state_floats_abi(const dml_optim_opts *in, int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_optim_opts o;
+	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
+	switch (o.kind) {
 	case DML_OPTIM_SGD: return 0;
 	case DML_OPTIM_MOMENTUM: return 1;
 	case DML_OPTIM_ADAGRAD: return 1;
 	case DML_OPTIM_ADAM: return 2;
-	default: return DML_EINVAL;
+	default: return dml__fail(DML_EINVAL, "optimizer kind %d unknown", (int)o.kind);
 	}
 }
 
-float dml_schedule_lr(const dml_optim_opts *in, uint64_t t)
+float dml_schedule_lr_abi(const dml_optim_opts *in, uint64_t t, int abi)
 {
+	if (abi < 1 || abi > DML_ABI)
+		return NAN;
 	dml_optim_opts o;
-	dml__optim_resolve(in, &o);
-	const dml_schedule *s = &o.sched;
-	double lr0 = o.lr, x = (double)t;
+	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
+	dml__optim_resolve(&o, &o);
+	return dml__schedule_lr(&o, t);
+}
+
+float dml__schedule_lr(const dml_optim_opts *resolved, uint64_t t)
+{
+	const dml_optim_opts *op = resolved;
+	const dml_schedule *s = &op->sched;
+	double lr0 = op->lr, x = (double)t;
 	switch (s->kind) {
 	case DML_SCHED_STEP:
 		return (float)(lr0 * pow(s->gamma, (double)(t / s->step_size)));
@@ -112,7 +142,7 @@ float dml_schedule_lr(const dml_optim_opts *in, uint64_t t)
 		               (1.0 + cos(pi * x / (double)s->total)) / 2.0);
 	case DML_SCHED_CONST:
 	default:
-		return o.lr;
+		return op->lr;
 	}
 }
 
@@ -309,16 +339,30 @@ struct dml_optim {
 	float *state; /* nstate * stride floats, or NULL */
 };
 
-int dml_optim_new(dml_optim **out, const dml_optim_opts *o, size_t dim)
+int dml__optim_nstate(const dml_optim_opts *o)
 {
-	if (!out || dim == 0 || dml_optim_check(o))
-		return DML_EINVAL;
+	return o->kind == DML_OPTIM_ADAM ? 2 : o->kind == DML_OPTIM_SGD ? 0 : 1;
+}
+
+int dml_optim_new_dim_abi(dml_optim **out, size_t dim, const dml_optim_opts *in,
+                          int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_optim_opts o;
+	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
+	if (!out || dim == 0)
+		return dml__fail(DML_EINVAL, "an optimizer for %zu parameters", dim);
+	if ((rc = dml__optim_valid(&o)))
+		return rc;
 	dml_optim *opt = calloc(1, sizeof *opt);
 	if (!opt)
 		return DML_ENOMEM;
-	dml__optim_resolve(o, &opt->o);
+	dml__optim_resolve(&o, &opt->o);
 	opt->dim = dim;
-	opt->nstate = dml_optim_state_floats(&opt->o);
+	opt->nstate = dml__optim_nstate(&opt->o);
 	if (opt->nstate > 0) {
 		if (dim > SIZE_MAX / sizeof(float) / 2 - BLOCK) {
 			free(opt);
@@ -335,11 +379,16 @@ int dml_optim_new(dml_optim **out, const dml_optim_opts *o, size_t dim)
 	return 0;
 }
 
+int dml_optim_new(dml_optim **out, const dml_optim_opts *o, size_t dim)
+{
+	return dml_optim_new_dim_abi(out, dim, o, 1);
+}
+
 void dml_optim_step(dml_optim *opt, float *w, const float *g)
 {
 	if (!opt || !w || !g)
 		return;
-	float lr = dml_schedule_lr(&opt->o, opt->steps);
+	float lr = dml__schedule_lr(&opt->o, opt->steps);
 	dml__optim_apply(&opt->o, lr, opt->steps + 1, w, g,
 	                 dml_optim_state(opt, 0), dml_optim_state(opt, 1),
 	                 opt->dim);
@@ -349,12 +398,14 @@ void dml_optim_step(dml_optim *opt, float *w, const float *g)
 int dml_optim_step_sparse(dml_optim *opt, float *w, const uint32_t *idx,
                           const float *val, size_t nnz)
 {
+	dml__detail_clear();
 	if (!opt || !w || (nnz && (!idx || !val)))
 		return DML_EINVAL;
 	for (size_t j = 0; j < nnz; j++)
 		if (idx[j] >= opt->dim)
-			return DML_EINVAL;
-	float lr = dml_schedule_lr(&opt->o, opt->steps);
+			return dml__fail(DML_EINVAL, "index %u (entry %zu) outside "
+			                 "dimension %zu", (unsigned)idx[j], j, opt->dim);
+	float lr = dml__schedule_lr(&opt->o, opt->steps);
 	dml__optim_apply_sparse(&opt->o, lr, opt->steps + 1, w, idx, val, nnz,
 	                        dml_optim_state(opt, 0),
 	                        dml_optim_state(opt, 1));

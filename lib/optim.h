@@ -12,19 +12,20 @@
 
 #include "internal.h"
 
-/* Default values of the zero fields of dml_optim_opts / dml_schedule. */
-#define DML__OPTIM_LR 0.01f
-#define DML__OPTIM_MOMENTUM 0.9f
-#define DML__OPTIM_BETA1 0.9f
-#define DML__OPTIM_BETA2 0.999f
-#define DML__OPTIM_EPS 1e-8f
-#define DML__SCHED_STEP_SIZE 1000
-#define DML__SCHED_GAMMA 0.1f
-#define DML__SCHED_T0 1.0f
-
 /* Copies `in` (NULL = all defaults) to `out` with every zero field replaced
- * by its default. `in` and `out` may be the same. */
+ * by its default (DML_OPTIM_DEFAULT_*). `in` and `out` may be the same. */
 void dml__optim_resolve(const dml_optim_opts *in, dml_optim_opts *out);
+
+/* dml_optim_check without clearing the caller's error detail (for the
+ * calls that check optimizer options among their own); sets it on
+ * failure. */
+int dml__optim_valid(const dml_optim_opts *o);
+
+/* The number of state vectors (0, 1, 2) of a valid rule. */
+int dml__optim_nstate(const dml_optim_opts *o);
+
+/* The learning rate after t steps, for options already resolved. */
+float dml__schedule_lr(const dml_optim_opts *resolved, uint64_t t);
 
 /*
  * Applies one step with learning rate `lr` (already scheduled) and step

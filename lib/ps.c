@@ -5,6 +5,7 @@
  */
 #include "ps.h"
 
+#include "abi.h"
 #include "ckpt.h"
 #include "optim.h"
 
@@ -24,33 +25,41 @@
 
 /* ---- creation ----------------------------------------------------- */
 
-static int opts_check(size_t dim, const dml_ps_opts *o)
+/* The options with defaults in place; DML_EINVAL names what is wrong. */
+static int opts_check(size_t dim, dml_ps_opts *o)
 {
-	if (!dim || dim > ((size_t)1 << 40))
+	if (!dim || dim > DML_PS_MAX_DIM)
+		return dml__fail(DML_EINVAL, "dim %zu: 1 to 2^40", dim);
+	if (o->workers < 0 || o->workers > DML_PS_MAX_WORKERS)
+		return dml__fail(DML_EINVAL, "workers %d: 0 to %d", o->workers,
+		                 DML_PS_MAX_WORKERS);
+	if (o->staleness < DML_PS_ASYNC)
+		return dml__fail(DML_EINVAL, "staleness %d: >= 0 or DML_PS_ASYNC",
+		                 o->staleness);
+	if (dml__opt_duration(&o->worker_timeout, DML_PS_DEFAULT_WORKER_TIMEOUT) ||
+	    dml__opt_duration(&o->clock_timeout, DML_PS_DEFAULT_CLOCK_TIMEOUT))
 		return DML_EINVAL;
-	if (o->workers < 0 || o->workers > 1000000)
-		return DML_EINVAL;
-	if (o->staleness < DML_PS_ASYNC || o->worker_timeout < 0)
-		return DML_EINVAL;
-	return dml_optim_check(&o->optim);
+	return dml__optim_valid(&o->optim);
 }
 
-int dml_ps_new(dml_ps **out, size_t dim, const dml_ps_opts *opts)
+int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts, int abi)
 {
-	dml_ps_opts o = {0};
-	if (opts)
-		o = *opts;
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_ps_opts o;
+	dml__abi_in(&o, sizeof o, opts, DML__L_PS_OPTS, abi);
 	if (!out)
 		return DML_EINVAL;
-	int rc = opts_check(dim, &o);
-	if (rc)
+	if ((rc = opts_check(dim, &o)))
 		return rc;
 	dml_ps *ps = calloc(1, sizeof *ps);
 	if (!ps)
 		return DML_ENOMEM;
 	ps->dim = dim;
 	dml__optim_resolve(&o.optim, &ps->optim);
-	int nstate = dml_optim_state_floats(&ps->optim);
+	int nstate = dml__optim_nstate(&ps->optim);
 	size_t ns = o.stripes ? o.stripes : (dim + STRIPE_PARAMS - 1) / STRIPE_PARAMS;
 	if (!o.stripes && ns > AUTO_STRIPES)
 		ns = AUTO_STRIPES;
@@ -67,6 +76,7 @@ int dml_ps_new(dml_ps **out, size_t dim, const dml_ps_opts *opts)
 	ps->workers = o.workers;
 	ps->staleness = o.staleness;
 	ps->worker_timeout = o.worker_timeout;
+	ps->clock_timeout = o.clock_timeout;
 	if (o.workers) {
 		ps->clock = calloc((size_t)o.workers, sizeof *ps->clock);
 		ps->clock_at = calloc((size_t)o.workers, sizeof *ps->clock_at);
@@ -144,6 +154,22 @@ void dml_ps_free(dml_ps *ps)
 	free(ps);
 }
 
+/* ---- stripes ------------------------------------------------------ */
+
+void dml__ps_lock(dml_ps *ps, size_t off, size_t n, size_t *k0, size_t *k1)
+{
+	*k0 = off / ps->stripe_len;
+	*k1 = n ? (off + n - 1) / ps->stripe_len + 1 : *k0;
+	for (size_t k = *k0; k < *k1; k++)
+		pthread_mutex_lock(&ps->stripes[k].mu);
+}
+
+void dml__ps_unlock(dml_ps *ps, size_t k0, size_t k1)
+{
+	for (size_t k = k1; k-- > k0;)
+		pthread_mutex_unlock(&ps->stripes[k].mu);
+}
+
 /* ---- updates ------------------------------------------------------ */
 
 /* The bulk in blocks of 16, so that gcc's -O2 cost model vectorises it. */
@@ -165,13 +191,12 @@ void dml__ps_apply_dense(dml_ps *ps, int op, const float *v)
 	float lr = 0;
 	if (op) {
 		t = atomic_fetch_add(&ps->steps, 1) + 1;
-		lr = dml_schedule_lr(&ps->optim, t - 1);
+		lr = dml__schedule_lr(&ps->optim, t - 1);
 	}
 	size_t first = atomic_fetch_add(&ps->rot, 1) % ps->nstripes;
 	for (size_t k = 0; k < ps->nstripes; k++) {
-		size_t i = (first + k) % ps->nstripes;
-		size_t off = i * ps->stripe_len;
-		size_t n = ps->dim - off < ps->stripe_len ? ps->dim - off : ps->stripe_len;
+		size_t i = (first + k) % ps->nstripes, off, n;
+		dml__ps_stripe_span(ps, i, &off, &n);
 		pthread_mutex_lock(&ps->stripes[i].mu);
 		if (op)
 			dml__optim_apply(&ps->optim, lr, t, ps->w + off, v + off,
@@ -193,7 +218,7 @@ void dml__ps_apply_sparse(dml_ps *ps, int op, const uint32_t *idx,
 	float lr = 0;
 	if (op) {
 		t = atomic_fetch_add(&ps->steps, 1) + 1;
-		lr = dml_schedule_lr(&ps->optim, t - 1);
+		lr = dml__schedule_lr(&ps->optim, t - 1);
 	}
 	uint64_t mark[MAX_STRIPES / 64] = {0};
 	for (size_t i = 0; i < nnz; i++) {
@@ -222,12 +247,14 @@ static int check_sparse(const dml_ps *ps, const uint32_t *idx, const float *val,
 		return DML_EINVAL;
 	for (size_t i = 0; i < nnz; i++)
 		if (idx[i] >= ps->dim)
-			return DML_EINVAL;
+			return dml__fail(DML_EINVAL, "index %u (entry %zu) outside "
+			                 "dimension %zu", (unsigned)idx[i], i, ps->dim);
 	return 0;
 }
 
 int dml_ps_update(dml_ps *ps, const float *delta)
 {
+	dml__detail_clear();
 	if (!ps || !delta)
 		return DML_EINVAL;
 	if (ps->remote)
@@ -238,6 +265,7 @@ int dml_ps_update(dml_ps *ps, const float *delta)
 
 int dml_ps_push(dml_ps *ps, const float *grad)
 {
+	dml__detail_clear();
 	if (!ps || !grad)
 		return DML_EINVAL;
 	if (ps->remote)
@@ -249,6 +277,7 @@ int dml_ps_push(dml_ps *ps, const float *grad)
 static int sparse(dml_ps *ps, int op, const uint32_t *idx, const float *val,
                   size_t nnz)
 {
+	dml__detail_clear();
 	if (!ps)
 		return DML_EINVAL;
 	int rc = check_sparse(ps, idx, val, nnz);
@@ -276,19 +305,19 @@ int dml_ps_push_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
 
 int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out)
 {
-	if (!ps || (!out && n) || off > ps->dim || n > ps->dim - off)
+	dml__detail_clear();
+	if (!ps || (!out && n))
 		return DML_EINVAL;
+	if (off > ps->dim || n > ps->dim - off)
+		return dml__fail(DML_EINVAL, "range %zu + %zu outside dimension %zu",
+		                 off, n, ps->dim);
 	if (ps->remote)
 		return dml__psr_pull(ps, off, n, out);
-	if (!n)
-		return 0;
-	/* stripes [k0, k1) hold the range: take them all, in order */
-	size_t k0 = off / ps->stripe_len, k1 = (off + n - 1) / ps->stripe_len + 1;
-	for (size_t k = k0; k < k1; k++)
-		pthread_mutex_lock(&ps->stripes[k].mu);
-	memcpy(out, ps->w + off, n * sizeof(float));
-	for (size_t k = k1; k-- > k0;)
-		pthread_mutex_unlock(&ps->stripes[k].mu);
+	size_t k0, k1; /* the range seen whole: its stripes held at once */
+	dml__ps_lock(ps, off, n, &k0, &k1);
+	if (n)
+		memcpy(out, ps->w + off, n * sizeof(float));
+	dml__ps_unlock(ps, k0, k1);
 	return 0;
 }
 
@@ -299,13 +328,14 @@ int dml_ps_pull(dml_ps *ps, float *out)
 
 int dml_ps_assign(dml_ps *ps, const float *v)
 {
+	dml__detail_clear();
 	if (!ps || !v)
 		return DML_EINVAL;
 	if (ps->remote)
 		return dml__psr_assign(ps, v);
 	for (size_t k = 0; k < ps->nstripes; k++) {
-		size_t off = k * ps->stripe_len;
-		size_t n = ps->dim - off < ps->stripe_len ? ps->dim - off : ps->stripe_len;
+		size_t off, n;
+		dml__ps_stripe_span(ps, k, &off, &n);
 		pthread_mutex_lock(&ps->stripes[k].mu);
 		memcpy(ps->w + off, v + off, n * sizeof(float));
 		pthread_mutex_unlock(&ps->stripes[k].mu);
@@ -315,6 +345,7 @@ int dml_ps_assign(dml_ps *ps, const float *v)
 
 int dml_ps_updates(dml_ps *ps, uint64_t *count)
 {
+	dml__detail_clear();
 	if (!ps || !count)
 		return DML_EINVAL;
 	if (ps->remote)
@@ -345,6 +376,38 @@ static int64_t need_for(const dml_ps *ps, int64_t c)
 	return ps->staleness < 0 ? INT64_MIN : c - ps->staleness;
 }
 
+/* The slowest live clock other than w's; INT64_MAX if none. */
+static int64_t live_min_except(const dml_ps *ps, int w)
+{
+	int64_t live = INT64_MAX;
+	for (int i = 0; i < ps->workers; i++)
+		if (i != w && !ps->dropped[i] && ps->clock[i] < live)
+			live = ps->clock[i];
+	return live;
+}
+
+/* The clock w would have after advance(): a dropped worker rejoins at the
+ * slowest live worker's clock, so that it holds nobody back. */
+static int64_t advanced_clock(const dml_ps *ps, int w)
+{
+	int64_t c = ps->clock[w];
+	if (ps->dropped[w]) {
+		int64_t live = live_min_except(ps, w);
+		if (live != INT64_MAX && c < live - 1)
+			c = live - 1;
+	}
+	return c + 1;
+}
+
+/* Under cmu: whether w's clock call would have to wait, without changing
+ * anything (for a timeout of 0). */
+static int would_wait(const dml_ps *ps, int w)
+{
+	int64_t c = advanced_clock(ps, w), live = live_min_except(ps, w);
+	int64_t min = live < c ? live : c;
+	return min < need_for(ps, c);
+}
+
 /* Under cmu: detaches the waiters released by the slowest clock `min`
  * and wakes the local ones. */
 static dml__ps_waiter *release(dml_ps *ps, int64_t min)
@@ -370,16 +433,8 @@ static dml__ps_waiter *release(dml_ps *ps, int64_t min)
  * released. */
 static dml__ps_waiter *advance(dml_ps *ps, int w, int64_t *min)
 {
-	if (ps->dropped[w]) {
-		int64_t live = INT64_MAX; /* the slowest worker still counted */
-		for (int i = 0; i < ps->workers; i++)
-			if (!ps->dropped[i] && ps->clock[i] < live)
-				live = ps->clock[i];
-		ps->dropped[w] = 0;
-		if (live != INT64_MAX && ps->clock[w] < live - 1)
-			ps->clock[w] = live - 1;
-	}
-	ps->clock[w]++;
+	ps->clock[w] = advanced_clock(ps, w);
+	ps->dropped[w] = 0;
 	ps->clock_at[w] = dml__now_ms();
 	*min = min_clock(ps);
 	return release(ps, *min);
@@ -479,23 +534,38 @@ static void abs_deadline(struct timespec *ts, dml_duration ms)
 	}
 }
 
-int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
-                 dml_ps_clock_info *info)
+int dml_ps_advance_abi(dml_ps *ps, int worker, dml_ps_clock_info *info,
+                       dml_duration timeout, int abi)
 {
-	if (!ps || timeout < DML_DEFAULT)
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	if (!ps)
 		return DML_EINVAL;
-	if (ps->remote)
-		return dml__psr_clock(ps, worker, timeout, info);
-	if (timeout == DML_DEFAULT)
-		timeout = DML_INFINITE;
 	if (!ps->workers || worker < 0 || worker >= ps->workers)
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "no worker %d (the store has %d with clocks)",
+		                 worker, ps->workers);
+	dml_duration def = ps->remote ? dml__psr_clock_timeout(ps) : ps->clock_timeout;
+	if ((rc = dml__call_timeout(timeout, def, &timeout)))
+		return rc;
+	dml_ps_clock_info got;
+	if (ps->remote) {
+		rc = dml__psr_clock(ps, worker, timeout, &got);
+		if (!rc)
+			dml__abi_out(info, &got, DML__L_PS_CLOCK_INFO, abi);
+		return rc;
+	}
 	struct timespec dl;
 	if (timeout >= 0)
 		abs_deadline(&dl, timeout);
 	int64_t min;
-	int rc = 0;
 	pthread_mutex_lock(&ps->cmu);
+	if (timeout == 0 && would_wait(ps, worker)) {
+		pthread_mutex_unlock(&ps->cmu);
+		return dml__fail(DML_ETIMEDOUT, "timeout 0: worker %d would wait; "
+		                 "its clock stays", worker);
+	}
 	dml__ps_waiter *done = advance(ps, worker, &min);
 	int64_t need = need_for(ps, ps->clock[worker]);
 	int64_t mine = ps->clock[worker];
@@ -530,19 +600,43 @@ int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
 	ps->nblocked--;
 	pthread_mutex_unlock(&ps->cmu);
 	wake_all(done, min);
-	if (info && !rc)
-		*info = (dml_ps_clock_info){mine, min, waited};
-	return rc;
+	if (rc)
+		return dml__fail(rc, "worker %d: the slowest clock stayed below %lld "
+		                 "for %lld ms; its clock stays advanced", worker,
+		                 (long long)need, (long long)timeout);
+	got = (dml_ps_clock_info){mine, min, waited};
+	dml__abi_out(info, &got, DML__L_PS_CLOCK_INFO, abi);
+	return 0;
+}
+
+int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
+                 dml_ps_clock_info *info)
+{
+	return dml_ps_advance_abi(ps, worker, info, timeout, 1);
+}
+
+int dml_ps_clocks(dml_ps *ps, int *workers, int *staleness)
+{
+	dml__detail_clear();
+	if (!ps)
+		return DML_EINVAL;
+	if (workers)
+		*workers = ps->workers;
+	if (staleness)
+		*staleness = ps->staleness;
+	return 0;
 }
 
 int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 {
+	dml__detail_clear();
 	if (!ps)
 		return DML_EINVAL;
+	if (!ps->workers || worker < 0 || worker >= ps->workers)
+		return dml__fail(DML_EINVAL, "no worker %d (the store has %d with clocks)",
+		                 worker, ps->workers);
 	if (ps->remote)
 		return dml__psr_clock_get(ps, worker, clock, min);
-	if (!ps->workers || worker < 0 || worker >= ps->workers)
-		return DML_EINVAL;
 	pthread_mutex_lock(&ps->cmu);
 	if (clock)
 		*clock = ps->clock[worker];
@@ -553,6 +647,24 @@ int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 }
 
 /* ---- checkpoints -------------------------------------------------- */
+
+/* The detail of a checkpoint call that failed without saying why. */
+static int ckpt_failed(const char *path, int rc)
+{
+	int e = errno;
+	const char *why = NULL;
+	switch (rc) {
+	case DML_EIO: why = e ? strerror(e) : "I/O error"; break;
+	case DML_ETRUNC: why = "truncated"; break;
+	case DML_ECORRUPT: why = "checksum mismatch: the file is corrupted"; break;
+	case DML_EFORMAT: why = "not a checkpoint"; break;
+	case DML_EVERSION: why = "a checkpoint format this library cannot read"; break;
+	case DML_ENOMEM: why = "out of memory"; break;
+	}
+	if (rc && why && !dml_error_detail()[0])
+		return dml__fail(rc, "%s: %s", path, why);
+	return rc;
+}
 
 /* The meta block: little-endian fields, fixed layout (docs/checkpoint.md). */
 enum { META_LEN = 8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 * 3 };
@@ -580,8 +692,11 @@ static void meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
 
 int dml_ps_save(dml_ps *ps, const char *path)
 {
-	if (!ps || !path || ps->remote)
+	dml__detail_clear();
+	if (!ps || !path)
 		return DML_EINVAL;
+	if (ps->remote)
+		return dml__fail(DML_EINVAL, "a remote store is saved on its server");
 	int nstate = ps->s[1] ? 2 : ps->s[0] ? 1 : 0;
 	size_t bytes = ps->dim * sizeof(float);
 	float *copy = malloc(bytes * (size_t)(1 + nstate));
@@ -590,8 +705,8 @@ int dml_ps_save(dml_ps *ps, const char *path)
 	/* a consistent copy per stripe, then write without holding locks */
 	uint64_t steps = atomic_load(&ps->steps), updates = atomic_load(&ps->updates);
 	for (size_t k = 0; k < ps->nstripes; k++) {
-		size_t off = k * ps->stripe_len;
-		size_t n = ps->dim - off < ps->stripe_len ? ps->dim - off : ps->stripe_len;
+		size_t off, n;
+		dml__ps_stripe_span(ps, k, &off, &n);
 		pthread_mutex_lock(&ps->stripes[k].mu);
 		memcpy(copy + off, ps->w + off, n * sizeof(float));
 		for (int j = 0; j < nstate; j++)
@@ -604,36 +719,45 @@ int dml_ps_save(dml_ps *ps, const char *path)
 	dml__ckpt_sec secs[3] = {{TAG_PARAMS, copy, bytes},
 	                         {TAG_STATE0, copy + ps->dim, bytes},
 	                         {TAG_STATE1, copy + 2 * ps->dim, bytes}};
+	errno = 0;
 	int rc = dml__ckpt_save(path, CKPT_KIND, meta, META_LEN, secs,
 	                        (uint32_t)(1 + nstate), DML__CKPT_LEVEL_DEFAULT);
+	rc = ckpt_failed(path, rc);
 	free(copy);
 	return rc;
 }
 
 int dml_ps_load(dml_ps *ps, const char *path)
 {
-	if (!ps || !path || ps->remote)
+	dml__detail_clear();
+	if (!ps || !path)
 		return DML_EINVAL;
+	if (ps->remote)
+		return dml__fail(DML_EINVAL, "a remote store is loaded on its server");
 	uint8_t meta[META_LEN];
 	uint32_t kind, mlen;
 	dml__ckpt_reader *r;
+	errno = 0;
 	int rc = dml__ckpt_open(&r, path, &kind, meta, sizeof meta, &mlen);
 	if (rc)
-		return rc;
+		return ckpt_failed(path, rc);
 	if (kind != CKPT_KIND || mlen != META_LEN) {
 		dml__ckpt_abort(r);
-		return DML_EFORMAT;
+		return dml__fail(DML_EFORMAT, "%s: not a parameter-store checkpoint",
+		                 path);
 	}
 	uint64_t dim = dml__get_u64(meta), steps = dml__get_u64(meta + 8);
 	uint64_t updates = dml__get_u64(meta + 16);
 	uint32_t okind = dml__get_u32(meta + 24);
 	if (dim != ps->dim) {
 		dml__ckpt_abort(r);
-		return DML_EDIM;
+		return dml__fail(DML_EDIM, "%s: dimension %llu, the store's is %zu",
+		                 path, (unsigned long long)dim, ps->dim);
 	}
 	if (okind != (uint32_t)ps->optim.kind) {
 		dml__ckpt_abort(r);
-		return DML_ETYPE;
+		return dml__fail(DML_ETYPE, "%s: optimizer rule %u, the store's is %d",
+		                 path, (unsigned)okind, (int)ps->optim.kind);
 	}
 	int nstate = ps->s[1] ? 2 : ps->s[0] ? 1 : 0;
 	size_t bytes = ps->dim * sizeof(float);
@@ -650,17 +774,16 @@ int dml_ps_load(dml_ps *ps, const char *path)
 		rc = dml__ckpt_close(r); /* verifies the CRC before anything changes */
 	if (rc) {
 		free(buf);
-		return rc;
+		return ckpt_failed(path, rc);
 	}
-	for (size_t k = 0; k < ps->nstripes; k++)
-		pthread_mutex_lock(&ps->stripes[k].mu);
+	size_t k0, k1;
+	dml__ps_lock(ps, 0, ps->dim, &k0, &k1);
 	memcpy(ps->w, buf, bytes);
 	for (int j = 0; j < nstate; j++)
 		memcpy(ps->s[j], buf + (size_t)(j + 1) * ps->dim, bytes);
 	atomic_store(&ps->steps, steps);
 	atomic_store(&ps->updates, updates);
-	for (size_t k = ps->nstripes; k-- > 0;)
-		pthread_mutex_unlock(&ps->stripes[k].mu);
+	dml__ps_unlock(ps, k0, k1);
 	free(buf);
 	return 0;
 }
@@ -669,10 +792,8 @@ int dml_ps_load(dml_ps *ps, const char *path)
 
 int dml_ps_shard_range(size_t dim, int n, int i, size_t *off, size_t *len)
 {
-	if (n < 1 || i < 0 || i >= n || !off || !len || (size_t)n > dim)
-		return DML_EINVAL;
-	size_t base = dim / (size_t)n, extra = dim % (size_t)n, k = (size_t)i;
-	*off = k * base + (k < extra ? k : extra);
-	*len = base + (k < extra);
-	return 0;
+	dml__detail_clear();
+	if (n > 0 && (size_t)n > dim)
+		return DML_EINVAL; /* the old rule: no empty shards */
+	return dml_shard_range(dim, i, n, off, len);
 }

@@ -56,10 +56,25 @@ struct dml_ps {
 	int64_t *clock_at;      /* ms of each worker's last clock call */
 	unsigned char *dropped; /* workers dropped by worker_timeout */
 	dml_duration worker_timeout;
-	int nblocked;           /* local threads waiting in dml_ps_clock */
+	int nblocked;           /* local threads waiting in dml_ps_advance */
+	dml_duration clock_timeout; /* dml_ps_advance's DML_DEFAULT */
 
 	dml__ps_dedup *dedup; /* set by dml_ps_serve */
 };
+
+/* Stripe k holds parameters [*off, *off + *n). */
+static inline void dml__ps_stripe_span(const dml_ps *ps, size_t k, size_t *off,
+                                  size_t *n)
+{
+	*off = k * ps->stripe_len;
+	*n = ps->dim - *off < ps->stripe_len ? ps->dim - *off : ps->stripe_len;
+}
+
+/* Locks the stripes that hold parameters [off, off + n) (all of them at
+ * once, in ascending order: never a deadlock) and returns them in
+ * [*k0, *k1) for dml__ps_unlock; n may be 0 (nothing is locked). */
+void dml__ps_lock(dml_ps *ps, size_t off, size_t n, size_t *k0, size_t *k1);
+void dml__ps_unlock(dml_ps *ps, size_t k0, size_t k1);
 
 /* Advances worker w's clock. Returns 1 when it need not wait (*info set),
  * 0 when `wake` will be called later (a waiter was registered), or a
@@ -82,6 +97,8 @@ int dml__psr_assign(dml_ps *ps, const float *v);
 int dml__psr_updates(dml_ps *ps, uint64_t *count);
 int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
                    dml_ps_clock_info *info);
+/* The remote handle's clock_timeout. */
+dml_duration dml__psr_clock_timeout(const dml_ps *ps);
 int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min);
 void dml__psr_free(dml_ps *ps);
 

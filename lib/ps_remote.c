@@ -9,14 +9,19 @@
 #include "ps.h"
 #include "ps_wire.h"
 
+#include "abi.h"
+
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_SHARDS 64
-#define DEFAULT_TIMEOUT 30000
+#define MAX_SHARDS DML_PS_MAX_SHARDS
+/* The wait between resends of a lost push, while retry_timeout lasts. */
+#define RESEND_WAIT_MIN 10   /* ms */
+#define RESEND_WAIT_MAX 1000 /* ms */
 
 struct dml__ps_remote {
 	int n;
@@ -24,7 +29,8 @@ struct dml__ps_remote {
 	size_t off[MAX_SHARDS + 1]; /* shard i holds [off[i], off[i+1]) */
 	dml_duration timeout;
 	int retries;
-	dml_duration retry_timeout;
+	dml_duration retry_timeout; /* 0: none beyond retries; DML_INFINITE */
+	dml_duration clock_timeout;
 	uint64_t client_id;
 	/* a push takes its number and is queued under its shard's lock, so
 	 * that numbers go out in order (the server's window relies on it);
@@ -48,14 +54,59 @@ static uint64_t fresh_id(void)
 	return id ? id : 1; /* 0 means "no deduplication" on the wire */
 }
 
-int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
-                   const dml_ps_remote_opts *opts)
+/* The options with defaults in place; DML_EINVAL names the one wrong. */
+static int remote_opts(dml_ps_remote_opts *o)
 {
-	if (!out || !clients || n < 1 || n > MAX_SHARDS)
+	if (dml__opt_duration(&o->timeout, DML_PS_DEFAULT_TIMEOUT) ||
+	    dml__opt_duration(&o->retry_timeout, DML_PS_DEFAULT_RETRY_TIMEOUT) ||
+	    dml__opt_duration(&o->clock_timeout, DML_PS_DEFAULT_CLOCK_TIMEOUT))
 		return DML_EINVAL;
+	if (o->retries < DML_PS_NO_RETRIES)
+		return dml__fail(DML_EINVAL, "retries %d: 0 (default), > 0 or "
+		                 "DML_PS_NO_RETRIES", o->retries);
+	o->retries = !o->retries ? DML_PS_DEFAULT_RETRIES
+	             : o->retries == DML_PS_NO_RETRIES ? 0 : o->retries;
+	return 0;
+}
+
+/* Records the first failure among the calls to the shards: `rc` stays the
+ * first error, and the error detail says which shard it came from (the
+ * calls that follow it clear the detail). */
+typedef struct first_error {
+	int rc;
+	char msg[DML_ERRMSG_MAX];
+} first_error;
+
+static void note_error(first_error *fe, int shard, int rc)
+{
+	if (!rc || fe->rc)
+		return;
+	fe->rc = rc;
+	snprintf(fe->msg, sizeof fe->msg, "shard %d: %s", shard, dml_error_detail());
+}
+
+/* The first error, with its detail. */
+static int first_error_return(const first_error *fe)
+{
+	return fe->rc ? dml__fail(fe->rc, "%s", fe->msg) : 0;
+}
+
+int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
+                       const dml_ps_remote_opts *opts, int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	dml_ps_remote_opts o;
+	dml__abi_in(&o, sizeof o, opts, DML__L_PS_REMOTE_OPTS, abi);
+	if (!out || !clients || n < 1 || n > MAX_SHARDS)
+		return dml__fail(DML_EINVAL, "%d shards: 1 to %d", n, MAX_SHARDS);
 	for (int i = 0; i < n; i++)
 		if (!clients[i])
-			return DML_EINVAL;
+			return dml__fail(DML_EINVAL, "client %d is NULL", i);
+	if ((rc = remote_opts(&o)))
+		return rc;
 	dml_ps *ps = calloc(1, sizeof *ps);
 	dml__ps_remote *r = calloc(1, sizeof *r);
 	if (!ps || !r) {
@@ -64,34 +115,37 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 		return DML_ENOMEM;
 	}
 	r->n = n;
-	r->timeout = opts && opts->timeout ? opts->timeout : DEFAULT_TIMEOUT;
-	r->retries = !opts || !opts->retries ? 1 : opts->retries < 0 ? 0 : opts->retries;
-	r->retry_timeout = opts && opts->retry_timeout > 0 ? opts->retry_timeout : 0;
+	r->timeout = o.timeout;
+	r->retries = o.retries;
+	r->retry_timeout = o.retry_timeout;
+	r->clock_timeout = o.clock_timeout;
 	r->client_id = fresh_id();
 	dml_rpc_pending *p[MAX_SHARDS];
 	psw_info info[MAX_SHARDS];
-	int rc = 0, started = 0;
-	for (int i = 0; i < n && !rc; i++, started++) {
+	first_error fe = {0};
+	int started = 0;
+	for (int i = 0; i < n && !fe.rc; i++, started++) {
 		r->c[i] = clients[i];
-		rc = dml_rpc_go(clients[i], &psw_m_info, NULL, &info[i], r->timeout, &p[i]);
-		if (rc)
+		note_error(&fe, i, dml_rpc_start(&p[i], clients[i], &psw_m_info, NULL,
+		                                 &info[i], r->timeout));
+		if (fe.rc)
 			break;
 	}
 	for (int i = 0; i < started; i++) {
-		int e = dml_rpc_wait(p[i]);
+		note_error(&fe, i, dml_rpc_pending_wait(p[i]));
 		dml_rpc_pending_free(p[i]);
-		if (!rc)
-			rc = e;
 	}
-	for (int i = 0; i < n && !rc; i++) {
-		if (!info[i].dim || r->off[i] + info[i].dim < r->off[i])
-			rc = DML_EPROTO;
+	for (int i = 0; i < n && !fe.rc; i++) {
+		if (!info[i].dim || r->off[i] + info[i].dim < r->off[i]) {
+			dml__detail_set("dimension %llu", (unsigned long long)info[i].dim);
+			note_error(&fe, i, DML_EPROTO);
+		}
 		r->off[i + 1] = r->off[i] + info[i].dim;
 	}
-	if (rc) {
+	if (fe.rc) {
 		free(r);
 		free(ps);
-		return rc;
+		return first_error_return(&fe);
 	}
 	for (int i = 0; i < n; i++) {
 		pthread_mutex_init(&r->mu[i], NULL);
@@ -105,6 +159,11 @@ int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients, int n,
 	return 0;
 }
 
+dml_duration dml__psr_clock_timeout(const dml_ps *ps)
+{
+	return ps->remote->clock_timeout;
+}
+
 void dml__psr_free(dml_ps *ps)
 {
 	for (int i = 0; i < ps->remote->n; i++) {
@@ -114,19 +173,17 @@ void dml__psr_free(dml_ps *ps)
 	free(ps->remote);
 }
 
-/* Waits for every started call; the first error wins. */
-static int wait_all(dml_rpc_pending **p, int n, int rc)
+/* Waits for every started call; the first error wins, with its detail. */
+static int wait_all(dml_rpc_pending **p, int n, first_error *fe)
 {
 	for (int i = 0; i < n; i++) {
 		if (!p[i])
 			continue;
-		int e = dml_rpc_wait(p[i]);
+		note_error(fe, i, dml_rpc_pending_wait(p[i]));
 		dml_rpc_pending_free(p[i]);
 		p[i] = NULL;
-		if (!rc)
-			rc = e;
 	}
-	return rc;
+	return first_error_return(fe);
 }
 
 _Static_assert(offsetof(psw_push, seq) == offsetof(psw_spush, seq),
@@ -139,9 +196,10 @@ static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
  * as it is queued. Pushes whose reply is lost (timeout, connection lost)
  * are resent with the same number, which the server applies once: up to
  * `retries` times, and beyond that while `retry_timeout` lasts, waiting
- * between attempts (10 ms doubling to 1 s) so that a client with
- * reconnect can dial a restarted server. A push waits for its number
- * while PSW_WINDOW - 1 numbered pushes to that shard are unfinished. */
+ * between attempts (RESEND_WAIT_MIN doubling to RESEND_WAIT_MAX) so that a
+ * client with reconnect can dial a restarted server. A push waits for its
+ * number while PSW_WINDOW - 1 numbered pushes to that shard are
+ * unfinished. */
 static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
                     size_t args_size, const int *want)
 {
@@ -160,16 +218,18 @@ static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
                       size_t args_size, const int *want, int *numbered)
 {
-	int last = DML_ETIMEDOUT;
+	first_error last = {DML_ETIMEDOUT, "no reply"}; /* a lost push's */
 	int todo[MAX_SHARDS];
 	for (int i = 0; i < r->n; i++)
 		todo[i] = want[i];
 	int64_t start = dml__now_ms();
-	long delay_ms = 10;
+	dml__backoff wait;
+	dml__backoff_init(&wait, RESEND_WAIT_MIN, RESEND_WAIT_MAX);
 	for (int attempt = 0;; attempt++) {
 		dml_rpc_pending *p[MAX_SHARDS] = {0};
-		int rc = 0, again = 0;
-		for (int i = 0; i < r->n && !rc; i++) {
+		first_error fe = {0};
+		int again = 0;
+		for (int i = 0; i < r->n && !fe.rc; i++) {
 			if (!todo[i])
 				continue;
 			char *a = (char *)args + (size_t)i * args_size;
@@ -182,36 +242,38 @@ static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
 				numbered[i] = 1;
 				*seq = ++r->seq[i];
 			}
-			rc = dml_rpc_go(r->c[i], m, a, NULL, r->timeout, &p[i]);
+			int rc = dml_rpc_start(&p[i], r->c[i], m, a, NULL, r->timeout);
 			pthread_mutex_unlock(&r->mu[i]);
 			if (rc == DML_ECONNLOST || rc == DML_ETIMEDOUT) { /* not sent whole: again */
-				last = rc;
+				last.rc = 0;
+				note_error(&last, i, rc);
 				again = 1;
-				rc = 0;
+			} else {
+				note_error(&fe, i, rc);
 			}
 		}
 		for (int i = 0; i < r->n; i++) {
 			if (!p[i])
 				continue;
-			int e = dml_rpc_wait(p[i]);
-			dml_rpc_pending_free(p[i]);
+			int e = dml_rpc_pending_wait(p[i]);
 			todo[i] = e == DML_ETIMEDOUT || e == DML_ECONNLOST;
-			if (todo[i])
-				last = e;
+			if (todo[i]) {
+				last.rc = 0;
+				note_error(&last, i, e);
+			} else {
+				note_error(&fe, i, e);
+			}
+			dml_rpc_pending_free(p[i]);
 			again |= todo[i];
-			if (!rc && !todo[i])
-				rc = e;
 		}
-		if (rc || !again)
-			return rc;
-		int64_t now = dml__now_ms();
-		if (attempt >= r->retries && (r->retry_timeout <= 0 || now - start >= r->retry_timeout))
-			return last;
-		if (last == DML_ECONNLOST && r->retry_timeout > 0) {
-			struct timespec ts = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
-			nanosleep(&ts, NULL); /* a backoff while the server is away */
-			delay_ms = delay_ms * 2 > 1000 ? 1000 : delay_ms * 2;
-		}
+		if (fe.rc || !again)
+			return first_error_return(&fe);
+		int forever = r->retry_timeout == DML_INFINITE;
+		if (attempt >= r->retries && !forever &&
+		    (r->retry_timeout == 0 || dml__now_ms() - start >= r->retry_timeout))
+			return first_error_return(&last);
+		if (last.rc == DML_ECONNLOST && r->retry_timeout != 0)
+			dml__sleep_ms(dml__backoff_next(&wait)); /* the server is away */
 	}
 }
 
@@ -314,6 +376,7 @@ int dml__psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 	psw_vec rep[MAX_SHARDS];
 	dml_rpc_pending *p[MAX_SHARDS] = {0};
 	size_t end = off + n;
+	first_error fe = {0};
 	int rc = 0;
 	for (int i = 0; i < r->n && !rc; i++) {
 		size_t lo = off > r->off[i] ? off : r->off[i];
@@ -325,14 +388,16 @@ int dml__psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 		rep[i].v.data = out + (lo - off);
 		rep[i].v.n = 0;
 		rep[i].v.cap = hi - lo;
-		rc = dml_rpc_go(r->c[i], &psw_m_pull, &q[i], &rep[i], r->timeout, &p[i]);
+		rc = dml_rpc_start(&p[i], r->c[i], &psw_m_pull, &q[i], &rep[i], r->timeout);
+		note_error(&fe, i, rc);
 	}
-	rc = wait_all(p, r->n, rc);
+	rc = wait_all(p, r->n, &fe);
 	for (int i = 0; i < r->n && !rc; i++) {
 		size_t lo = off > r->off[i] ? off : r->off[i];
 		size_t hi = end < r->off[i + 1] ? end : r->off[i + 1];
 		if (lo < hi && rep[i].v.n != hi - lo)
-			rc = DML_EPROTO;
+			rc = dml__fail(DML_EPROTO, "shard %d: %zu values for a range of %zu",
+			               i, rep[i].v.n, hi - lo);
 	}
 	return rc;
 }
@@ -342,14 +407,15 @@ int dml__psr_assign(dml_ps *ps, const float *v)
 	dml__ps_remote *r = ps->remote;
 	psw_vec args[MAX_SHARDS];
 	dml_rpc_pending *p[MAX_SHARDS] = {0};
-	int rc = 0;
-	for (int i = 0; i < r->n && !rc; i++) {
+	first_error fe = {0};
+	for (int i = 0; i < r->n && !fe.rc; i++) {
 		args[i].v.data = (float *)v + r->off[i];
 		args[i].v.n = r->off[i + 1] - r->off[i];
 		args[i].v.cap = 0;
-		rc = dml_rpc_go(r->c[i], &psw_m_assign, &args[i], NULL, r->timeout, &p[i]);
+		note_error(&fe, i, dml_rpc_start(&p[i], r->c[i], &psw_m_assign,
+		                                 &args[i], NULL, r->timeout));
 	}
-	return wait_all(p, r->n, rc);
+	return wait_all(p, r->n, &fe);
 }
 
 int dml__psr_updates(dml_ps *ps, uint64_t *count)
@@ -366,8 +432,6 @@ int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
                    dml_ps_clock_info *info)
 {
 	dml__ps_remote *r = ps->remote;
-	if (!ps->workers || worker < 0 || worker >= ps->workers)
-		return DML_EINVAL;
 	psw_worker q = {worker};
 	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock, &q, &rep, timeout);
@@ -379,8 +443,6 @@ int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
 int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 {
 	dml__ps_remote *r = ps->remote;
-	if (!ps->workers || worker < 0 || worker >= ps->workers)
-		return DML_EINVAL;
 	psw_worker q = {worker};
 	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock_get, &q, &rep, r->timeout);

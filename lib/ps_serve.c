@@ -145,22 +145,18 @@ static int h_pull(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_range *q = a;
 	if (q->off > ps->dim || q->n > ps->dim - q->off)
-		return dml_rpc_errorf(ctx, "PS.Pull: range %llu+%llu outside dimension %zu",
+		return dml_rpc_ctx_errorf(ctx, "PS.Pull: range %llu+%llu outside dimension %zu",
 		                      (unsigned long long)q->off,
 		                      (unsigned long long)q->n, ps->dim);
 	dml_rpc_deferred *d;
-	int rc = dml_rpc_defer(ctx, &d);
+	int rc = dml_rpc_deferred_new(&d, ctx);
 	if (rc)
 		return rc;
-	/* stripes [k0, k1) hold the range */
-	size_t k0 = q->off / ps->stripe_len;
-	size_t k1 = q->n ? (q->off + q->n - 1) / ps->stripe_len + 1 : k0;
-	for (size_t k = k0; k < k1; k++)
-		pthread_mutex_lock(&ps->stripes[k].mu);
+	size_t k0, k1;
+	dml__ps_lock(ps, q->off, q->n, &k0, &k1);
 	psw_vec rep = {{ps->w + q->off, q->n, 0}};
 	dml_rpc_deferred_reply(d, 0, &rep, NULL);
-	for (size_t k = k1; k-- > k0;)
-		pthread_mutex_unlock(&ps->stripes[k].mu);
+	dml__ps_unlock(ps, k0, k1);
 	return 0;
 }
 
@@ -170,15 +166,15 @@ static int h_push(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_push *q = a;
 	if (q->v.n != ps->dim)
-		return dml_rpc_errorf(ctx, "PS.Push: %zu values for dimension %zu",
+		return dml_rpc_ctx_errorf(ctx, "PS.Push: %zu values for dimension %zu",
 		                      q->v.n, ps->dim);
 	if (q->op != PSW_OP_UPDATE && q->op != PSW_OP_PUSH)
-		return dml_rpc_errorf(ctx, "PS.Push: unknown op %d", (int)q->op);
+		return dml_rpc_ctx_errorf(ctx, "PS.Push: unknown op %d", (int)q->op);
 	switch (dd_check(ps->dedup, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
 	case DD_FULL:
-		return dml_rpc_errorf(ctx, "PS.Push: too many active clients");
+		return dml_rpc_ctx_errorf(ctx, "PS.Push: too many active clients");
 	}
 	dml__ps_apply_dense(ps, q->op, q->v.data);
 	return 0;
@@ -190,19 +186,19 @@ static int h_spush(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_spush *q = a;
 	if (q->idx.n != q->v.n)
-		return dml_rpc_errorf(ctx, "PS.PushSparse: %zu indices, %zu values",
+		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: %zu indices, %zu values",
 		                      q->idx.n, q->v.n);
 	if (q->op != PSW_OP_UPDATE && q->op != PSW_OP_PUSH)
-		return dml_rpc_errorf(ctx, "PS.PushSparse: unknown op %d", (int)q->op);
+		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: unknown op %d", (int)q->op);
 	for (size_t i = 0; i < q->idx.n; i++)
 		if (q->idx.data[i] >= ps->dim)
-			return dml_rpc_errorf(ctx, "PS.PushSparse: index %u outside dimension %zu",
+			return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: index %u outside dimension %zu",
 			                      (unsigned)q->idx.data[i], ps->dim);
 	switch (dd_check(ps->dedup, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
 	case DD_FULL:
-		return dml_rpc_errorf(ctx, "PS.PushSparse: too many active clients");
+		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: too many active clients");
 	}
 	dml__ps_apply_sparse(ps, q->op, q->idx.data, q->v.data, q->v.n);
 	return 0;
@@ -214,7 +210,7 @@ static int h_assign(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_vec *q = a;
 	if (q->v.n != ps->dim)
-		return dml_rpc_errorf(ctx, "PS.Assign: %zu values for dimension %zu",
+		return dml_rpc_ctx_errorf(ctx, "PS.Assign: %zu values for dimension %zu",
 		                      q->v.n, ps->dim);
 	return dml_ps_assign(ps, q->v.data);
 }
@@ -233,10 +229,10 @@ static int h_clock(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_worker *q = a;
 	if (!ps->workers || q->worker < 0 || q->worker >= ps->workers)
-		return dml_rpc_errorf(ctx, "PS.Clock: no worker %d (store has %d)",
+		return dml_rpc_ctx_errorf(ctx, "PS.Clock: no worker %d (store has %d)",
 		                      (int)q->worker, ps->workers);
 	dml_rpc_deferred *d;
-	int rc = dml_rpc_defer(ctx, &d);
+	int rc = dml_rpc_deferred_new(&d, ctx);
 	if (rc)
 		return rc;
 	dml_ps_clock_info info;
@@ -257,7 +253,7 @@ static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	rep->waited = 0;
 	int rc = dml_ps_clock_get(ps, q->worker, &rep->clock, &rep->min);
 	if (rc)
-		return dml_rpc_errorf(ctx, "PS.ClockGet: no worker %d (store has %d)",
+		return dml_rpc_ctx_errorf(ctx, "PS.ClockGet: no worker %d (store has %d)",
 		                      (int)q->worker, ps->workers);
 	return 0;
 }
@@ -266,8 +262,11 @@ static void tick(void *arg) { dml__ps_check_workers(arg); }
 
 int dml_ps_serve(dml_ps *ps, dml_rpc_server *server)
 {
-	if (!ps || !server || ps->remote)
+	dml__detail_clear();
+	if (!ps || !server)
 		return DML_EINVAL;
+	if (ps->remote)
+		return dml__fail(DML_EINVAL, "a remote store cannot be served");
 	if (!ps->dedup) {
 		ps->dedup = calloc(1, sizeof *ps->dedup);
 		if (!ps->dedup)

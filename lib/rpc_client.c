@@ -11,13 +11,22 @@
  * call: into the caller's array buffer when the reply type allows it (see
  * dml__bulk_plan), else into the call's payload buffer. While the reader
  * writes into a call without the lock, the call is marked in_use; a waiter
- * whose deadline passes then asks the reader (through an eventfd) to let go
- * before it returns, so no caller buffer is written after its call ended.
+ * whose deadline passes then raises abandon_req and waits until the reader
+ * lets go (it looks at the flag after every read, and a read blocks at most
+ * READER_TICK_MS), so no caller buffer is written after its call ended.
+ *
+ * A failed call keeps a message in its handle (errmsg: the peer's, escaped,
+ * or what went wrong here), which dml_rpc_pending_wait copies into the
+ * calling thread's error detail.
  */
 #define _GNU_SOURCE
+#include "abi.h"
 #include "codec.h"
 #include "frame.h"
+#include "rpc_wire.h"
 #include "transport.h"
+
+#include <stdio.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +55,7 @@ struct dml_rpc_pending {
 	const dml_type *rtype;
 	void *reply;
 	int64_t deadline;
+	dml_duration timeout; /* as given: for the message of a timeout */
 	atomic_int state;
 	int result;
 	int in_use;  /* the reader is writing into this call unlocked */
@@ -92,9 +102,8 @@ struct dml_rpc_client {
 	char addr[300];
 	int reconnecting;
 	int64_t next_dial;    /* ms, monotonic: no attempt before */
-	dml_duration backoff; /* the wait after the next failed attempt */
-	uint64_t reconnects;
-	char errmsg[DML_RPC_ERRMSG_MAX];
+	dml__backoff backoff; /* waits between failed attempts */
+	char errmsg[DML_RPC_ERRMSG_MAX]; /* for dml_rpc_client_errmsg */
 	/* reader-role state */
 	dml__buf in;
 	size_t rpos;
@@ -141,22 +150,28 @@ static void call_finish(dml_rpc_client *c, dml_rpc_pending *k, int result)
 	pthread_cond_signal(&k->cv);
 }
 
+/* A reply status as an error code. A status this client does not know
+ * comes from a newer peer: DML_EVERSION (docs/protocol.md, section 11). */
 static int status_error(uint32_t st)
 {
 	switch (st) {
 	case DML__ST_NOMETHOD: return DML_ENOMETHOD;
 	case DML__ST_HANDLER: return DML_EHANDLER;
+	case DML__ST_BADARGS: return DML_EPROTO;
 	case DML__ST_TOOBIG: return DML_ETOOBIG;
-	default: return DML_EPROTO;
+	default: return DML_EVERSION;
 	}
 }
 
-static void set_errmsg(dml_rpc_pending *k, const uint8_t *p, size_t n)
+/* The peer's message, escaped: it came from the wire. */
+static void set_errmsg(dml_rpc_pending *k, uint32_t status, const uint8_t *p,
+                       size_t n)
 {
-	if (n >= sizeof k->errmsg)
-		n = sizeof k->errmsg - 1;
-	memcpy(k->errmsg, p, n);
-	k->errmsg[n] = 0;
+	int at = 0;
+	if (status > DML__ST_MAX)
+		at = snprintf(k->errmsg, sizeof k->errmsg,
+		              "reply status %u unknown to this client: ", (unsigned)status);
+	dml__escape(k->errmsg + at, sizeof k->errmsg - (size_t)at, p, n);
 }
 
 /* Finishes call k from a whole frame body (name + payload) at `body`. */
@@ -165,7 +180,7 @@ static void finish_from_body(dml_rpc_client *c, dml_rpc_pending *k,
                              int copy)
 {
 	if (fr->status != DML__ST_OK) {
-		set_errmsg(k, body, fr->name_len);
+		set_errmsg(k, fr->status, body, fr->name_len);
 		call_finish(c, k, status_error(fr->status));
 		return;
 	}
@@ -652,11 +667,10 @@ static void call_release(dml_rpc_client *c, dml_rpc_pending *k)
 	c->nfree++;
 }
 
-static int64_t call_deadline(dml_rpc_client *c, dml_duration timeout)
+/* A call's timeout, resolved: DML_DEFAULT is the client's call_timeout. */
+static int call_timeout(dml_rpc_client *c, dml_duration timeout, dml_duration *t)
 {
-	if (timeout == DML_DEFAULT)
-		timeout = c->o.call_timeout;
-	return dml__deadline(timeout);
+	return dml__call_timeout(timeout, c->o.call_timeout, t);
 }
 
 /* Checks a method's types once per client (a small cache of methods seen). */
@@ -665,7 +679,7 @@ static int method_check(dml_rpc_client *c, const dml_rpc_method *m)
 	size_t slot = ((uintptr_t)m >> 4) % 16;
 	if (atomic_load_explicit(&c->checked[slot], memory_order_relaxed) == m)
 		return 0;
-	if ((m->args && dml_type_check(m->args)) || (m->reply && dml_type_check(m->reply)))
+	if ((m->args && dml__type_valid(m->args)) || (m->reply && dml__type_valid(m->reply)))
 		return DML_EINVAL;
 	atomic_store_explicit(&c->checked[slot], m, memory_order_relaxed);
 	return 0;
@@ -700,8 +714,7 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	pthread_mutex_lock(&c->mu);
 	c->reconnecting = 0;
 	if (rc) {
-		c->next_dial = dml__now_ms() + c->backoff;
-		c->backoff = c->backoff * 2 > c->o.backoff_max ? c->o.backoff_max : c->backoff * 2;
+		c->next_dial = dml__now_ms() + dml__backoff_next(&c->backoff);
 		pthread_mutex_unlock(&c->wmu);
 		return DML_ECONNLOST;
 	}
@@ -714,32 +727,60 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	atomic_store(&c->queued, 0);
 	c->in.len = c->rpos = 0;
 	c->broken = 0;
-	c->backoff = c->o.backoff_min;
+	dml__backoff_reset(&c->backoff);
 	c->next_dial = 0;
-	c->reconnects++;
 	pthread_mutex_unlock(&c->wmu);
 	return 0;
 }
 
-int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
-               void *reply, dml_duration timeout, dml_rpc_pending **out)
+/* The detail of a call that failed before it was started. */
+static int start_failed(dml_rpc_client *c, int rc)
 {
+	char addr[128];
+	dml__escape(addr, sizeof addr, c->addr, strlen(c->addr));
+	switch (rc) {
+	case DML_ECONNLOST:
+		return dml__fail(rc, "connection to %s lost", addr);
+	case DML_ECLOSED:
+		return dml__fail(rc, "client closed");
+	case DML_EVERSION:
+		return dml__fail(rc, "%s speaks a protocol version this client "
+		                 "(protocol %d) does not", addr, DML_RPC_PROTOCOL);
+	case DML_EPROTO:
+		return dml__fail(rc, "%s sent a malformed frame", addr);
+	default:
+		return rc;
+	}
+}
+
+int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
+                  const dml_rpc_method *m, const void *args, void *reply,
+                  dml_duration timeout)
+{
+	dml__detail_clear();
 	if (!c || !m || !m->name || !out || (m->reply && m->reply->nfields && !reply))
 		return DML_EINVAL;
 	size_t name_len = strnlen(m->name, DML_RPC_MAX_METHOD + 1);
 	if (name_len == 0 || name_len > DML_RPC_MAX_METHOD)
-		return DML_EINVAL;
-	int rc = method_check(c, m);
-	if (rc)
+		return dml__fail(DML_EINVAL, "method names are 1 to %d bytes",
+		                 DML_RPC_MAX_METHOD);
+	dml_duration tmo;
+	int rc = call_timeout(c, timeout, &tmo);
+	if (rc || (rc = method_check(c, m)))
 		return rc;
+	if (tmo == 0)
+		return dml__fail(DML_ETIMEDOUT, "timeout 0: nothing sent");
+	int64_t deadline = dml__deadline(tmo);
 	pthread_mutex_lock(&c->mu);
-	if (c->broken && (!c->o.reconnect || (rc = reconnect(c, call_deadline(c, timeout))))) {
+	if (c->broken && (!c->o.reconnect || (rc = reconnect(c, deadline)))) {
+		rc = rc ? rc : c->broken;
 		pthread_mutex_unlock(&c->mu);
-		return rc ? rc : c->broken;
+		return start_failed(c, rc);
 	}
 	if (c->inflight >= (size_t)c->o.max_in_flight) {
 		pthread_mutex_unlock(&c->mu);
-		return DML_EBUSY;
+		return dml__fail(DML_EBUSY, "%d calls in flight (max_in_flight)",
+		                 c->o.max_in_flight);
 	}
 	dml_rpc_pending *k = call_alloc(c);
 	if (!k) {
@@ -749,7 +790,8 @@ int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 	k->seq = c->next_seq++;
 	k->rtype = m->reply;
 	k->reply = reply;
-	k->deadline = call_deadline(c, timeout);
+	k->deadline = deadline;
+	k->timeout = tmo;
 	table_add(c, k);
 	pthread_mutex_unlock(&c->mu);
 
@@ -774,7 +816,10 @@ int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 			table_remove(c, k);
 		call_release(c, k);
 		pthread_mutex_unlock(&c->mu);
-		return rc;
+		if (rc == DML_ETOOBIG)
+			return dml__fail(rc, "request larger than the frame limit (%zu bytes)",
+			                 c->o.max_frame);
+		return start_failed(c, rc);
 	}
 	*out = k;
 	return 0;
@@ -782,9 +827,18 @@ int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 
 int dml_rpc_flush(dml_rpc_client *c, dml_duration timeout)
 {
+	dml__detail_clear();
 	if (!c)
 		return DML_EINVAL;
-	return flush(c, call_deadline(c, timeout));
+	dml_duration tmo;
+	int rc = call_timeout(c, timeout, &tmo);
+	if (rc)
+		return rc;
+	if (tmo == 0)
+		return atomic_load(&c->queued) ? dml__fail(DML_ETIMEDOUT,
+		                                           "timeout 0: nothing written")
+		                               : 0;
+	return start_failed(c, flush(c, dml__deadline(tmo)));
 }
 
 static void waiter_add(dml_rpc_client *c, dml_rpc_pending *k)
@@ -872,19 +926,54 @@ static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 	return k->result;
 }
 
-int dml_rpc_wait(dml_rpc_pending *k)
+/* The message of a call that failed without one from the peer (under mu,
+ * the call finished). */
+static void describe(dml_rpc_client *c, dml_rpc_pending *k)
 {
+	if (!k->result || k->errmsg[0])
+		return;
+	char addr[128];
+	dml__escape(addr, sizeof addr, c->addr, strlen(c->addr));
+	const char *what = NULL;
+	switch (k->result) {
+	case DML_ETIMEDOUT:
+		snprintf(k->errmsg, sizeof k->errmsg, "no reply within %lld ms",
+		         (long long)k->timeout);
+		return;
+	case DML_ECONNLOST:
+		snprintf(k->errmsg, sizeof k->errmsg, "connection to %s lost", addr);
+		return;
+	case DML_EVERSION:
+		snprintf(k->errmsg, sizeof k->errmsg, "%s speaks a frame version this "
+		         "client (protocol %d) does not", addr, DML_RPC_PROTOCOL);
+		return;
+	case DML_ECLOSED: what = "client closed"; break;
+	case DML_EPROTO: what = "malformed reply"; break;
+	case DML_ETYPE: what = "a reply field of another kind than the method's type"; break;
+	case DML_ETOOBIG: what = "reply larger than the frame limit or the reply buffer"; break;
+	case DML_ENOMEM: what = "out of memory for the reply"; break;
+	}
+	if (what)
+		snprintf(k->errmsg, sizeof k->errmsg, "%s", what);
+}
+
+int dml_rpc_pending_wait(dml_rpc_pending *k)
+{
+	dml__detail_clear();
 	if (!k)
 		return DML_EINVAL;
 	dml_rpc_client *c = k->c;
-	if (k->state == CALL_DONE)
-		return k->result;
-	if (k->deadline < 0 || dml__now_ms() < k->deadline)
-		flush(c, k->deadline); /* an expired call must not break the rest */
-	pthread_mutex_lock(&c->mu);
-	int rc = wait_locked(c, k);
-	pthread_mutex_unlock(&c->mu);
-	return rc;
+	if (k->state != CALL_DONE) {
+		if (k->deadline < 0 || dml__now_ms() < k->deadline)
+			flush(c, k->deadline); /* an expired call must not break the rest */
+		pthread_mutex_lock(&c->mu);
+		wait_locked(c, k);
+		describe(c, k);
+		pthread_mutex_unlock(&c->mu);
+	}
+	if (k->result)
+		dml__detail_set("%s", k->errmsg);
+	return k->result;
 }
 
 const char *dml_rpc_pending_errmsg(const dml_rpc_pending *k)
@@ -909,17 +998,19 @@ void dml_rpc_pending_free(dml_rpc_pending *k)
 int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
                  void *reply, dml_duration timeout)
 {
+	dml__detail_clear();
 	if (!c || !m)
 		return DML_EINVAL;
 	if (m->reply && reply && !dml__type_all_buffered(m->reply, reply))
-		return DML_EINVAL;
+		return dml__fail(DML_EINVAL, "dml_rpc_call: every string and array "
+		                 "of the reply needs a buffer (data, cap)");
 	dml_rpc_pending *k;
-	int rc = dml_rpc_go(c, m, args, reply, timeout, &k);
+	int rc = dml_rpc_start(&k, c, m, args, reply, timeout);
 	if (rc)
 		return rc;
-	rc = dml_rpc_wait(k);
+	rc = dml_rpc_pending_wait(k);
 	if (rc == DML_EHANDLER || rc == DML_ENOMETHOD || rc == DML_ETOOBIG ||
-	    rc == DML_EPROTO) {
+	    rc == DML_EPROTO) { /* for the deprecated dml_rpc_client_errmsg */
 		pthread_mutex_lock(&c->mu);
 		memcpy(c->errmsg, k->errmsg, sizeof c->errmsg);
 		pthread_mutex_unlock(&c->mu);
@@ -928,63 +1019,93 @@ int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
 	return rc;
 }
 
-void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap)
+int dml_rpc_has_method(dml_rpc_client *c, const char *name, dml_duration timeout)
 {
-	if (!c || !buf || !cap)
-		return;
-	pthread_mutex_lock(&c->mu);
-	dml__set_msg(buf, cap, "%s", c->errmsg);
-	pthread_mutex_unlock(&c->mu);
+	dml__detail_clear();
+	if (!c || !name)
+		return DML_EINVAL;
+	const char *lib = dml_version();
+	rpcw_hello q = {DML_RPC_PROTOCOL, {lib, strlen(lib), 0}, {name, strlen(name), 0}};
+	rpcw_welcome w;
+	memset(&w, 0, sizeof w);
+	dml_rpc_pending *k;
+	int rc = dml_rpc_start(&k, c, &rpcw_m_hello, &q, &w, timeout);
+	if (rc)
+		return rc;
+	rc = dml_rpc_pending_wait(k);
+	dml_rpc_pending_free(k);
+	if (rc == DML_ENOMETHOD)
+		return dml__fail(DML_EVERSION, "the server does not answer RPC.Hello "
+		                 "(libdistml before 0.2, or another peer)");
+	return rc ? rc : w.has ? 1 : 0;
 }
 
 /* ---- lifecycle ---------------------------------------------------- */
 
-int dml_rpc_dial(dml_rpc_client **out, const char *addr,
-                 const dml_rpc_client_opts *opts)
+/* The options with defaults in place; DML_EINVAL names the one that is
+ * wrong. */
+static int client_opts(dml_rpc_client_opts *o)
 {
+	if (o->codec != DML_CODEC_BINARY)
+		return dml__fail(DML_EINVAL, "codec %d unknown", (int)o->codec);
+	if ((o->max_frame && o->max_frame < DML_RPC_MIN_FRAME) ||
+	    o->max_frame > (size_t)UINT32_MAX)
+		return dml__fail(DML_EINVAL, "max_frame %zu: %d B to 4 GiB - 1",
+		                 o->max_frame, DML_RPC_MIN_FRAME);
+	if (!o->max_frame)
+		o->max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	if (dml__opt_duration(&o->dial_timeout, DML_RPC_DEFAULT_DIAL_TIMEOUT) ||
+	    dml__opt_duration(&o->call_timeout, DML_RPC_DEFAULT_CALL_TIMEOUT))
+		return DML_EINVAL;
+	if (o->backoff_min < 0 || o->backoff_max < 0)
+		return dml__fail(DML_EINVAL, "backoff_min, backoff_max: 0 (default) "
+		                 "or a positive number of ms");
+	if (!o->backoff_min)
+		o->backoff_min = DML_RPC_DEFAULT_BACKOFF_MIN;
+	if (!o->backoff_max)
+		o->backoff_max = DML_RPC_DEFAULT_BACKOFF_MAX;
+	if (o->max_in_flight < 0 || o->spin_us < 0 || o->spin_us > DML_RPC_MAX_SPIN_US)
+		return dml__fail(DML_EINVAL, "max_in_flight >= 0, spin_us 0 to %d",
+		                 DML_RPC_MAX_SPIN_US);
+	if (!o->max_in_flight)
+		o->max_in_flight = DML_RPC_DEFAULT_MAX_IN_FLIGHT;
+	return 0;
+}
+
+int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
+                     const dml_rpc_client_opts *opts, int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
 	if (!out || !addr)
 		return DML_EINVAL;
-	dml_rpc_client_opts o = {0};
-	if (opts)
-		o = *opts;
-	if (o.codec != DML_CODEC_BINARY || (o.max_frame && o.max_frame < 64) ||
-	    o.max_frame > (size_t)UINT32_MAX)
-		return DML_EINVAL;
-	if (!o.dial_timeout)
-		o.dial_timeout = 10000;
-	if (!o.call_timeout)
-		o.call_timeout = DML_INFINITE;
-	if (!o.max_frame)
-		o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
-	if (o.backoff_min < 0 || o.backoff_max < 0 || o.max_in_flight < 0 ||
-	    o.spin_us < 0 || o.spin_us > DML_RPC_MAX_SPIN_US)
-		return DML_EINVAL;
-	if (!o.max_in_flight)
-		o.max_in_flight = DML_RPC_DEFAULT_MAX_IN_FLIGHT;
-	if (!o.backoff_min)
-		o.backoff_min = 50;
-	if (!o.backoff_max)
-		o.backoff_max = 5000;
-	if (o.backoff_max < o.backoff_min)
-		o.backoff_max = o.backoff_min;
+	dml_rpc_client_opts o;
+	dml__abi_in(&o, sizeof o, opts, DML__L_RPC_CLIENT_OPTS, abi);
+	if ((rc = client_opts(&o)))
+		return rc;
 	if (strlen(addr) >= sizeof(((dml_rpc_client *)0)->addr))
-		return DML_EADDR;
+		return dml__fail(DML_EADDR, "address longer than %zu bytes",
+		                 sizeof(((dml_rpc_client *)0)->addr) - 1);
 	dml_rpc_client *c = calloc(1, sizeof *c);
 	if (!c)
 		return DML_ENOMEM;
 	c->o = o;
 	c->next_seq = 1;
 	strcpy(c->addr, addr);
-	c->backoff = o.backoff_min;
+	dml__backoff_init(&c->backoff, o.backoff_min, o.backoff_max);
 	if (dml__buf_grow(&c->in, READ_BUF)) {
 		free(c);
 		return DML_ENOMEM;
 	}
-	int rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
+	rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
 	if (rc) {
+		char a[128];
+		dml__escape(a, sizeof a, addr, strlen(addr));
 		dml__buf_free(&c->in);
 		free(c);
-		return rc;
+		return dml__fail(rc, "dial %s: %s", a, dml_strerror(rc));
 	}
 	/* Reads block (bounded by SO_RCVTIMEO); writes pass MSG_DONTWAIT. */
 	if (make_blocking(c->fd)) {
@@ -999,7 +1120,7 @@ int dml_rpc_dial(dml_rpc_client **out, const char *addr,
 	return 0;
 }
 
-void dml_rpc_client_close(dml_rpc_client *c)
+void dml_rpc_close(dml_rpc_client *c)
 {
 	if (!c)
 		return;
@@ -1008,11 +1129,11 @@ void dml_rpc_client_close(dml_rpc_client *c)
 	pthread_mutex_unlock(&c->mu);
 }
 
-void dml_rpc_client_free(dml_rpc_client *c)
+void dml_rpc_free(dml_rpc_client *c)
 {
 	if (!c)
 		return;
-	dml_rpc_client_close(c);
+	dml_rpc_close(c);
 	while (c->all) {
 		dml_rpc_pending *k = c->all;
 		c->all = k->all_next;
@@ -1030,3 +1151,26 @@ void dml_rpc_client_free(dml_rpc_client *c)
 	dml__buf_free(&c->out);
 	free(c);
 }
+
+/* ---- deprecated names (0.2; docs/api.md) -------------------------- */
+
+int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m, const void *args,
+               void *reply, dml_duration timeout, dml_rpc_pending **out)
+{
+	return dml_rpc_start(out, c, m, args, reply, timeout);
+}
+
+int dml_rpc_wait(dml_rpc_pending *call) { return dml_rpc_pending_wait(call); }
+
+void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap)
+{
+	if (!c || !buf || !cap)
+		return;
+	pthread_mutex_lock(&c->mu);
+	dml__set_msg(buf, cap, "%s", c->errmsg);
+	pthread_mutex_unlock(&c->mu);
+}
+
+void dml_rpc_client_close(dml_rpc_client *c) { dml_rpc_close(c); }
+
+void dml_rpc_client_free(dml_rpc_client *c) { dml_rpc_free(c); }

@@ -18,8 +18,10 @@
  * any thread.
  */
 #define _GNU_SOURCE
+#include "abi.h"
 #include "codec.h"
 #include "frame.h"
+#include "rpc_wire.h"
 #include "transport.h"
 
 #include <errno.h>
@@ -34,6 +36,8 @@
 #include <unistd.h>
 
 #define MAX_LISTENERS 8
+#define MAX_TICKS 8
+#define MAX_TICK_PERIOD ((dml_duration)3600000) /* 1 h */
 #define READ_CHUNK (16 * 1024)
 /* An input buffer grown past BIG_IN for a large frame is kept for the next
  * one, and freed once BIG_KEEP_MS pass without one: fresh pages for every
@@ -126,7 +130,6 @@ struct dml_rpc_server {
 	dml_rpc_server_opts o;
 	int epfd;
 	int evfd;
-	int stop_type; /* epoll cookie for the stop eventfd */
 	listener ls[MAX_LISTENERS];
 	int nls;
 	method_ent *methods;
@@ -148,7 +151,7 @@ struct dml_rpc_server {
 		int64_t next; /* ms */
 		void (*fn)(void *);
 		void *arg;
-	} ticks[8];
+	} ticks[MAX_TICKS];
 	int nticks;
 	atomic_uint_fast64_t next_id;
 	hub *hub;
@@ -197,19 +200,11 @@ static int index_rebuild(dml_rpc_server *s, size_t cap)
 	return 0;
 }
 
-int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
-                            dml_rpc_handler h, void *user)
+/* Adds a method whose name and types are valid and new. */
+static int method_add(dml_rpc_server *s, const dml_rpc_method *m,
+                      dml_rpc_handler h, void *user)
 {
-	if (!s || !m || !m->name || !h)
-		return DML_EINVAL;
 	size_t n = strlen(m->name);
-	if (n == 0 || n > DML_RPC_MAX_METHOD)
-		return DML_EINVAL;
-	if ((m->args && dml_type_check(m->args)) ||
-	    (m->reply && dml_type_check(m->reply)))
-		return DML_EINVAL;
-	if (method_find(s, m->name, n))
-		return DML_EEXIST;
 	method_ent *ms = realloc(s->methods, (s->nmethods + 1) * sizeof *ms);
 	if (!ms)
 		return DML_ENOMEM;
@@ -233,49 +228,97 @@ int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
 	return 0;
 }
 
+int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
+                            dml_rpc_handler h, void *user)
+{
+	dml__detail_clear();
+	if (!s || !m || !m->name || !h)
+		return DML_EINVAL;
+	size_t n = strlen(m->name);
+	if (n == 0 || n > DML_RPC_MAX_METHOD)
+		return dml__fail(DML_EINVAL, "method names are 1 to %d bytes",
+		                 DML_RPC_MAX_METHOD);
+	if (!strncmp(m->name, RPCW_PREFIX, strlen(RPCW_PREFIX)))
+		return dml__fail(DML_EINVAL, "method names beginning \"%s\" belong "
+		                 "to the library", RPCW_PREFIX);
+	if ((m->args && dml__type_valid(m->args)) ||
+	    (m->reply && dml__type_valid(m->reply)))
+		return DML_EINVAL;
+	if (method_find(s, m->name, n))
+		return DML_EEXIST;
+	return method_add(s, m, h, user);
+}
+
+/* RPC.Hello: the protocol and library this server speaks, and whether it
+ * serves the method asked about (docs/protocol.md, section 11). */
+static int h_hello(dml_rpc_ctx *ctx, const void *a, void *r, void *user)
+{
+	(void)ctx;
+	dml_rpc_server *s = user;
+	const rpcw_hello *q = a;
+	rpcw_welcome *w = r;
+	const char *lib = dml_version();
+	w->proto = DML_RPC_PROTOCOL;
+	w->lib = (dml_str){lib, strlen(lib), 0};
+	w->has = q->method.n && q->method.n <= DML_RPC_MAX_METHOD &&
+	         method_find(s, q->method.data, q->method.n) != NULL;
+	return 0;
+}
+
 /* ---- lifecycle ---------------------------------------------------- */
 
-int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
+/* The options with defaults in place; DML_EINVAL names the one that is
+ * wrong. */
+static int server_opts(dml_rpc_server_opts *o)
 {
+	if (o->codec != DML_CODEC_BINARY)
+		return dml__fail(DML_EINVAL, "codec %d unknown", (int)o->codec);
+	if ((o->max_frame && o->max_frame < DML_RPC_MIN_FRAME) ||
+	    o->max_frame > (size_t)UINT32_MAX)
+		return dml__fail(DML_EINVAL, "max_frame %zu: %d B to 4 GiB - 1",
+		                 o->max_frame, DML_RPC_MIN_FRAME);
+	if (!o->max_frame)
+		o->max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	if (o->max_conns < 0 || o->max_deferred < 0 || o->spin_us < 0 ||
+	    o->spin_us > DML_RPC_MAX_SPIN_US)
+		return dml__fail(DML_EINVAL, "max_conns, max_deferred >= 0; spin_us "
+		                 "0 to %d", DML_RPC_MAX_SPIN_US);
+	if (!o->max_conns)
+		o->max_conns = DML_RPC_DEFAULT_MAX_CONNS;
+	if (!o->max_deferred)
+		o->max_deferred = DML_RPC_DEFAULT_MAX_DEFERRED;
+	if (dml__opt_duration(&o->frame_timeout, DML_RPC_DEFAULT_FRAME_TIMEOUT) ||
+	    dml__opt_duration(&o->write_timeout, DML_RPC_DEFAULT_WRITE_TIMEOUT) ||
+	    dml__opt_duration(&o->idle_timeout, DML_RPC_DEFAULT_IDLE_TIMEOUT))
+		return DML_EINVAL;
+	return 0;
+}
+
+int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts,
+                           int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
 	if (!out)
 		return DML_EINVAL;
+	dml_rpc_server_opts o;
+	dml__abi_in(&o, sizeof o, opts, DML__L_RPC_SERVER_OPTS, abi);
+	if ((rc = server_opts(&o)))
+		return rc;
 	dml_rpc_server *s = calloc(1, sizeof *s);
 	if (!s)
 		return DML_ENOMEM;
-	if (opts)
-		s->o = *opts;
-	if (s->o.codec != DML_CODEC_BINARY || s->o.max_conns < 0 ||
-	    (s->o.max_frame && s->o.max_frame < 64) ||
-	    s->o.max_frame > (size_t)UINT32_MAX) {
-		free(s);
-		return DML_EINVAL;
-	}
-	if (!s->o.max_frame)
-		s->o.max_frame = DML_RPC_DEFAULT_MAX_FRAME;
-	if (!s->o.max_conns)
-		s->o.max_conns = DML_RPC_DEFAULT_MAX_CONNS;
-	if (s->o.max_deferred < 0 || s->o.spin_us < 0 || s->o.spin_us > DML_RPC_MAX_SPIN_US) {
-		free(s);
-		return DML_EINVAL;
-	}
-	if (!s->o.max_deferred)
-		s->o.max_deferred = DML_RPC_DEFAULT_MAX_DEFERRED;
-	dml_duration *tm[3] = {&s->o.frame_timeout, &s->o.write_timeout, &s->o.idle_timeout};
-	dml_duration defaults[3] = {30000, 30000, 600000};
-	for (int i = 0; i < 3; i++) {
-		if (*tm[i] < DML_INFINITE) {
-			free(s);
-			return DML_EINVAL;
-		}
-		if (!*tm[i])
-			*tm[i] = defaults[i];
-	}
+	s->o = o;
 	s->nchunks_cap = ((size_t)s->o.max_conns + CHUNK - 1) / CHUNK;
 	s->chunks = calloc(s->nchunks_cap, sizeof *s->chunks);
 	s->hub = malloc(sizeof *s->hub);
-	if (!s->chunks || !s->hub) {
+	if (!s->chunks || !s->hub || method_add(s, &rpcw_m_hello, h_hello, s)) {
 		free(s->chunks);
 		free(s->hub);
+		free(s->methods);
+		free(s->index);
 		free(s);
 		return DML_ENOMEM;
 	}
@@ -292,6 +335,8 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 		if (s->evfd >= 0)
 			close(s->evfd);
 		free(s->chunks);
+		free(s->methods);
+		free(s->index);
 		hub_unref(s->hub);
 		free(s);
 		return DML_ESYS;
@@ -305,14 +350,18 @@ int dml_rpc_server_new(dml_rpc_server **out, const dml_rpc_server_opts *opts)
 
 int dml_rpc_server_listen(dml_rpc_server *s, const char *addr)
 {
+	dml__detail_clear();
 	if (!s || !addr)
 		return DML_EINVAL;
 	if (s->nls == MAX_LISTENERS)
-		return DML_EBUSY;
+		return dml__fail(DML_EBUSY, "%d listeners already", MAX_LISTENERS);
 	listener *l = &s->ls[s->nls];
 	int rc = dml__listen(addr, &l->fd);
-	if (rc)
-		return rc;
+	if (rc) {
+		char a[128];
+		dml__escape(a, sizeof a, addr, strlen(addr));
+		return dml__fail(rc, "listen on %s: %s", a, dml_strerror(rc));
+	}
 	l->unix_path[0] = 0;
 	dml__unix_path(l->fd, l->unix_path, sizeof l->unix_path);
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)s->nls + 1};
@@ -328,6 +377,7 @@ int dml_rpc_server_listen(dml_rpc_server *s, const char *addr)
 
 int dml_rpc_server_addr(dml_rpc_server *s, int i, char *buf, size_t cap)
 {
+	dml__detail_clear();
 	if (!s || !buf || i < 0)
 		return DML_EINVAL;
 	if (i >= s->nls)
@@ -337,6 +387,7 @@ int dml_rpc_server_addr(dml_rpc_server *s, int i, char *buf, size_t cap)
 
 int dml_rpc_server_port(dml_rpc_server *s, int i)
 {
+	dml__detail_clear();
 	char buf[128];
 	int rc = dml_rpc_server_addr(s, i, buf, sizeof buf);
 	if (rc)
@@ -347,7 +398,11 @@ int dml_rpc_server_port(dml_rpc_server *s, int i)
 	return atoi(colon + 1);
 }
 
-int dml_rpc_server_fd(dml_rpc_server *s) { return s ? s->epfd : DML_EINVAL; }
+int dml_rpc_server_fd(dml_rpc_server *s)
+{
+	dml__detail_clear();
+	return s ? s->epfd : DML_EINVAL;
+}
 
 void dml_rpc_server_stop(dml_rpc_server *s)
 {
@@ -405,16 +460,32 @@ void dml_rpc_server_free(dml_rpc_server *s)
 
 /* ---- handler context ---------------------------------------------- */
 
-int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
+/* The message of a handler's error (errorf's, and the deprecated name's). */
+static int ctx_vmsg(dml_rpc_ctx *ctx, const char *fmt, va_list ap)
 {
 	if (!ctx || !fmt)
 		return DML_EHANDLER;
-	va_list ap;
-	va_start(ap, fmt);
 	vsnprintf(ctx->msg, sizeof ctx->msg, fmt, ap);
-	va_end(ap);
 	ctx->has_msg = 1;
 	return DML_EHANDLER;
+}
+
+int dml_rpc_ctx_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = ctx_vmsg(ctx, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = ctx_vmsg(ctx, fmt, ap);
+	va_end(ap);
+	return rc;
 }
 
 uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx) { return ctx ? ctx->c->id : 0; }
@@ -607,8 +678,9 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 	}
 	char msg[DML_RPC_ERRMSG_MAX];
 	if (!e) {
-		int shown = fr->name_len > 64 ? 64 : fr->name_len;
-		dml__set_msg(msg, sizeof msg, "rpc: can't find method %.*s", shown, name);
+		char shown[65]; /* what a peer sent: escaped, at most 64 bytes */
+		dml__escape(shown, sizeof shown, name, fr->name_len);
+		dml__set_msg(msg, sizeof msg, "rpc: can't find method %s", shown);
 		return send_error(c, fr->seq, DML__ST_NOMETHOD, msg);
 	}
 	const dml_type *at = e->m->args, *rt = e->m->reply;
@@ -736,6 +808,20 @@ static int conn_make_room(dml_rpc_server *s, conn *c, size_t total, size_t name_
 	return 0;
 }
 
+/* A request in a frame version this server does not speak: an error reply
+ * in version 1 framing (docs/protocol.md, section 11), written at once as
+ * far as the socket takes it; the connection is then closed. */
+static int refuse_version(conn *c, const uint8_t *f, uint64_t seq)
+{
+	char msg[96];
+	dml__set_msg(msg, sizeof msg, "rpc: frame version %u not spoken here "
+	             "(this server speaks %d)", (unsigned)f[4], DML__FRAME_VERSION);
+	int backlog;
+	if (!send_error(c, seq, DML__ST_VERSION, msg))
+		conn_flush(c, &backlog);
+	return DML_EVERSION;
+}
+
 /* Serves the complete frames buffered in c->in, stopping early while the
  * replies not yet sent are over the limit (so a burst of small requests
  * with large replies cannot pile up replies without bound). Sets *partial
@@ -747,6 +833,8 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 	while (c->in.len - c->rpos >= DML__FRAME_HDR && !atomic_load(&c->over)) {
 		const uint8_t *f = c->in.data + c->rpos;
 		int rc = dml__frame_parse(f, c->in.len - c->rpos, s->o.max_frame, fr);
+		if (rc == DML_EVERSION)
+			return refuse_version(c, f, fr->seq);
 		if (rc)
 			return rc;
 		if (c->in.len - c->rpos < fr->total) {
@@ -943,10 +1031,11 @@ static dml_duration sweep_period(const dml_rpc_server *s)
 int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
                         void (*fn)(void *arg), void *arg)
 {
-	if (!s || !fn || period < 1 || period > 3600000)
-		return DML_EINVAL;
-	if (s->nticks == 8)
-		return DML_EBUSY;
+	dml__detail_clear();
+	if (!s || !fn || period < 1 || period > MAX_TICK_PERIOD)
+		return dml__fail(DML_EINVAL, "a tick period is 1 ms to 1 h");
+	if (s->nticks == MAX_TICKS)
+		return dml__fail(DML_EBUSY, "%d ticks already", MAX_TICKS);
 	s->ticks[s->nticks].period = period;
 	s->ticks[s->nticks].next = 0;
 	s->ticks[s->nticks].fn = fn;
@@ -1006,8 +1095,12 @@ static int poll_wait_ms(dml_rpc_server *s, dml_duration timeout)
 
 int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
 {
+	dml__detail_clear();
 	if (!s)
 		return DML_EINVAL;
+	if (timeout < 0 && timeout != DML_INFINITE)
+		return dml__fail(DML_EINVAL, "poll: timeout 0, DML_INFINITE or a "
+		                 "positive number of ms (a server has no default)");
 	if (atomic_load(&s->stopped))
 		return DML_ESTOPPED;
 	sweep(s);
@@ -1048,6 +1141,7 @@ static int spin(dml_rpc_server *s)
 
 int dml_rpc_server_run(dml_rpc_server *s)
 {
+	dml__detail_clear();
 	if (!s)
 		return DML_EINVAL;
 	for (;;) {
@@ -1063,12 +1157,14 @@ int dml_rpc_server_run(dml_rpc_server *s)
 
 /* ---- deferred replies ---------------------------------------------- */
 
-int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
+int dml_rpc_deferred_new(dml_rpc_deferred **out, dml_rpc_ctx *ctx)
 {
+	dml__detail_clear();
 	if (!ctx || !out || ctx->deferred)
 		return DML_EINVAL;
 	if (atomic_load(&ctx->c->deferred) >= ctx->s->o.max_deferred)
-		return DML_EBUSY;
+		return dml__fail(DML_EBUSY, "%d deferred replies owed on this "
+		                 "connection (max_deferred)", ctx->s->o.max_deferred);
 	dml_rpc_deferred *d = malloc(sizeof *d);
 	if (!d)
 		return DML_ENOMEM;
@@ -1085,9 +1181,15 @@ int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
 	return 0;
 }
 
+int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out)
+{
+	return dml_rpc_deferred_new(out, ctx);
+}
+
 int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
                            const char *msg)
 {
+	dml__detail_clear();
 	if (!d)
 		return DML_EINVAL;
 	hub *h = d->h;

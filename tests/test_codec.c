@@ -26,9 +26,9 @@ static void test_roundtrip_views(void **state)
 	(void)state;
 	all a = sample(), b;
 	size_t len;
-	assert_int_equal(dml_encode(&all_type, &a, buf, sizeof buf, &len), 0);
+	assert_int_equal(dml_type_encode(&all_type, &a, buf, sizeof buf, &len), 0);
 	memset(&b, 0, sizeof b);
-	assert_int_equal(dml_decode(&all_type, &b, buf, len), 0);
+	assert_int_equal(dml_type_decode(&all_type, buf, len, &b), 0);
 	assert_int_equal(b.i32, -5);
 	assert_true(b.i64 == INT64_MIN + 1);
 	assert_true(b.u32 == 4000000000u);
@@ -59,7 +59,7 @@ static void test_caller_buffers(void **state)
 	(void)state;
 	all a = sample(), b;
 	size_t len;
-	assert_int_equal(dml_encode(&all_type, &a, buf, sizeof buf, &len), 0);
+	assert_int_equal(dml_type_encode(&all_type, &a, buf, sizeof buf, &len), 0);
 	char s[16];
 	uint8_t blob[8];
 	float f[8];
@@ -71,7 +71,7 @@ static void test_caller_buffers(void **state)
 	b.fs = (dml_f32s){f, 0, 8};
 	b.ds = (dml_f64s){d, 0, 8};
 	b.is = (dml_i64s){i, 0, 8};
-	assert_int_equal(dml_decode(&all_type, &b, buf, len), 0);
+	assert_int_equal(dml_type_decode(&all_type, buf, len, &b), 0);
 	assert_ptr_equal(b.fs.data, f);
 	assert_int_equal(b.fs.n, 5);
 	assert_memory_equal(f, fv, sizeof fv);
@@ -79,7 +79,7 @@ static void test_caller_buffers(void **state)
 	assert_memory_equal(d, dv, sizeof dv);
 	/* too small a buffer is an error, not an overflow */
 	b.fs = (dml_f32s){f, 0, 4};
-	assert_int_equal(dml_decode(&all_type, &b, buf, len), DML_ETOOBIG);
+	assert_int_equal(dml_type_decode(&all_type, buf, len, &b), DML_ETOOBIG);
 }
 
 static void test_size_query(void **state)
@@ -87,10 +87,10 @@ static void test_size_query(void **state)
 	(void)state;
 	all a = sample();
 	size_t len = 0, len2 = 0;
-	assert_int_equal(dml_encode(&all_type, &a, NULL, 0, &len), DML_ETOOBIG);
+	assert_int_equal(dml_type_encode(&all_type, &a, NULL, 0, &len), DML_ETOOBIG);
 	assert_true(len > 0);
-	assert_int_equal(dml_encode(&all_type, &a, buf, len - 1, &len2), DML_ETOOBIG);
-	assert_int_equal(dml_encode(&all_type, &a, buf, len, &len2), 0);
+	assert_int_equal(dml_type_encode(&all_type, &a, buf, len - 1, &len2), DML_ETOOBIG);
+	assert_int_equal(dml_type_encode(&all_type, &a, buf, len, &len2), 0);
 	assert_int_equal(len, len2);
 }
 
@@ -99,10 +99,10 @@ static void test_every_truncation_fails(void **state)
 	(void)state;
 	all a = sample(), b;
 	size_t len;
-	assert_int_equal(dml_encode(&all_type, &a, buf, sizeof buf, &len), 0);
+	assert_int_equal(dml_type_encode(&all_type, &a, buf, sizeof buf, &len), 0);
 	for (size_t cut = 0; cut < len; cut++) {
 		memset(&b, 0, sizeof b);
-		int rc = dml_decode(&all_type, &b, buf, cut);
+		int rc = dml_type_decode(&all_type, buf, cut, &b);
 		/* a cut that only drops trailing padding cannot happen: arrays end it */
 		assert_true(rc == DML_EPROTO || rc == DML_ETYPE);
 	}
@@ -113,12 +113,12 @@ static void test_trailing_and_types(void **state)
 	(void)state;
 	all a = sample(), b;
 	size_t len;
-	assert_int_equal(dml_encode(&all_type, &a, buf, sizeof buf, &len), 0);
+	assert_int_equal(dml_type_encode(&all_type, &a, buf, sizeof buf, &len), 0);
 	buf[len] = DML_I32;
 	memset(&b, 0, sizeof b);
-	assert_int_equal(dml_decode(&all_type, &b, buf, len + 1), DML_EPROTO);
+	assert_int_equal(dml_type_decode(&all_type, buf, len + 1, &b), DML_EPROTO);
 	buf[len] = 0; /* a pad byte is fine */
-	assert_int_equal(dml_decode(&all_type, &b, buf, len + 1), 0);
+	assert_int_equal(dml_type_decode(&all_type, buf, len + 1, &b), 0);
 
 	typedef struct { int64_t x; } one;
 	static const dml_field one_f[] = {DML_FIELD(one, x, DML_I64)};
@@ -128,11 +128,11 @@ static void test_trailing_and_types(void **state)
 	static const dml_type oned_t = DML_TYPE(oned, oned_f);
 	one o = {42};
 	oned d;
-	assert_int_equal(dml_encode(&one_t, &o, buf, sizeof buf, &len), 0);
+	assert_int_equal(dml_type_encode(&one_t, &o, buf, sizeof buf, &len), 0);
 	assert_int_equal(len, 9);
-	assert_int_equal(dml_decode(&oned_t, &d, buf, len), DML_ETYPE);
+	assert_int_equal(dml_type_decode(&oned_t, buf, len, &d), DML_ETYPE);
 	buf[0] = 200; /* unknown tag */
-	assert_int_equal(dml_decode(&one_t, &o, buf, len), DML_EPROTO);
+	assert_int_equal(dml_type_decode(&one_t, buf, len, &o), DML_EPROTO);
 }
 
 static void test_hostile_lengths(void **state)
@@ -149,10 +149,10 @@ static void test_hostile_lengths(void **state)
 	memcpy(p + 4, &huge, 8);
 	arr r;
 	memset(&r, 0, sizeof r);
-	assert_int_equal(dml_decode(&arr_t, &r, buf, 12), DML_EPROTO);
+	assert_int_equal(dml_type_decode(&arr_t, buf, 12, &r), DML_EPROTO);
 	huge = UINT64_MAX;
 	memcpy(p + 4, &huge, 8);
-	assert_int_equal(dml_decode(&arr_t, &r, buf, 12), DML_EPROTO);
+	assert_int_equal(dml_type_decode(&arr_t, buf, 12, &r), DML_EPROTO);
 	/* a string longer than what is left */
 	typedef struct { dml_str s; } st;
 	static const dml_field st_f[] = {DML_FIELD(st, s, DML_STR)};
@@ -162,7 +162,7 @@ static void test_hostile_lengths(void **state)
 	memcpy(buf + 1, &n, 4);
 	st s;
 	memset(&s, 0, sizeof s);
-	assert_int_equal(dml_decode(&st_t, &s, buf, 5), DML_EPROTO);
+	assert_int_equal(dml_type_decode(&st_t, buf, 5, &s), DML_EPROTO);
 	/* a bool other than 0/1 */
 	typedef struct { bool b; } bo;
 	static const dml_field bo_f[] = {DML_FIELD(bo, b, DML_BOOL)};
@@ -170,7 +170,7 @@ static void test_hostile_lengths(void **state)
 	buf[0] = DML_BOOL;
 	buf[1] = 7;
 	bo bb;
-	assert_int_equal(dml_decode(&bo_t, &bb, buf, 2), DML_EPROTO);
+	assert_int_equal(dml_type_decode(&bo_t, buf, 2, &bb), DML_EPROTO);
 }
 
 static void test_bad_types_rejected(void **state)
@@ -185,13 +185,13 @@ static void test_bad_types_rejected(void **state)
 	assert_int_equal(dml_type_check(&t2), DML_EINVAL);
 	one o = {1};
 	size_t len;
-	assert_int_equal(dml_encode(&t1, &o, buf, sizeof buf, &len), DML_EINVAL);
+	assert_int_equal(dml_type_encode(&t1, &o, buf, sizeof buf, &len), DML_EINVAL);
 	/* n > 0 with no data */
 	typedef struct { dml_f32s v; } arr;
 	static const dml_field arr_f[] = {DML_FIELD(arr, v, DML_F32S)};
 	static const dml_type arr_t = DML_TYPE(arr, arr_f);
 	arr a = {{NULL, 3, 0}};
-	assert_int_equal(dml_encode(&arr_t, &a, buf, sizeof buf, &len), DML_EINVAL);
+	assert_int_equal(dml_type_encode(&arr_t, &a, buf, sizeof buf, &len), DML_EINVAL);
 }
 
 int main(void)

@@ -84,11 +84,11 @@ static size_t get_file(const char *path, uint8_t *buf, size_t cap)
 	return n;
 }
 
-/* Asserts that `err` names the file and contains `what`. */
-static void assert_err(const char *err, const char *file, const char *what)
+/* Asserts that a message names the file and contains `what`. */
+static void assert_err(const char *msg, const char *file, const char *what)
 {
-	if (!strstr(err, file) || !strstr(err, what))
-		fail_msg("message \"%s\" lacks \"%s\" or \"%s\"", err, file, what);
+	if (!strstr(msg, file) || !strstr(msg, what))
+		fail_msg("message \"%s\" lacks \"%s\" or \"%s\"", msg, file, what);
 }
 
 /* ---- IDX -------------------------------------------------------------- */
@@ -135,13 +135,12 @@ static void test_idx_u8(void **state)
 	uint8_t img[64], lab[64];
 	static const uint8_t labels[3] = {2, 0, 7};
 	size_t ni = make_images(img), nl = make_labels(lab, 3, labels);
-	char err[256];
 	for (int gz = 0; gz < 2; gz++) {
 		const char *ip = put_file(gz ? "img.idx.gz" : "img.idx", img, ni, gz);
 		const char *lp = put_file(gz ? "lab.idx.gz" : "lab.idx", lab, nl, gz);
 		dml_dataset *ds = NULL;
-		assert_int_equal(dml_dataset_load_idx(&ds, ip, lp, NULL, err, sizeof err), 0);
-		assert_string_equal(err, "");
+		assert_int_equal(dml_dataset_new_idx(&ds, ip, lp, NULL), 0);
+		assert_string_equal(dml_error_detail(), "");
 		assert_int_equal(dml_dataset_rows(ds), 3);
 		assert_int_equal(dml_dataset_dim(ds), 4);
 		assert_false(dml_dataset_is_sparse(ds));
@@ -161,19 +160,19 @@ static void test_idx_u8(void **state)
 		dml_data_opts o = {0};
 		o.raw_pixels = 1;
 		o.classes = 10;
-		assert_int_equal(dml_dataset_load_idx(&ds, ip, lp, &o, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_new_idx(&ds, ip, lp, &o), 0);
 		assert_int_equal(dml_dataset_classes(ds), 10);
 		assert_int_equal(dml_dataset_batch(ds, 1, 1, &b), 0);
 		assert_true(b.x[0] == 80.0f && b.x[3] == 140.0f && b.y[0] == 0.0f);
 		dml_dataset_free(ds);
-		assert_int_equal(dml_dataset_load_idx(&ds, ip, NULL, NULL, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_new_idx(&ds, ip, NULL, NULL), 0);
 		assert_int_equal(dml_dataset_classes(ds), 0);
 		assert_true(dml_dataset_labels(ds)[2] == 0.0f);
 		dml_dataset_free(ds);
 		/* remap_labels without labels: still no classes */
 		dml_data_opts rm = {0};
 		rm.remap_labels = 1;
-		assert_int_equal(dml_dataset_load_idx(&ds, ip, NULL, &rm, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_new_idx(&ds, ip, NULL, &rm), 0);
 		assert_int_equal(dml_dataset_classes(ds), 0);
 		assert_null(dml_dataset_class_values(ds));
 		dml_dataset_free(ds);
@@ -205,8 +204,7 @@ static void test_idx_f32(void **state)
 	const char *ip = put_file("f32.idx.gz", img, len, 1);
 	const char *lp = put_file("f32lab.idx", lab, nl, 0);
 	dml_dataset *ds = NULL;
-	char err[256];
-	assert_int_equal(dml_dataset_load_idx(&ds, ip, lp, NULL, err, sizeof err), 0);
+	assert_int_equal(dml_dataset_new_idx(&ds, ip, lp, NULL), 0);
 	assert_int_equal(dml_dataset_rows(ds), 2);
 	assert_int_equal(dml_dataset_dim(ds), 3);
 	dml_batch b;
@@ -218,10 +216,10 @@ static void test_idx_f32(void **state)
 	put_f32_be(img + 12 + 16, NAN);
 	ip = put_file("nan.idx", img, len, 0);
 	ds = NULL;
-	assert_int_equal(dml_dataset_load_idx(&ds, ip, lp, NULL, err, sizeof err),
+	assert_int_equal(dml_dataset_new_idx(&ds, ip, lp, NULL),
 	                 DML_EFORMAT);
 	assert_null(ds);
-	assert_err(err, "nan.idx", "offset 28");
+	assert_err(dml_error_detail(), "nan.idx", "offset 28");
 }
 
 /* Loads images (and the 3 good labels) expecting `rc` and a message with
@@ -230,12 +228,11 @@ static void expect_idx(const char *ip, const char *lp, const dml_data_opts *o,
                        int rc, const char *file, const char *what)
 {
 	dml_dataset *ds = NULL;
-	char err[256];
-	int got = dml_dataset_load_idx(&ds, ip, lp, o, err, sizeof err);
+	int got = dml_dataset_new_idx(&ds, ip, lp, o);
 	if (got != rc)
-		fail_msg("%s: got %d (%s), want %d", ip, got, err, rc);
+		fail_msg("%s: got %d (%s), want %d", ip, got, dml_error_detail(), rc);
 	assert_null(ds);
-	assert_err(err, file, what);
+	assert_err(dml_error_detail(), file, what);
 }
 
 static void test_idx_malformed(void **state)
@@ -348,10 +345,10 @@ static void test_idx_malformed(void **state)
 
 	/* bad arguments */
 	dml_dataset *ds = NULL;
-	assert_int_equal(dml_dataset_load_idx(NULL, lp, lp, NULL, NULL, 0), DML_EINVAL);
-	assert_int_equal(dml_dataset_load_idx(&ds, NULL, lp, NULL, NULL, 0), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_idx(NULL, lp, lp, NULL), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_idx(&ds, NULL, lp, NULL), DML_EINVAL);
 	o.remap_labels = 1;
-	assert_int_equal(dml_dataset_load_idx(&ds, lp, lp, &o, NULL, 0), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_idx(&ds, lp, lp, &o), DML_EINVAL);
 	assert_null(ds);
 }
 
@@ -390,26 +387,25 @@ static void check_svm(dml_dataset *ds, size_t dim)
 static void test_libsvm_good(void **state)
 {
 	(void)state;
-	char err[256];
 	dml_dataset *ds;
 	for (int gz = 0; gz < 2; gz++) {
 		const char *p = put_text(gz ? "a.svm.gz" : "a.svm", svm_text, gz);
-		assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), 0);
-		assert_string_equal(err, "");
+		assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), 0);
+		assert_string_equal(dml_error_detail(), "");
 		check_svm(ds, 7);
 		dml_dataset_free(ds);
 
 		/* a given, larger dim */
 		dml_data_opts o = {0};
 		o.dim = 10;
-		assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
 		check_svm(ds, 10);
 		dml_dataset_free(ds);
 
 		/* dense */
 		o.dim = 0;
 		o.dense = 1;
-		assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
 		assert_false(dml_dataset_is_sparse(ds));
 		assert_int_equal(dml_dataset_dim(ds), 7);
 		dml_batch b;
@@ -424,7 +420,7 @@ static void test_libsvm_good(void **state)
 	dml_data_opts o = {0};
 	o.zero_based = 1;
 	const char *p = put_text("zero.svm", "3 0:1 4:2\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), 0);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
 	assert_int_equal(dml_dataset_dim(ds), 5);
 	dml_batch b;
 	assert_int_equal(dml_dataset_batch(ds, 0, 1, &b), 0);
@@ -432,7 +428,7 @@ static void test_libsvm_good(void **state)
 	dml_dataset_free(ds);
 	/* an empty file is an empty data set */
 	p = put_text("empty.svm", "# nothing\n\n", 1);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), 0);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), 0);
 	assert_int_equal(dml_dataset_rows(ds), 0);
 	assert_int_equal(dml_dataset_dim(ds), 0);
 	dml_dataset_free(ds);
@@ -443,7 +439,7 @@ static void test_libsvm_good(void **state)
 		w += sprintf(w, "%d %d:%d %d:0.5\n", i % 3, i % 50 + 1, i, 60 + i % 7);
 	for (int gz = 0; gz < 2; gz++) {
 		p = put_text("big.svm", big, gz);
-		assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), 0);
+		assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), 0);
 		assert_int_equal(dml_dataset_rows(ds), 4000);
 		assert_int_equal(dml_dataset_dim(ds), 66);
 		assert_int_equal(dml_dataset_nnz(ds), 8000);
@@ -491,16 +487,16 @@ static void test_libsvm_malformed(void **state)
 		{"1 2:\r 3\n", DML_EFORMAT, ":1: bad value"},
 		{"\v1 1:1\n", DML_EFORMAT, ":1: bad label"},
 	};
-	char err[256], name[32];
+	char name[32];
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		for (int gz = 0; gz < 2; gz++) {
 			snprintf(name, sizeof name, "bad%zu.svm%s", i, gz ? ".gz" : "");
 			const char *p = put_text(name, cases[i].text, gz);
 			dml_dataset *ds = NULL;
-			int rc = dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err);
-			if (rc != cases[i].rc || !strstr(err, name) ||
-			    !strstr(err, cases[i].what))
-				fail_msg("case %zu: rc %d, message \"%s\"", i, rc, err);
+			int rc = dml_dataset_new_libsvm(&ds, p, NULL);
+			if (rc != cases[i].rc || !strstr(dml_error_detail(), name) ||
+			    !strstr(dml_error_detail(), cases[i].what))
+				fail_msg("case %zu: rc %d, message \"%s\"", i, rc, dml_error_detail());
 			assert_null(ds);
 		}
 	}
@@ -510,22 +506,22 @@ static void test_libsvm_malformed(void **state)
 	const char *p;
 	/* a NUL byte */
 	p = put_file("nul.svm", "1 1:1\n1 2:\0003\n", 13, 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), DML_EFORMAT);
-	assert_err(err, "nul.svm", ":2: NUL byte");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), DML_EFORMAT);
+	assert_err(dml_error_detail(), "nul.svm", ":2: NUL byte");
 	/* an index beyond the given dim */
 	o.dim = 4;
 	p = put_text("dim.svm", "1 1:1 4:1\n-1 5:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_EFORMAT);
-	assert_err(err, "dim.svm", ":2: index 5 is beyond the dimension 4");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_EFORMAT);
+	assert_err(dml_error_detail(), "dim.svm", ":2: index 5 is beyond the dimension 4");
 	o.dim = 0;
 	/* an overlong line (the limit excludes the newline) */
 	o.max_line = 16;
 	p = put_text("long.svm", "1 1:1 2:1 3:1 #x\n1 1:1 2:1 3:1 4:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_ETOOBIG);
-	assert_err(err, "long.svm", ":2: line longer than 16 bytes");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_ETOOBIG);
+	assert_err(dml_error_detail(), "long.svm", ":2: line longer than 16 bytes");
 	p = put_text("long.svm.gz", "1 1:1\n1 1:1 2:1 3:1 4:1 5:1", 1);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_ETOOBIG);
-	assert_err(err, "long.svm.gz", ":2: line longer");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_ETOOBIG);
+	assert_err(dml_error_detail(), "long.svm.gz", ":2: line longer");
 	o.max_line = 0;
 	/* an overlong line against the default 1 MiB limit */
 	size_t n = (1u << 20) + 100;
@@ -535,8 +531,8 @@ static void test_libsvm_malformed(void **state)
 	huge[n] = '\0';
 	p = put_text("huge.svm", huge, 0);
 	free(huge);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), DML_ETOOBIG);
-	assert_err(err, "huge.svm", ":1: line longer than 1048576 bytes");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), DML_ETOOBIG);
+	assert_err(dml_error_detail(), "huge.svm", ":1: line longer than 1048576 bytes");
 	/* more data than max_bytes */
 	o.max_bytes = 4096;
 	char *many = malloc(1000 * 8 + 1), *w = many;
@@ -544,53 +540,53 @@ static void test_libsvm_malformed(void **state)
 		w += sprintf(w, "1 %d:1\n", i % 9 + 1);
 	p = put_text("many.svm", many, 0);
 	free(many);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_ETOOBIG);
-	assert_err(err, "many.svm", "max_bytes");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_ETOOBIG);
+	assert_err(dml_error_detail(), "many.svm", "max_bytes");
 	o.max_bytes = 0;
 	/* dense would be too big */
 	o.dense = 1;
 	o.max_bytes = 1 << 20;
 	p = put_text("wide.svm", "1 1:1 1000000:1\n1 1:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_ETOOBIG);
-	assert_err(err, "wide.svm", "dense exceed max_bytes");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_ETOOBIG);
+	assert_err(dml_error_detail(), "wide.svm", "dense exceed max_bytes");
 	o.dense = 0;
 	o.max_bytes = 0;
 	/* labels outside the declared classes */
 	o.classes = 3;
 	p = put_text("cls.svm", "0 1:1\n2 1:1\n1.5 1:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_EFORMAT);
-	assert_err(err, "cls.svm", ":3: label '1.5' is not a class in 0..2");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_EFORMAT);
+	assert_err(dml_error_detail(), "cls.svm", ":3: label '1.5' is not a class in 0..2");
 	p = put_text("cls.svm", "0 1:1\n2 1:1\n3 1:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_EFORMAT);
-	assert_err(err, "cls.svm", ":3: label '3'");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_EFORMAT);
+	assert_err(dml_error_detail(), "cls.svm", ":3: label '3'");
 	p = put_text("cls.svm", "0 1:1\n2 1:1\n1 1:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), 0);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
 	assert_int_equal(dml_dataset_classes(ds), 3);
 	dml_dataset_free(ds);
 	ds = NULL;
 	/* missing file, bad arguments, NULL err */
-	assert_int_equal(dml_dataset_load_libsvm(&ds, tpath("nope.svm"), NULL, err, sizeof err), DML_EIO);
-	assert_err(err, "nope.svm", "cannot open");
-	assert_int_equal(dml_dataset_load_libsvm(&ds, tpath("nope.svm"), NULL, NULL, 0), DML_EIO);
-	assert_int_equal(dml_dataset_load_libsvm(NULL, p, NULL, NULL, 0), DML_EINVAL);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, NULL, NULL, NULL, 0), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, tpath("nope.svm"), NULL), DML_EIO);
+	assert_err(dml_error_detail(), "nope.svm", "cannot open");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, tpath("nope.svm"), NULL), DML_EIO);
+	assert_int_equal(dml_dataset_new_libsvm(NULL, p, NULL), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, NULL, NULL), DML_EINVAL);
 	o.remap_labels = 1;
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_EINVAL);
 	assert_null(ds);
 	/* a directory: opens, then fails to read */
-	assert_int_equal(dml_dataset_load_libsvm(&ds, tmpdir, NULL, err, sizeof err), DML_EIO);
-	assert_err(err, tmpdir, "");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, tmpdir, NULL), DML_EIO);
+	assert_err(dml_error_detail(), tmpdir, "");
 	/* a corrupt gzip stream */
 	uint8_t gzb[512];
 	p = put_text("c.svm.gz", svm_text, 1);
 	size_t gl = get_file(p, gzb, sizeof gzb);
 	gzb[gl - 5] ^= 0x55;
 	p = put_file("c.svm.gz", gzb, gl, 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), DML_EFORMAT);
-	assert_err(err, "c.svm.gz", "incorrect");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), DML_EFORMAT);
+	assert_err(dml_error_detail(), "c.svm.gz", "incorrect");
 	p = put_file("t.svm.gz", gzb, gl - 12, 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, NULL, err, sizeof err), DML_ETRUNC);
-	assert_err(err, "t.svm.gz", "truncated");
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), DML_ETRUNC);
+	assert_err(dml_error_detail(), "t.svm.gz", "truncated");
 	assert_null(ds);
 }
 
@@ -599,12 +595,11 @@ static void test_libsvm_malformed(void **state)
 static void test_remap_labels(void **state)
 {
 	(void)state;
-	char err[256];
 	dml_dataset *ds, *te;
 	dml_data_opts o = {0};
 	o.remap_labels = 1;
 	const char *p = put_text("pm.svm", "+1 1:1\n-1 1:2\n-1 1:3\n1 2:1\n", 0);
-	assert_int_equal(dml_dataset_load_libsvm(&ds, p, &o, err, sizeof err), 0);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
 	assert_int_equal(dml_dataset_classes(ds), 2);
 	const float *y = dml_dataset_labels(ds), *cv = dml_dataset_class_values(ds);
 	assert_true(y[0] == 1 && y[1] == 0 && y[2] == 0 && y[3] == 1);
@@ -842,7 +837,7 @@ static void test_shards(void **state)
 	static const size_t sizes[3] = {4, 3, 3};
 	for (int i = 0; i < 3; i++) {
 		dml_dataset *sh;
-		assert_int_equal(dml_dataset_shard(ds, i, 3, &sh), 0);
+		assert_int_equal(dml_dataset_new_shard(&sh, ds, i, 3), 0);
 		assert_int_equal(dml_dataset_rows(sh), sizes[i]);
 		assert_int_equal(dml_dataset_dim(sh), 3);
 		assert_int_equal(dml_dataset_classes(sh), 10);
@@ -866,12 +861,12 @@ static void test_shards(void **state)
 		total += count;
 	}
 	dml_dataset *sh = NULL;
-	assert_int_equal(dml_dataset_shard(ds, 3, 3, &sh), DML_EINVAL);
-	assert_int_equal(dml_dataset_shard(ds, -1, 3, &sh), DML_EINVAL);
-	assert_int_equal(dml_dataset_shard(ds, 0, 0, &sh), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_shard(&sh, ds, 3, 3), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_shard(&sh, ds, -1, 3), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_shard(&sh, ds, 0, 0), DML_EINVAL);
 	assert_null(sh);
 	/* shards are copies: freeing the original leaves them valid */
-	assert_int_equal(dml_dataset_shard(ds, 1, 2, &sh), 0);
+	assert_int_equal(dml_dataset_new_shard(&sh, ds, 1, 2), 0);
 	dml_dataset_free(ds);
 	assert_int_equal(dml_dataset_rows(sh), 5);
 	assert_true(dml_dataset_labels(sh)[0] == 5);
@@ -879,7 +874,7 @@ static void test_shards(void **state)
 
 	/* sparse shards and slices */
 	assert_int_equal(dml_dataset_new_sparse(&ds, 4, 5, sp_indptr, sp_idx, sp_val, sp_y), 0);
-	assert_int_equal(dml_dataset_shard(ds, 1, 2, &sh), 0);
+	assert_int_equal(dml_dataset_new_shard(&sh, ds, 1, 2), 0);
 	assert_true(dml_dataset_is_sparse(sh));
 	assert_int_equal(dml_dataset_rows(sh), 2);
 	assert_int_equal(dml_dataset_nnz(sh), 4);
@@ -888,10 +883,10 @@ static void test_shards(void **state)
 	assert_true(b.indptr[0] == 0 && b.indptr[1] == 1 && b.indptr[2] == 4);
 	assert_true(b.idx[0] == 4 && b.val[3] == 6 && b.y[0] == 2);
 	dml_dataset_free(sh);
-	assert_int_equal(dml_dataset_slice(ds, 3, 5, &sh), 0);
+	assert_int_equal(dml_dataset_new_slice(&sh, ds, 3, 5), 0);
 	assert_int_equal(dml_dataset_rows(sh), 1);
 	dml_dataset_free(sh);
-	assert_int_equal(dml_dataset_slice(ds, 5, 1, &sh), DML_EINVAL);
+	assert_int_equal(dml_dataset_new_slice(&sh, ds, 5, 1), DML_EINVAL);
 	dml_dataset_free(ds);
 }
 
@@ -906,7 +901,7 @@ static void test_scaling(void **state)
 	dml_dataset *tr, *te;
 	assert_int_equal(dml_dataset_new_dense(&tr, 4, 3, x, NULL), 0);
 	dml_scaler *sc;
-	assert_int_equal(dml_scaler_fit(tr, DML_SCALE_STANDARD, &sc), 0);
+	assert_int_equal(dml_scaler_new_fit(&sc, tr, DML_SCALE_STANDARD), 0);
 	size_t dim;
 	const float *off, *scale;
 	dml_scaler_params(sc, &dim, &off, &scale);
@@ -942,7 +937,7 @@ static void test_scaling(void **state)
 
 	/* min-max and max-abs */
 	assert_int_equal(dml_dataset_new_dense(&tr, 4, 3, x, NULL), 0);
-	assert_int_equal(dml_scaler_fit(tr, DML_SCALE_MINMAX, &sc), 0);
+	assert_int_equal(dml_scaler_new_fit(&sc, tr, DML_SCALE_MINMAX), 0);
 	assert_int_equal(dml_scaler_apply(sc, tr), 0);
 	assert_int_equal(dml_dataset_batch(tr, 0, 4, &b), 0);
 	static const float mm[12] = {0, 0, 0, 1.0f / 3, 4.0f / 6, 0,
@@ -952,7 +947,7 @@ static void test_scaling(void **state)
 	dml_scaler_free(sc);
 	dml_dataset_free(tr);
 	assert_int_equal(dml_dataset_new_dense(&tr, 4, 3, x, NULL), 0);
-	assert_int_equal(dml_scaler_fit(tr, DML_SCALE_MAXABS, &sc), 0);
+	assert_int_equal(dml_scaler_new_fit(&sc, tr, DML_SCALE_MAXABS), 0);
 	dml_scaler_params(sc, NULL, &off, &scale);
 	assert_true(off[0] == 0 && off[1] == 0 && off[2] == 0);
 	assert_float_equal(scale[0], 0.25, 1e-7);
@@ -964,10 +959,10 @@ static void test_scaling(void **state)
 	dml_dataset *sp;
 	assert_int_equal(dml_dataset_new_sparse(&sp, 4, 5, sp_indptr, sp_idx, sp_val, sp_y), 0);
 	sc = NULL;
-	assert_int_equal(dml_scaler_fit(sp, DML_SCALE_STANDARD, &sc), DML_EINVAL);
-	assert_int_equal(dml_scaler_fit(sp, DML_SCALE_MINMAX, &sc), DML_EINVAL);
+	assert_int_equal(dml_scaler_new_fit(&sc, sp, DML_SCALE_STANDARD), DML_EINVAL);
+	assert_int_equal(dml_scaler_new_fit(&sc, sp, DML_SCALE_MINMAX), DML_EINVAL);
 	assert_null(sc);
-	assert_int_equal(dml_scaler_fit(sp, DML_SCALE_MAXABS, &sc), 0);
+	assert_int_equal(dml_scaler_new_fit(&sc, sp, DML_SCALE_MAXABS), 0);
 	assert_int_equal(dml_scaler_apply(sc, sp), 0);
 	assert_int_equal(dml_dataset_batch(sp, 0, 4, &b), 0);
 	static const float spv[6] = {1, 1, 0.5f, 1, 1, 1};

@@ -23,10 +23,10 @@ static float rnd(uint32_t *s)
 
 static void make_model(dml_model *m, kind kd, size_t d, size_t k, float l2)
 {
-	int rc = kd == K_LIN ? dml_model_linreg(m, d, l2)
-	       : kd == K_LOG ? dml_model_logreg(m, d, l2)
-	       : kd == K_SVM ? dml_model_svm(m, d, l2)
-	                     : dml_model_softmax(m, d, (int)k, l2);
+	int rc = kd == K_LIN ? dml_model_init_linreg(m, d, l2)
+	       : kd == K_LOG ? dml_model_init_logreg(m, d, l2)
+	       : kd == K_SVM ? dml_model_init_svm(m, d, l2)
+	                     : dml_model_init_softmax(m, d, (int)k, l2);
 	assert_int_equal(rc, 0);
 }
 
@@ -231,7 +231,7 @@ static void fd_case(kind kd, size_t n, size_t d, size_t k, float l2,
 	free(wf);
 	free(g);
 	free(wd);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	data_free(&t);
 }
 
@@ -324,7 +324,7 @@ static void test_kernels_odd_sizes(void **state)
 					for (size_t ni = 0; ni < 4; ni++)
 						kernel_case(&m, (kind)kd, ns[ni], ds[di], ks[ki], l2, seed++);
 					kernel_case(&m, (kind)kd, 2, ds[di], ks[ki], l2, seed++);
-					dml_model_free(&m);
+					dml_model_destroy(&m);
 				}
 			}
 		}
@@ -465,7 +465,7 @@ static void train_and_check(kind kd, int sparse)
 	/* outputs may be NULL */
 	assert_int_equal(dml_model_evaluate(&m, w, ds, NULL, NULL), 0);
 	assert_int_equal(dml_model_evaluate(&m, w, ds, NULL, &acc), 0);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_dataset_free(ds);
 }
 
@@ -503,7 +503,7 @@ static void test_evaluate_batches(void **state)
 		hits += pred[i] == t.y[i];
 	assert_true(acc == (double)hits / (double)n);
 	free(pred);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_dataset_free(ds);
 	data_free(&t);
 }
@@ -535,7 +535,7 @@ static void test_empty_batch(void **state)
 			for (size_t q = 0; q < m.dim; q++)
 				check_near(g[q], q < nw ? 0.5 * w[q] : 0, 1e-9, 1e-6, "empty grad", q);
 		}
-		dml_model_free(&m);
+		dml_model_destroy(&m);
 	}
 }
 
@@ -544,16 +544,16 @@ static void test_bad_inputs(void **state)
 	(void)state;
 	dml_model m;
 	/* constructors */
-	assert_int_equal(dml_model_linreg(NULL, 3, 0), DML_EINVAL);
-	assert_int_equal(dml_model_linreg(&m, 0, 0), DML_EINVAL);
-	assert_int_equal(dml_model_logreg(&m, 3, -1), DML_EINVAL);
-	assert_int_equal(dml_model_svm(&m, 3, NAN), DML_EINVAL);
-	assert_int_equal(dml_model_svm(&m, 3, INFINITY), DML_EINVAL);
-	assert_int_equal(dml_model_softmax(&m, 3, 1, 0), DML_EINVAL);
-	assert_int_equal(dml_model_softmax(&m, 3, -4, 0), DML_EINVAL);
-	assert_int_equal(dml_model_softmax(&m, 0, 3, 0), DML_EINVAL);
-	assert_int_equal(dml_model_softmax(&m, SIZE_MAX / 2, 3, 0), DML_EINVAL);
-	assert_int_equal(dml_model_softmax(&m, 3, (1 << 24) + 1, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_linreg(NULL, 3, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_linreg(&m, 0, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_logreg(&m, 3, -1), DML_EINVAL);
+	assert_int_equal(dml_model_init_svm(&m, 3, NAN), DML_EINVAL);
+	assert_int_equal(dml_model_init_svm(&m, 3, INFINITY), DML_EINVAL);
+	assert_int_equal(dml_model_init_softmax(&m, 3, 1, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_softmax(&m, 3, -4, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_softmax(&m, 0, 3, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_softmax(&m, SIZE_MAX / 2, 3, 0), DML_EINVAL);
+	assert_int_equal(dml_model_init_softmax(&m, 3, (1 << 24) + 1, 0), DML_EINVAL);
 
 	float x[6] = {1, 2, 3, 4, 5, 6}, w[32] = {0}, g[32], out[2];
 	double loss;
@@ -621,7 +621,7 @@ static void test_bad_inputs(void **state)
 		assert_int_equal(dml__model_set_isa(&m, DML__ISA_COUNT), DML_EINVAL);
 		assert_int_equal(dml__model_set_isa(&m, -1), DML_EINVAL);
 		assert_int_equal(dml__model_set_isa(&m, DML__ISA_PORTABLE), 0);
-		dml_model_free(&m);
+		dml_model_destroy(&m);
 	}
 	/* a host model is not ours to re-target */
 	dml_model host = {0};
@@ -640,14 +640,14 @@ static void test_model_free(void **state)
 	(void)state;
 	dml_model m;
 	memset(&m, 0, sizeof m);
-	dml_model_free(&m); /* zeroed: nothing to do */
-	dml_model_free(NULL);
-	assert_int_equal(dml_model_softmax(&m, 10, 4, 0), 0);
-	dml_model_free(&m);
-	assert_null(m.self);
-	assert_null(m.loss_grad);
-	assert_int_equal(m.dim, 0);
-	dml_model_free(&m); /* twice is fine: it is zeroed */
+	dml_model_destroy(&m); /* zeroed: nothing to do */
+	dml_model_destroy(NULL);
+	assert_int_equal(dml_model_init_softmax(&m, 10, 4, 0), 0);
+	dml_model_destroy(&m);
+	assert_null(m.self); /* what it kept is gone, and only that */
+	assert_null(m.destroy);
+	assert_int_equal(m.dim, 44);
+	dml_model_destroy(&m); /* twice is fine */
 }
 
 /* The models flush denormals while they run, and leave the caller's
@@ -675,7 +675,7 @@ static void test_fp_environment(void **state)
 	assert_int_equal(m.loss_grad(m.self, w, &b, g, &loss), 0);
 	assert_true((_mm_getcsr() & ~0x3Fu) == (set & ~0x3Fu));
 	_mm_setcsr(before);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 #endif
 }
 
@@ -789,7 +789,7 @@ static void mlp_case(size_t n, size_t in, size_t hid, size_t k, float l2,
 	free(g);
 	free(wd);
 done:
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 }
 
 static void test_mlp_gradient(void **state)

@@ -23,7 +23,7 @@ static float rnd(uint32_t *s)
 static dml_optim *make(const dml_optim_opts *o, size_t dim)
 {
 	dml_optim *opt = NULL;
-	assert_int_equal(dml_optim_new(&opt, o, dim), 0);
+	assert_int_equal(dml_optim_new_dim(&opt, dim, o), 0);
 	assert_non_null(opt);
 	return opt;
 }
@@ -116,13 +116,13 @@ static void test_check_rejects(void **state)
 	for (int i = 0; i < n; i++) {
 		assert_int_equal(dml_optim_check(&bad[i]), DML_EINVAL);
 		dml_optim *opt = keep; /* not written on failure */
-		assert_int_equal(dml_optim_new(&opt, &bad[i], 4), DML_EINVAL);
+		assert_int_equal(dml_optim_new_dim(&opt, 4, &bad[i]), DML_EINVAL);
 		assert_ptr_equal(opt, keep);
 	}
 	dml_optim *opt = keep;
-	assert_int_equal(dml_optim_new(&opt, &ok, 0), DML_EINVAL);
+	assert_int_equal(dml_optim_new_dim(&opt, 0, &ok), DML_EINVAL);
 	assert_ptr_equal(opt, keep);
-	assert_int_equal(dml_optim_new(NULL, &ok, 4), DML_EINVAL);
+	assert_int_equal(dml_optim_new_dim(NULL, 4, &ok), DML_EINVAL);
 	dml_optim_free(keep);
 
 	/* fields the kind does not use are checked too; values just inside

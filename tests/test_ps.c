@@ -188,21 +188,27 @@ static void test_local_basics(void **state)
 	for (int i = 0; i < 10; i++)
 		assert_true(out[i] == 0);
 	/* no clocks configured */
-	assert_int_equal(dml_ps_clock(ps, 0, 0, NULL), DML_EINVAL);
+	assert_int_equal(dml_ps_advance(ps, 0, NULL, 0), DML_EINVAL);
 	assert_int_equal(dml_ps_update(NULL, zero), DML_EINVAL);
 	assert_int_equal(dml_ps_update(ps, NULL), DML_EINVAL);
 	dml_ps_free(ps);
 	dml_ps_free(NULL);
 	size_t off, len, total = 0;
 	for (int i = 0; i < 3; i++) {
-		assert_int_equal(dml_ps_shard_range(10, 3, i, &off, &len), 0);
+		assert_int_equal(dml_shard_range(10, i, 3, &off, &len), 0);
 		assert_int_equal(off, total);
 		assert_true(len == 3 || len == 4);
 		total += len;
 	}
 	assert_int_equal(total, 10);
-	assert_int_equal(dml_ps_shard_range(10, 3, 3, &off, &len), DML_EINVAL);
-	assert_int_equal(dml_ps_shard_range(2, 3, 0, &off, &len), DML_EINVAL);
+	assert_int_equal(dml_shard_range(10, 3, 3, &off, &len), DML_EINVAL);
+	assert_int_equal(dml_shard_range(10, -1, 3, &off, &len), DML_EINVAL);
+	assert_int_equal(dml_shard_range(10, 0, 0, &off, &len), DML_EINVAL);
+	/* more parts than items: the last ones are empty */
+	assert_int_equal(dml_shard_range(2, 1, 3, &off, &len), 0);
+	assert_true(off == 1 && len == 1);
+	assert_int_equal(dml_shard_range(2, 2, 3, &off, &len), 0);
+	assert_true(off == 2 && len == 0);
 }
 
 /* ---- optimizers applied by the store --------------------------------- */
@@ -241,7 +247,7 @@ static void test_push_optimizers(void **state)
 		dml_ps_opts po = {.init = w, .stripes = 4, .optim = oo};
 		assert_int_equal(dml_ps_new(&ps, D, &po), 0);
 		dml_optim *opt;
-		assert_int_equal(dml_optim_new(&opt, &oo, D), 0);
+		assert_int_equal(dml_optim_new_dim(&opt, D, &oo), 0);
 		uint64_t seed = 7;
 		for (int step = 0; step < 5; step++) {
 			for (int i = 0; i < D; i++)
@@ -280,7 +286,7 @@ typedef struct clk_arg {
 static void *clock_thread(void *p)
 {
 	clk_arg *a = p;
-	a->rc = dml_ps_clock(a->ps, a->worker, 20000, &a->info);
+	a->rc = dml_ps_advance(a->ps, a->worker, &a->info, 20000);
 	atomic_store(&a->done, 1);
 	return NULL;
 }
@@ -305,7 +311,7 @@ static void check_clocks(dml_ps *ps0, dml_ps *ps1, int staleness)
 	dml_ps_clock_info ci;
 	/* within the bound, worker 0 does not wait */
 	for (int i = 0; i < staleness; i++) {
-		assert_int_equal(dml_ps_clock(ps0, 0, 20000, &ci), 0);
+		assert_int_equal(dml_ps_advance(ps0, 0, &ci, 20000), 0);
 		assert_int_equal(ci.clock, i + 1);
 		assert_int_equal(ci.min, 0);
 		assert_int_equal(ci.waited, 0);
@@ -316,7 +322,7 @@ static void check_clocks(dml_ps *ps0, dml_ps *ps1, int staleness)
 	assert_int_equal(pthread_create(&t, NULL, clock_thread, &a), 0);
 	await_clock(ps1, 0, staleness + 1);
 	assert_int_equal(atomic_load(&a.done), 0); /* blocked: min 0 < 1 */
-	assert_int_equal(dml_ps_clock(ps1, 1, 20000, &ci), 0); /* releases it */
+	assert_int_equal(dml_ps_advance(ps1, 1, &ci, 20000), 0); /* releases it */
 	assert_int_equal(ci.waited, 0);
 	assert_int_equal(ci.clock, 1);
 	pthread_join(t, NULL);
@@ -328,13 +334,16 @@ static void check_clocks(dml_ps *ps0, dml_ps *ps1, int staleness)
 	assert_int_equal(dml_ps_clock_get(ps1, 0, &c, &min), 0);
 	assert_int_equal(c, staleness + 1);
 	assert_int_equal(min, 1);
-	/* worker 0 is at the bound again (s + 1 vs 1): a wait that times
-	 * out leaves the clock advanced */
-	assert_int_equal(dml_ps_clock(ps0, 0, 0, NULL), DML_ETIMEDOUT);
-	assert_int_equal(dml_ps_clock(ps0, 0, 5, NULL), DML_ETIMEDOUT);
+	/* worker 0 is at the bound again (s + 1 vs 1): a timeout of 0 does not
+	 * wait and changes nothing; a wait that times out leaves the clock
+	 * advanced */
+	assert_int_equal(dml_ps_advance(ps0, 0, NULL, 0), DML_ETIMEDOUT);
 	assert_int_equal(dml_ps_clock_get(ps1, 0, &c, NULL), 0);
-	assert_int_equal(c, staleness + 3);
-	assert_int_equal(dml_ps_clock(ps0, 2, 0, NULL), DML_EINVAL);
+	assert_int_equal(c, staleness + 1);
+	assert_int_equal(dml_ps_advance(ps0, 0, NULL, 5), DML_ETIMEDOUT);
+	assert_int_equal(dml_ps_clock_get(ps1, 0, &c, NULL), 0);
+	assert_int_equal(c, staleness + 2);
+	assert_int_equal(dml_ps_advance(ps0, 2, NULL, 0), DML_EINVAL);
 }
 
 static void test_clocks_local(void **state)
@@ -352,7 +361,7 @@ static void test_clocks_local(void **state)
 	dml_ps_opts o = {.workers = 2, .staleness = DML_PS_ASYNC};
 	assert_int_equal(dml_ps_new(&ps, 4, &o), 0);
 	for (int i = 0; i < 100; i++)
-		assert_int_equal(dml_ps_clock(ps, 0, 0, NULL), 0);
+		assert_int_equal(dml_ps_advance(ps, 0, NULL, 0), 0);
 	dml_ps_free(ps);
 }
 
@@ -372,8 +381,8 @@ static void test_clocks_remote(void **state)
 		check_clocks(r0, r1, s);
 		dml_ps_free(r0);
 		dml_ps_free(r1);
-		dml_rpc_client_free(c0);
-		dml_rpc_client_free(c1);
+		dml_rpc_free(c0);
+		dml_rpc_free(c1);
 		serve_stop(&sv);
 	}
 }
@@ -394,12 +403,12 @@ static void *bsp_worker(void *p)
 		a->rc = dml_ps_connect(&ps, &c, 1, NULL);
 	for (int i = 0; i < 100 && !a->rc; i++) {
 		dml_ps_clock_info ci;
-		a->rc = dml_ps_clock(ps, a->w, 20000, &ci);
+		a->rc = dml_ps_advance(ps, a->w, &ci, 20000);
 		if (!a->rc && (ci.min != i + 1 || ci.clock != i + 1))
 			a->rc = -1000; /* BSP: everyone reached this round */
 	}
 	dml_ps_free(ps);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	return NULL;
 }
 
@@ -435,7 +444,7 @@ static void *rounds_thread(void *p)
 {
 	rounds_arg *a = p;
 	for (int i = 0; i < a->rounds && !a->rc; i++)
-		a->rc = dml_ps_clock(a->ps, a->w, 20000, NULL);
+		a->rc = dml_ps_advance(a->ps, a->w, NULL, 20000);
 	return NULL;
 }
 
@@ -461,7 +470,7 @@ static void check_dead_worker(dml_ps *h[3])
 	assert_true(min >= 50); /* the dead worker (clock 0) no longer counts */
 	/* it comes back: rejoins at the live workers' pace, and counts again */
 	dml_ps_clock_info ci;
-	assert_int_equal(dml_ps_clock(h[2], 2, 20000, &ci), 0);
+	assert_int_equal(dml_ps_advance(h[2], 2, &ci, 20000), 0);
 	assert_true(ci.clock >= 50);
 	assert_int_equal(dml_ps_clock_get(h[0], 2, &c, &min), 0);
 	assert_int_equal(c, ci.clock);
@@ -477,7 +486,9 @@ static void test_dead_worker_dropped(void **state)
 	dml_ps *local[3] = {ps, ps, ps};
 	check_dead_worker(local);
 	dml_ps_free(ps);
-	assert_int_equal(dml_ps_new(&ps, 4, &(dml_ps_opts){.worker_timeout = -1}), DML_EINVAL);
+	assert_int_equal(dml_ps_new(&ps, 4, &(dml_ps_opts){.worker_timeout = -5}), DML_EINVAL);
+	assert_int_equal(dml_ps_new(&ps, 4, &(dml_ps_opts){.worker_timeout = DML_DEFAULT}),
+	                 DML_EINVAL);
 
 	served sv;
 	serve_start(&sv, 4, &o, 1);
@@ -490,7 +501,7 @@ static void test_dead_worker_dropped(void **state)
 	check_dead_worker(r);
 	for (int i = 0; i < 3; i++) {
 		dml_ps_free(r[i]);
-		dml_rpc_client_free(c[i]);
+		dml_rpc_free(c[i]);
 	}
 	serve_stop(&sv);
 }
@@ -546,7 +557,7 @@ static void test_remote_equals_local_and_shards(void **state)
 	assert_int_equal(dml_ps_dim(ps), D);
 	script(ps, D, one);
 	dml_ps_free(ps);
-	dml_rpc_client_free(c1);
+	dml_rpc_free(c1);
 	serve_stop(&s1);
 	assert_memory_equal(local, one, sizeof local);
 
@@ -554,7 +565,7 @@ static void test_remote_equals_local_and_shards(void **state)
 	dml_rpc_client *c3[3];
 	for (int i = 0; i < 3; i++) {
 		size_t off, len;
-		assert_int_equal(dml_ps_shard_range(D, 3, i, &off, &len), 0);
+		assert_int_equal(dml_shard_range(D, i, 3, &off, &len), 0);
 		serve_start(&s3[i], len, &o, 1);
 		c3[i] = dial(s3[i].f.addr);
 	}
@@ -566,7 +577,7 @@ static void test_remote_equals_local_and_shards(void **state)
 	assert_int_equal(dml_ps_update_sparse(ps, &bad, three, 1), DML_EINVAL);
 	dml_ps_free(ps);
 	for (int i = 0; i < 3; i++) {
-		dml_rpc_client_free(c3[i]);
+		dml_rpc_free(c3[i]);
 		serve_stop(&s3[i]);
 	}
 	assert_memory_equal(local, three, sizeof local);
@@ -580,7 +591,7 @@ static void test_remote_exact_threads(void **state)
 	dml_rpc_client *c[2];
 	for (int i = 0; i < 2; i++) {
 		size_t off, len;
-		assert_int_equal(dml_ps_shard_range(DIM, 2, i, &off, &len), 0);
+		assert_int_equal(dml_shard_range(DIM, i, 2, &off, &len), 0);
 		serve_start(&s[i], len, NULL, 2);
 		c[i] = dial(s[i].f.addr);
 	}
@@ -596,7 +607,7 @@ static void test_remote_exact_threads(void **state)
 			fail_msg("param %d: got %g want %g", i, got[i], want[i]);
 	dml_ps_free(ps);
 	for (int i = 0; i < 2; i++) {
-		dml_rpc_client_free(c[i]);
+		dml_rpc_free(c[i]);
 		serve_stop(&s[i]);
 	}
 }
@@ -642,7 +653,7 @@ static void test_remote_wider_than_window(void **state)
 	assert_int_equal(dml_ps_updates(s.ps, &n), 0);
 	assert_int_equal(n, NT * 20);
 	dml_ps_free(ps);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	serve_stop(&s);
 }
 
@@ -695,7 +706,7 @@ static void test_handle_resends_after_timeout(void **state)
 	dml_ps *h;
 	assert_int_equal(dml_ps_connect(&h, &c, 1, &ro), 0);
 	dml_rpc_pending *k;
-	assert_int_equal(dml_rpc_go(other, &m_hold, NULL, NULL, 30000, &k), 0);
+	assert_int_equal(dml_rpc_start(&k, other, &m_hold, NULL, NULL, 30000), 0);
 	assert_int_equal(dml_rpc_flush(other, 10000), 0); /* go only queues */
 	sem_wait(&hold_gate.entered); /* the server thread is held */
 	pthread_t t;
@@ -706,7 +717,7 @@ static void test_handle_resends_after_timeout(void **state)
 	int64_t took = dml__now_ms() - t0;
 	pthread_join(t, NULL);
 	assert_true(took >= 300); /* answered only after the stall: resent */
-	assert_int_equal(dml_rpc_wait(k), 0);
+	assert_int_equal(dml_rpc_pending_wait(k), 0);
 	dml_rpc_pending_free(k);
 	uint64_t n;
 	assert_int_equal(dml_ps_updates(s.ps, &n), 0);
@@ -714,8 +725,8 @@ static void test_handle_resends_after_timeout(void **state)
 	assert_int_equal(dml_ps_pull(h, got), 0);
 	assert_true(got[0] == 1 && got[1] == 2 && got[2] == 3);
 	dml_ps_free(h);
-	dml_rpc_client_free(c);
-	dml_rpc_client_free(other);
+	dml_rpc_free(c);
+	dml_rpc_free(other);
 	serve_stop(&s);
 	gate_destroy(&hold_gate);
 }
@@ -768,7 +779,7 @@ static void test_retried_push_applied_once(void **state)
 	assert_int_equal(raw_push(c, 78, 1, 1), 0);
 	assert_int_equal(dml_ps_pull(s.ps, out), 0);
 	assert_true(out[0] == 18);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	serve_stop(&s);
 }
 

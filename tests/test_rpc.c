@@ -82,7 +82,7 @@ static int h_divide(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)u;
 	const Args *x = a;
 	if (x->B == 0)
-		return dml_rpc_errorf(ctx, "divide by zero");
+		return dml_rpc_ctx_errorf(ctx, "divide by zero");
 	((Quotient *)r)->Quo = x->A / x->B;
 	((Quotient *)r)->Rem = x->A % x->B;
 	return 0;
@@ -126,7 +126,7 @@ static int h_mixed(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)u;
 	const mixed_args *x = a;
 	if (x->na > MIX_MAX || x->nb > MIX_MAX || x->nd > MIX_MAX)
-		return dml_rpc_errorf(ctx, "too many");
+		return dml_rpc_ctx_errorf(ctx, "too many");
 	mixed_reply *y = r;
 	y->a = (dml_f32s){mix_a, (size_t)x->na, 0};
 	y->b = (dml_bytes){mix_b, (size_t)x->nb, 0};
@@ -207,21 +207,20 @@ static void test_roundtrip_and_errors(void **state)
 	assert_true(dml_rpc_server_port(f.srv, 0) > 0);
 	dml_rpc_client *c = dial(f.addr);
 	check_arith(c);
-	char msg[DML_RPC_ERRMSG_MAX];
 
 	Args z = {1, 0};
 	Quotient q;
 	assert_int_equal(dml_rpc_call(c, &arith_divide, &z, &q, 10000), DML_EHANDLER);
-	dml_rpc_client_errmsg(c, msg, sizeof msg);
-	assert_string_equal(msg, "divide by zero");
+	assert_string_equal(dml_error_detail(), "divide by zero");
 
 	assert_int_equal(dml_rpc_call(c, &m_nope, NULL, NULL, 10000), DML_ENOMETHOD);
-	dml_rpc_client_errmsg(c, msg, sizeof msg);
-	assert_non_null(strstr(msg, "Nope.Method"));
+	assert_non_null(strstr(dml_error_detail(), "Nope.Method"));
 
 	assert_int_equal(dml_rpc_call(c, &m_fail, NULL, NULL, 10000), DML_EHANDLER);
-	dml_rpc_client_errmsg(c, msg, sizeof msg);
-	assert_string_equal(msg, dml_strerror(DML_EIO));
+	assert_string_equal(dml_error_detail(), dml_strerror(DML_EIO));
+	/* a later success clears it */
+	check_arith(c);
+	assert_string_equal(dml_error_detail(), "");
 
 	/* a reply of another type than expected */
 	Args x = {2, 3};
@@ -245,7 +244,7 @@ static void test_roundtrip_and_errors(void **state)
 	echo_msg view = {{NULL, 0, 0}};
 	assert_int_equal(dml_rpc_call(c, &m_echo, &in, &view, 10000), DML_EINVAL);
 
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -260,7 +259,7 @@ static void test_unix_socket(void **state)
 	assert_int_equal(dml_rpc_server_port(f.srv, 0), DML_ENOTFOUND);
 	dml_rpc_client *c = dial(addr);
 	check_arith(c);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 	assert_int_equal(access(addr + 5, F_OK), -1); /* removed on free */
 }
@@ -279,7 +278,7 @@ static void test_ipv6(void **state)
 	assert_non_null(strstr(f.addr, "[::1]:"));
 	dml_rpc_client *c = dial(f.addr);
 	check_arith(c);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -357,7 +356,7 @@ static void test_setup_errors(void **state)
 	assert_int_equal(dml_rpc_server_run(s), 0);
 	dml_rpc_server_free(s);
 	dml_rpc_server_free(NULL);
-	dml_rpc_client_free(NULL);
+	dml_rpc_free(NULL);
 	dml_rpc_pending_free(NULL);
 }
 
@@ -385,7 +384,7 @@ static void *worker_main(void *p)
 			w->bad++;
 	}
 	if (!w->shared)
-		dml_rpc_client_free(c);
+		dml_rpc_free(c);
 	return NULL;
 }
 
@@ -419,7 +418,7 @@ static void test_shared_client(void **state)
 	serve(&f, "127.0.0.1:0", NULL, 2);
 	dml_rpc_client *c = dial(f.addr);
 	run_workers(f.addr, c, 1000);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -435,11 +434,11 @@ static void test_pipelined(void **state)
 	static Reply r[N];
 	for (int i = 0; i < N; i++) {
 		a[i] = (Args){i, i + 1};
-		assert_int_equal(dml_rpc_go(c, &arith_multiply, &a[i], &r[i], 10000, &k[i]), 0);
+		assert_int_equal(dml_rpc_start(&k[i], c, &arith_multiply, &a[i], &r[i], 10000), 0);
 	}
 	for (int i = N - 1; i >= 0; i--) { /* waits in reverse order */
-		assert_int_equal(dml_rpc_wait(k[i]), 0);
-		assert_int_equal(dml_rpc_wait(k[i]), 0); /* again: same result */
+		assert_int_equal(dml_rpc_pending_wait(k[i]), 0);
+		assert_int_equal(dml_rpc_pending_wait(k[i]), 0); /* again: same result */
 		assert_int_equal(r[i].C, (int64_t)i * (i + 1));
 		dml_rpc_pending_free(k[i]);
 	}
@@ -450,17 +449,17 @@ static void test_pipelined(void **state)
 		int n = snprintf(text[i], sizeof text[i], "msg %d", i);
 		in[i].s = (dml_str){text[i], (size_t)n, 0};
 		memset(&out[i], 0, sizeof out[i]);
-		assert_int_equal(dml_rpc_go(c, &m_echo, &in[i], &out[i], 10000, &k[i]), 0);
+		assert_int_equal(dml_rpc_start(&k[i], c, &m_echo, &in[i], &out[i], 10000), 0);
 	}
 	assert_int_equal(dml_rpc_flush(c, 10000), 0);
 	for (int i = 0; i < N; i++) {
-		assert_int_equal(dml_rpc_wait(k[i]), 0);
+		assert_int_equal(dml_rpc_pending_wait(k[i]), 0);
 		assert_int_equal(out[i].s.n, strlen(text[i]));
 		assert_memory_equal(out[i].s.data, text[i], out[i].s.n);
 	}
 	for (int i = 0; i < N; i++)
 		dml_rpc_pending_free(k[i]);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -499,8 +498,8 @@ static void test_large_arrays(void **state)
 	dml_rpc_pending *k;
 	scale_reply rv = {0};
 	sc.k = 3.0f;
-	assert_int_equal(dml_rpc_go(c, &m_scale, &sc, &rv, 30000, &k), 0);
-	assert_int_equal(dml_rpc_wait(k), 0);
+	assert_int_equal(dml_rpc_start(&k, c, &m_scale, &sc, &rv, 30000), 0);
+	assert_int_equal(dml_rpc_pending_wait(k), 0);
 	assert_int_equal(rv.v.n, N);
 	assert_int_equal((uintptr_t)rv.v.data % 4, 0);
 	for (int i = 0; i < N; i++)
@@ -513,7 +512,7 @@ static void test_large_arrays(void **state)
 	assert_int_equal(mul(c, 6, 7), 42);
 	free(v);
 	free(back);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -538,8 +537,8 @@ static void test_large_reply_layouts(void **state)
 		mixed_reply y = {{a, 0, MIX_MAX}, {NULL, 0, 0}, {NULL, 0, 0}};
 		memset(a, 0xff, sizeof a);
 		dml_rpc_pending *k;
-		assert_int_equal(dml_rpc_go(c, &m_mixed, &x, &y, 30000, &k), 0);
-		assert_int_equal(dml_rpc_wait(k), 0);
+		assert_int_equal(dml_rpc_start(&k, c, &m_mixed, &x, &y, 30000), 0);
+		assert_int_equal(dml_rpc_pending_wait(k), 0);
 		assert_ptr_equal(y.a.data, a);
 		assert_int_equal(y.a.n, x.na);
 		assert_int_equal(y.b.n, x.nb);
@@ -553,7 +552,7 @@ static void test_large_reply_layouts(void **state)
 		}
 		dml_rpc_pending_free(k);
 	}
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -571,13 +570,16 @@ static void test_deadline(void **state)
 	gate_open(&the_gate);
 	/* the late reply is discarded; the connection works on */
 	assert_int_equal(mul(c, 9, 9), 81);
-	dml_rpc_pending *k;
-	assert_int_equal(dml_rpc_go(c, &arith_multiply, &(Args){1, 1}, &(Reply){0}, 0, &k), 0);
-	int rc = dml_rpc_wait(k); /* zero timeout: done already, or timed out */
-	assert_true(rc == 0 || rc == DML_ETIMEDOUT);
-	dml_rpc_pending_free(k);
+	/* a timeout of 0 does not wait: nothing is sent */
+	dml_rpc_pending *k = NULL;
+	assert_int_equal(dml_rpc_start(&k, c, &m_gate, NULL, NULL, 0), DML_ETIMEDOUT);
+	assert_null(k);
+	assert_int_equal(dml_rpc_call(c, &m_gate, NULL, NULL, 0), DML_ETIMEDOUT);
+	assert_non_null(strstr(dml_error_detail(), "nothing sent"));
+	assert_int_equal(dml_rpc_flush(c, 0), 0); /* nothing queued */
+	assert_int_equal(dml_rpc_call(c, &m_gate, NULL, NULL, -7), DML_EINVAL);
 	assert_int_equal(mul(c, 2, 21), 42);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 	gate_destroy(&the_gate);
 }
@@ -612,7 +614,7 @@ static void test_spin(void **state)
 	sem_wait(&the_gate.entered);
 	gate_open(&the_gate);
 	assert_int_equal(mul(c, 9, 9), 81);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 	gate_destroy(&the_gate);
 }
@@ -625,7 +627,7 @@ static void test_stop_in_flight(void **state)
 	serve(&f, "127.0.0.1:0", NULL, 2);
 	dml_rpc_client *c = dial(f.addr);
 	dml_rpc_pending *k;
-	assert_int_equal(dml_rpc_go(c, &m_gate, NULL, NULL, 30000, &k), 0);
+	assert_int_equal(dml_rpc_start(&k, c, &m_gate, NULL, NULL, 30000), 0);
 	assert_int_equal(dml_rpc_flush(c, 10000), 0);
 	sem_wait(&the_gate.entered); /* a handler is running */
 	dml_rpc_server_stop(f.srv);
@@ -636,16 +638,16 @@ static void test_stop_in_flight(void **state)
 	}
 	/* a call sent after the stop is never served; freeing the server fails it */
 	dml_rpc_pending *k2;
-	assert_int_equal(dml_rpc_go(c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 30000, &k2), 0);
+	assert_int_equal(dml_rpc_start(&k2, c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 30000), 0);
 	assert_int_equal(dml_rpc_flush(c, 10000), 0);
 	dml_rpc_server_free(f.srv);
-	int rc = dml_rpc_wait(k); /* its reply may have gone out before the stop */
+	int rc = dml_rpc_pending_wait(k); /* its reply may have gone out before the stop */
 	assert_true(rc == 0 || rc == DML_ECONNLOST);
-	assert_int_equal(dml_rpc_wait(k2), DML_ECONNLOST);
+	assert_int_equal(dml_rpc_pending_wait(k2), DML_ECONNLOST);
 	assert_int_equal(dml_rpc_call(c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 1000), DML_ECONNLOST);
 	dml_rpc_pending_free(k);
 	dml_rpc_pending_free(k2);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	gate_destroy(&the_gate);
 }
 
@@ -657,7 +659,7 @@ typedef struct waiter_arg {
 static void *waiter_main(void *p)
 {
 	waiter_arg *w = p;
-	w->rc = dml_rpc_wait(w->k);
+	w->rc = dml_rpc_pending_wait(w->k);
 	return NULL;
 }
 
@@ -671,21 +673,21 @@ static void test_close_pending(void **state)
 	waiter_arg w[4];
 	pthread_t t[4];
 	for (int i = 0; i < 4; i++) {
-		assert_int_equal(dml_rpc_go(c, &m_gate, NULL, NULL, 60000, &w[i].k), 0);
+		assert_int_equal(dml_rpc_start(&w[i].k, c, &m_gate, NULL, NULL, 60000), 0);
 		w[i].rc = 1;
 		assert_int_equal(pthread_create(&t[i], NULL, waiter_main, &w[i]), 0);
 	}
 	sem_wait(&the_gate.entered); /* requests are out, handlers held */
-	dml_rpc_client_close(c);
+	dml_rpc_close(c);
 	for (int i = 0; i < 4; i++) {
 		pthread_join(t[i], NULL);
 		assert_int_equal(w[i].rc, DML_ECLOSED);
 		dml_rpc_pending_free(w[i].k);
 	}
 	dml_rpc_pending *k;
-	assert_int_equal(dml_rpc_go(c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 1000, &k), DML_ECLOSED);
-	dml_rpc_client_close(c); /* idempotent */
-	dml_rpc_client_free(c);
+	assert_int_equal(dml_rpc_start(&k, c, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 1000), DML_ECLOSED);
+	dml_rpc_close(c); /* idempotent */
+	dml_rpc_free(c);
 	gate_open(&the_gate);
 	fixture_stop(&f);
 	gate_destroy(&the_gate);
@@ -758,6 +760,196 @@ static size_t request(uint8_t *p, uint64_t seq, const char *name,
 	return 20 + n + plen;
 }
 
+/* ---- protocol versions (docs/protocol.md, section 11) -------------- */
+
+/* A request in a frame version this server does not speak gets a version
+ * 1 error reply with status 5 naming the version, and then the close. */
+static void test_version_refused(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	int fd = raw_connect(&f);
+	uint8_t buf[512];
+	size_t n = request(buf, 42, "Arith.Multiply", NULL, 0);
+	buf[4] = 2;
+	raw_send(fd, buf, n);
+	size_t got = read_to_eof(fd, buf, sizeof buf);
+	close(fd);
+	assert_true(got >= 20);
+	uint32_t len, status;
+	uint16_t name_len;
+	uint64_t seq;
+	memcpy(&len, buf, 4);
+	memcpy(&name_len, buf + 6, 2);
+	memcpy(&seq, buf + 8, 8);
+	memcpy(&status, buf + 16, 4);
+	assert_int_equal(got, (size_t)len + 4);
+	assert_int_equal(buf[4], 1);
+	assert_int_equal(buf[5], 2); /* a reply */
+	assert_int_equal(seq, 42);
+	assert_int_equal(status, 5);
+	char msg[256] = {0};
+	memcpy(msg, buf + 20, name_len < 255 ? name_len : 255);
+	assert_non_null(strstr(msg, "frame version 2"));
+	dml_rpc_client *c = dial(f.addr); /* others are served as before */
+	assert_int_equal(mul(c, 6, 7), 42);
+	dml_rpc_free(c);
+	fixture_stop(&f);
+}
+
+/* A fake server: accepts one connection, reads one request and answers it
+ * with the frame its script writes. */
+typedef struct fake_server {
+	int lfd;
+	int port;
+	pthread_t t;
+	size_t (*answer)(uint8_t *out, uint64_t seq);
+} fake_server;
+
+static void *fake_run(void *arg)
+{
+	fake_server *fs = arg;
+	int fd = accept(fs->lfd, NULL, NULL);
+	uint8_t in[4096], out[512];
+	size_t have = 0;
+	uint32_t len = 0;
+	while (fd >= 0 && (have < 4 || have < (size_t)len + 4)) {
+		ssize_t r = recv(fd, in + have, sizeof in - have, 0);
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		if (have >= 4)
+			memcpy(&len, in, 4);
+	}
+	uint64_t seq = 0;
+	if (have >= 16)
+		memcpy(&seq, in + 8, 8);
+	size_t n = fs->answer(out, seq);
+	if (fd >= 0) {
+		send(fd, out, n, MSG_NOSIGNAL);
+		while (recv(fd, in, sizeof in, 0) > 0) /* until the client closes */
+			;
+		close(fd);
+	}
+	return NULL;
+}
+
+static void fake_start(fake_server *fs, size_t (*answer)(uint8_t *, uint64_t))
+{
+	fs->answer = answer;
+	fs->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {0};
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fs->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+	assert_int_equal(listen(fs->lfd, 4), 0);
+	socklen_t sl = sizeof sa;
+	getsockname(fs->lfd, (struct sockaddr *)&sa, &sl);
+	fs->port = ntohs(sa.sin_port);
+	assert_int_equal(pthread_create(&fs->t, NULL, fake_run, fs), 0);
+}
+
+static dml_rpc_client *fake_dial(fake_server *fs)
+{
+	char addr[64];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", fs->port);
+	return dial(addr);
+}
+
+static void fake_stop(fake_server *fs, dml_rpc_client *c)
+{
+	dml_rpc_free(c);
+	pthread_join(fs->t, NULL);
+	close(fs->lfd);
+}
+
+static size_t error_frame(uint8_t *out, uint64_t seq, uint8_t version,
+                          uint32_t status, const char *msg)
+{
+	size_t n = strlen(msg);
+	uint32_t len = (uint32_t)(16 + n);
+	memcpy(out, &len, 4);
+	out[4] = version;
+	out[5] = 2;
+	uint16_t nl = (uint16_t)n;
+	memcpy(out + 6, &nl, 2);
+	memcpy(out + 8, &seq, 8);
+	memcpy(out + 16, &status, 4);
+	memcpy(out + 20, msg, n);
+	return 20 + n;
+}
+
+/* a newer server's error status, with control bytes in its message */
+static size_t answer_new_status(uint8_t *out, uint64_t seq)
+{
+	return error_frame(out, seq, 1, 42, "quota\r\nexceeded");
+}
+
+static size_t answer_new_version(uint8_t *out, uint64_t seq)
+{
+	return error_frame(out, seq, 9, 0, "");
+}
+
+/* what a 0.1 server says to RPC.Hello */
+static size_t answer_no_hello(uint8_t *out, uint64_t seq)
+{
+	return error_frame(out, seq, 1, 1, "rpc: can't find method RPC.Hello");
+}
+
+static void test_version_client(void **state)
+{
+	(void)state;
+	fake_server fs;
+	fake_start(&fs, answer_new_status);
+	dml_rpc_client *c = fake_dial(&fs);
+	Reply r;
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &(Args){1, 2}, &r, 10000),
+	                 DML_EVERSION);
+	const char *d = dml_error_detail();
+	assert_non_null(strstr(d, "status 42"));
+	assert_non_null(strstr(d, "quota\\x0d\\x0aexceeded")); /* escaped */
+	fake_stop(&fs, c);
+
+	fake_start(&fs, answer_new_version);
+	c = fake_dial(&fs);
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &(Args){1, 2}, &r, 10000),
+	                 DML_EVERSION);
+	assert_non_null(strstr(dml_error_detail(), "frame version"));
+	/* the stream cannot be trusted after that: the next call fails too */
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &(Args){1, 2}, &r, 10000),
+	                 DML_EVERSION);
+	fake_stop(&fs, c);
+
+	fake_start(&fs, answer_no_hello);
+	c = fake_dial(&fs);
+	assert_int_equal(dml_rpc_has_method(c, "Arith.Multiply", 10000), DML_EVERSION);
+	fake_stop(&fs, c);
+}
+
+static void test_has_method(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *c = dial(f.addr);
+	assert_int_equal(dml_rpc_has_method(c, "Arith.Multiply", 10000), 1);
+	assert_int_equal(dml_rpc_has_method(c, "Arith.Power", 10000), 0);
+	assert_int_equal(dml_rpc_has_method(c, "RPC.Hello", 10000), 1);
+	assert_int_equal(dml_rpc_has_method(c, "", 10000), 0);
+	assert_int_equal(dml_rpc_has_method(c, "x", 0), DML_ETIMEDOUT);
+	assert_int_equal(dml_rpc_has_method(NULL, "x", 10000), DML_EINVAL);
+	/* the library's names are its own */
+	static const dml_rpc_method mine = {"RPC.Mine", NULL, NULL};
+	dml_rpc_server *s;
+	assert_int_equal(dml_rpc_server_new(&s, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(s, &mine, h_fail, NULL), DML_EINVAL);
+	assert_non_null(strstr(dml_error_detail(), "RPC."));
+	dml_rpc_server_free(s);
+	dml_rpc_free(c);
+	fixture_stop(&f);
+}
+
 static void test_hostile_frames(void **state)
 {
 	(void)state;
@@ -777,11 +969,13 @@ static void test_hostile_frames(void **state)
 	close(fd);
 	assert_int_equal(mul(good, 3, 4), 12);
 
-	/* garbage */
+	/* garbage (in frame version 1: another version is answered, below) */
 	fd = raw_connect(&f);
 	srand(7);
 	for (size_t i = 0; i < 256; i++)
 		buf[i] = (uint8_t)rand();
+	buf[4] = 1;
+	buf[5] = 7; /* neither request nor reply */
 	raw_send(fd, buf, 256);
 	assert_int_equal(read_to_eof(fd, buf, sizeof buf), 0);
 	close(fd);
@@ -832,7 +1026,7 @@ static void test_hostile_frames(void **state)
 	close(fd);
 
 	assert_int_equal(mul(good, 6, 4), 24);
-	dml_rpc_client_free(good);
+	dml_rpc_free(good);
 	fixture_stop(&f);
 }
 
@@ -875,7 +1069,7 @@ stalled:
 	free(req);
 	free(payload);
 	assert_int_equal(mul(good, 12, 12), 144);
-	dml_rpc_client_free(good);
+	dml_rpc_free(good);
 	fixture_stop(&f);
 }
 
@@ -896,12 +1090,12 @@ static void test_frame_limits(void **state)
 	assert_int_equal(dml_rpc_dial(&c, f.addr, &co), 0);
 	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), DML_ETOOBIG);
 	assert_int_equal(mul(c, 2, 2), 4);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	/* the server's limit: it drops the connection */
 	c = dial(f.addr);
 	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), DML_ECONNLOST);
 	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), DML_ECONNLOST);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	/* a reply over the server's limit comes back as an error */
 	c = dial(f.addr);
 	sa.v.n = 1000;
@@ -910,7 +1104,7 @@ static void test_frame_limits(void **state)
 	scale_reply rep = {0, {back, 0, 1000}};
 	assert_int_equal(dml_rpc_call(c, &m_sum, &sa, &sr, 10000), 0);
 	assert_int_equal(dml_rpc_call(c, &m_scale, &sc, &rep, 10000), 0);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -939,16 +1133,16 @@ static void test_1000_connections(void **state)
 		c[i] = dial(f.addr);
 	for (int i = 0; i < N; i++) {
 		a[i] = (Args){i, 3};
-		assert_int_equal(dml_rpc_go(c[i], &arith_multiply, &a[i], &r[i], 30000, &k[i]), 0);
+		assert_int_equal(dml_rpc_start(&k[i], c[i], &arith_multiply, &a[i], &r[i], 30000), 0);
 		assert_int_equal(dml_rpc_flush(c[i], 10000), 0);
 	}
 	for (int i = 0; i < N; i++) {
-		assert_int_equal(dml_rpc_wait(k[i]), 0);
+		assert_int_equal(dml_rpc_pending_wait(k[i]), 0);
 		assert_int_equal(r[i].C, 3 * i);
 		dml_rpc_pending_free(k[i]);
 	}
 	for (int i = 0; i < N; i++)
-		dml_rpc_client_free(c[i]);
+		dml_rpc_free(c[i]);
 	fixture_stop(&f);
 }
 
@@ -993,7 +1187,7 @@ static void test_host_event_loop(void **state)
 	pthread_join(t, NULL);
 	assert_int_equal(l.rc, DML_ESTOPPED);
 	assert_true(l.events >= 101); /* an accept and at least one read per call */
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	dml_rpc_server_free(f.srv);
 }
 
@@ -1022,7 +1216,7 @@ static int h_barrier(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	barrier *b = u;
 	int64_t parties = ((const barrier_args *)a)->parties;
 	if (parties < 1 || parties > BARRIER_MAX)
-		return dml_rpc_errorf(ctx, "bad parties");
+		return dml_rpc_ctx_errorf(ctx, "bad parties");
 	pthread_mutex_lock(&b->mu);
 	if (b->n + 1 == parties) {
 		barrier_reply rep = {parties};
@@ -1034,10 +1228,10 @@ static int h_barrier(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 		((barrier_reply *)r)->arrived = parties;
 		return 0;
 	}
-	int rc = dml_rpc_defer(ctx, &b->waiting[b->n]);
+	int rc = dml_rpc_deferred_new(&b->waiting[b->n], ctx);
 	if (!rc) {
 		b->n++;
-		assert_int_equal(dml_rpc_defer(ctx, &(dml_rpc_deferred *){0}), DML_EINVAL);
+		assert_int_equal(dml_rpc_deferred_new(&(dml_rpc_deferred *){0}, ctx), DML_EINVAL);
 	}
 	pthread_mutex_unlock(&b->mu);
 	return rc;
@@ -1060,7 +1254,7 @@ static void *barrier_thread(void *p)
 		if (!bc->rc && r.arrived != bc->parties)
 			bc->rc = -100;
 	}
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	return NULL;
 }
 
@@ -1112,7 +1306,7 @@ static void test_deferred_out_of_order(void **state)
 	barrier_args ba = {2};
 	barrier_reply br = {0};
 	dml_rpc_pending *p;
-	assert_int_equal(dml_rpc_go(c, &m_barrier, &ba, &br, 20000, &p), 0);
+	assert_int_equal(dml_rpc_start(&p, c, &m_barrier, &ba, &br, 20000), 0);
 	for (int i = 0; i < 100; i++) { /* answered while the barrier waits */
 		Args a = {i, 7};
 		Reply r;
@@ -1121,14 +1315,14 @@ static void test_deferred_out_of_order(void **state)
 	}
 	barrier_reply br2 = {0};
 	assert_int_equal(dml_rpc_call(c, &m_barrier, &ba, &br2, 20000), 0);
-	assert_int_equal(dml_rpc_wait(p), 0);
+	assert_int_equal(dml_rpc_pending_wait(p), 0);
 	dml_rpc_pending_free(p);
 	assert_int_equal(br.arrived, 2);
 	assert_int_equal(br2.arrived, 2);
 
 	/* a waiter whose client went away */
 	barrier_args b3 = {3};
-	assert_int_equal(dml_rpc_go(c, &m_barrier, &b3, &br, 20000, &p), 0);
+	assert_int_equal(dml_rpc_start(&p, c, &m_barrier, &b3, &br, 20000), 0);
 	assert_int_equal(dml_rpc_flush(c, 10000), 0);
 	for (;;) { /* until the server holds it */
 		pthread_mutex_lock(&b.mu);
@@ -1139,7 +1333,7 @@ static void test_deferred_out_of_order(void **state)
 		sched_yield();
 	}
 	dml_rpc_pending_free(p);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	/* whether the server has seen the close yet or not, the reply is
 	 * dropped or written into a dead socket, never a crash */
 	pthread_mutex_lock(&b.mu);
@@ -1214,7 +1408,7 @@ static void test_large_buffer_released(void **state)
 	}
 	assert_int_equal(mul(c, 6, 7), 42); /* and the connection works on */
 	free(v);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -1231,7 +1425,7 @@ static void test_small_requests_large_replies_bounded(void **state)
 	mixed_args ma = {MIX_MAX, MIX_MAX, MIX_MAX};
 	uint8_t payload[64];
 	size_t plen;
-	assert_int_equal(dml_encode(&mixed_args_t, &ma, payload, sizeof payload, &plen), 0);
+	assert_int_equal(dml_type_encode(&mixed_args_t, &ma, payload, sizeof payload, &plen), 0);
 	enum { N = 300 };
 	static uint8_t reqs[N * 128];
 	size_t total = 0;
@@ -1324,23 +1518,23 @@ static void test_data_then_eof(void **state)
 	serve(&f, "127.0.0.1:0", &off, 1);
 	dml_rpc_client *c = dial(f.addr);
 	dml_rpc_pending *k;
-	assert_int_equal(dml_rpc_go(c, &m_gate, NULL, NULL, 30000, &k), 0);
+	assert_int_equal(dml_rpc_start(&k, c, &m_gate, NULL, NULL, 30000), 0);
 	assert_int_equal(dml_rpc_flush(c, 10000), 0);
 	sem_wait(&the_gate.entered); /* the server thread is held */
 	int fd = raw_connect(&f);
 	uint8_t req[128], payload[64];
 	size_t plen;
 	Args x = {6, 7};
-	assert_int_equal(dml_encode(&args_type, &x, payload, sizeof payload, &plen), 0);
+	assert_int_equal(dml_type_encode(&args_type, &x, payload, sizeof payload, &plen), 0);
 	size_t n = request(req, 1, "Arith.Multiply", payload, plen);
 	raw_send(fd, req, n);
 	assert_int_equal(shutdown(fd, SHUT_WR), 0); /* FIN right behind it */
 	gate_open(&the_gate);
-	assert_int_equal(dml_rpc_wait(k), 0);
+	assert_int_equal(dml_rpc_pending_wait(k), 0);
 	dml_rpc_pending_free(k);
 	assert_true(await_close(fd, 5000) >= 0); /* the reply, then the close */
 	close(fd);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 	gate_destroy(&the_gate);
 }
@@ -1380,7 +1574,7 @@ static int h_bar(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	}
 	int rc = 0;
 	if (!bar_wait) { /* the first waits */
-		rc = dml_rpc_defer(ctx, &bar_wait);
+		rc = dml_rpc_deferred_new(&bar_wait, ctx);
 		sem_post(&bar_deferred);
 	} else { /* the second releases it, holding the lock */
 		dml_rpc_deferred_reply(bar_wait, 0, NULL, NULL);
@@ -1487,7 +1681,7 @@ static void test_max_conns(void **state)
 	assert_true(await_close(extra, 10000) >= 0);
 	close(extra);
 	assert_int_equal(mul(a, 6, 7), 42);
-	dml_rpc_client_free(b);
+	dml_rpc_free(b);
 	/* b's slot comes back once the server has seen the close: a new client
 	 * is served, within a bounded number of tries */
 	int served = 0;
@@ -1496,10 +1690,10 @@ static void test_max_conns(void **state)
 		Args x = {8, 8};
 		Reply r = {0};
 		served = dml_rpc_call(c, &arith_multiply, &x, &r, 10000) == 0 && r.C == 64;
-		dml_rpc_client_free(c);
+		dml_rpc_free(c);
 	}
 	assert_true(served);
-	dml_rpc_client_free(a);
+	dml_rpc_free(a);
 	fixture_stop(&f);
 }
 
@@ -1524,7 +1718,7 @@ static void test_server_timeouts(void **state)
 	mixed_args ma = {MIX_MAX, MIX_MAX, MIX_MAX};
 	uint8_t payload[64], req[128];
 	size_t plen;
-	assert_int_equal(dml_encode(&mixed_args_t, &ma, payload, sizeof payload, &plen), 0);
+	assert_int_equal(dml_type_encode(&mixed_args_t, &ma, payload, sizeof payload, &plen), 0);
 	for (int i = 0; i < 20; i++) {
 		size_t n = request(req, (uint64_t)i + 1, "Test.Mixed", payload, plen);
 		assert_int_equal(send(deaf, req, n, MSG_NOSIGNAL), (ssize_t)n);
@@ -1565,7 +1759,7 @@ static void test_server_timeouts(void **state)
 	assert_true(await_close(drip, 10000) >= 0);
 	close(drip);
 	assert_int_equal(mul(good, 7, 7), 49);
-	dml_rpc_client_free(good);
+	dml_rpc_free(good);
 	fixture_stop(&f);
 
 	/* a silent connection is dropped after the idle timeout */
@@ -1639,8 +1833,8 @@ static void test_client_reconnect(void **state)
 	} while (rc == 0);
 	assert_int_equal(rc, DML_ECONNLOST);
 	assert_int_equal(dml_rpc_call(plain, &arith_multiply, &a, &r, 5000), DML_ECONNLOST);
-	dml_rpc_client_free(plain);
-	dml_rpc_client_free(c);
+	dml_rpc_free(plain);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 }
 
@@ -1667,10 +1861,10 @@ static void test_in_flight_limits(void **state)
 	barrier_reply br[5];
 	dml_rpc_pending *p[5];
 	for (int i = 0; i < 4; i++)
-		assert_int_equal(dml_rpc_go(c, &m_barrier, &ba, &br[i], 20000, &p[i]), 0);
-	assert_int_equal(dml_rpc_go(c, &m_barrier, &ba, &br[4], 20000, &p[4]), DML_EBUSY);
+		assert_int_equal(dml_rpc_start(&p[i], c, &m_barrier, &ba, &br[i], 20000), 0);
+	assert_int_equal(dml_rpc_start(&p[4], c, &m_barrier, &ba, &br[4], 20000), DML_EBUSY);
 	/* 3 are held by the server; the 4th could not be deferred */
-	assert_int_equal(dml_rpc_wait(p[3]), DML_EHANDLER);
+	assert_int_equal(dml_rpc_pending_wait(p[3]), DML_EHANDLER);
 	dml_rpc_pending_free(p[3]);
 	Args a = {6, 7};
 	Reply r;
@@ -1685,11 +1879,11 @@ static void test_in_flight_limits(void **state)
 	b.n = 0;
 	pthread_mutex_unlock(&b.mu);
 	for (int i = 0; i < 3; i++) {
-		assert_int_equal(dml_rpc_wait(p[i]), 0);
+		assert_int_equal(dml_rpc_pending_wait(p[i]), 0);
 		assert_int_equal(br[i].arrived, 50);
 		dml_rpc_pending_free(p[i]);
 	}
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	fixture_stop(&f);
 	pthread_mutex_destroy(&b.mu);
 	dml_rpc_client_opts bad = {.max_in_flight = -1};
@@ -1704,7 +1898,7 @@ static void test_stop_wakes_every_runner(void **state)
 	dml_rpc_client *c = dial(f.addr);
 	assert_int_equal(mul(c, 1, 1), 1);
 	fixture_stop(&f); /* joins all four */
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 }
 
 int main(void)
@@ -1733,6 +1927,9 @@ int main(void)
 		cmocka_unit_test(test_stop_in_flight),
 		cmocka_unit_test(test_close_pending),
 		cmocka_unit_test(test_hostile_frames),
+		cmocka_unit_test(test_version_refused),
+		cmocka_unit_test(test_version_client),
+		cmocka_unit_test(test_has_method),
 		cmocka_unit_test(test_frame_limits),
 		cmocka_unit_test(test_1000_connections),
 		cmocka_unit_test(test_host_event_loop),

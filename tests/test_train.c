@@ -42,7 +42,7 @@ static dml_dataset *blobs(size_t n, uint64_t seed)
 	return ds;
 }
 
-static double accuracy(const dml_model *m, const float *w, const dml_dataset *ds)
+static double accuracy(dml_model *m, const float *w, const dml_dataset *ds)
 {
 	double acc = -1;
 	assert_int_equal(dml_model_evaluate(m, w, ds, NULL, &acc), 0);
@@ -71,14 +71,14 @@ static void test_sgd_converges(void **state)
 	(void)state;
 	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
 	dml_model m;
-	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	assert_int_equal(dml_model_init_softmax(&m, F, K, 0), 0);
 	float *w = calloc(m.dim, sizeof *w);
 	assert_non_null(w);
 	epochs_seen seen = {0};
 	dml_sgd_opts o = {.epochs = 8, .batch = 32, .optim = {.kind = DML_OPTIM_SGD, .lr = 0.1f},
 	                  .seed = 3, .on_epoch = record, .user = &seen};
 	dml_train_stats st;
-	assert_int_equal(dml_sgd_train(&m, train, w, &o, &st), 0);
+	assert_int_equal(dml_sgd_run(&m, train, w, &st, &o), 0);
 	assert_int_equal(st.epochs, 8);
 	assert_int_equal(seen.n, 8);
 	assert_int_equal(st.samples, 8 * NTRAIN);
@@ -89,19 +89,19 @@ static void test_sgd_converges(void **state)
 	epochs_seen stop = {.stop_at = 2};
 	o.on_epoch = record;
 	o.user = &stop;
-	assert_int_equal(dml_sgd_train(&m, train, w, &o, &st), 0);
+	assert_int_equal(dml_sgd_run(&m, train, w, &st, &o), 0);
 	assert_int_equal(st.epochs, 2);
 	assert_true(st.stopped);
 	/* a model for other inputs: an error, not a crash */
 	dml_model wrong;
-	assert_int_equal(dml_model_softmax(&wrong, F + 1, K, 0), 0);
+	assert_int_equal(dml_model_init_softmax(&wrong, F + 1, K, 0), 0);
 	float *w2 = calloc(wrong.dim, sizeof *w2);
-	assert_int_equal(dml_sgd_train(&wrong, train, w2, NULL, NULL), DML_EDIM);
-	assert_int_equal(dml_sgd_train(NULL, train, w2, NULL, NULL), DML_EINVAL);
+	assert_int_equal(dml_sgd_run(&wrong, train, w2, NULL, NULL), DML_EDIM);
+	assert_int_equal(dml_sgd_run(NULL, train, w2, NULL, NULL), DML_EINVAL);
 	free(w2);
-	dml_model_free(&wrong);
+	dml_model_destroy(&wrong);
 	free(w);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_dataset_free(train);
 	dml_dataset_free(test);
 }
@@ -133,10 +133,10 @@ static void *wk_main(void *p)
 {
 	wk_arg *a = p;
 	dml_model m;
-	a->rc = dml_model_softmax(&m, F, K, 0);
+	a->rc = dml_model_init_softmax(&m, F, K, 0);
 	if (!a->rc)
-		a->rc = dml_dsgd_worker(a->ps, &m, a->shard, &a->o, &a->st);
-	dml_model_free(&m);
+		a->rc = dml_dsgd_run(a->ps, &m, a->shard, &a->st, &a->o);
+	dml_model_destroy(&m);
 	return NULL;
 }
 
@@ -148,7 +148,7 @@ static void run_workers(dml_ps **ps, int nw, dml_dsgd_mode mode, dml_dataset *tr
 	for (int i = 0; i < nw; i++) {
 		a[i] = (wk_arg){0};
 		a[i].ps = ps[i];
-		assert_int_equal(dml_dataset_shard(train, i, nw, &a[i].shard), 0);
+		assert_int_equal(dml_dataset_new_shard(&a[i].shard, train, i, nw), 0);
 		a[i].o = (dml_dsgd_opts){.worker = i, .mode = mode, .epochs = epochs, .batch = 16,
 		                         .steps_per_epoch = (NTRAIN / nw + 15) / 16,
 		                         .clock_timeout = 20000};
@@ -173,7 +173,7 @@ static void test_dsgd_staleness_local(void **state)
 	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
 		enum { W = 3, EPOCHS = 4 };
 		dml_model m;
-		assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+		assert_int_equal(dml_model_init_softmax(&m, F, K, 0), 0);
 		dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f},
 		                  .workers = W, .staleness = cases[c].s};
 		dml_ps *ps;
@@ -204,7 +204,7 @@ static void test_dsgd_staleness_local(void **state)
 		assert_true(accuracy(&m, w, test) > 0.95);
 		free(w);
 		dml_ps_free(ps);
-		dml_model_free(&m);
+		dml_model_destroy(&m);
 	}
 	dml_dataset_free(train);
 	dml_dataset_free(test);
@@ -216,11 +216,11 @@ static void test_dsgd_remote_matches_sgd(void **state)
 	(void)state;
 	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
 	dml_model m;
-	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	assert_int_equal(dml_model_init_softmax(&m, F, K, 0), 0);
 	/* single process */
 	float *w = calloc(m.dim, sizeof *w);
 	dml_sgd_opts so = {.epochs = 3, .batch = 16, .optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}};
-	assert_int_equal(dml_sgd_train(&m, train, w, &so, NULL), 0);
+	assert_int_equal(dml_sgd_run(&m, train, w, NULL, &so), 0);
 	double single = accuracy(&m, w, test);
 
 	/* 2 workers, each with its own client, SSP s = 1 */
@@ -246,7 +246,7 @@ static void test_dsgd_remote_matches_sgd(void **state)
 	for (int i = 0; i < W; i++) {
 		assert_true(a[i].st.max_staleness <= 1);
 		dml_ps_free(h[i]);
-		dml_rpc_client_free(c[i]);
+		dml_rpc_free(c[i]);
 	}
 	fixture_stop(&f);
 	dml_ps_free(store);
@@ -256,12 +256,12 @@ static void test_dsgd_remote_matches_sgd(void **state)
 	dml_ps *other;
 	assert_int_equal(dml_ps_new(&other, m.dim + 1, NULL), 0);
 	dml_dataset *shard;
-	assert_int_equal(dml_dataset_shard(train, 0, 2, &shard), 0);
-	assert_int_equal(dml_dsgd_worker(other, &m, shard, NULL, NULL), DML_EDIM);
+	assert_int_equal(dml_dataset_new_shard(&shard, train, 0, 2), 0);
+	assert_int_equal(dml_dsgd_run(other, &m, shard, NULL, NULL), DML_EDIM);
 	dml_dataset_free(shard);
 	dml_ps_free(other);
 	free(w);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_dataset_free(train);
 	dml_dataset_free(test);
 }
@@ -282,7 +282,7 @@ static void dead_worker_round(dml_dataset *train, dml_dsgd_mode mode, int remote
 {
 	enum { W = 3 };
 	dml_model m;
-	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	assert_int_equal(dml_model_init_softmax(&m, F, K, 0), 0);
 	dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 0.05f}, .workers = W,
 	                  .staleness = mode == DML_DSGD_BSP   ? 0
 	                               : mode == DML_DSGD_SSP ? 1
@@ -309,7 +309,7 @@ static void dead_worker_round(dml_dataset *train, dml_dsgd_mode mode, int remote
 		}
 		a[i] = (wk_arg){0};
 		a[i].ps = h[i];
-		assert_int_equal(dml_dataset_shard(train, i, W, &a[i].shard), 0);
+		assert_int_equal(dml_dataset_new_shard(&a[i].shard, train, i, W), 0);
 		a[i].o = (dml_dsgd_opts){.worker = i, .mode = mode, .epochs = 3, .batch = 16,
 		                         .steps_per_epoch = (NTRAIN / W + 15) / 16,
 		                         .clock_timeout = 20000, .on_epoch = die_after_one};
@@ -326,12 +326,12 @@ static void dead_worker_round(dml_dataset *train, dml_dsgd_mode mode, int remote
 	assert_int_equal(a[1].st.epochs, 3);
 	for (int i = 0; remote && i < W; i++) {
 		dml_ps_free(h[i]);
-		dml_rpc_client_free(c[i]);
+		dml_rpc_free(c[i]);
 	}
 	if (remote)
 		fixture_stop(&f);
 	dml_ps_free(store);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 }
 
 /* BSP, SSP and ASP, on a local store and over RPC: the others finish. */
@@ -431,16 +431,16 @@ static void *restart_worker(void *p)
 	if (!a->rc)
 		a->rc = dml_ps_connect(&ps, &c, 1, &ro);
 	if (!a->rc)
-		a->rc = dml_model_softmax(&m, F, K, 0);
+		a->rc = dml_model_init_softmax(&m, F, K, 0);
 	if (!a->rc) {
 		dml_dsgd_opts o = {.worker = a->w, .mode = DML_DSGD_SSP, .epochs = 6, .batch = 16,
 		                   .steps_per_epoch = (NTRAIN / 2 + 15) / 16, .clock_timeout = 20000,
 		                   .reconnect_timeout = 20000, .on_epoch = post_epoch, .user = a};
-		a->rc = dml_dsgd_worker(ps, &m, a->shard, &o, &a->st);
+		a->rc = dml_dsgd_run(ps, &m, a->shard, &a->st, &o);
 	}
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_ps_free(ps);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	return NULL;
 }
 
@@ -449,7 +449,7 @@ static void test_store_restart(void **state)
 	(void)state;
 	dml_dataset *train = blobs(NTRAIN, 1), *test = blobs(NTEST, 2);
 	dml_model m;
-	assert_int_equal(dml_model_softmax(&m, F, K, 0), 0);
+	assert_int_equal(dml_model_init_softmax(&m, F, K, 0), 0);
 	char dir[] = "/tmp/dml_restart_XXXXXX", path[128], addr[64];
 	assert_non_null(mkdtemp(dir));
 	snprintf(path, sizeof path, "%s/store.ckpt", dir);
@@ -470,7 +470,7 @@ static void test_store_restart(void **state)
 	restart_arg a[2];
 	for (int i = 0; i < 2; i++) {
 		a[i] = (restart_arg){addr, NULL, i, 0, {0}, &epoch1};
-		assert_int_equal(dml_dataset_shard(train, i, 2, &a[i].shard), 0);
+		assert_int_equal(dml_dataset_new_shard(&a[i].shard, train, i, 2), 0);
 		assert_int_equal(pthread_create(&t[i], NULL, restart_worker, &a[i]), 0);
 	}
 	sem_wait(&epoch1); /* mid-run: kill the store, restart it from its checkpoint */
@@ -495,14 +495,14 @@ static void test_store_restart(void **state)
 	assert_true(accuracy(&m, w, test) > 0.95);
 	free(w);
 	dml_ps_free(ps);
-	dml_rpc_client_free(c);
+	dml_rpc_free(c);
 	kill(pid, SIGKILL);
 	waitpid(pid, &status, 0);
 	sem_destroy(&epoch1);
 	char cmd[200];
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	assert_int_equal(system(cmd), 0);
-	dml_model_free(&m);
+	dml_model_destroy(&m);
 	dml_dataset_free(train);
 	dml_dataset_free(test);
 }

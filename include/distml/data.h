@@ -13,6 +13,7 @@
  */
 #ifndef DISTML_DATA_H
 #define DISTML_DATA_H
+/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 
@@ -32,7 +33,8 @@ typedef struct dml_dataset dml_dataset;
  * A view of rows [start, start + n) of a data set, for minibatches. Every
  * pointer points into the data set: valid until the data set is changed
  * (shuffle, scaling, label mapping, to_dense) or freed. Exactly one of `x`
- * (dense) and `indptr` (sparse) is non-NULL.
+ * (dense) and `indptr` (sparse) is non-NULL. Frozen for the life of the
+ * soname (docs/abi.md): hosts build batches for their own models.
  */
 typedef struct dml_batch {
 	size_t n;                /* rows in the batch */
@@ -44,9 +46,15 @@ typedef struct dml_batch {
 	const float *y;          /* n labels (class index 0..k-1 stored as float for classification, or a real target) */
 } dml_batch;
 
+/* The defaults of the loader options (what 0 means), and limits. */
+#define DML_DATA_DEFAULT_MAX_BYTES ((uint64_t)4 << 30) /* 4 GiB */
+#define DML_DATA_DEFAULT_MAX_LINE ((size_t)1 << 20)    /* 1 MiB */
+#define DML_DATA_MAX_CLASSES ((size_t)1 << 24) /* floats hold integers exactly */
+
 /*
  * Options for the loaders; zero-initialised means the defaults. Fields that
- * apply to one format only are ignored by the other.
+ * apply to one format only are ignored by the other. May grow at its end
+ * (docs/abi.md).
  */
 typedef struct dml_data_opts {
 	/* Upper bound on the memory the loaded arrays may take, in bytes
@@ -79,12 +87,13 @@ typedef struct dml_data_opts {
 
 /*
  * Loaders. Both read plain or gzip-compressed files (detected from the
- * content, so "train.svm.gz" and "train.svm" both work). On success *out
- * owns a new data set; on failure *out is untouched, nothing leaks, and
- * `err` (may be NULL; `errcap` bytes, always NUL-terminated when errcap > 0)
- * says what was wrong and where: the file as named, then the line (LIBSVM)
- * or the byte offset in the uncompressed content (IDX), e.g.
- * "train.svm:17: index 0 is not 1-based". Returns:
+ * content, so "train.svm.gz" and "train.svm" both work). `opts` may be
+ * NULL (defaults) and is only read during the call. On success *out owns a
+ * new data set; on failure *out is untouched, nothing leaks, and the error
+ * detail (dml_error_detail) says what was wrong and where: the file as
+ * named, then the line (LIBSVM) or the byte offset in the uncompressed
+ * content (IDX), e.g. "train.svm:17: index 0 is not 1-based"; bytes quoted
+ * from the file are escaped. Returns:
  *   DML_EINVAL  bad arguments or options
  *   DML_EIO     a file cannot be opened or read
  *   DML_EFORMAT malformed content (also corrupt gzip data)
@@ -94,6 +103,7 @@ typedef struct dml_data_opts {
  *               is longer than opts->max_line
  *   DML_EDIM    the IDX images and labels files disagree on the count
  *   DML_ENOMEM  out of memory
+ *   DML_EVERSION the caller's struct layout is newer than the library's
  * Memory grows with the data actually read, never on a header's word alone.
  * Thread-safe (no shared state).
  */
@@ -110,10 +120,11 @@ typedef struct dml_data_opts {
  * NULL: every label is 0 and classes is 0. Trailing bytes after the data are
  * an error.
  */
-DML_API int dml_dataset_load_idx(dml_dataset **out, const char *images_path,
-                                 const char *labels_path,
-                                 const dml_data_opts *opts, char *err,
-                                 size_t errcap);
+DML_API int dml_dataset_new_idx_abi(dml_dataset **out, const char *images_path,
+                                    const char *labels_path,
+                                    const dml_data_opts *opts, int abi);
+#define dml_dataset_new_idx(out, images, labels, opts)                         \
+	dml_dataset_new_idx_abi((out), (images), (labels), (opts), DML_ABI)
 
 /*
  * LIBSVM / SVMlight text: one row per line, "label idx:val idx:val ...".
@@ -128,9 +139,10 @@ DML_API int dml_dataset_load_idx(dml_dataset **out, const char *images_path,
  * read with strtof, so LC_NUMERIC must use '.' (as the default C locale
  * does).
  */
-DML_API int dml_dataset_load_libsvm(dml_dataset **out, const char *path,
-                                    const dml_data_opts *opts, char *err,
-                                    size_t errcap);
+DML_API int dml_dataset_new_libsvm_abi(dml_dataset **out, const char *path,
+                                       const dml_data_opts *opts, int abi);
+#define dml_dataset_new_libsvm(out, path, opts)                                \
+	dml_dataset_new_libsvm_abi((out), (path), (opts), DML_ABI)
 
 /*
  * In-memory data sets. Both copy their inputs (the caller keeps its arrays).
@@ -190,25 +202,22 @@ DML_API int dml_dataset_batch(const dml_dataset *ds, size_t start,
 DML_API int dml_dataset_shuffle(dml_dataset *ds, uint64_t seed);
 
 /*
- * Shard `i` of `n` (0 <= i < n): rows [start, start + count) where the n
- * shards are contiguous, in order, cover every row exactly once and differ
- * in size by at most 1 (the first n_rows % n shards have one more row).
- * dml_shard_range only computes the range (DML_EINVAL for bad i, n).
- * dml_dataset_shard returns a COPY of those rows in *out (an independent data
- * set, with the labels' class information; free it with dml_dataset_free;
- * the original may be changed or freed). DML_EINVAL, DML_ENOMEM.
+ * Shard `i` of `n` (0 <= i < n): the rows dml_shard_range (distml/common.h)
+ * gives for i of n: contiguous, in order, every row exactly once, sizes
+ * differing by at most 1; with more shards than rows, the last ones are
+ * empty. *out receives a COPY of those rows (an independent data set, with
+ * the labels' class information; free it with dml_dataset_free; the
+ * original may be changed or freed). DML_EINVAL, DML_ENOMEM.
  * Thread-safe (reads `ds` only).
  */
-DML_API int dml_shard_range(size_t rows, int i, int n, size_t *start,
-                            size_t *count);
-DML_API int dml_dataset_shard(const dml_dataset *ds, int i, int n,
-                              dml_dataset **out);
+DML_API int dml_dataset_new_shard(dml_dataset **out, const dml_dataset *ds,
+                                  int i, int n);
 
 /* A copy of rows [start, start + count) clipped to n, as an independent data
  * set in *out (for a validation split, say). DML_EINVAL if start > n,
  * DML_ENOMEM. Thread-safe (reads `ds` only). */
-DML_API int dml_dataset_slice(const dml_dataset *ds, size_t start,
-                              size_t count, dml_dataset **out);
+DML_API int dml_dataset_new_slice(dml_dataset **out, const dml_dataset *ds,
+                                  size_t start, size_t count);
 
 /* Converts a sparse data set to dense storage in place (no-op if dense).
  * DML_ETOOBIG if n*dim floats overflow the address space, DML_ENOMEM; the
@@ -260,8 +269,8 @@ typedef struct dml_scaler dml_scaler;
 
 /* Fits a scaler of `kind` to `ds`; *out owns it (dml_scaler_free).
  * DML_EINVAL, DML_ENOMEM. Thread-safe (reads `ds` only). */
-DML_API int dml_scaler_fit(const dml_dataset *ds, dml_scale_kind kind,
-                           dml_scaler **out);
+DML_API int dml_scaler_new_fit(dml_scaler **out, const dml_dataset *ds,
+                               dml_scale_kind kind);
 /* A scaler from saved parameters: `dim` offsets and scales (copied; finite,
  * else DML_EINVAL). DML_ENOMEM. */
 DML_API int dml_scaler_new(dml_scaler **out, size_t dim, const float *offset,
@@ -276,6 +285,32 @@ DML_API void dml_scaler_params(const dml_scaler *sc, size_t *dim,
                                const float **offset, const float **scale);
 /* Frees `sc` (NULL is fine). */
 DML_API void dml_scaler_free(dml_scaler *sc);
+
+/* ------------------------------------------------------------------ */
+/* Deprecated in 0.2 (kept for one release; docs/api.md)              */
+/* ------------------------------------------------------------------ */
+#ifndef DML_NO_DEPRECATED
+/* The loaders with their own message buffer (`err`, `errcap` bytes, may be
+ * NULL): the same text as the error detail. */
+DML_DEPRECATED("dml_dataset_new_idx (the message is the error detail)")
+DML_API int dml_dataset_load_idx(dml_dataset **out, const char *images_path,
+                                 const char *labels_path,
+                                 const dml_data_opts *opts, char *err,
+                                 size_t errcap);
+DML_DEPRECATED("dml_dataset_new_libsvm (the message is the error detail)")
+DML_API int dml_dataset_load_libsvm(dml_dataset **out, const char *path,
+                                    const dml_data_opts *opts, char *err,
+                                    size_t errcap);
+DML_DEPRECATED("dml_dataset_new_shard (out first)")
+DML_API int dml_dataset_shard(const dml_dataset *ds, int i, int n,
+                              dml_dataset **out);
+DML_DEPRECATED("dml_dataset_new_slice (out first)")
+DML_API int dml_dataset_slice(const dml_dataset *ds, size_t start,
+                              size_t count, dml_dataset **out);
+DML_DEPRECATED("dml_scaler_new_fit (out first)")
+DML_API int dml_scaler_fit(const dml_dataset *ds, dml_scale_kind kind,
+                           dml_scaler **out);
+#endif
 
 #ifdef __cplusplus
 }

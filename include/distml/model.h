@@ -15,6 +15,7 @@
  */
 #ifndef DISTML_MODEL_H
 #define DISTML_MODEL_H
+/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 #include "data.h"
@@ -44,7 +45,13 @@ typedef enum dml_model_task {
  *   predict    out[i] for each row of b (see dml_model_task)
  *   destroy    frees self (may be NULL)
  * Callbacks return 0 or a negative DML_E* (e.g. DML_EDIM when
- * b->dim != features, DML_EINVAL for a label out of range).
+ * b->dim != features, DML_EINVAL for a label out of range); they may set
+ * the error detail with what went wrong.
+ *
+ * The struct is the caller's (on its stack, say): the built-in models fill
+ * it with dml_model_init_*, and dml_model_destroy frees what they keep in
+ * `self`. It may grow at its end (docs/abi.md): the functions below read
+ * and fill only the caller's layout.
  */
 typedef struct dml_model {
 	size_t dim;
@@ -59,27 +66,61 @@ typedef struct dml_model {
 	void (*destroy)(void *self);
 } dml_model;
 
-/* Built-in models. `l2` >= 0 adds l2/2 * |w|^2 (bias excluded) to the
- * loss. Parameters: a weight per feature (per class for softmax, stored
- * class-major: w[c * features + j]) then the bias(es). Zero-initialised
- * parameters for the linear models. On success *m owns its instance
- * (dml_model_free). DML_EINVAL, DML_ENOMEM. */
-DML_API int dml_model_linreg(dml_model *m, size_t features, float l2);
-DML_API int dml_model_logreg(dml_model *m, size_t features, float l2);
-DML_API int dml_model_softmax(dml_model *m, size_t features, int classes,
-                              float l2);
-DML_API int dml_model_svm(dml_model *m, size_t features, float l2);
+/* Built-in models, filled into the caller's *m. `l2` >= 0 adds
+ * l2/2 * |w|^2 (bias excluded) to the loss. Parameters: a weight per
+ * feature (per class for softmax, stored class-major: w[c * features + j])
+ * then the bias(es). Zero-initialised parameters for the linear models. On
+ * success m->self holds the instance's memory until dml_model_destroy; on
+ * failure *m is untouched. DML_EINVAL, DML_ENOMEM, DML_EVERSION (DML_ABI).
+ * Thread-safe. */
+DML_API int dml_model_init_linreg_abi(dml_model *m, size_t features, float l2,
+                                      int abi);
+DML_API int dml_model_init_logreg_abi(dml_model *m, size_t features, float l2,
+                                      int abi);
+DML_API int dml_model_init_softmax_abi(dml_model *m, size_t features,
+                                       int classes, float l2, int abi);
+DML_API int dml_model_init_svm_abi(dml_model *m, size_t features, float l2,
+                                   int abi);
+#define dml_model_init_linreg(m, features, l2)                                 \
+	dml_model_init_linreg_abi((m), (features), (l2), DML_ABI)
+#define dml_model_init_logreg(m, features, l2)                                 \
+	dml_model_init_logreg_abi((m), (features), (l2), DML_ABI)
+#define dml_model_init_softmax(m, features, classes, l2)                       \
+	dml_model_init_softmax_abi((m), (features), (classes), (l2), DML_ABI)
+#define dml_model_init_svm(m, features, l2)                                    \
+	dml_model_init_svm_abi((m), (features), (l2), DML_ABI)
 
-/* Calls m->destroy and zeroes *m (NULL or a zeroed model is fine). */
-DML_API void dml_model_free(dml_model *m);
+/* Calls m->destroy(m->self) and zeroes self and destroy, so a second call
+ * does nothing (NULL or a zeroed model is fine). Reads and writes only
+ * those two fields, which every layout has. */
+DML_API void dml_model_destroy(dml_model *m);
 
 /* Mean loss (as loss_grad computes it, regularisation included) and, for
  * classifiers, accuracy of parameters w over the whole data set, in
- * batches. *loss and *accuracy may be NULL. Uses m's scratch: one thread
- * at a time per model. */
-DML_API int dml_model_evaluate(const dml_model *m, const float *w,
-                               const dml_dataset *ds, double *loss,
-                               double *accuracy);
+ * batches. *loss and *accuracy may be NULL. Uses m's scratch memory, hence
+ * `m` is not const: one thread at a time per model. DML_EINVAL, DML_EDIM,
+ * the model's errors. */
+DML_API int dml_model_evaluate_abi(dml_model *m, const float *w,
+                                   const dml_dataset *ds, double *loss,
+                                   double *accuracy, int abi);
+#define dml_model_evaluate(m, w, ds, loss, accuracy)                           \
+	dml_model_evaluate_abi((m), (w), (ds), (loss), (accuracy), DML_ABI)
+
+#ifndef DML_NO_DEPRECATED
+/* Deprecated in 0.2: the models are the caller's structs, so _init and
+ * _destroy (docs/api.md). */
+DML_DEPRECATED("dml_model_init_linreg")
+DML_API int dml_model_linreg(dml_model *m, size_t features, float l2);
+DML_DEPRECATED("dml_model_init_logreg")
+DML_API int dml_model_logreg(dml_model *m, size_t features, float l2);
+DML_DEPRECATED("dml_model_init_softmax")
+DML_API int dml_model_softmax(dml_model *m, size_t features, int classes,
+                              float l2);
+DML_DEPRECATED("dml_model_init_svm")
+DML_API int dml_model_svm(dml_model *m, size_t features, float l2);
+DML_DEPRECATED("dml_model_destroy")
+DML_API void dml_model_free(dml_model *m);
+#endif
 
 #ifdef __cplusplus
 }

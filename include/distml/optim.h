@@ -9,6 +9,7 @@
  */
 #ifndef DISTML_OPTIM_H
 #define DISTML_OPTIM_H
+/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 
@@ -50,7 +51,18 @@ typedef enum dml_sched_kind {
 	DML_SCHED_COSINE = 3,
 } dml_sched_kind;
 
-/* A schedule; zero-initialised is CONST. Zero fields take the defaults. */
+/* The defaults: what 0 means in each field below. */
+#define DML_OPTIM_DEFAULT_LR 0.01f
+#define DML_OPTIM_DEFAULT_MOMENTUM 0.9f
+#define DML_OPTIM_DEFAULT_BETA1 0.9f
+#define DML_OPTIM_DEFAULT_BETA2 0.999f
+#define DML_OPTIM_DEFAULT_EPS 1e-8f
+#define DML_SCHED_DEFAULT_STEP_SIZE 1000
+#define DML_SCHED_DEFAULT_GAMMA 0.1f
+#define DML_SCHED_DEFAULT_T0 1.0f
+
+/* A schedule; zero-initialised is CONST. Zero fields take the defaults.
+ * Nested by value in dml_optim_opts (docs/abi.md). */
 typedef struct dml_schedule {
 	dml_sched_kind kind;
 	uint64_t step_size; /* STEP: steps per decay (0 = 1000) */
@@ -61,7 +73,8 @@ typedef struct dml_schedule {
 } dml_schedule;
 
 /* Optimizer options; zero-initialised is plain SGD with lr 0.01. Because
- * zero means "default", momentum and the betas cannot be exactly 0. */
+ * zero means "default", momentum and the betas cannot be exactly 0. Nested
+ * by value in dml_ps_opts and dml_sgd_opts; may grow (docs/abi.md). */
 typedef struct dml_optim_opts {
 	dml_optim_kind kind;
 	float lr;           /* base learning rate lr0 (0 = 0.01) */
@@ -76,17 +89,21 @@ typedef struct dml_optim_opts {
 /* Checks `o` with defaults applied (NULL = defaults): known kinds; lr, l2,
  * eps, gamma, t0 and lr_min finite and >= 0; momentum and betas in [0,1);
  * a COSINE total > 0. Every field is checked, used by the kind or not.
- * 0 or DML_EINVAL. Thread-safe. */
-DML_API int dml_optim_check(const dml_optim_opts *o);
+ * 0 or DML_EINVAL (the detail names the field). Thread-safe. */
+DML_API int dml_optim_check_abi(const dml_optim_opts *o, int abi);
+#define dml_optim_check(o) dml_optim_check_abi((o), DML_ABI)
 
 /* The number of state floats per parameter that `o` needs (NULL = defaults):
  * 0, 1 or 2, or DML_EINVAL for an unknown kind. Thread-safe. */
-DML_API int dml_optim_state_floats(const dml_optim_opts *o);
+DML_API int dml_optim_state_floats_abi(const dml_optim_opts *o, int abi);
+#define dml_optim_state_floats(o) dml_optim_state_floats_abi((o), DML_ABI)
 
 /* The learning rate of `o`'s schedule after `t` steps (defaults applied;
  * NULL = defaults). `o` should pass dml_optim_check; a COSINE total of 0
- * gives lr_min. Thread-safe. */
-DML_API float dml_schedule_lr(const dml_optim_opts *o, uint64_t t);
+ * gives lr_min; a layout level this library does not know gives NaN.
+ * Thread-safe. */
+DML_API float dml_schedule_lr_abi(const dml_optim_opts *o, uint64_t t, int abi);
+#define dml_schedule_lr(o, t) dml_schedule_lr_abi((o), (t), DML_ABI)
 
 /* An optimizer for a vector of `dim` parameters: the options plus the state
  * and the step count. Opaque. */
@@ -94,10 +111,11 @@ typedef struct dml_optim dml_optim;
 
 /* Creates an optimizer for `dim` (>= 1) parameters, its state zeroed; `o` is
  * copied (NULL = defaults). *out owns it (dml_optim_free); on failure *out
- * is not written. DML_EINVAL (also when dml_optim_check fails), DML_ENOMEM.
- * Thread-safe. */
-DML_API int dml_optim_new(dml_optim **out, const dml_optim_opts *o,
-                          size_t dim);
+ * is not written. DML_EINVAL (also when dml_optim_check fails), DML_ENOMEM,
+ * DML_EVERSION (DML_ABI). Thread-safe. */
+DML_API int dml_optim_new_dim_abi(dml_optim **out, size_t dim,
+                                  const dml_optim_opts *o, int abi);
+#define dml_optim_new_dim(out, dim, o) dml_optim_new_dim_abi((out), (dim), (o), DML_ABI)
 
 /* One step on all `dim` parameters: w (dim floats, updated in place) with the
  * gradient g (dim floats, only read; must not overlap w), at the learning
@@ -135,6 +153,13 @@ DML_API void dml_optim_reset(dml_optim *opt);
 
 /* Frees `opt` (NULL is fine). */
 DML_API void dml_optim_free(dml_optim *opt);
+
+#ifndef DML_NO_DEPRECATED
+/* Deprecated in 0.2: dml_optim_new_dim, with the options last. */
+DML_DEPRECATED("dml_optim_new_dim (dim, then options)")
+DML_API int dml_optim_new(dml_optim **out, const dml_optim_opts *o,
+                          size_t dim);
+#endif
 
 #ifdef __cplusplus
 }

@@ -21,6 +21,7 @@
  */
 #ifndef DISTML_PS_H
 #define DISTML_PS_H
+/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 #include "optim.h"
@@ -35,7 +36,20 @@ typedef struct dml_ps dml_ps;
 /* Staleness bound meaning "no bound" (asynchronous). */
 #define DML_PS_ASYNC (-1)
 
-/* Options of a local store; zero-initialised means defaults. */
+/* The defaults of the options below (what 0 means in each). */
+#define DML_PS_DEFAULT_WORKER_TIMEOUT DML_INFINITE /* never drop a worker */
+#define DML_PS_DEFAULT_CLOCK_TIMEOUT DML_INFINITE  /* dml_ps_advance's DML_DEFAULT */
+#define DML_PS_DEFAULT_TIMEOUT ((dml_duration)30000) /* remote: per call, 30 s */
+#define DML_PS_DEFAULT_RETRIES 1                   /* remote: resends of a lost push */
+#define DML_PS_DEFAULT_RETRY_TIMEOUT ((dml_duration)0) /* remote: no resends beyond */
+#define DML_PS_NO_RETRIES (-1)                     /* retries: none at all */
+/* Limits. */
+#define DML_PS_MAX_DIM ((size_t)1 << 40)  /* parameters in one local store */
+#define DML_PS_MAX_WORKERS 1000000        /* workers with clocks */
+#define DML_PS_MAX_SHARDS 64              /* servers behind one remote handle */
+
+/* Options of a local store; zero-initialised means defaults. May grow at
+ * its end (docs/abi.md). */
 typedef struct dml_ps_opts {
 	const float *init;    /* dim initial values (copied); NULL = zeros */
 	size_t stripes;       /* lock stripes (0 = one per 64 Ki parameters,
@@ -47,12 +61,19 @@ typedef struct dml_ps_opts {
 	dml_duration worker_timeout; /* a worker whose clock has not moved for
 	                         this long while others wait for it is dropped
 	                         from the bound (it rejoins at its next clock
-	                         call); 0 = never */
+	                         call); 0 = DML_INFINITE: never */
+	dml_duration clock_timeout; /* what dml_ps_advance's DML_DEFAULT means
+	                         (0 = DML_INFINITE) */
 } dml_ps_opts;
 
-/* Creates a local store of `dim` (>= 1) parameters. *out owns it
- * (dml_ps_free). DML_EINVAL (bad options), DML_ENOMEM. */
-DML_API int dml_ps_new(dml_ps **out, size_t dim, const dml_ps_opts *opts);
+/* Creates a local store of `dim` (1 .. DML_PS_MAX_DIM) parameters. `opts`
+ * may be NULL and is only read during the call (init is copied). *out owns
+ * the store (dml_ps_free); on failure *out is untouched. DML_EINVAL (the
+ * detail names the option), DML_ENOMEM, DML_EVERSION (DML_ABI).
+ * Thread-safe. */
+DML_API int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts,
+                           int abi);
+#define dml_ps_new(out, dim, opts) dml_ps_new_abi((out), (dim), (opts), DML_ABI)
 
 /* The number of parameters. Thread-safe. */
 DML_API size_t dml_ps_dim(const dml_ps *ps);
@@ -91,7 +112,8 @@ DML_API int dml_ps_assign(dml_ps *ps, const float *v);
  * the first server, which every call reaches). Thread-safe. */
 DML_API int dml_ps_updates(dml_ps *ps, uint64_t *count);
 
-/* What a clock call reports. */
+/* What a clock call reports. The library writes only the fields of the
+ * caller's layout (docs/abi.md). */
 typedef struct dml_ps_clock_info {
 	int64_t clock;  /* the worker's clock after advancing */
 	int64_t min;    /* the slowest worker's clock when the call returned */
@@ -104,15 +126,31 @@ typedef struct dml_ps_clock_info {
  * then the call waits until the slowest worker's clock is at least
  * (w's clock - staleness): staleness 0 is bulk-synchronous (a barrier),
  * s > 0 lets a worker run at most s clocks ahead, DML_PS_ASYNC never waits.
- * Waits at most `timeout` (DML_INFINITE, or ms): DML_ETIMEDOUT, the clock
- * staying advanced. `info` (may be NULL) is filled on success.
+ * `info` (may be NULL) is filled on success.
+ *
+ * `timeout`: DML_DEFAULT is the store's clock_timeout (the local store's
+ * dml_ps_opts or the remote handle's dml_ps_remote_opts; both default to
+ * DML_INFINITE); a positive value bounds the wait: DML_ETIMEDOUT then
+ * leaves the clock advanced. 0 does not wait: a local store advances the
+ * clock only if the call need not wait, and otherwise returns DML_ETIMEDOUT
+ * with nothing changed; a remote one sends nothing and returns
+ * DML_ETIMEDOUT.
+ *
  * DML_EINVAL if the store has no clocks or w is out of range. Remote: the
  * first server keeps the clocks; the wait holds no server thread; a call
  * that times out leaves its clock advanced on the server.
  * Thread-safe.
  */
-DML_API int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
-                         dml_ps_clock_info *info);
+DML_API int dml_ps_advance_abi(dml_ps *ps, int worker, dml_ps_clock_info *info,
+                               dml_duration timeout, int abi);
+#define dml_ps_advance(ps, worker, info, timeout)                              \
+	dml_ps_advance_abi((ps), (worker), (info), (timeout), DML_ABI)
+
+/* The store's clock settings: the number of workers with clocks (0: none)
+ * and the staleness bound (DML_PS_ASYNC: none); either pointer may be
+ * NULL. A remote handle reports what its first server said when it
+ * connected. Thread-safe. */
+DML_API int dml_ps_clocks(dml_ps *ps, int *workers, int *staleness);
 
 /* The clock of `worker` and the slowest clock. Thread-safe. */
 DML_API int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock,
@@ -145,39 +183,58 @@ DML_API int dml_ps_load(dml_ps *ps, const char *path);
  */
 DML_API int dml_ps_serve(dml_ps *ps, dml_rpc_server *server);
 
-/* Options of a remote handle; zero-initialised means defaults. */
+/* Options of a remote handle; zero-initialised means defaults. May grow at
+ * its end (docs/abi.md). */
 typedef struct dml_ps_remote_opts {
-	dml_duration timeout; /* per call (0 = 30 s) */
+	dml_duration timeout; /* per call (0 = 30 s; DML_INFINITE = none) */
 	int retries;          /* resends of a push whose reply was lost (timed
-	                         out or connection lost; 0 = 1, negative =
-	                         none); the server applies a push once */
+	                         out or connection lost; 0 = 1,
+	                         DML_PS_NO_RETRIES = none); the server applies
+	                         a push once */
 	dml_duration retry_timeout; /* beyond `retries`, keep resending a lost
 	                         push for this long, waiting 10 ms doubling to
-	                         1 s between attempts (0 = no): with clients
-	                         dialled with `reconnect`, pushes ride out a
-	                         server restart */
+	                         1 s between attempts (0 = none beyond;
+	                         DML_INFINITE = for ever): with clients dialled
+	                         with `reconnect`, pushes ride out a server
+	                         restart */
+	dml_duration clock_timeout; /* what dml_ps_advance's DML_DEFAULT means
+	                         (0 = DML_INFINITE) */
 } dml_ps_remote_opts;
 
 /*
- * A remote store over `n` (1..64) dialled clients, one per server, in key
- * order: server i holds the range [sum of the dims before it, + its dim),
- * as dml_ps_shard_range cuts it (ps-lite's range partition). A push or
- * pull goes to every shard at once. The clients are borrowed: they must
- * outlive the handle; free the handle first. Asks each server for its
- * dimension: DML_ECONNLOST, DML_ETIMEDOUT, DML_ENOMETHOD (not a store).
+ * A remote store over `n` (1 .. DML_PS_MAX_SHARDS) dialled clients, one
+ * per server, in key order: server i holds the range [sum of the dims
+ * before it, + its dim), as dml_shard_range cuts it (ps-lite's range
+ * partition). A push or pull goes to every shard at once. The clients are
+ * borrowed: they must outlive the handle; free the handle first. `opts`
+ * may be NULL and is only read during the call. Asks each server for its
+ * dimension: DML_ECONNLOST, DML_ETIMEDOUT, DML_ENOMETHOD (not a store),
+ * and the detail names the shard. On failure *out is untouched.
+ * Thread-safe.
  */
-DML_API int dml_ps_connect(dml_ps **out, dml_rpc_client *const *clients,
-                           int n, const dml_ps_remote_opts *opts);
-
-/* The range of shard i of n for a vector of `dim` parameters: contiguous,
- * sizes differing by at most one. DML_EINVAL. Thread-safe. */
-DML_API int dml_ps_shard_range(size_t dim, int n, int i, size_t *off,
-                               size_t *len);
+DML_API int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients,
+                               int n, const dml_ps_remote_opts *opts, int abi);
+#define dml_ps_connect(out, clients, n, opts)                                  \
+	dml_ps_connect_abi((out), (clients), (n), (opts), DML_ABI)
 
 /* Frees a store or handle (NULL is fine). No call may be running on it;
  * a served store must be freed after its server (calls still waiting in
  * its clocks then see their connection close: DML_ECONNLOST). */
 DML_API void dml_ps_free(dml_ps *ps);
+
+/* ------------------------------------------------------------------ */
+/* Deprecated in 0.2 (kept for one release; docs/api.md)              */
+/* ------------------------------------------------------------------ */
+#ifndef DML_NO_DEPRECATED
+/* dml_ps_advance with the info before the timeout. */
+DML_DEPRECATED("dml_ps_advance (info, then timeout)")
+DML_API int dml_ps_clock(dml_ps *ps, int worker, dml_duration timeout,
+                         dml_ps_clock_info *info);
+/* Shard i of n of dim parameters, with n before i; n > dim is DML_EINVAL. */
+DML_DEPRECATED("dml_shard_range (i, then n)")
+DML_API int dml_ps_shard_range(size_t dim, int n, int i, size_t *off,
+                               size_t *len);
+#endif
 
 #ifdef __cplusplus
 }

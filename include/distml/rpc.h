@@ -15,12 +15,23 @@
  * number. Whichever waiting thread is free reads the socket for everyone, so
  * the client starts no thread either.
  *
+ * Names: dml_rpc_<verb> acts on a client (dial, call, start, flush, close,
+ * free), dml_rpc_server_<verb> on a server, dml_rpc_pending_<verb> on a
+ * started call, dml_rpc_ctx_<verb> on a handler's context and
+ * dml_rpc_deferred_<verb> on a deferred reply (docs/api.md).
+ *
  * Errors: DML_ENOMETHOD (unknown method), DML_EHANDLER (the handler failed;
- * its message is available), DML_ETIMEDOUT, DML_ECONNLOST, DML_ECLOSED,
- * DML_ETOOBIG (frame over the limit), DML_EPROTO (malformed frame/message).
+ * its message is the error detail), DML_ETIMEDOUT, DML_ECONNLOST,
+ * DML_ECLOSED, DML_ETOOBIG (frame over the limit), DML_EPROTO (malformed
+ * frame/message), DML_EVERSION (the peer speaks another protocol version).
+ * A failed call's detail (dml_error_detail, distml/common.h) says what the
+ * peer said or what went wrong, escaped.
+ *
+ * Part of libdistml. Included by <distml.h>; include that instead.
  */
 #ifndef DISTML_RPC_H
 #define DISTML_RPC_H
+/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "codec.h"
 #include "common.h"
@@ -29,17 +40,30 @@
 extern "C" {
 #endif
 
-/* Default limits (each configurable in the options below). */
+/* The defaults of the options below (what 0 means in each). */
 #define DML_RPC_DEFAULT_MAX_FRAME ((size_t)64 << 20) /* 64 MiB */
 #define DML_RPC_DEFAULT_MAX_CONNS 4096
 #define DML_RPC_DEFAULT_MAX_IN_FLIGHT 65536 /* calls pending on one client */
 #define DML_RPC_DEFAULT_MAX_DEFERRED 1024   /* deferred replies owed per connection */
+#define DML_RPC_DEFAULT_FRAME_TIMEOUT ((dml_duration)30000)  /* 30 s */
+#define DML_RPC_DEFAULT_WRITE_TIMEOUT ((dml_duration)30000)  /* 30 s */
+#define DML_RPC_DEFAULT_IDLE_TIMEOUT ((dml_duration)600000)  /* 10 min */
+#define DML_RPC_DEFAULT_DIAL_TIMEOUT ((dml_duration)10000)   /* 10 s */
+#define DML_RPC_DEFAULT_CALL_TIMEOUT DML_INFINITE
+#define DML_RPC_DEFAULT_BACKOFF_MIN ((dml_duration)50)       /* ms */
+#define DML_RPC_DEFAULT_BACKOFF_MAX ((dml_duration)5000)     /* ms */
+/* Limits. */
+#define DML_RPC_MIN_FRAME 64                /* smallest max_frame accepted */
 #define DML_RPC_MAX_SPIN_US 10000          /* largest spin_us accepted */
 #define DML_RPC_MAX_METHOD 255   /* longest method name, bytes */
-#define DML_RPC_ERRMSG_MAX 256   /* longest error message kept, with NUL */
+#define DML_RPC_ERRMSG_MAX DML_ERRMSG_MAX /* longest error message kept, with NUL */
+/* The wire protocol this library speaks (docs/protocol.md, section 11). */
+#define DML_RPC_PROTOCOL 1
 
 /* A method: name, argument type and reply type. NULL types mean "no
- * fields". Plain constant data, shared by servers and clients. */
+ * fields". Plain constant data, shared by servers and clients; frozen for
+ * the life of the soname (docs/abi.md). Names beginning "RPC." belong to
+ * the library (RPC.Hello, docs/protocol.md). */
 typedef struct dml_rpc_method {
 	const char *name;
 	const dml_type *args;
@@ -53,7 +77,8 @@ typedef struct dml_rpc_method {
 typedef struct dml_rpc_server dml_rpc_server;
 typedef struct dml_rpc_ctx dml_rpc_ctx;
 
-/* Server options; zero-initialised means defaults. */
+/* Server options; zero-initialised means defaults (each field's 0 is the
+ * DML_RPC_DEFAULT_* of its name). May grow at its end (docs/abi.md). */
 typedef struct dml_rpc_server_opts {
 	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB;
 	                     64 B .. 4 GiB - 1, else DML_EINVAL */
@@ -71,8 +96,8 @@ typedef struct dml_rpc_server_opts {
 	                               deferred reply owed for this long
 	                               (0 = 10 min) */
 	int max_deferred;           /* deferred replies owed on one connection;
-	                               beyond it dml_rpc_defer returns DML_EBUSY
-	                               (0 = 1024) */
+	                               beyond it dml_rpc_deferred_new returns
+	                               DML_EBUSY (0 = 1024) */
 	int spin_us;                /* a dml_rpc_server_run thread that found
 	                               work polls for more for up to this many
 	                               microseconds before it sleeps; one thread
@@ -84,7 +109,7 @@ typedef struct dml_rpc_server_opts {
  * A handler. `args` points at a decoded argument struct (its views are valid
  * until the handler returns); `reply` at a zeroed reply struct to fill.
  * Return 0 for success or a negative code; to send a message with the error,
- * `return dml_rpc_errorf(ctx, "divide by zero");`. The reply's memory is
+ * `return dml_rpc_ctx_errorf(ctx, "divide by zero");`. The reply's memory is
  * only read, and is encoded after the handler returns.
  * Handlers may run concurrently in several threads (one per thread running
  * the server), but never two at once for one connection.
@@ -92,15 +117,20 @@ typedef struct dml_rpc_server_opts {
 typedef int (*dml_rpc_handler)(dml_rpc_ctx *ctx, const void *args, void *reply,
                                void *user);
 
-/* Creates a server. `opts` may be NULL. On success *out owns the server
- * (free with dml_rpc_server_free). DML_EINVAL, DML_ENOMEM, DML_ESYS. */
-DML_API int dml_rpc_server_new(dml_rpc_server **out,
-                               const dml_rpc_server_opts *opts);
+/* Creates a server. `opts` may be NULL (all defaults) and is only read
+ * during the call. On success *out owns the server (free with
+ * dml_rpc_server_free); on failure *out is untouched. DML_EINVAL (the
+ * detail names the option), DML_ENOMEM, DML_ESYS, DML_EVERSION (see
+ * DML_ABI). Thread-safe. */
+DML_API int dml_rpc_server_new_abi(dml_rpc_server **out,
+                                   const dml_rpc_server_opts *opts, int abi);
+#define dml_rpc_server_new(out, opts)                                          \
+	dml_rpc_server_new_abi((out), (opts), DML_ABI)
 
-/* Registers `h` for method `m` (name 1..255 bytes). `m` and its types must
- * outlive the server; `user` is passed to the handler. DML_EEXIST if the name
- * is taken, DML_EINVAL for a bad type. Not thread-safe: register before
- * any thread runs the server. */
+/* Registers `h` for method `m` (name 1..255 bytes, not beginning "RPC.").
+ * `m` and its types must outlive the server; `user` is passed to the
+ * handler. DML_EEXIST if the name is taken, DML_EINVAL for a bad type or
+ * name. Not thread-safe: register before any thread runs the server. */
 DML_API int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
                                     dml_rpc_handler h, void *user);
 
@@ -130,9 +160,10 @@ DML_API int dml_rpc_server_run(dml_rpc_server *s);
 
 /*
  * One step for a host's own event loop: waits up to `timeout` (0 = not at
- * all) for activity, handles what is ready and returns the number of events
- * handled (>= 0), DML_ESTOPPED after a stop, or a negative error.
- * Thread-safe, like dml_rpc_server_run.
+ * all, DML_INFINITE = until there is work; a server has no default wait,
+ * so DML_DEFAULT is DML_EINVAL) for activity, handles what is ready and
+ * returns the number of events handled (>= 0), DML_ESTOPPED after a stop,
+ * or a negative error. Thread-safe, like dml_rpc_server_run.
  */
 DML_API int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout);
 
@@ -161,10 +192,11 @@ DML_API int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
                                 void (*fn)(void *arg), void *arg);
 
 /* Sets the message sent with a handler's error and returns DML_EHANDLER,
- * so a handler can `return dml_rpc_errorf(ctx, "...")`. The message is
- * truncated to DML_RPC_ERRMSG_MAX - 1 bytes. */
-DML_API int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+ * so a handler can `return dml_rpc_ctx_errorf(ctx, "...")`. The message is
+ * truncated to DML_RPC_ERRMSG_MAX - 1 bytes; the client escapes it. Call
+ * only from the handler, with its ctx. */
+DML_API int dml_rpc_ctx_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
+	DML_PRINTF(2, 3);
 
 /* A number identifying the connection a request came in on, unique for the
  * server's lifetime. */
@@ -172,20 +204,22 @@ DML_API uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx);
 
 /*
  * Deferred replies, for a handler that cannot answer yet (a long poll, a
- * barrier): the handler calls dml_rpc_defer, returns (its return value and
- * reply struct are then ignored), and the server goes on serving this and
- * every other connection. Later any thread, e.g. another handler, sends the
- * reply with dml_rpc_deferred_reply. Replies on one connection may thus
- * come out of request order; clients match them by sequence number.
+ * barrier): the handler calls dml_rpc_deferred_new, returns (its return
+ * value and reply struct are then ignored), and the server goes on serving
+ * this and every other connection. Later any thread, e.g. another handler,
+ * sends the reply with dml_rpc_deferred_reply. Replies on one connection
+ * may thus come out of request order; clients match them by sequence
+ * number.
  */
 typedef struct dml_rpc_deferred dml_rpc_deferred;
 
-/* Takes over the reply of the current request. *out is owned by the caller
- * until passed to dml_rpc_deferred_reply, exactly once (also after the
- * server is freed: the reply is then dropped). DML_EINVAL (already
- * deferred), DML_EBUSY (max_deferred owed on this connection: return an
- * error instead), DML_ENOMEM. Call only from the handler, with its ctx. */
-DML_API int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out);
+/* Takes over the reply of the current request of `ctx`. *out is owned by
+ * the caller until passed to dml_rpc_deferred_reply, exactly once (also
+ * after the server is freed: the reply is then dropped). DML_EINVAL
+ * (already deferred), DML_EBUSY (max_deferred owed on this connection:
+ * return an error instead), DML_ENOMEM. Call only from the handler, with
+ * its ctx. */
+DML_API int dml_rpc_deferred_new(dml_rpc_deferred **out, dml_rpc_ctx *ctx);
 
 /* Sends the deferred reply and frees `d`: with err == 0, `reply` (a struct
  * of the method's reply type, only read during the call); else an error
@@ -205,10 +239,12 @@ DML_API int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err,
 typedef struct dml_rpc_client dml_rpc_client;
 typedef struct dml_rpc_pending dml_rpc_pending;
 
-/* Client options; zero-initialised means defaults. */
+/* Client options; zero-initialised means defaults (each field's 0 is the
+ * DML_RPC_DEFAULT_* of its name). May grow at its end (docs/abi.md). */
 typedef struct dml_rpc_client_opts {
-	dml_duration dial_timeout; /* 0 = 10 s; negative = no limit */
-	dml_duration call_timeout; /* used for DML_DEFAULT; 0 = DML_INFINITE */
+	dml_duration dial_timeout; /* 0 = 10 s; DML_INFINITE = no limit */
+	dml_duration call_timeout; /* what a call's DML_DEFAULT means;
+	                              0 = DML_INFINITE */
 	size_t max_frame;          /* largest request sent or reply accepted;
 	                              0 = 64 MiB; 64 B .. 4 GiB - 1 */
 	dml_codec codec;
@@ -217,7 +253,7 @@ typedef struct dml_rpc_client_opts {
 	dml_duration backoff_min;  /* first wait between dial attempts (0 = 50 ms) */
 	dml_duration backoff_max;  /* longest wait, doubling up to it (0 = 5 s) */
 	int max_in_flight;         /* calls pending at once; beyond it
-	                              dml_rpc_go returns DML_EBUSY (0 = 65536) */
+	                              dml_rpc_start returns DML_EBUSY (0 = 65536) */
 	int spin_us;               /* a thread waiting for replies polls the
 	                              socket for up to this many microseconds
 	                              before it sleeps (0 = never; at most
@@ -226,27 +262,32 @@ typedef struct dml_rpc_client_opts {
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
- * On success *out owns the client (free with dml_rpc_client_free).
- * DML_EADDR, DML_ECONNREFUSED, DML_ETIMEDOUT, DML_ENOMEM, DML_ESYS.
+ * `opts` may be NULL (all defaults) and is only read during the call.
+ * On success *out owns the client (free with dml_rpc_free); on failure
+ * *out is untouched. DML_EADDR, DML_ECONNREFUSED, DML_ETIMEDOUT,
+ * DML_ENOMEM, DML_ESYS, DML_EINVAL (bad options), DML_EVERSION (DML_ABI).
+ * Thread-safe.
  *
  * When the connection is lost, every pending call fails with DML_ECONNLOST,
  * and so does every new call: at once, never hanging. With opts.reconnect,
- * a new call (dml_rpc_go / dml_rpc_call) first dials the same address again,
+ * a new call (dml_rpc_start / dml_rpc_call) first dials the same address again,
  * within the call's deadline and at most once per backoff period (which
  * doubles from backoff_min to backoff_max while dialling fails, and resets
  * on success); between attempts calls fail fast with DML_ECONNLOST. There
  * is no background thread: reconnecting happens in the calling thread.
  * Calls are not resent automatically: whether a lost call ran is unknown,
  * so only the caller can tell whether it may be repeated. */
-DML_API int dml_rpc_dial(dml_rpc_client **out, const char *addr,
-                         const dml_rpc_client_opts *opts);
+DML_API int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
+                             const dml_rpc_client_opts *opts, int abi);
+#define dml_rpc_dial(out, addr, opts) dml_rpc_dial_abi((out), (addr), (opts), DML_ABI)
 
 /*
- * Calls `m` and waits for its reply, at most `timeout` (or DML_DEFAULT,
- * DML_INFINITE). `args` is only read. Reply fields of variable length must
+ * Calls `m` and waits for its reply, at most `timeout` (DML_DEFAULT: the
+ * client's call_timeout; DML_INFINITE; 0: sends nothing and returns
+ * DML_ETIMEDOUT). `args` is only read. Reply fields of variable length must
  * have caller buffers (`data` and `cap` set; see dml_str), else DML_EINVAL;
  * large arrays are received straight into them. On DML_EHANDLER or
- * DML_ENOMETHOD the message is available from dml_rpc_client_errmsg.
+ * DML_ENOMETHOD the peer's message is the error detail (dml_error_detail).
  * A timeout while waiting for the reply leaves the connection usable (the
  * late reply is discarded); a timeout while the request is still being
  * written (the peer does not read) breaks the connection, since a partial
@@ -258,52 +299,90 @@ DML_API int dml_rpc_call(dml_rpc_client *c, const dml_rpc_method *m,
                          const void *args, void *reply, dml_duration timeout);
 
 /*
- * Starts a call without waiting and stores its handle in *out. The request
- * is queued and written no later than the next dml_rpc_wait, dml_rpc_call or
- * dml_rpc_flush on this client (requests carrying an array, string or blob
- * of 64 KiB or more are written, without copying it, before dml_rpc_go
- * returns), so many calls started in a row share writes. `args` is only read, and not after dml_rpc_go returns.
- * `reply` must stay valid until dml_rpc_wait returns or the call is freed;
- * views in it (fields with data == NULL) point into the handle and live until
- * dml_rpc_pending_free. The deadline, `timeout` from now, bounds dml_rpc_wait.
- * Thread-safe.
+ * Starts a call without waiting and stores its handle in *out (Go's
+ * client.Go). The request is queued and written no later than the next
+ * dml_rpc_pending_wait, dml_rpc_call or dml_rpc_flush on this client
+ * (requests carrying an array, string or blob of 64 KiB or more are
+ * written, without copying it, before dml_rpc_start returns), so many calls
+ * started in a row share writes. `args` is only read, and not after
+ * dml_rpc_start returns. `reply` must stay valid until dml_rpc_pending_wait
+ * returns or the call is freed; views in it (fields with data == NULL)
+ * point into the handle and live until dml_rpc_pending_free. The deadline,
+ * `timeout` from now (DML_DEFAULT: the client's call_timeout), bounds
+ * dml_rpc_pending_wait; a timeout of 0 starts nothing and returns
+ * DML_ETIMEDOUT. On failure *out is untouched. Thread-safe.
  */
-DML_API int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m,
-                       const void *args, void *reply, dml_duration timeout,
-                       dml_rpc_pending **out);
+DML_API int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
+                          const dml_rpc_method *m, const void *args,
+                          void *reply, dml_duration timeout);
 
-/* Writes every queued request now (before `timeout`; if that passes with a
- * request half written, the connection breaks as for dml_rpc_call).
- * Thread-safe. */
+/* Writes every queued request now, within `timeout` (DML_DEFAULT: the
+ * client's call_timeout; if it passes with a request half written, the
+ * connection breaks as for dml_rpc_call; 0 writes nothing and gives
+ * DML_ETIMEDOUT when requests are queued). Thread-safe. */
 DML_API int dml_rpc_flush(dml_rpc_client *c, dml_duration timeout);
 
 /* Writes queued requests (unless this call is finished or expired), then
  * waits for a started call until its reply arrives or its deadline passes,
  * and returns its result (0 or an error; a passed deadline abandons the
- * call: DML_ETIMEDOUT). Calling it again returns the same result.
- * Thread-safe for distinct calls; one thread per call handle. */
-DML_API int dml_rpc_wait(dml_rpc_pending *call);
+ * call: DML_ETIMEDOUT). Calling it again returns the same result, and sets
+ * the thread's error detail to the call's message again. Thread-safe for
+ * distinct calls; one thread per call handle. */
+DML_API int dml_rpc_pending_wait(dml_rpc_pending *call);
 
-/* The error message of a finished call (handler message, unknown method...),
- * or "" if none. Owned by the call handle. */
+/* The error message of a finished call (the peer's message, escaped, or
+ * what went wrong), or "" if none: the same text dml_rpc_pending_wait left
+ * as the error detail, kept with the call for later or for another thread.
+ * Owned by the call handle, valid until dml_rpc_pending_free. */
 DML_API const char *dml_rpc_pending_errmsg(const dml_rpc_pending *call);
 
 /* Releases a call handle; a call still pending is abandoned (its reply is
  * discarded and `reply` is not written afterwards). NULL is ignored. */
 DML_API void dml_rpc_pending_free(dml_rpc_pending *call);
 
-/* Copies the last error message seen by a dml_rpc_call on this client into
- * `buf` (cap bytes, NUL-terminated). With several threads, use dml_rpc_go and
- * dml_rpc_pending_errmsg for per-call messages. Thread-safe. */
-DML_API void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap);
-
 /* Shuts the connection down: every pending call fails with DML_ECLOSED, and
  * so does every later call. The handle stays valid. Thread-safe, idempotent. */
-DML_API void dml_rpc_client_close(dml_rpc_client *c);
+DML_API void dml_rpc_close(dml_rpc_client *c);
 
 /* Closes (as above) and frees the client. Every call handle must have been
  * freed, and no other thread may use the client. NULL is ignored. */
+DML_API void dml_rpc_free(dml_rpc_client *c);
+
+/*
+ * Asks the server whether it serves method `name`, with the built-in
+ * RPC.Hello call (docs/protocol.md, section 11): 1 if it does, 0 if not, or
+ * a negative error. A server older than protocol negotiation (libdistml
+ * 0.1) answers DML_EVERSION. For a client that needs a method newer
+ * servers added, before it relies on it. `timeout` as for dml_rpc_call.
+ * Thread-safe.
+ */
+DML_API int dml_rpc_has_method(dml_rpc_client *c, const char *name,
+                               dml_duration timeout);
+
+/* ------------------------------------------------------------------ */
+/* Deprecated in 0.2 (kept for one release; docs/api.md)              */
+/* ------------------------------------------------------------------ */
+#ifndef DML_NO_DEPRECATED
+DML_DEPRECATED("dml_rpc_ctx_errorf")
+DML_API int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
+	DML_PRINTF(2, 3);
+DML_DEPRECATED("dml_rpc_deferred_new (out first)")
+DML_API int dml_rpc_defer(dml_rpc_ctx *ctx, dml_rpc_deferred **out);
+DML_DEPRECATED("dml_rpc_start (out first)")
+DML_API int dml_rpc_go(dml_rpc_client *c, const dml_rpc_method *m,
+                       const void *args, void *reply, dml_duration timeout,
+                       dml_rpc_pending **out);
+DML_DEPRECATED("dml_rpc_pending_wait")
+DML_API int dml_rpc_wait(dml_rpc_pending *call);
+/* The last message seen by a dml_rpc_call on this client, whichever thread
+ * made it: use dml_error_detail, which is the calling thread's. */
+DML_DEPRECATED("dml_error_detail")
+DML_API void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap);
+DML_DEPRECATED("dml_rpc_close")
+DML_API void dml_rpc_client_close(dml_rpc_client *c);
+DML_DEPRECATED("dml_rpc_free")
 DML_API void dml_rpc_client_free(dml_rpc_client *c);
+#endif
 
 #ifdef __cplusplus
 }

@@ -2,13 +2,14 @@
  * distml/train.h - training loops: single-process minibatch SGD, and the
  * distributed worker loop around a parameter store (local or remote).
  *
- * Neither starts threads: the host runs dml_sgd_train, or one
- * dml_dsgd_worker per worker, in threads or processes of its own.
+ * Neither starts threads: the host runs dml_sgd_run, or one dml_dsgd_run
+ * per worker, in threads or processes of its own.
  *
  * Part of libdistml. Included by <distml.h>; include that instead.
  */
 #ifndef DISTML_TRAIN_H
 #define DISTML_TRAIN_H
+/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 #include "data.h"
@@ -20,9 +21,15 @@
 extern "C" {
 #endif
 
-/* What an epoch callback is told. */
+/* The defaults of the options below (what 0 means). */
+#define DML_TRAIN_DEFAULT_EPOCHS 10
+#define DML_TRAIN_DEFAULT_BATCH 64
+#define DML_DSGD_DEFAULT_RECONNECT_TIMEOUT ((dml_duration)0) /* give up at once */
+
+/* What an epoch callback is told. The library's struct, valid during the
+ * call; a host built with an older header reads the fields it knows. */
 typedef struct dml_epoch_info {
-	int worker;         /* dml_dsgd_worker: its id; dml_sgd_train: 0 */
+	int worker;         /* dml_dsgd_run: its id; dml_sgd_run: 0 */
 	int epoch;          /* 1, 2, ... */
 	double loss;        /* mean minibatch loss over the epoch */
 	uint64_t samples;   /* rows processed in this epoch */
@@ -35,7 +42,8 @@ typedef struct dml_epoch_info {
 typedef int (*dml_epoch_fn)(void *user, const dml_epoch_info *info,
                             const float *w);
 
-/* Statistics of a training run. */
+/* Statistics of a training run. The library writes only the fields of the
+ * caller's layout (docs/abi.md). */
 typedef struct dml_train_stats {
 	uint64_t steps;       /* minibatches */
 	uint64_t samples;     /* rows */
@@ -49,7 +57,8 @@ typedef struct dml_train_stats {
 	uint64_t retries;     /* DSGD: store calls repeated after a lost connection */
 } dml_train_stats;
 
-/* Options of dml_sgd_train; zero-initialised means defaults. */
+/* Options of dml_sgd_run; zero-initialised means defaults. May grow at its
+ * end (docs/abi.md). */
 typedef struct dml_sgd_opts {
 	int epochs;           /* 0 = 10 */
 	size_t batch;         /* rows per minibatch; 0 = 64 */
@@ -64,39 +73,49 @@ typedef struct dml_sgd_opts {
 /*
  * Minibatch SGD on one thread: for each epoch, shuffles `train` in place
  * (unless no_shuffle), then one optimizer step per minibatch on w (m->dim
- * floats, initial parameters in, trained parameters out). `st` may be NULL.
+ * floats, initial parameters in, trained parameters out). `st` may be NULL;
+ * it is filled also on failure, with what was done. `opts` may be NULL.
  * Errors from the model (DML_EDIM, DML_EINVAL) end training with w as it
- * is; DML_ENOMEM. Not thread-safe on the same model or data set.
+ * is, and the detail says at which epoch and step; DML_ENOMEM. Not
+ * thread-safe on the same model or data set.
  */
-DML_API int dml_sgd_train(const dml_model *m, dml_dataset *train, float *w,
-                          const dml_sgd_opts *o, dml_train_stats *st);
+DML_API int dml_sgd_run_abi(dml_model *m, dml_dataset *train, float *w,
+                            dml_train_stats *st, const dml_sgd_opts *opts,
+                            int abi);
+#define dml_sgd_run(m, train, w, st, opts)                                     \
+	dml_sgd_run_abi((m), (train), (w), (st), (opts), DML_ABI)
 
-/* Consistency model of a DSGD worker; it must match the store's clocks
- * (dml_ps_opts.staleness): BSP with 0, SSP with s > 0, ASP with none. */
+/* Consistency model of a DSGD worker. It must match the store's clocks
+ * (dml_ps_opts.workers and .staleness): AUTO takes them from the store. */
 typedef enum dml_dsgd_mode {
-	DML_DSGD_ASP = 0, /* never waits; no clock calls */
-	DML_DSGD_BSP = 1, /* a barrier after every step */
-	DML_DSGD_SSP = 2, /* at most s steps ahead of the slowest worker */
+	DML_DSGD_AUTO = 0, /* the store's: BSP with staleness 0, SSP with
+	                      s > 0, ASP with DML_PS_ASYNC or no clocks */
+	DML_DSGD_ASP = 1,  /* never waits; no clock calls */
+	DML_DSGD_BSP = 2,  /* a barrier after every step */
+	DML_DSGD_SSP = 3,  /* at most s steps ahead of the slowest worker */
 } dml_dsgd_mode;
 
-/* Options of dml_dsgd_worker; zero-initialised means defaults. */
+/* Options of dml_dsgd_run; zero-initialised means defaults. May grow at its
+ * end (docs/abi.md). */
 typedef struct dml_dsgd_opts {
 	int worker;           /* this worker's id, 0 .. workers-1 */
-	dml_dsgd_mode mode;
+	dml_dsgd_mode mode;   /* 0 = DML_DSGD_AUTO */
 	int epochs;           /* 0 = 10 */
 	size_t batch;         /* 0 = 64 */
 	size_t steps_per_epoch; /* 0 = ceil(shard rows / batch); give every
 	                         worker the same number under BSP and SSP */
 	uint64_t seed;        /* shuffle seed (0 = worker id + 1) */
 	int no_shuffle;
-	dml_duration clock_timeout; /* longest wait per clock (0 = infinite) */
+	dml_duration clock_timeout; /* longest wait per clock (0 = the store's
+	                         clock_timeout, as dml_ps_advance's DML_DEFAULT;
+	                         DML_INFINITE = no limit) */
 	dml_duration reconnect_timeout; /* when a pull or clock call fails with
 	                         DML_ECONNLOST, repeat it (waiting 10 ms, doubling
 	                         to 1 s, between attempts) for up to this long:
 	                         with RPC clients dialled with `reconnect`, and a
 	                         remote handle with retry_timeout for the pushes,
 	                         the worker rides out a store server's restart.
-	                         0 = give up at once */
+	                         0 = give up at once; DML_INFINITE = never */
 	dml_epoch_fn on_epoch;
 	void *user;
 } dml_dsgd_opts;
@@ -106,15 +125,38 @@ typedef struct dml_dsgd_opts {
  * compute the gradient of the next minibatch of `shard`, push it (the
  * store's optimizer applies it), and, under BSP/SSP, advance this worker's
  * clock and wait as the store's bound says }. `shard` is this worker's part
- * of the data (dml_dataset_shard), shuffled in place each epoch. `st` may
- * be NULL. Errors from the store (e.g. DML_ECONNLOST, DML_ETIMEDOUT for a
- * clock wait) or the model end the loop and are returned, with `st` filled
- * so far. Thread-safe with respect to other workers on the same store;
- * `m` and `shard` belong to this worker.
+ * of the data (dml_dataset_new_shard), shuffled in place each epoch. `st`
+ * may be NULL; `opts` may be NULL.
+ *
+ * Before the first step it checks the worker against the store: a mode
+ * other than the store's clocks allow (ASP beside a BSP store would hold
+ * every other worker at its first barrier for ever), a worker id the
+ * store has no clock for, or a model of another dimension is DML_EINVAL
+ * (DML_EDIM) at once, with the detail saying why.
+ *
+ * Errors from the store (e.g. DML_ECONNLOST, DML_ETIMEDOUT for a clock
+ * wait) or the model end the loop and are returned, with `st` filled so
+ * far and the detail naming the epoch, the step and the call. Thread-safe
+ * with respect to other workers on the same store; `m` and `shard` belong
+ * to this worker.
  */
+DML_API int dml_dsgd_run_abi(dml_ps *ps, dml_model *m, dml_dataset *shard,
+                             dml_train_stats *st, const dml_dsgd_opts *opts,
+                             int abi);
+#define dml_dsgd_run(ps, m, shard, st, opts)                                   \
+	dml_dsgd_run_abi((ps), (m), (shard), (st), (opts), DML_ABI)
+
+#ifndef DML_NO_DEPRECATED
+/* Deprecated in 0.2: dml_sgd_run and dml_dsgd_run, with the statistics
+ * before the options. */
+DML_DEPRECATED("dml_sgd_run (stats, then options)")
+DML_API int dml_sgd_train(const dml_model *m, dml_dataset *train, float *w,
+                          const dml_sgd_opts *o, dml_train_stats *st);
+DML_DEPRECATED("dml_dsgd_run (stats, then options)")
 DML_API int dml_dsgd_worker(dml_ps *ps, const dml_model *m,
                             dml_dataset *shard, const dml_dsgd_opts *o,
                             dml_train_stats *st);
+#endif
 
 #ifdef __cplusplus
 }

@@ -240,16 +240,16 @@ static int same(const msg *a, const msg *b)
 static uint8_t *encode(const msg *x, size_t *len)
 {
 	size_t need = 12345;
-	int rc = dml_encode(x->t, x->m, NULL, 0, &need);
+	int rc = dml_type_encode(x->t, x->m, NULL, 0, &need);
 	FZ_CHECK(need ? rc == DML_ETOOBIG : rc == 0);
 	uint8_t *out = malloc(need ? need : 1);
 	FZ_CHECK(out);
 	if (need) {
 		size_t got = 0;
-		FZ_CHECK(dml_encode(x->t, x->m, out, need - 1, &got) == DML_ETOOBIG);
+		FZ_CHECK(dml_type_encode(x->t, x->m, out, need - 1, &got) == DML_ETOOBIG);
 		FZ_CHECK(got == need);
 	}
-	FZ_CHECK(dml_encode(x->t, x->m, out, need, len) == 0);
+	FZ_CHECK(dml_type_encode(x->t, x->m, out, need, len) == 0);
 	FZ_CHECK(*len == need);
 	return out;
 }
@@ -311,7 +311,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	msg a;
 	msg_init(&a, t, mask, caps);
-	int rc = dml_decode(t, a.m, buf, len);
+	int rc = dml_type_decode(t, buf, len, a.m);
 	FZ_CHECK(rc == 0 || rc == DML_EPROTO || rc == DML_ETYPE ||
 	         rc == DML_ETOOBIG);
 	int canonical = 0;
@@ -321,7 +321,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		uint8_t *enc1 = encode(&a, &len1);
 		msg b;
 		msg_init(&b, t, 0, caps);
-		FZ_CHECK(dml_decode(t, b.m, enc1, len1) == 0);
+		FZ_CHECK(dml_type_decode(t, enc1, len1, b.m) == 0);
 		check_decoded(&b, enc1, len1);
 		FZ_CHECK(same(&a, &b));
 		uint8_t *enc2 = encode(&b, &len2);

@@ -148,7 +148,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const uint64_t max_bytes[4] = {0, 1 << 10, 1 << 16, 1 << 24};
-	static const size_t errcaps[4] = {0, 1, 24, 256};
 	fz in = {data, size};
 	uint8_t flags = fz_u8(&in), classes = fz_u8(&in), opt = fz_u8(&in);
 	int level = fz_u8(&in) % 10;
@@ -186,14 +185,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	o.raw_pixels = flags >> 5 & 1;
 	o.remap_labels = flags >> 6 & 1;
 	o.classes = flags >> 7 ? classes : 0;
-	size_t errcap = errcaps[opt >> 2 & 3];
-	char *err = errcap ? malloc(errcap) : NULL;
-	if (err)
-		memset(err, 'x', errcap);
 	dml_dataset *ds = (dml_dataset *)(uintptr_t)0x1;
-	int rc = dml_dataset_load_idx(&ds, images.path,
-	                              have_labels ? labels.path : NULL, &o, err,
-	                              errcap);
+	int rc = dml_dataset_new_idx(&ds, images.path,
+	                              have_labels ? labels.path : NULL, &o);
 	if (o.remap_labels && o.classes) {
 		FZ_CHECK(rc == DML_EINVAL);
 	} else if (rc == 0) {
@@ -208,14 +202,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_CHECK(rc == DML_EFORMAT || rc == DML_ETRUNC ||
 		         rc == DML_ETOOBIG || rc == DML_EDIM);
 		FZ_CHECK(ds == (dml_dataset *)(uintptr_t)0x1);
-		fz_check_err(err, errcap, rc);
+		fz_check_detail(rc);
 		/* intact files that are valid load, unless too large */
 		if ((flags & 3) <= 1 && (!have_labels || (flags >> 3 & 3) <= 1) &&
 		    rc != DML_ETOOBIG)
 			FZ_CHECK(!idx_valid(img, ilen, lab, llen,
 			                    have_labels, o.classes));
 	}
-	free(err);
 	free(img);
 	free(lab);
 	return 0;

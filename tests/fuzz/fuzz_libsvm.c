@@ -229,7 +229,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const uint64_t max_bytes[4] = {0, 1 << 10, 1 << 16, 1 << 24};
-	static const size_t errcaps[4] = {0, 1, 24, 256};
 	fz in = {data, size};
 	uint8_t flags = fz_u8(&in), opt = fz_u8(&in), dim = fz_u8(&in);
 	uint8_t classes = fz_u8(&in);
@@ -261,17 +260,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * limit (4 GiB) is for real data sets, not for a fuzzer's memory */
 	if (o.dense && !o.max_bytes)
 		o.max_bytes = 1 << 26;
-	size_t errcap = errcaps[opt >> 2 & 3];
-	char *err = errcap ? malloc(errcap) : NULL;
-	if (err)
-		memset(err, 'x', errcap);
 
 	dml_dataset *ds = (dml_dataset *)(uintptr_t)0x1;
-	int rc = dml_dataset_load_libsvm(&ds, file.path, &o, err, errcap);
+	int rc = dml_dataset_new_libsvm(&ds, file.path, &o);
 	if (o.remap_labels && o.classes) {
 		FZ_CHECK(rc == DML_EINVAL);
-		free(err);
-		free(body);
+			free(body);
 		return 0;
 	}
 	ref r;
@@ -290,12 +284,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_CHECK(rc == DML_EFORMAT || rc == DML_ETRUNC ||
 		         rc == DML_ETOOBIG);
 		FZ_CHECK(ds == (dml_dataset *)(uintptr_t)0x1);
-		fz_check_err(err, errcap, rc);
+		fz_check_detail(rc);
 		if (how <= 1 && rc != DML_ETOOBIG)
 			FZ_CHECK(ok != 1);
 	}
 	ref_free(&r);
-	free(err);
 	free(body);
 	return 0;
 }

@@ -203,16 +203,17 @@ static inline uint8_t *fz_encode_file(int how, const uint8_t *p, size_t n,
 	return z;
 }
 
-/* A fully checked `err` of `cap` bytes after a failed load: NUL-terminated
- * inside its buffer, and saying something when there is room. */
-static inline void fz_check_err(const char *err, size_t cap, int rc)
+/* The error detail after a failed load: NUL-terminated within
+ * DML_ERRMSG_MAX, saying something, and printable (input bytes escaped). */
+static inline void fz_check_detail(int rc)
 {
-	if (!cap)
-		return;
-	size_t n = strnlen(err, cap);
-	FZ_CHECK(n < cap);
-	if (cap > 1 && rc != DML_ENOMEM)
+	const char *d = dml_error_detail();
+	size_t n = strnlen(d, DML_ERRMSG_MAX);
+	FZ_CHECK(n < DML_ERRMSG_MAX);
+	if (rc != DML_ENOMEM)
 		FZ_CHECK(n > 0);
+	for (size_t i = 0; i < n; i++) /* bytes from the file are escaped */
+		FZ_CHECK(d[i] >= 0x20 && d[i] < 0x7f);
 }
 
 /*
@@ -263,12 +264,12 @@ static inline void fz_check_dataset(dml_dataset *ds)
 	if ((uint64_t)n * (dim + 1) > (1u << 16))
 		return;
 	dml_dataset *s = NULL;
-	FZ_CHECK(dml_dataset_slice(ds, n / 3, n, &s) == 0);
+	FZ_CHECK(dml_dataset_new_slice(&s, ds, n / 3, n) == 0);
 	FZ_CHECK(dml_dataset_rows(s) == n - n / 3 && dml_dataset_dim(s) == dim);
 	FZ_CHECK(dml_dataset_shuffle(s, n) == 0);
 	dml_dataset_free(s);
 	s = NULL;
-	FZ_CHECK(dml_dataset_shard(ds, 1, 2, &s) == 0);
+	FZ_CHECK(dml_dataset_new_shard(&s, ds, 1, 2) == 0);
 	FZ_CHECK(dml_dataset_rows(s) == n / 2);
 	int rc = dml_dataset_to_dense(s);
 	FZ_CHECK(rc == 0 || rc == DML_ETOOBIG || rc == DML_ENOMEM);

@@ -1,0 +1,92 @@
+/* time.c - the monotonic clocks, deadlines, the duration rules of common.h
+ * and the backoff between attempts. */
+#include "internal.h"
+
+#include <errno.h>
+#include <time.h>
+
+int64_t dml__now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The coarse clock: a few ms of resolution (the timer tick), which
+ * timeouts in ms do not notice, for no TSC read: it is read several times
+ * per RPC call. */
+int64_t dml__now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Deadlines are taken from the coarse clock (no TSC read: cheap on every
+ * call), rounded up so that they never come before the precise clock's. */
+int64_t dml__deadline(dml_duration timeout)
+{
+	if (timeout < 0)
+		return -1;
+	struct timespec ts, res;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	clock_getres(CLOCK_MONOTONIC_COARSE, &res);
+	return (int64_t)ts.tv_sec * 1000 + (ts.tv_nsec + res.tv_nsec) / 1000000 +
+	       1 + timeout;
+}
+
+int dml__remaining_ms(int64_t deadline)
+{
+	if (deadline < 0)
+		return -1;
+	int64_t left = deadline - dml__now_ms();
+	if (left <= 0)
+		return 0;
+	return left > 1000000000 ? 1000000000 : (int)left;
+}
+
+int dml__opt_duration(dml_duration *v, dml_duration def)
+{
+	if (*v == 0)
+		*v = def;
+	else if (*v < 0 && *v != DML_INFINITE)
+		return dml__fail(DML_EINVAL, "duration %lld ms: an option takes 0 "
+		                 "(default), DML_INFINITE or a positive value",
+		                 (long long)*v);
+	return 0;
+}
+
+int dml__call_timeout(dml_duration t, dml_duration def, dml_duration *out)
+{
+	if (t == DML_DEFAULT)
+		t = def;
+	else if (t < 0 && t != DML_INFINITE)
+		return dml__fail(DML_EINVAL, "timeout %lld ms: a call takes "
+		                 "DML_DEFAULT, DML_INFINITE, 0 or a positive value",
+		                 (long long)t);
+	*out = t;
+	return 0;
+}
+
+void dml__backoff_init(dml__backoff *b, int64_t min_ms, int64_t max_ms)
+{
+	b->min = min_ms;
+	b->max = max_ms < min_ms ? min_ms : max_ms;
+	b->cur = min_ms;
+}
+
+int64_t dml__backoff_next(dml__backoff *b)
+{
+	int64_t d = b->cur;
+	b->cur = b->cur > b->max / 2 ? b->max : b->cur * 2;
+	return d;
+}
+
+void dml__backoff_reset(dml__backoff *b) { b->cur = b->min; }
+
+void dml__sleep_ms(int64_t ms)
+{
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
