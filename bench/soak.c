@@ -10,7 +10,7 @@
  * at each connection, wait for the calls it started on the previous visit,
  * then start WINDOW new ones (80% pushes, 20% pulls) and flush them in one
  * write. The calls are the store's wire methods (docs/ps.md) through
- * dml_rpc_go / dml_rpc_wait, since a dml_ps handle's calls are synchronous.
+ * dml_rpc_start / dml_rpc_pending_wait, since a dml_ps handle's calls are synchronous.
  *
  * Exactness. Connection c numbers its pushes 1, 2, 3, ... with its own
  * client id (op 0: add the delta). Every push adds 1 to coordinate c (a
@@ -29,7 +29,7 @@
  * sent before it on that connection (a server handles a connection's
  * requests in order, docs/rpc.md), unless a push of it was resent.
  *
- * Latency is from dml_rpc_go to the return of its dml_rpc_wait, so it
+ * Latency is from dml_rpc_start to the return of its dml_rpc_pending_wait, so it
  * includes the time the client thread spends on its other connections.
  * Resident memory (/proc/self/statm, the whole process: server and clients)
  * is read after setup, every second, and at the end.
@@ -348,7 +348,7 @@ static void visit(worker *w, conn *cn, int more)
 	for (int i = 0; i < WINDOW; i++) {
 		int rc = start_call(w, cn, &cn->s[cn->n]);
 		if (rc) {
-			note_error(w, "dml_rpc_go", rc, NULL);
+			note_error(w, "dml_rpc_start", rc, NULL);
 			if (cn->s[cn->n].kind == K_PUSH)
 				cn->dead = 1; /* its number is used: later ones would be out of order */
 			break;

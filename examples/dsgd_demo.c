@@ -2,7 +2,7 @@
  * dsgd_demo.c - the main job: distributed training over loopback RPC.
  *
  * One host thread serves a parameter store on 127.0.0.1; W worker threads
- * each dial their own RPC client and run dml_dsgd_worker on their shard of
+ * each dial their own RPC client and run dml_dsgd_run on their shard of
  * Fashion-MNIST, training multinomial softmax regression: pull the
  * parameters, compute the gradient of a minibatch, push it (the store runs
  * Adam), advance the worker's clock. A line per epoch shows loss, train and

@@ -6,7 +6,7 @@
  *   - one host thread runs an RPC server with a parameter store on it
  *     (dml_ps_serve), on 127.0.0.1 and an ephemeral port;
  *   - W worker threads each dial their own client, build their own model
- *     instance and run dml_dsgd_worker on their shard of the data;
+ *     instance and run dml_dsgd_run on their shard of the data;
  *   - worker 0 evaluates the parameters it pulled after every epoch and
  *     prints a line; evaluation time is kept out of the training time.
  *

@@ -2,7 +2,7 @@
  * mlp.h - a one-hidden-layer perceptron as a host model for libdistml:
  * in -> hidden (ReLU) -> classes (softmax, cross-entropy), L2 on the
  * weights. mlp_model() fills a dml_model with its callbacks, so anything
- * that trains a dml_model (dml_sgd_train, or DSGD as in examples/mlp.c)
+ * that trains a dml_model (dml_sgd_run, or DSGD as in examples/mlp.c)
  * trains it. Header-only: include it from one .c file per program.
  *
  * Parameters, in this order (dim = hidden*in + hidden + classes*hidden +
@@ -491,7 +491,7 @@ static void mlp_destroy(void *self)
 
 /* Fills *model with an in -> hidden -> classes perceptron with L2
  * coefficient l2 (>= 0) on the weights. *model owns the instance
- * (dml_model_free). DML_EINVAL, DML_ENOMEM. */
+ * (dml_model_destroy). DML_EINVAL, DML_ENOMEM. */
 static inline int mlp_model(dml_model *model, size_t in, size_t hidden,
                             int classes, float l2)
 {

@@ -6,7 +6,7 @@
  * Part of libdistml. Included by <distml.h>; include that instead.
  *
  * Thread safety: functions that only read a data set (the accessors,
- * dml_dataset_batch, _slice, _shard, dml_scaler_fit, ...) may run at the same
+ * dml_dataset_batch, _new_slice, _new_shard, dml_scaler_new_fit, ...) may run at the same
  * time on one data set from many threads; functions that change it (shuffle,
  * scaling, label mapping, to_dense, free) need exclusive access. Different
  * data sets are independent.

@@ -1,5 +1,5 @@
 /*
- * fuzz_codec.c - the binary codec's decoder (dml_decode, lib/codec.c) on
+ * fuzz_codec.c - the binary codec's decoder (dml_type_decode, lib/codec.c) on
  * arbitrary payloads, for several message types: every kind, scalars only,
  * strings, arrays, the protocol's worked example, an empty type and the
  * parameter store's wire messages.
@@ -189,7 +189,7 @@ static void msg_free(msg *x)
 	free(x->m);
 }
 
-/* A decoded message is what dml_decode promises. */
+/* A decoded message is what dml_type_decode promises. */
 static void check_decoded(const msg *x, const uint8_t *buf, size_t len)
 {
 	for (size_t i = 0; i < x->t->nfields; i++) {
@@ -236,7 +236,7 @@ static int same(const msg *a, const msg *b)
 }
 
 /* Encodes x into a new buffer of exactly the needed size (8-aligned, as
- * dml_encode asks), checking the size query and a buffer one byte short. */
+ * dml_type_encode asks), checking the size query and a buffer one byte short. */
 static uint8_t *encode(const msg *x, size_t *len)
 {
 	size_t need = 12345;

@@ -1,5 +1,5 @@
 /*
- * fuzz_idx.c - the IDX reader (dml_dataset_load_idx, lib/data_idx.c) on
+ * fuzz_idx.c - the IDX reader (dml_dataset_new_idx, lib/data_idx.c) on
  * arbitrary files, plain or gzip, with or without a labels file.
  *
  * Input: [flags][classes][opts][level][split u16][cut u16][body...]

@@ -1,5 +1,5 @@
 /*
- * fuzz_libsvm.c - the LIBSVM reader (dml_dataset_load_libsvm,
+ * fuzz_libsvm.c - the LIBSVM reader (dml_dataset_new_libsvm,
  * lib/data_libsvm.c) on arbitrary files, plain or gzip, under its options.
  *
  * Input: [flags][opts][dim][classes][level][cut u16][body...]
