@@ -129,6 +129,7 @@ deps:
 check: deps
 	@$(MAKE) --no-print-directory lib examples $(TESTS)
 ifndef SANITIZE
+	@sh scripts/check-api.sh
 	@sh scripts/test-install.sh $(B)
 endif
 	@sh scripts/run-tests.sh $(TESTS)

@@ -2,7 +2,8 @@
  * distml.h - libdistml, an embeddable C library for distributed machine
  * learning: RPC, a parameter store and distributed SGD.
  *
- * Include this one header; each module has its own under distml/.
+ * Include this one header; each module has its own under distml/. The API
+ * rules (names, ownership, durations, errors, ABI) are in docs/api.md.
  */
 #ifndef DISTML_H
 #define DISTML_H

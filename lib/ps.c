@@ -323,6 +323,7 @@ int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out)
 
 int dml_ps_pull(dml_ps *ps, float *out)
 {
+	dml__detail_clear();
 	return ps ? dml_ps_pull_range(ps, 0, ps->dim, out) : DML_EINVAL;
 }
 

@@ -486,6 +486,10 @@ static void test_libsvm_malformed(void **state)
 		{"1 2:\v3\n", DML_EFORMAT, ":1: bad value"},
 		{"1 2:\r 3\n", DML_EFORMAT, ":1: bad value"},
 		{"\v1 1:1\n", DML_EFORMAT, ":1: bad label"},
+		/* bytes of the file are quoted escaped */
+		{"1 1:1\n1 1:1\r2:1\n", DML_EFORMAT, ":2: bad value in '1:1\\x0d2:1'"},
+		{"\xef\xbb\xbf" "1 1:1\n", DML_EFORMAT, ":1: bad label '\\xef\\xbb\\xbf1'"},
+		{"1\\ 1:1\n", DML_EFORMAT, ":1: bad label '1\\\\'"},
 	};
 	char name[32];
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -62,6 +62,7 @@ static const dml_rpc_method m_echo = {"Test.Echo", &echo_t, &echo_t};
 static const dml_rpc_method m_sum = {"Test.Sum", &sum_args_t, &sum_reply_t};
 static const dml_rpc_method m_scale = {"Test.Scale", &scale_args_t, &scale_reply_t};
 static const dml_rpc_method m_gate = {"Test.Gate", NULL, NULL};
+static const dml_rpc_method m_ctl = {"Test.Control", NULL, NULL};
 static const dml_rpc_method m_fail = {"Test.Fail", NULL, NULL};
 static const dml_rpc_method m_nope = {"Nope.Method", NULL, NULL};
 static const dml_rpc_method m_wrong = {"Arith.Multiply", &args_type, &wrong_t};
@@ -143,6 +144,14 @@ static int h_gate(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return 0;
 }
 
+static int h_ctl(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)r;
+	(void)u;
+	return dml_rpc_ctx_errorf(ctx, "bad\r\n\x1b[31mred\\");
+}
+
 static int h_fail(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
 	(void)ctx;
@@ -165,6 +174,7 @@ static void serve(fixture *f, const char *addr, const dml_rpc_server_opts *o,
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_gate, h_gate, &the_gate), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_mixed, h_mixed, NULL), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_fail, h_fail, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_ctl, h_ctl, NULL), 0);
 	assert_int_equal(dml_rpc_server_listen(f->srv, addr), 0);
 	if (threads)
 		fixture_start(f, threads);
@@ -221,6 +231,13 @@ static void test_roundtrip_and_errors(void **state)
 	/* a later success clears it */
 	check_arith(c);
 	assert_string_equal(dml_error_detail(), "");
+	/* a peer's message is escaped: control bytes do not reach the host */
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_start(&k, c, &m_ctl, NULL, NULL, 10000), 0);
+	assert_int_equal(dml_rpc_pending_wait(k), DML_EHANDLER);
+	assert_string_equal(dml_error_detail(), "bad\\x0d\\x0a\\x1b[31mred\\\\");
+	assert_string_equal(dml_rpc_pending_errmsg(k), dml_error_detail());
+	dml_rpc_pending_free(k);
 
 	/* a reply of another type than expected */
 	Args x = {2, 3};

@@ -164,6 +164,61 @@ static void run_workers(dml_ps **ps, int nw, dml_dsgd_mode mode, dml_dataset *tr
 	}
 }
 
+/* A worker checks its mode against the store's clocks before its first
+ * step: a mismatch that would hang the other workers (an ASP worker never
+ * reaches a BSP barrier) or itself is refused at once, with the reason. */
+static void test_dsgd_mode_checked(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(64, 1);
+	dml_model m;
+	assert_int_equal(dml_model_init_softmax(&m, F, K, 0), 0);
+	dml_ps *bsp, *ssp, *none;
+	assert_int_equal(dml_ps_new(&bsp, m.dim, &(dml_ps_opts){.workers = 2}), 0);
+	assert_int_equal(dml_ps_new(&ssp, m.dim, &(dml_ps_opts){.workers = 1, .staleness = 2}), 0);
+	assert_int_equal(dml_ps_new(&none, m.dim, NULL), 0);
+	dml_train_stats st;
+	dml_dsgd_opts o = {.epochs = 1, .mode = DML_DSGD_ASP};
+	assert_int_equal(dml_dsgd_run(bsp, &m, train, &st, &o), DML_EINVAL);
+	assert_non_null(strstr(dml_error_detail(), "worker mode ASP"));
+	assert_non_null(strstr(dml_error_detail(), "BSP"));
+	assert_int_equal(st.steps, 0);
+	o.mode = DML_DSGD_SSP;
+	assert_int_equal(dml_dsgd_run(bsp, &m, train, &st, &o), DML_EINVAL);
+	o.mode = DML_DSGD_BSP;
+	assert_int_equal(dml_dsgd_run(ssp, &m, train, &st, &o), DML_EINVAL);
+	assert_int_equal(dml_dsgd_run(none, &m, train, &st, &o), DML_EINVAL);
+	assert_non_null(strstr(dml_error_detail(), "0 workers"));
+	/* a worker without a clock */
+	o.mode = DML_DSGD_AUTO;
+	o.worker = 1;
+	assert_int_equal(dml_dsgd_run(ssp, &m, train, &st, &o), DML_EINVAL);
+	assert_non_null(strstr(dml_error_detail(), "workers 0 to 0"));
+	/* AUTO (the zeroed default) takes the store's mode */
+	o.worker = 0;
+	assert_int_equal(dml_dsgd_run(ssp, &m, train, &st, &o), 0);
+	assert_int_equal(st.max_staleness, 0); /* clocked: measured */
+	assert_int_equal(dml_dsgd_run(none, &m, train, &st, NULL), 0);
+	assert_int_equal(st.max_staleness, -1); /* ASP: not measured */
+	/* a model's failure names where it happened */
+	dml_model wrong;
+	assert_int_equal(dml_model_init_softmax(&wrong, F, K, 0), 0);
+	dml_dataset *bad = blobs(64, 1);
+	float y9 = 9; /* a class the model does not have */
+	assert_int_equal(dml_dataset_set_classes(bad, 0), 0);
+	memcpy((float *)(uintptr_t)dml_dataset_labels(bad) + 5, &y9, sizeof y9);
+	assert_int_equal(dml_dsgd_run(none, &wrong, bad, &st, &(dml_dsgd_opts){.batch = 64,
+	                 .no_shuffle = 1}), DML_EINVAL);
+	assert_non_null(strstr(dml_error_detail(), "epoch 1, step 1, the model"));
+	dml_dataset_free(bad);
+	dml_model_destroy(&wrong);
+	dml_ps_free(bsp);
+	dml_ps_free(ssp);
+	dml_ps_free(none);
+	dml_model_destroy(&m);
+	dml_dataset_free(train);
+}
+
 static void test_dsgd_staleness_local(void **state)
 {
 	(void)state;
@@ -511,6 +566,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sgd_converges),
+		cmocka_unit_test(test_dsgd_mode_checked),
 		cmocka_unit_test(test_dsgd_staleness_local),
 		cmocka_unit_test(test_dsgd_remote_matches_sgd),
 		cmocka_unit_test(test_dsgd_dead_worker),

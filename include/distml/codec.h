@@ -1,6 +1,7 @@
 /*
  * distml/codec.h - typed messages: describe a C struct once, send it as RPC
  * arguments or replies.
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * A message type is a list of fields of a C struct (name, kind, offset).
  * Handlers and callers only ever see their own structs; the wire codec that
@@ -18,7 +19,6 @@
  */
 #ifndef DISTML_CODEC_H
 #define DISTML_CODEC_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -2,6 +2,7 @@
  * distml/data.h - data sets for training: IDX (MNIST / Fashion-MNIST) and
  * LIBSVM / SVMlight readers (plain or gzip), dense and sparse (CSR) rows,
  * minibatch views, feature scaling, seeded shuffling and sharding.
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * Part of libdistml. Included by <distml.h>; include that instead.
  *
@@ -13,7 +14,6 @@
  */
 #ifndef DISTML_DATA_H
 #define DISTML_DATA_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 
@@ -123,8 +123,7 @@ typedef struct dml_data_opts {
 DML_API int dml_dataset_new_idx_abi(dml_dataset **out, const char *images_path,
                                     const char *labels_path,
                                     const dml_data_opts *opts, int abi);
-#define dml_dataset_new_idx(out, images, labels, opts)                         \
-	dml_dataset_new_idx_abi((out), (images), (labels), (opts), DML_ABI)
+#define dml_dataset_new_idx(...) dml_dataset_new_idx_abi(__VA_ARGS__, DML_ABI)
 
 /*
  * LIBSVM / SVMlight text: one row per line, "label idx:val idx:val ...".
@@ -141,8 +140,7 @@ DML_API int dml_dataset_new_idx_abi(dml_dataset **out, const char *images_path,
  */
 DML_API int dml_dataset_new_libsvm_abi(dml_dataset **out, const char *path,
                                        const dml_data_opts *opts, int abi);
-#define dml_dataset_new_libsvm(out, path, opts)                                \
-	dml_dataset_new_libsvm_abi((out), (path), (opts), DML_ABI)
+#define dml_dataset_new_libsvm(...) dml_dataset_new_libsvm_abi(__VA_ARGS__, DML_ABI)
 
 /*
  * In-memory data sets. Both copy their inputs (the caller keeps its arrays).

@@ -1,6 +1,7 @@
 /*
  * distml/model.h - models: a parameter vector plus callbacks that compute
  * the loss and its gradient on a minibatch, and predictions.
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * Built-in: linear regression (squared loss), binary logistic regression,
  * multinomial softmax regression and a linear SVM (hinge loss), each with
@@ -15,7 +16,6 @@
  */
 #ifndef DISTML_MODEL_H
 #define DISTML_MODEL_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 #include "data.h"
@@ -81,14 +81,10 @@ DML_API int dml_model_init_softmax_abi(dml_model *m, size_t features,
                                        int classes, float l2, int abi);
 DML_API int dml_model_init_svm_abi(dml_model *m, size_t features, float l2,
                                    int abi);
-#define dml_model_init_linreg(m, features, l2)                                 \
-	dml_model_init_linreg_abi((m), (features), (l2), DML_ABI)
-#define dml_model_init_logreg(m, features, l2)                                 \
-	dml_model_init_logreg_abi((m), (features), (l2), DML_ABI)
-#define dml_model_init_softmax(m, features, classes, l2)                       \
-	dml_model_init_softmax_abi((m), (features), (classes), (l2), DML_ABI)
-#define dml_model_init_svm(m, features, l2)                                    \
-	dml_model_init_svm_abi((m), (features), (l2), DML_ABI)
+#define dml_model_init_linreg(...) dml_model_init_linreg_abi(__VA_ARGS__, DML_ABI)
+#define dml_model_init_logreg(...) dml_model_init_logreg_abi(__VA_ARGS__, DML_ABI)
+#define dml_model_init_softmax(...) dml_model_init_softmax_abi(__VA_ARGS__, DML_ABI)
+#define dml_model_init_svm(...) dml_model_init_svm_abi(__VA_ARGS__, DML_ABI)
 
 /* Calls m->destroy(m->self) and zeroes self and destroy, so a second call
  * does nothing (NULL or a zeroed model is fine). Reads and writes only
@@ -103,8 +99,7 @@ DML_API void dml_model_destroy(dml_model *m);
 DML_API int dml_model_evaluate_abi(dml_model *m, const float *w,
                                    const dml_dataset *ds, double *loss,
                                    double *accuracy, int abi);
-#define dml_model_evaluate(m, w, ds, loss, accuracy)                           \
-	dml_model_evaluate_abi((m), (w), (ds), (loss), (accuracy), DML_ABI)
+#define dml_model_evaluate(...) dml_model_evaluate_abi(__VA_ARGS__, DML_ABI)
 
 #ifndef DML_NO_DEPRECATED
 /* Deprecated in 0.2: the models are the caller's structs, so _init and

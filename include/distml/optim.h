@@ -1,6 +1,7 @@
 /*
  * distml/optim.h - optimizers (SGD, momentum, AdaGrad, Adam) with L2 decay,
  * and learning-rate schedules.
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * One implementation serves both the parameter store (server-side updates:
  * workers push gradients) and single-process training.
@@ -9,7 +10,6 @@
  */
 #ifndef DISTML_OPTIM_H
 #define DISTML_OPTIM_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 
@@ -91,19 +91,19 @@ typedef struct dml_optim_opts {
  * a COSINE total > 0. Every field is checked, used by the kind or not.
  * 0 or DML_EINVAL (the detail names the field). Thread-safe. */
 DML_API int dml_optim_check_abi(const dml_optim_opts *o, int abi);
-#define dml_optim_check(o) dml_optim_check_abi((o), DML_ABI)
+#define dml_optim_check(...) dml_optim_check_abi(__VA_ARGS__, DML_ABI)
 
 /* The number of state floats per parameter that `o` needs (NULL = defaults):
  * 0, 1 or 2, or DML_EINVAL for an unknown kind. Thread-safe. */
 DML_API int dml_optim_state_floats_abi(const dml_optim_opts *o, int abi);
-#define dml_optim_state_floats(o) dml_optim_state_floats_abi((o), DML_ABI)
+#define dml_optim_state_floats(...) dml_optim_state_floats_abi(__VA_ARGS__, DML_ABI)
 
 /* The learning rate of `o`'s schedule after `t` steps (defaults applied;
  * NULL = defaults). `o` should pass dml_optim_check; a COSINE total of 0
  * gives lr_min; a layout level this library does not know gives NaN.
  * Thread-safe. */
 DML_API float dml_schedule_lr_abi(const dml_optim_opts *o, uint64_t t, int abi);
-#define dml_schedule_lr(o, t) dml_schedule_lr_abi((o), (t), DML_ABI)
+#define dml_schedule_lr(...) dml_schedule_lr_abi(__VA_ARGS__, DML_ABI)
 
 /* An optimizer for a vector of `dim` parameters: the options plus the state
  * and the step count. Opaque. */
@@ -115,7 +115,7 @@ typedef struct dml_optim dml_optim;
  * DML_EVERSION (DML_ABI). Thread-safe. */
 DML_API int dml_optim_new_dim_abi(dml_optim **out, size_t dim,
                                   const dml_optim_opts *o, int abi);
-#define dml_optim_new_dim(out, dim, o) dml_optim_new_dim_abi((out), (dim), (o), DML_ABI)
+#define dml_optim_new_dim(...) dml_optim_new_dim_abi(__VA_ARGS__, DML_ABI)
 
 /* One step on all `dim` parameters: w (dim floats, updated in place) with the
  * gradient g (dim floats, only read; must not overlap w), at the learning

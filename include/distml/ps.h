@@ -1,6 +1,7 @@
 /*
  * distml/ps.h - the parameter store: a float32 vector that many threads,
  * processes or machines update at once, exactly.
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * A store is local (dml_ps_new) or remote (dml_ps_connect: a handle over
  * RPC clients to one or more servers that serve local stores with
@@ -21,7 +22,6 @@
  */
 #ifndef DISTML_PS_H
 #define DISTML_PS_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 #include "optim.h"
@@ -73,7 +73,7 @@ typedef struct dml_ps_opts {
  * Thread-safe. */
 DML_API int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts,
                            int abi);
-#define dml_ps_new(out, dim, opts) dml_ps_new_abi((out), (dim), (opts), DML_ABI)
+#define dml_ps_new(...) dml_ps_new_abi(__VA_ARGS__, DML_ABI)
 
 /* The number of parameters. Thread-safe. */
 DML_API size_t dml_ps_dim(const dml_ps *ps);
@@ -143,8 +143,7 @@ typedef struct dml_ps_clock_info {
  */
 DML_API int dml_ps_advance_abi(dml_ps *ps, int worker, dml_ps_clock_info *info,
                                dml_duration timeout, int abi);
-#define dml_ps_advance(ps, worker, info, timeout)                              \
-	dml_ps_advance_abi((ps), (worker), (info), (timeout), DML_ABI)
+#define dml_ps_advance(...) dml_ps_advance_abi(__VA_ARGS__, DML_ABI)
 
 /* The store's clock settings: the number of workers with clocks (0: none)
  * and the staleness bound (DML_PS_ASYNC: none); either pointer may be
@@ -214,8 +213,7 @@ typedef struct dml_ps_remote_opts {
  */
 DML_API int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients,
                                int n, const dml_ps_remote_opts *opts, int abi);
-#define dml_ps_connect(out, clients, n, opts)                                  \
-	dml_ps_connect_abi((out), (clients), (n), (opts), DML_ABI)
+#define dml_ps_connect(...) dml_ps_connect_abi(__VA_ARGS__, DML_ABI)
 
 /* Frees a store or handle (NULL is fine). No call may be running on it;
  * a served store must be freed after its server (calls still waiting in

@@ -1,5 +1,6 @@
 /*
  * distml/rpc.h - RPC in the style of Go's net/rpc.
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * A method is a name plus an argument type and a reply type (distml/codec.h).
  * The same dml_rpc_method value serves the server, which registers a handler
@@ -31,7 +32,6 @@
  */
 #ifndef DISTML_RPC_H
 #define DISTML_RPC_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "codec.h"
 #include "common.h"
@@ -124,8 +124,7 @@ typedef int (*dml_rpc_handler)(dml_rpc_ctx *ctx, const void *args, void *reply,
  * DML_ABI). Thread-safe. */
 DML_API int dml_rpc_server_new_abi(dml_rpc_server **out,
                                    const dml_rpc_server_opts *opts, int abi);
-#define dml_rpc_server_new(out, opts)                                          \
-	dml_rpc_server_new_abi((out), (opts), DML_ABI)
+#define dml_rpc_server_new(...) dml_rpc_server_new_abi(__VA_ARGS__, DML_ABI)
 
 /* Registers `h` for method `m` (name 1..255 bytes, not beginning "RPC.").
  * `m` and its types must outlive the server; `user` is passed to the
@@ -279,7 +278,7 @@ typedef struct dml_rpc_client_opts {
  * so only the caller can tell whether it may be repeated. */
 DML_API int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
                              const dml_rpc_client_opts *opts, int abi);
-#define dml_rpc_dial(out, addr, opts) dml_rpc_dial_abi((out), (addr), (opts), DML_ABI)
+#define dml_rpc_dial(...) dml_rpc_dial_abi(__VA_ARGS__, DML_ABI)
 
 /*
  * Calls `m` and waits for its reply, at most `timeout` (DML_DEFAULT: the

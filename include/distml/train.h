@@ -1,6 +1,7 @@
 /*
  * distml/train.h - training loops: single-process minibatch SGD, and the
  * distributed worker loop around a parameter store (local or remote).
+ * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * Neither starts threads: the host runs dml_sgd_run, or one dml_dsgd_run
  * per worker, in threads or processes of its own.
@@ -9,7 +10,6 @@
  */
 #ifndef DISTML_TRAIN_H
 #define DISTML_TRAIN_H
-/* API rules (names, ownership, durations, errors, ABI): docs/api.md. */
 
 #include "common.h"
 #include "data.h"
@@ -82,8 +82,7 @@ typedef struct dml_sgd_opts {
 DML_API int dml_sgd_run_abi(dml_model *m, dml_dataset *train, float *w,
                             dml_train_stats *st, const dml_sgd_opts *opts,
                             int abi);
-#define dml_sgd_run(m, train, w, st, opts)                                     \
-	dml_sgd_run_abi((m), (train), (w), (st), (opts), DML_ABI)
+#define dml_sgd_run(...) dml_sgd_run_abi(__VA_ARGS__, DML_ABI)
 
 /* Consistency model of a DSGD worker. It must match the store's clocks
  * (dml_ps_opts.workers and .staleness): AUTO takes them from the store. */
@@ -143,8 +142,7 @@ typedef struct dml_dsgd_opts {
 DML_API int dml_dsgd_run_abi(dml_ps *ps, dml_model *m, dml_dataset *shard,
                              dml_train_stats *st, const dml_dsgd_opts *opts,
                              int abi);
-#define dml_dsgd_run(ps, m, shard, st, opts)                                   \
-	dml_dsgd_run_abi((ps), (m), (shard), (st), (opts), DML_ABI)
+#define dml_dsgd_run(...) dml_dsgd_run_abi(__VA_ARGS__, DML_ABI)
 
 #ifndef DML_NO_DEPRECATED
 /* Deprecated in 0.2: dml_sgd_run and dml_dsgd_run, with the statistics
