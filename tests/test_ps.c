@@ -54,7 +54,9 @@ static uint64_t rng_next(uint64_t *s)
 
 /* ---- local: exact under threads ---------------------------------------- */
 
-enum { T = 8, M = 400, DIM = 5000 };
+enum { T = 8, M_MAX = 400, DIM = 5000 };
+/* updates per thread: scaled down under valgrind (DML_TEST_SCALE) */
+#define M ((int)test_scaled(M_MAX, 40))
 
 typedef struct upd_arg {
 	dml_ps *ps;
@@ -629,6 +631,7 @@ static void *wide_pusher(void *p)
 static void test_remote_wider_than_window(void **state)
 {
 	(void)state;
+	TEST_PLAIN_ONLY(); /* 100 threads at once */
 	enum { NT = 100 };
 	served s;
 	serve_start(&s, 4, NULL, 1);

@@ -424,7 +424,7 @@ static void test_many_clients(void **state)
 	(void)state;
 	fixture f;
 	serve(&f, "127.0.0.1:0", NULL, 2);
-	run_workers(f.addr, NULL, 2000);
+	run_workers(f.addr, NULL, (int)test_scaled(2000, 50));
 	fixture_stop(&f);
 }
 
@@ -434,7 +434,7 @@ static void test_shared_client(void **state)
 	fixture f;
 	serve(&f, "127.0.0.1:0", NULL, 2);
 	dml_rpc_client *c = dial(f.addr);
-	run_workers(f.addr, c, 1000);
+	run_workers(f.addr, c, (int)test_scaled(1000, 50));
 	dml_rpc_free(c);
 	fixture_stop(&f);
 }
@@ -442,13 +442,14 @@ static void test_shared_client(void **state)
 static void test_pipelined(void **state)
 {
 	(void)state;
-	enum { N = 1000 };
+	enum { NMAX = 1000 };
+	const int N = (int)test_scaled(NMAX, 64);
 	fixture f;
 	serve(&f, "127.0.0.1:0", NULL, 1);
 	dml_rpc_client *c = dial(f.addr);
-	static dml_rpc_pending *k[N];
-	static Args a[N];
-	static Reply r[N];
+	static dml_rpc_pending *k[NMAX];
+	static Args a[NMAX];
+	static Reply r[NMAX];
 	for (int i = 0; i < N; i++) {
 		a[i] = (Args){i, i + 1};
 		assert_int_equal(dml_rpc_start(&k[i], c, &arith_multiply, &a[i], &r[i], 10000), 0);
@@ -460,8 +461,8 @@ static void test_pipelined(void **state)
 		dml_rpc_pending_free(k[i]);
 	}
 	/* async replies with views that live as long as the handle */
-	char text[N][16];
-	static echo_msg in[N], out[N];
+	static char text[NMAX][16];
+	static echo_msg in[NMAX], out[NMAX];
 	for (int i = 0; i < N; i++) {
 		int n = snprintf(text[i], sizeof text[i], "msg %d", i);
 		in[i].s = (dml_str){text[i], (size_t)n, 0};
@@ -483,7 +484,7 @@ static void test_pipelined(void **state)
 static void test_large_arrays(void **state)
 {
 	(void)state;
-	enum { N = 10 * 1000 * 1000 };
+	const size_t N = (size_t)test_scaled(10 * 1000 * 1000, 1000 * 1000);
 	fixture f;
 	serve(&f, "127.0.0.1:0", NULL, 1);
 	dml_rpc_client *c = dial(f.addr);
@@ -491,7 +492,7 @@ static void test_large_arrays(void **state)
 	assert_non_null(v);
 	assert_non_null(back);
 	double want = 0;
-	for (int i = 0; i < N; i++) {
+	for (size_t i = 0; i < N; i++) {
 		v[i] = (float)(i % 1000 - 500); /* integers: the sum is exact */
 		want += v[i];
 	}
@@ -508,9 +509,9 @@ static void test_large_arrays(void **state)
 	assert_int_equal(rep.n, N);
 	assert_int_equal(rep.v.n, N);
 	assert_ptr_equal(rep.v.data, back);
-	for (int i = 0; i < N; i++)
+	for (size_t i = 0; i < N; i++)
 		if (back[i] != 2.0f * v[i])
-			fail_msg("element %d: %g != %g", i, back[i], 2.0f * v[i]);
+			fail_msg("element %zu: %g != %g", i, back[i], 2.0f * v[i]);
 	/* ... or as a view that the handle owns */
 	dml_rpc_pending *k;
 	scale_reply rv = {0};
@@ -519,7 +520,7 @@ static void test_large_arrays(void **state)
 	assert_int_equal(dml_rpc_pending_wait(k), 0);
 	assert_int_equal(rv.v.n, N);
 	assert_int_equal((uintptr_t)rv.v.data % 4, 0);
-	for (int i = 0; i < N; i++)
+	for (size_t i = 0; i < N; i++)
 		if (rv.v.data[i] != 3.0f * v[i])
 			fail_msg("element %d", i);
 	dml_rpc_pending_free(k);
@@ -1129,6 +1130,7 @@ static void test_frame_limits(void **state)
 
 static void test_1000_connections(void **state)
 {
+	TEST_PLAIN_ONLY();
 	(void)state;
 	enum { N = 1000 };
 	struct rlimit rl;

@@ -19,6 +19,26 @@
 
 #define MAX_RUNNERS 8
 
+/* DML_TEST_SCALE=N (make valgrind sets 10): the heaviest tests divide
+ * their loop counts and sizes by N, down to at least `min`. */
+static inline long test_scaled(long n, long min)
+{
+	const char *e = getenv("DML_TEST_SCALE");
+	long k = e ? atol(e) : 1;
+	long v = k > 1 ? n / k : n;
+	return v < min ? min : v;
+}
+
+/* Tests that flood (thousands of connections or threads, tens of MB on
+ * the wire) or need more than loopback run in the plain pass only: the
+ * sanitizer and valgrind passes set DML_TEST_PASS, and there they skip. */
+#define TEST_PLAIN_ONLY()                                                      \
+	do {                                                                   \
+		const char *pass_ = getenv("DML_TEST_PASS");                   \
+		if (pass_ && strcmp(pass_, "plain") != 0)                      \
+			skip();                                                \
+	} while (0)
+
 /* A server with its run-loop threads. */
 typedef struct fixture fixture;
 
