@@ -8,7 +8,8 @@
 #  4. every public header points to docs/api.md;
 #  5. DML_FIELD refuses a member of another type at compile time, in C;
 #     the headers compile as C++ too;
-#  6. deprecated names warn, and DML_NO_DEPRECATED hides them.
+#  6. deprecated names warn, and DML_NO_DEPRECATED hides them;
+#  7. README's example compiles cleanly with -Wall -Wextra -Werror.
 set -u
 CC=${CC:-cc}
 fail=0
@@ -114,5 +115,10 @@ $CC -std=c11 -Iinclude -Werror -DDML_NO_DEPRECATION_WARNINGS -c "$tmp/old.c" -o 
 $CC -std=c11 -Iinclude -Werror -DDML_NO_DEPRECATED -c "$tmp/old.c" -o "$tmp/o.o" 2>/dev/null &&
 	say "DML_NO_DEPRECATED does not hide a deprecated name"
 
-[ $fail = 0 ] && echo "check-api: error detail, deprecated names, exports, header pointers, DML_FIELD types: ok"
+# 7. README's short example.
+awk '/^```c$/ && !done { on = 1; next } on && /^```$/ { on = 0; done = 1 } on' README.md >"$tmp/readme.c"
+$CC -std=c11 -Wall -Wextra -Werror -pedantic -Iinclude -c "$tmp/readme.c" -o "$tmp/r.o" 2>"$tmp/log" ||
+	{ say "README's example does not compile cleanly:"; cat "$tmp/log" >&2; }
+
+[ $fail = 0 ] && echo "check-api: error detail, deprecated names, exports, header pointers, DML_FIELD types, README example: ok"
 exit $fail
