@@ -66,29 +66,10 @@
 #define MAX_CONN_PUSHES ((1ULL << 24) - 1) /* keeps each counter exact */
 #define CLIENT_ID_BASE 0x50a4000000000000ULL
 
-/* ---- wire messages (mirroring docs/ps.md, "Wire methods") ----------- */
+/* ---- wire messages: the store's own (lib/ps_wire.h, docs/ps.md) ------ */
 
-typedef struct psw_range { uint64_t off, n; } psw_range;
-static const dml_field psw_range_f[] = {DML_FIELD(psw_range, off, DML_U64),
-                                        DML_FIELD(psw_range, n, DML_U64)};
-static const dml_type psw_range_t = DML_TYPE(psw_range, psw_range_f);
+#include "ps_wire.h"
 
-typedef struct psw_vec { dml_f32s v; } psw_vec;
-static const dml_field psw_vec_f[] = {DML_FIELD(psw_vec, v, DML_F32S)};
-static const dml_type psw_vec_t = DML_TYPE(psw_vec, psw_vec_f);
-
-typedef struct psw_push {
-	uint64_t client, seq;
-	int32_t op; /* 0 = add v */
-	dml_f32s v;
-} psw_push;
-static const dml_field psw_push_f[] = {
-	DML_FIELD(psw_push, client, DML_U64), DML_FIELD(psw_push, seq, DML_U64),
-	DML_FIELD(psw_push, op, DML_I32), DML_FIELD(psw_push, v, DML_F32S)};
-static const dml_type psw_push_t = DML_TYPE(psw_push, psw_push_f);
-
-static const dml_rpc_method m_pull = {"PS.Pull", &psw_range_t, &psw_vec_t};
-static const dml_rpc_method m_push = {"PS.Push", &psw_push_t, NULL};
 
 /* ---- latency histogram: log-linear, 32 steps per power of two ------- */
 
@@ -231,7 +212,7 @@ static int go_push(worker *w, conn *cn, slot *s)
 		w->delta[i] = sign * p[i];
 	w->delta[cn->id] = 1;
 	psw_push a = {cn->client_id, s->seq, 0, {w->delta, dim, dim}};
-	return dml_rpc_start(&s->k, cn->c, &m_push, &a, NULL, CALL_TIMEOUT_MS);
+	return dml_rpc_start(&s->k, cn->c, &psw_m_push, &a, NULL, CALL_TIMEOUT_MS);
 }
 
 /* Starts one call on slot s; 0 or an error (nothing to wait for). */
@@ -269,7 +250,7 @@ static int start_call(worker *w, conn *cn, slot *s)
 	                    ? (int64_t)cn->sent : -1;
 	s->reply.v = (dml_f32s){s->buf, 0, PULL_MAX};
 	w->pulls++;
-	return dml_rpc_start(&s->k, cn->c, &m_pull, &s->range, &s->reply, CALL_TIMEOUT_MS);
+	return dml_rpc_start(&s->k, cn->c, &psw_m_pull, &s->range, &s->reply, CALL_TIMEOUT_MS);
 }
 
 static void check_pull(worker *w, conn *cn, slot *s)

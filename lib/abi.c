@@ -22,15 +22,17 @@ size_t dml__abi_size(enum dml__layout l, int abi)
 	return sizes[l][abi - 1];
 }
 
-void dml__abi_in(void *dst, size_t dst_size, const void *src,
-                 enum dml__layout l, int abi)
+int dml__abi_in(void *dst, size_t dst_size, const void *src,
+                enum dml__layout l, int abi)
 {
-	size_t n = dml__abi_size(l, abi);
-	if (n > dst_size)
-		n = dst_size;
 	memset(dst, 0, dst_size);
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	size_t n = dml__abi_size(l, abi);
 	if (src)
-		memcpy(dst, src, n);
+		memcpy(dst, src, n < dst_size ? n : dst_size);
+	return 0;
 }
 
 void dml__abi_out(void *dst, const void *src, enum dml__layout l, int abi)

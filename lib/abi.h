@@ -31,13 +31,15 @@ enum dml__layout {
 };
 
 /* The size of a layout at ABI level abi (1 .. DML_ABI, checked by
- * dml__abi_check). */
+ * dml__abi_check or dml__abi_in). */
 size_t dml__abi_size(enum dml__layout l, int abi);
 
 /* *dst (this library's struct, dst_size bytes) = the caller's struct at
- * src in its layout, zero beyond it; all zero when src is NULL. */
-void dml__abi_in(void *dst, size_t dst_size, const void *src,
-                 enum dml__layout l, int abi);
+ * src in its layout, zero beyond it; all zero when src is NULL. First
+ * checks the level (dml__abi_check): 0 or DML_EVERSION, with *dst then
+ * all zero. */
+int dml__abi_in(void *dst, size_t dst_size, const void *src,
+                enum dml__layout l, int abi);
 
 /* The caller's struct at dst = the first bytes of *src, as many as the
  * caller's layout has. dst may be NULL (nothing is written). */

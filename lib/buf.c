@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#define BUF_FIRST 256 /* bytes of a buffer's first allocation */
+
 int dml__buf_grow(dml__buf *b, size_t cap)
 {
 	if (cap <= b->cap)
 		return 0;
-	size_t ncap = b->cap ? b->cap : 256;
+	size_t ncap = b->cap ? b->cap : BUF_FIRST;
 	while (ncap < cap) {
 		if (ncap > SIZE_MAX / 2)
 			return DML_ENOMEM;

@@ -219,11 +219,13 @@ static int w_body(writer *w, uint32_t kind, const void *meta, uint32_t meta_len,
  * a process-wide counter does that (O_EXCL catches anything else, such as a
  * stray file left by a killed process whose pid was reused).
  */
+#define TMP_TRIES 100 /* names tried before giving up */
+
 static atomic_uint tmp_counter;
 
 static int open_tmp(const char *path, char *tmp, size_t cap)
 {
-	for (int tries = 0; tries < 100; tries++) {
+	for (int tries = 0; tries < TMP_TRIES; tries++) {
 		snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(),
 		         atomic_fetch_add(&tmp_counter, 1u));
 		int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);

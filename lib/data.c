@@ -33,6 +33,7 @@ struct dml_scaler {
 };
 
 #define MAX_CLASSES DML_DATA_MAX_CLASSES
+#define GZ_READ_MAX (1u << 30) /* bytes per gzread, which takes an unsigned */
 
 /* ---- allocation helpers ----------------------------------------------- */
 
@@ -109,8 +110,8 @@ int dml__gz_read(gzFile gz, const char *path, void *buf, size_t len,
 	size_t have = 0;
 	while (have < len) {
 		size_t want = len - have;
-		if (want > (1u << 30))
-			want = 1u << 30;
+		if (want > GZ_READ_MAX)
+			want = GZ_READ_MAX;
 		int r = gzread(gz, (char *)buf + have, (unsigned)want);
 		if (r <= 0)
 			break;
@@ -281,6 +282,18 @@ int dml_dataset_batch(const dml_dataset *ds, size_t start, size_t count,
 	return 0;
 }
 
+/* Frees the CSR arrays and takes the given ones (NULL: dense now). */
+static void replace_csr(dml_dataset *ds, uint64_t *indptr, uint32_t *idx,
+                        float *val)
+{
+	free(ds->indptr);
+	free(ds->idx);
+	free(ds->val);
+	ds->indptr = indptr;
+	ds->idx = idx;
+	ds->val = val;
+}
+
 /* ---- copies ----------------------------------------------------------- */
 
 static int copy_class_info(dml_dataset *dst, const dml_dataset *src)
@@ -340,12 +353,7 @@ int dml_dataset_to_dense(dml_dataset *ds)
 	for (size_t r = 0; r < ds->n; r++)
 		for (uint64_t e = ds->indptr[r]; e < ds->indptr[r + 1]; e++)
 			x[r * ds->dim + ds->idx[e]] = ds->val[e];
-	free(ds->indptr);
-	free(ds->idx);
-	free(ds->val);
-	ds->indptr = NULL;
-	ds->idx = NULL;
-	ds->val = NULL;
+	replace_csr(ds, NULL, NULL, NULL);
 	ds->x = x;
 	return 0;
 }
@@ -447,13 +455,8 @@ static int shuffle_sparse(dml_dataset *ds, rng *g)
 		yc[r] = ds->y[src];
 	}
 	free(perm);
-	free(ds->indptr);
-	free(ds->idx);
-	free(ds->val);
+	replace_csr(ds, ip, ic, vc);
 	free(ds->y);
-	ds->indptr = ip;
-	ds->idx = ic;
-	ds->val = vc;
 	ds->y = yc;
 	return 0;
 }
@@ -636,20 +639,6 @@ int dml_dataset_set_classes(dml_dataset *ds, size_t k)
 
 /* ---- scaling ---------------------------------------------------------- */
 
-/* Square root by Newton's method from above (the tests link no libm). */
-static double sqrt_pos(double v)
-{
-	if (!(v > 0))
-		return 0;
-	double x = v > 1 ? v : 1;
-	for (int i = 0; i < 2000; i++) {
-		double nx = 0.5 * (x + v / x);
-		if (nx >= x)
-			break;
-		x = nx;
-	}
-	return x;
-}
 
 /* 1/spread as a float, or 1 when the spread is zero or too small to invert. */
 static float inverse_or_one(double spread)
@@ -713,7 +702,7 @@ static void fit_dense(const dml_dataset *ds, dml_scale_kind kind, double *a,
 		}
 	}
 	for (size_t j = 0; j < dim; j++)
-		b[j] = sqrt_pos(b[j] / (double)n);
+		b[j] = sqrt(b[j] / (double)n);
 }
 
 int dml_scaler_new_fit(dml_scaler **out, const dml_dataset *ds,
@@ -838,11 +827,10 @@ int dml_dataset_new_idx_abi(dml_dataset **out, const char *images_path,
                             int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_data_opts o;
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_DATA_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_data_opts o;
-	dml__abi_in(&o, sizeof o, opts, DML__L_DATA_OPTS, abi);
 	return dml__load_idx(out, images_path, labels_path, &o);
 }
 
@@ -850,11 +838,10 @@ int dml_dataset_new_libsvm_abi(dml_dataset **out, const char *path,
                                const dml_data_opts *opts, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_data_opts o;
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_DATA_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_data_opts o;
-	dml__abi_in(&o, sizeof o, opts, DML__L_DATA_OPTS, abi);
 	return dml__load_libsvm(out, path, &o);
 }
 

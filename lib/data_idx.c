@@ -76,7 +76,7 @@ static int idx_open(idx_file *f, const char *path, int images)
 		return dml__data_fail(errno ? DML_EIO : DML_ENOMEM, path, 0, 1,
 		               "cannot open: %s",
 		               errno ? strerror(errno) : "out of memory");
-	gzbuffer(f->gz, 1u << 17);
+	gzbuffer(f->gz, DML__GZ_BUFFER);
 	uint8_t magic[4];
 	int rc = read_exact(f, magic, 4, "header");
 	if (rc)

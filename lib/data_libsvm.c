@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #define CHUNK ((size_t)1 << 16)
+#define FIRST_CAP 1024 /* elements of an array's first allocation */
 
 /* The reader's state: options, position and the growing CSR arrays. */
 typedef struct parser {
@@ -78,7 +79,7 @@ static size_t next_cap(size_t cap, size_t need, size_t size, uint64_t limit)
 		most = SIZE_MAX / size;
 	if (need > most)
 		return 0;
-	size_t nc = cap < 1024 ? 1024 : cap;
+	size_t nc = cap < FIRST_CAP ? FIRST_CAP : cap;
 	while (nc < need)
 		nc = nc > most / 2 ? (size_t)most : nc * 2;
 	return nc > most ? (size_t)most : nc;
@@ -405,7 +406,7 @@ int dml__load_libsvm(dml_dataset **out, const char *path,
 	if (!gz)
 		return fail(&p, errno ? DML_EIO : DML_ENOMEM, "cannot open: %s",
 		            errno ? strerror(errno) : "out of memory");
-	gzbuffer(gz, 1u << 17);
+	gzbuffer(gz, DML__GZ_BUFFER);
 	int rc = read_lines(&p, gz, max_line);
 	gzclose(gz);
 	dml_dataset *ds = NULL;

@@ -18,6 +18,9 @@ int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
 /* Records that the labels are class indices 0..k-1 (they were checked). */
 int dml__dataset_set_class_info(dml_dataset *ds, size_t k);
 
+/* The size of the buffer zlib reads a file with. */
+#define DML__GZ_BUFFER (1u << 17)
+
 /* Reads up to len bytes (fewer only at the end of the data). On a zlib or
  * system error returns its DML_E* code with the reason in *why (valid until
  * the file is closed). */

@@ -48,3 +48,14 @@ int dml__frame_header(uint8_t *p, uint8_t kind, uint64_t seq, uint32_t status,
 	dml__put_u32(p + 16, status);
 	return 0;
 }
+
+int dml__frame_limit(size_t *max_frame)
+{
+	if ((*max_frame && *max_frame < DML_RPC_MIN_FRAME) ||
+	    *max_frame > (size_t)UINT32_MAX)
+		return dml__fail(DML_EINVAL, "max_frame %zu: %d B to 4 GiB - 1",
+		                 *max_frame, DML_RPC_MIN_FRAME);
+	if (!*max_frame)
+		*max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	return 0;
+}

@@ -43,6 +43,10 @@ typedef struct dml__frame {
 int dml__frame_parse(const uint8_t *p, size_t n, size_t max_frame,
                      dml__frame *out);
 
+/* A max_frame option: 0 becomes DML_RPC_DEFAULT_MAX_FRAME; otherwise
+ * DML_RPC_MIN_FRAME .. UINT32_MAX, else DML_EINVAL (with the detail). */
+int dml__frame_limit(size_t *max_frame);
+
 /* Writes a 20-byte header for a frame of name_len + payload_len bytes
  * after the header. DML_ETOOBIG if it does not fit the u32 length. */
 int dml__frame_header(uint8_t *p, uint8_t kind, uint64_t seq, uint32_t status,

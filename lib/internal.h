@@ -46,6 +46,10 @@ int64_t dml__now_us(void);
 /* Absolute deadline (ms, monotonic) for a relative timeout; -1 = never. */
 int64_t dml__deadline(dml_duration timeout);
 
+/* The longest single wait handed to poll() or epoll_wait() (an int of ms);
+ * longer waits are made of several. */
+#define DML__MAX_WAIT_MS 1000000000
+
 /* Milliseconds left until `deadline` for poll(): -1 = forever, >= 0. */
 int dml__remaining_ms(int64_t deadline);
 

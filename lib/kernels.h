@@ -2,9 +2,11 @@
  * kernels.h - dense float kernels for the built-in models, and what
  * model.c and model_softmax.c share. Not installed.
  *
- * Each kernel exists in a portable version and, on x86-64 with gcc or
- * clang, in AVX2+FMA and AVX-512 versions compiled with target attributes
- * (the library itself is built without -march flags). A model picks the
+ * Each kernel exists in a portable version (kernels.c) and, on x86-64 with
+ * gcc or clang, in AVX2+FMA and AVX-512 versions of one template
+ * (kernels_simd.h, built by kernels_avx2.c and kernels_avx512.c) compiled
+ * with target attributes (the library itself is built without -march
+ * flags). A model picks the
  * best version the CPU supports when it is created (dml__isa_best) and
  * keeps the function pointers, so the choice costs nothing per call; tests
  * force each version with dml__model_set_isa.
@@ -61,6 +63,14 @@ size_t dml__xwt_ws(size_t d, size_t k);
  * first at the same offset in a 64-byte line as x; returns the copy. */
 const float *dml__align_w(const float *w, size_t d, size_t k,
                           const float *x, float *ws, size_t *ldw);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DML__X86 1
+/* The vector kernel sets (kernels_avx512.c, kernels_avx2.c: one template,
+ * kernels_simd.h, for both widths). */
+extern const dml__kern dml__kern_avx512;
+extern const dml__kern dml__kern_avx2;
+#endif
 
 /* The best kernel set this CPU supports (DML__ISA_*). */
 int dml__isa_best(void);

@@ -109,11 +109,10 @@ int dml_model_evaluate_abi(dml_model *m_in, const float *w,
                            int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_model mm;
+	int rc = dml__abi_in(&mm, sizeof mm, m_in, DML__L_MODEL, abi);
 	if (rc)
 		return rc;
-	dml_model mm;
-	dml__abi_in(&mm, sizeof mm, m_in, DML__L_MODEL, abi);
 	const dml_model *m = &mm;
 	if (!m_in || !m->loss_grad || !w || !ds)
 		return DML_EINVAL;

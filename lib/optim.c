@@ -89,22 +89,20 @@ int dml__optim_valid(const dml_optim_opts *in)
 int dml_optim_check_abi(const dml_optim_opts *in, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_optim_opts o;
+	int rc = dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_optim_opts o;
-	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
 	return dml__optim_valid(&o);
 }
 
 int dml_optim_state_floats_abi(const dml_optim_opts *in, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_optim_opts o;
+	int rc = dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_optim_opts o;
-	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
 	switch (o.kind) {
 	case DML_OPTIM_SGD: return 0;
 	case DML_OPTIM_MOMENTUM: return 1;
@@ -119,7 +117,7 @@ float dml_schedule_lr_abi(const dml_optim_opts *in, uint64_t t, int abi)
 	if (abi < 1 || abi > DML_ABI)
 		return NAN;
 	dml_optim_opts o;
-	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
+	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi); /* abi checked */
 	dml__optim_resolve(&o, &o);
 	return dml__schedule_lr(&o, t);
 }
@@ -223,58 +221,47 @@ static inline void adam_1(coef k, float *w, float g, float *m, float *v)
 	*w -= k.lr * (mi * k.c1) / (sqrtf(vi * k.c2) + k.eps);
 }
 
+/* The body of a dense loop: the rule `one` on w[i], g[i] and the state
+ * arguments that follow (with a leading comma), a multiple of BLOCK first. */
+#define DENSE_LOOP(one, ...)                                                   \
+	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);                           \
+	for (; i < nv; i++)                                                    \
+		one(k, &w[i], g[i] __VA_ARGS__);                               \
+	for (; i < n; i++)                                                     \
+		one(k, &w[i], g[i] __VA_ARGS__);
+
 NOINLINE static void sgd_dense(coef k, float *restrict w,
                                const float *restrict g, size_t n)
 {
-	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
-	for (; i < nv; i++)
-		sgd_1(k, &w[i], g[i]);
-	for (; i < n; i++)
-		sgd_1(k, &w[i], g[i]);
+	DENSE_LOOP(sgd_1, )
 }
 
 NOINLINE static void momentum_dense(coef k, float *restrict w,
                                     const float *restrict g,
                                     float *restrict v, size_t n)
 {
-	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
-	for (; i < nv; i++)
-		momentum_1(k, &w[i], g[i], &v[i]);
-	for (; i < n; i++)
-		momentum_1(k, &w[i], g[i], &v[i]);
+	DENSE_LOOP(momentum_1, , &v[i])
 }
 
 NOINLINE static void nesterov_dense(coef k, float *restrict w,
                                     const float *restrict g,
                                     float *restrict v, size_t n)
 {
-	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
-	for (; i < nv; i++)
-		nesterov_1(k, &w[i], g[i], &v[i]);
-	for (; i < n; i++)
-		nesterov_1(k, &w[i], g[i], &v[i]);
+	DENSE_LOOP(nesterov_1, , &v[i])
 }
 
 NOINLINE static void adagrad_dense(coef k, float *restrict w,
                                    const float *restrict g,
                                    float *restrict G, size_t n)
 {
-	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
-	for (; i < nv; i++)
-		adagrad_1(k, &w[i], g[i], &G[i]);
-	for (; i < n; i++)
-		adagrad_1(k, &w[i], g[i], &G[i]);
+	DENSE_LOOP(adagrad_1, , &G[i])
 }
 
 NOINLINE static void adam_dense(coef k, float *restrict w,
                                 const float *restrict g, float *restrict m,
                                 float *restrict v, size_t n)
 {
-	size_t i = 0, nv = n & ~(size_t)(BLOCK - 1);
-	for (; i < nv; i++)
-		adam_1(k, &w[i], g[i], &m[i], &v[i]);
-	for (; i < n; i++)
-		adam_1(k, &w[i], g[i], &m[i], &v[i]);
+	DENSE_LOOP(adam_1, , &m[i], &v[i])
 }
 
 void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
@@ -348,11 +335,10 @@ int dml_optim_new_dim_abi(dml_optim **out, size_t dim, const dml_optim_opts *in,
                           int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_optim_opts o;
+	int rc = dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_optim_opts o;
-	dml__abi_in(&o, sizeof o, in, DML__L_OPTIM_OPTS, abi);
 	if (!out || dim == 0)
 		return dml__fail(DML_EINVAL, "an optimizer for %zu parameters", dim);
 	if ((rc = dml__optim_valid(&o)))

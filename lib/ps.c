@@ -45,11 +45,10 @@ static int opts_check(size_t dim, dml_ps_opts *o)
 int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_ps_opts o;
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_PS_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_ps_opts o;
-	dml__abi_in(&o, sizeof o, opts, DML__L_PS_OPTS, abi);
 	if (!out)
 		return DML_EINVAL;
 	if ((rc = opts_check(dim, &o)))

@@ -95,11 +95,10 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
                        const dml_ps_remote_opts *opts, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
+	dml_ps_remote_opts o;
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_PS_REMOTE_OPTS, abi);
 	if (rc)
 		return rc;
-	dml_ps_remote_opts o;
-	dml__abi_in(&o, sizeof o, opts, DML__L_PS_REMOTE_OPTS, abi);
 	if (!out || !clients || n < 1 || n > MAX_SHARDS)
 		return dml__fail(DML_EINVAL, "%d shards: 1 to %d", n, MAX_SHARDS);
 	for (int i = 0; i < n; i++)

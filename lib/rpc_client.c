@@ -42,7 +42,9 @@
 #define QUEUE_FLUSH (64 * 1024) /* flush queued requests beyond this */
 #define EXT_MIN (64 * 1024)     /* arrays at least this large go by reference */
 #define NBUCKETS 1024
-#define FREE_KEEP 256
+#define FREE_KEEP 256               /* call handles kept for reuse */
+#define FREE_KEEP_PAYLOAD (1u << 20) /* ... if their payload buffer is no larger */
+#define ENCODE_GUESS 256            /* bytes tried for an encoding at first */
 
 enum { CALL_PENDING = 1, CALL_DONE = 2 };
 
@@ -563,7 +565,7 @@ static int queue_request(dml_rpc_client *c, uint64_t seq, const dml_rpc_method *
                          size_t *base)
 {
 	const dml_type *t = dml__type_or_empty(m->args);
-	size_t hdr = DML__FRAME_HDR + name_len, guess = 256;
+	size_t hdr = DML__FRAME_HDR + name_len, guess = ENCODE_GUESS;
 	int rc;
 	for (;;) { /* one pass when the guess fits; a sized second one if not */
 		if ((rc = dml__buf_reserve(&c->out, hdr + guess)))
@@ -658,7 +660,7 @@ static void call_release(dml_rpc_client *c, dml_rpc_pending *k)
 		c->all = k->all_next;
 	if (k->all_next)
 		k->all_next->all_prev = k->all_prev;
-	if (c->nfree >= FREE_KEEP || k->payload.cap > (1u << 20)) {
+	if (c->nfree >= FREE_KEEP || k->payload.cap > FREE_KEEP_PAYLOAD) {
 		call_destroy(k);
 		return;
 	}
@@ -1048,12 +1050,8 @@ static int client_opts(dml_rpc_client_opts *o)
 {
 	if (o->codec != DML_CODEC_BINARY)
 		return dml__fail(DML_EINVAL, "codec %d unknown", (int)o->codec);
-	if ((o->max_frame && o->max_frame < DML_RPC_MIN_FRAME) ||
-	    o->max_frame > (size_t)UINT32_MAX)
-		return dml__fail(DML_EINVAL, "max_frame %zu: %d B to 4 GiB - 1",
-		                 o->max_frame, DML_RPC_MIN_FRAME);
-	if (!o->max_frame)
-		o->max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	if (dml__frame_limit(&o->max_frame))
+		return DML_EINVAL;
 	if (dml__opt_duration(&o->dial_timeout, DML_RPC_DEFAULT_DIAL_TIMEOUT) ||
 	    dml__opt_duration(&o->call_timeout, DML_RPC_DEFAULT_CALL_TIMEOUT))
 		return DML_EINVAL;
@@ -1076,13 +1074,12 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
                      const dml_rpc_client_opts *opts, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
-	if (rc)
-		return rc;
 	if (!out || !addr)
 		return DML_EINVAL;
 	dml_rpc_client_opts o;
-	dml__abi_in(&o, sizeof o, opts, DML__L_RPC_CLIENT_OPTS, abi);
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_RPC_CLIENT_OPTS, abi);
+	if (rc)
+		return rc;
 	if ((rc = client_opts(&o)))
 		return rc;
 	if (strlen(addr) >= sizeof(((dml_rpc_client *)0)->addr))

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #define MAX_LISTENERS 8
+#define ENCODE_GUESS 256 /* bytes tried for a reply's encoding at first */
 #define MAX_TICKS 8
 #define MAX_TICK_PERIOD ((dml_duration)3600000) /* 1 h */
 #define READ_CHUNK (16 * 1024)
@@ -161,7 +162,7 @@ struct dml_rpc_server {
 
 static uint32_t name_hash(const char *s, size_t n)
 {
-	uint32_t h = 2166136261u;
+	uint32_t h = 2166136261u; /* FNV-1a */
 	for (size_t i = 0; i < n; i++)
 		h = (h ^ (uint8_t)s[i]) * 16777619u;
 	return h;
@@ -273,12 +274,8 @@ static int server_opts(dml_rpc_server_opts *o)
 {
 	if (o->codec != DML_CODEC_BINARY)
 		return dml__fail(DML_EINVAL, "codec %d unknown", (int)o->codec);
-	if ((o->max_frame && o->max_frame < DML_RPC_MIN_FRAME) ||
-	    o->max_frame > (size_t)UINT32_MAX)
-		return dml__fail(DML_EINVAL, "max_frame %zu: %d B to 4 GiB - 1",
-		                 o->max_frame, DML_RPC_MIN_FRAME);
-	if (!o->max_frame)
-		o->max_frame = DML_RPC_DEFAULT_MAX_FRAME;
+	if (dml__frame_limit(&o->max_frame))
+		return DML_EINVAL;
 	if (o->max_conns < 0 || o->max_deferred < 0 || o->spin_us < 0 ||
 	    o->spin_us > DML_RPC_MAX_SPIN_US)
 		return dml__fail(DML_EINVAL, "max_conns, max_deferred >= 0; spin_us "
@@ -298,13 +295,12 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
                            int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
-	if (rc)
-		return rc;
 	if (!out)
 		return DML_EINVAL;
 	dml_rpc_server_opts o;
-	dml__abi_in(&o, sizeof o, opts, DML__L_RPC_SERVER_OPTS, abi);
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_RPC_SERVER_OPTS, abi);
+	if (rc)
+		return rc;
 	if ((rc = server_opts(&o)))
 		return rc;
 	dml_rpc_server *s = calloc(1, sizeof *s);
@@ -616,7 +612,7 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 	t = dml__type_or_empty(t);
 	dml__writer w;
 	size_t limit = s->o.max_frame - DML__FRAME_HDR;
-	size_t guess = limit < 256 ? limit : 256;
+	size_t guess = limit < ENCODE_GUESS ? limit : ENCODE_GUESS;
 	int rc;
 	for (;;) { /* one pass when the guess fits; a sized second one if not */
 		if ((rc = dml__buf_reserve(&c->out, DML__FRAME_HDR + guess)))
@@ -1082,7 +1078,7 @@ static void sweep(dml_rpc_server *s)
 /* Milliseconds epoll may wait: the caller's timeout, cut at the next sweep. */
 static int poll_wait_ms(dml_rpc_server *s, dml_duration timeout)
 {
-	int64_t tmo = timeout < 0 ? -1 : timeout > 1000000000 ? 1000000000 : timeout;
+	int64_t tmo = timeout < 0 ? -1 : timeout > DML__MAX_WAIT_MS ? DML__MAX_WAIT_MS : timeout;
 	if (sweep_period(s) >= 0) {
 		int64_t left = atomic_load(&s->next_sweep) - dml__now_ms();
 		if (left < 0)

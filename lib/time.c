@@ -42,7 +42,7 @@ int dml__remaining_ms(int64_t deadline)
 	int64_t left = deadline - dml__now_ms();
 	if (left <= 0)
 		return 0;
-	return left > 1000000000 ? 1000000000 : (int)left;
+	return left > DML__MAX_WAIT_MS ? DML__MAX_WAIT_MS : (int)left;
 }
 
 int dml__opt_duration(dml_duration *v, dml_duration def)

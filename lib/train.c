@@ -167,12 +167,11 @@ int dml_sgd_run_abi(dml_model *m_in, dml_dataset *train, float *w,
                     dml_train_stats *st, const dml_sgd_opts *opts, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
-	if (rc)
-		return rc;
 	dml_sgd_opts o;
 	dml_model m;
-	dml__abi_in(&o, sizeof o, opts, DML__L_SGD_OPTS, abi);
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_SGD_OPTS, abi);
+	if (rc)
+		return rc;
 	dml__abi_in(&m, sizeof m, m_in, DML__L_MODEL, abi);
 	run r = {0};
 	r.s.max_staleness = -1;
@@ -314,12 +313,11 @@ int dml_dsgd_run_abi(dml_ps *ps, dml_model *m_in, dml_dataset *shard,
                      dml_train_stats *st, const dml_dsgd_opts *opts, int abi)
 {
 	dml__detail_clear();
-	int rc = dml__abi_check(abi);
-	if (rc)
-		return rc;
 	dsgd d = {ps, {0}};
 	dml_model m;
-	dml__abi_in(&d.o, sizeof d.o, opts, DML__L_DSGD_OPTS, abi);
+	int rc = dml__abi_in(&d.o, sizeof d.o, opts, DML__L_DSGD_OPTS, abi);
+	if (rc)
+		return rc;
 	dml__abi_in(&m, sizeof m, m_in, DML__L_MODEL, abi);
 	dml_dsgd_opts *o = &d.o;
 	run r = {0};

@@ -14,6 +14,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#define LISTEN_BACKLOG 1024 /* connections the kernel queues before accept */
+
 typedef struct addr {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -63,7 +65,7 @@ static int parse_addr(const char *s, addr *a, int passive)
 	for (const char *c = port; *c; c++)
 		if (*c < '0' || *c > '9')
 			return DML_EADDR;
-	if (atol(port) > 65535)
+	if (atol(port) > 65535) /* UINT16_MAX: the largest port */
 		return DML_EADDR;
 	struct addrinfo hints, *res = NULL;
 	memset(&hints, 0, sizeof hints);
@@ -111,7 +113,7 @@ int dml__listen(const char *s, int *out)
 	int one = 1;
 	if (a.ss.ss_family != AF_UNIX)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(fd, (struct sockaddr *)&a.ss, a.len) != 0 || listen(fd, 1024) != 0) {
+	if (bind(fd, (struct sockaddr *)&a.ss, a.len) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
 		rc = sys_err(errno);
 		close(fd);
 		return rc;

@@ -3,7 +3,8 @@
  *
  * The input is parsed as a stream of frames, the way the server and client
  * walk their input buffers, under several frame limits. Each parse must
- * return one of its four codes; an accepted header must describe a
+ * return one of its five codes (another frame version is DML_EVERSION,
+ * with the seq read for the refusal); an accepted header must describe a
  * consistent frame, be re-encoded byte for byte by dml__frame_header, and
  * give the same answer from its first 20 bytes alone (the parser may not
  * look further).
@@ -24,7 +25,13 @@ static void check_header(const uint8_t *p, size_t n, size_t max, int rc,
 		FZ_CHECK(rc == DML_EAGAIN);
 		return;
 	}
-	FZ_CHECK(rc == 0 || rc == DML_EPROTO || rc == DML_ETOOBIG);
+	FZ_CHECK(rc == 0 || rc == DML_EPROTO || rc == DML_ETOOBIG || rc == DML_EVERSION);
+	FZ_CHECK((rc == DML_EVERSION) == (p[4] != DML__FRAME_VERSION));
+	if (rc == DML_EVERSION) {
+		uint64_t seq;
+		memcpy(&seq, p + 8, 8);
+		FZ_CHECK(f->seq == seq);
+	}
 	/* only the header counts: the same verdict from a copy of it alone */
 	uint8_t *h = malloc(DML__FRAME_HDR);
 	FZ_CHECK(h);
@@ -32,7 +39,7 @@ static void check_header(const uint8_t *p, size_t n, size_t max, int rc,
 	dml__frame g;
 	FZ_CHECK(dml__frame_parse(h, DML__FRAME_HDR, max, &g) == rc);
 	free(h);
-	if (rc == DML_EPROTO)
+	if (rc == DML_EPROTO || rc == DML_EVERSION)
 		return;
 	/* accepted (or merely too big): a consistent frame */
 	uint32_t len;
@@ -42,7 +49,7 @@ static void check_header(const uint8_t *p, size_t n, size_t max, int rc,
 	FZ_CHECK(f->kind == DML__KIND_REQUEST || f->kind == DML__KIND_REPLY);
 	FZ_CHECK(f->total == DML__FRAME_HDR + (size_t)f->name_len + f->payload_len);
 	FZ_CHECK(rc == 0 ? f->total <= max : f->total > max);
-	FZ_CHECK(f->status <= DML__ST_MAX);
+	/* any status: one this library does not know is a newer peer's */
 	if (f->kind == DML__KIND_REQUEST)
 		FZ_CHECK(f->status == 0 && f->name_len > 0);
 	else if (f->status == DML__ST_OK)
