@@ -47,6 +47,8 @@ for r in $(seq 1 "$ROUNDS"); do
 	echo "bench-compare: round $r of $ROUNDS done" >&2
 done
 
+# every value, for the record (BENCH_RAW=file keeps them)
+[ -n "${BENCH_RAW:-}" ] && cp "$tmp/all" "$BENCH_RAW"
 echo "# medians of $ROUNDS rounds; ratio = new / old"
 printf '%-32s %10s %10s %8s\n' figure old new ratio
 sort -k2,2 -k1,1 "$tmp/all" | awk '
@@ -59,6 +61,6 @@ sort -k2,2 -k1,1 "$tmp/all" | awk '
 	END {
 		for (k in names) {
 			o = median(v["old " k]); n = median(v["new " k])
-			printf "%-32s %10.4g %10.4g %8s\n", k, o, n, o > 0 ? sprintf("%.3f", n / o) : "-"
+			printf "%-32s %10.4g %10.4g %8s\n", k, o, n, (o > 0 ? sprintf("%.3f", n / o) : "-")
 		}
 	}' | sort

@@ -522,7 +522,7 @@ static void test_large_arrays(void **state)
 	assert_int_equal((uintptr_t)rv.v.data % 4, 0);
 	for (size_t i = 0; i < N; i++)
 		if (rv.v.data[i] != 3.0f * v[i])
-			fail_msg("element %d", i);
+			fail_msg("element %zu", i);
 	dml_rpc_pending_free(k);
 	/* a caller buffer that is too small is an error, and harmless */
 	scale_reply small = {0, {back, 0, N / 2}};
