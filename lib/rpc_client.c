@@ -735,24 +735,37 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	return 0;
 }
 
-/* The detail of a call that failed before it was started. */
-static int start_failed(dml_rpc_client *c, int rc)
+/* The message of a connection-level error (lost, closed, another frame
+ * version) into buf; 0 if rc is not one of them. */
+static int conn_problem(const dml_rpc_client *c, int rc, char *buf, size_t cap)
 {
 	char addr[128];
 	dml__escape(addr, sizeof addr, c->addr, strlen(c->addr));
 	switch (rc) {
 	case DML_ECONNLOST:
-		return dml__fail(rc, "connection to %s lost", addr);
+		snprintf(buf, cap, "connection to %s lost", addr);
+		return 1;
 	case DML_ECLOSED:
-		return dml__fail(rc, "client closed");
+		snprintf(buf, cap, "client closed");
+		return 1;
 	case DML_EVERSION:
-		return dml__fail(rc, "%s speaks a protocol version this client "
-		                 "(protocol %d) does not", addr, DML_RPC_PROTOCOL);
-	case DML_EPROTO:
-		return dml__fail(rc, "%s sent a malformed frame", addr);
+		snprintf(buf, cap, "%s speaks a frame version this client "
+		         "(protocol %d) does not", addr, DML_RPC_PROTOCOL);
+		return 1;
 	default:
-		return rc;
+		return 0;
 	}
+}
+
+/* The detail of a call that failed before it was started. */
+static int start_failed(dml_rpc_client *c, int rc)
+{
+	char msg[DML_ERRMSG_MAX];
+	if (conn_problem(c, rc, msg, sizeof msg))
+		return dml__fail(rc, "%s", msg);
+	if (rc == DML_EPROTO)
+		return dml__fail(rc, "the server sent a malformed frame");
+	return rc;
 }
 
 int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
@@ -932,24 +945,15 @@ static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
  * the call finished). */
 static void describe(dml_rpc_client *c, dml_rpc_pending *k)
 {
-	if (!k->result || k->errmsg[0])
+	if (!k->result || k->errmsg[0] ||
+	    conn_problem(c, k->result, k->errmsg, sizeof k->errmsg))
 		return;
-	char addr[128];
-	dml__escape(addr, sizeof addr, c->addr, strlen(c->addr));
 	const char *what = NULL;
 	switch (k->result) {
 	case DML_ETIMEDOUT:
 		snprintf(k->errmsg, sizeof k->errmsg, "no reply within %lld ms",
 		         (long long)k->timeout);
 		return;
-	case DML_ECONNLOST:
-		snprintf(k->errmsg, sizeof k->errmsg, "connection to %s lost", addr);
-		return;
-	case DML_EVERSION:
-		snprintf(k->errmsg, sizeof k->errmsg, "%s speaks a frame version this "
-		         "client (protocol %d) does not", addr, DML_RPC_PROTOCOL);
-		return;
-	case DML_ECLOSED: what = "client closed"; break;
 	case DML_EPROTO: what = "malformed reply"; break;
 	case DML_ETYPE: what = "a reply field of another kind than the method's type"; break;
 	case DML_ETOOBIG: what = "reply larger than the frame limit or the reply buffer"; break;
