@@ -36,6 +36,9 @@ const char *dml_strerror(int err)
 	case DML_EFORMAT: return "malformed input";
 	case DML_EVERSION: return "unsupported version";
 	case DML_EDIM: return "dimension mismatch";
+	case DML_ENONFINITE: return "non-finite value";
+	case DML_EFULL: return "capacity reached";
+	case DML_EDIVERGED: return "training diverged";
 	default: return "unknown error";
 	}
 }

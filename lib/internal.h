@@ -130,6 +130,12 @@ int dml__call_timeout(dml_duration t, dml_duration def, dml_duration *out);
  * is not one this library knows. */
 int dml__abi_check(int abi);
 
+/* ---- RPC limits, for the layers above -------------------------------- */
+
+/* The largest frame a server accepts, or a client sends and accepts. */
+size_t dml__rpc_server_max_frame(const dml_rpc_server *s);
+size_t dml__rpc_client_max_frame(const dml_rpc_client *c);
+
 /* ---- waiting between attempts ---------------------------------------- */
 
 /* A doubling delay between attempts: min, then twice as long each time, up

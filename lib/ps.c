@@ -25,11 +25,8 @@
 
 /* ---- creation ----------------------------------------------------- */
 
-/* The options with defaults in place; DML_EINVAL names what is wrong. */
-static int opts_check(size_t dim, dml_ps_opts *o)
+int dml__ps_opts_check(dml_ps_opts *o)
 {
-	if (!dim || dim > DML_PS_MAX_DIM)
-		return dml__fail(DML_EINVAL, "dim %zu: 1 to 2^40", dim);
 	if (o->workers < 0 || o->workers > DML_PS_MAX_WORKERS)
 		return dml__fail(DML_EINVAL, "workers %d: 0 to %d", o->workers,
 		                 DML_PS_MAX_WORKERS);
@@ -42,6 +39,77 @@ static int opts_check(size_t dim, dml_ps_opts *o)
 	return dml__optim_valid(&o->optim);
 }
 
+int dml__ps_local_new(dml_ps **out, const dml_ps_opts *o, const dml__ps_ops *ops)
+{
+	dml_ps *ps = calloc(1, sizeof *ps);
+	if (!ps)
+		return DML_ENOMEM;
+	ps->ops = ops;
+	dml__optim_resolve(&o->optim, &ps->optim);
+	ps->workers = o->workers;
+	ps->staleness = o->staleness;
+	ps->worker_timeout = o->worker_timeout;
+	ps->clock_timeout = o->clock_timeout;
+	if (o->workers) {
+		ps->clock = calloc((size_t)o->workers, sizeof *ps->clock);
+		ps->clock_at = calloc((size_t)o->workers, sizeof *ps->clock_at);
+		ps->dropped = calloc((size_t)o->workers, 1);
+		if (!ps->clock || !ps->clock_at || !ps->dropped) {
+			free(ps->clock);
+			free(ps->clock_at);
+			free(ps->dropped);
+			free(ps);
+			return DML_ENOMEM;
+		}
+	}
+	int64_t now = dml__now_ms();
+	for (int i = 0; i < o->workers; i++)
+		ps->clock_at[i] = now;
+	atomic_init(&ps->steps, 0);
+	atomic_init(&ps->updates, 0);
+	atomic_init(&ps->rot, 0);
+	pthread_mutex_init(&ps->cmu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&ps->ccv, &ca);
+	pthread_condattr_destroy(&ca);
+	*out = ps;
+	return 0;
+}
+
+void dml__ps_local_free(dml_ps *ps)
+{
+	/* answer calls still waiting in the clocks */
+	pthread_mutex_lock(&ps->cmu);
+	dml__ps_waiter *wt = ps->waiters;
+	ps->waiters = NULL;
+	pthread_mutex_unlock(&ps->cmu);
+	while (wt) {
+		dml__ps_waiter *next = wt->next;
+		wt->wake(wt->arg, DML_ECLOSED, NULL);
+		free(wt);
+		wt = next;
+	}
+	dml__ps_serve_free(ps);
+	pthread_mutex_destroy(&ps->cmu);
+	pthread_cond_destroy(&ps->ccv);
+	free(ps->clock);
+	free(ps->clock_at);
+	free(ps->dropped);
+	free(ps);
+}
+
+static void dense_free(dml_ps *ps)
+{
+	for (size_t i = 0; i < ps->nstripes; i++)
+		pthread_mutex_destroy(&ps->stripes[i].mu);
+	free(ps->w);
+	free(ps->s[0]);
+	free(ps->s[1]);
+	free(ps->stripes);
+}
+
 int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts, int abi)
 {
 	dml__detail_clear();
@@ -51,13 +119,22 @@ int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts, int abi)
 		return rc;
 	if (!out)
 		return DML_EINVAL;
-	if ((rc = opts_check(dim, &o)))
+	if (!dim || dim > DML_PS_MAX_DIM)
+		return dml__fail(DML_EINVAL, "dim %zu: 1 to 2^40", dim);
+	if (o.max_rows || o.row_init || o.init_scale != 0 || o.init_seed)
+		return dml__fail(DML_EINVAL, "max_rows, row_init, init_scale, "
+		                 "init_seed: options of keyed stores");
+	if ((rc = dml__ps_opts_check(&o)))
 		return rc;
-	dml_ps *ps = calloc(1, sizeof *ps);
-	if (!ps)
-		return DML_ENOMEM;
+	if (o.init) {
+		size_t at;
+		if (!dml__all_finite(o.init, dim, &at))
+			return dml__fail(DML_ENONFINITE, "init: value %zu is not finite", at);
+	}
+	dml_ps *ps;
+	if ((rc = dml__ps_local_new(&ps, &o, &dml__ps_dense_ops)))
+		return rc;
 	ps->dim = dim;
-	dml__optim_resolve(&o.optim, &ps->optim);
 	int nstate = dml__optim_nstate(&ps->optim);
 	size_t ns = o.stripes ? o.stripes : (dim + STRIPE_PARAMS - 1) / STRIPE_PARAMS;
 	if (!o.stripes && ns > AUTO_STRIPES)
@@ -72,85 +149,42 @@ int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts, int abi)
 	ps->stripes = calloc(ps->nstripes, sizeof *ps->stripes);
 	for (int k = 0; k < nstate; k++)
 		ps->s[k] = calloc(dim, sizeof(float));
-	ps->workers = o.workers;
-	ps->staleness = o.staleness;
-	ps->worker_timeout = o.worker_timeout;
-	ps->clock_timeout = o.clock_timeout;
-	if (o.workers) {
-		ps->clock = calloc((size_t)o.workers, sizeof *ps->clock);
-		ps->clock_at = calloc((size_t)o.workers, sizeof *ps->clock_at);
-		ps->dropped = calloc((size_t)o.workers, 1);
-	}
 	if (!ps->w || !ps->stripes || (nstate > 0 && !ps->s[0]) ||
-	    (nstate > 1 && !ps->s[1]) ||
-	    (o.workers && (!ps->clock || !ps->clock_at || !ps->dropped))) {
+	    (nstate > 1 && !ps->s[1])) {
 		free(ps->w);
 		free(ps->stripes);
 		free(ps->s[0]);
 		free(ps->s[1]);
-		free(ps->clock);
-		free(ps->clock_at);
-		free(ps->dropped);
-		free(ps);
+		ps->w = NULL;
+		ps->stripes = NULL;
+		ps->s[0] = ps->s[1] = NULL;
+		ps->nstripes = 0;
+		dml__ps_local_free(ps);
 		return DML_ENOMEM;
 	}
-	int64_t now = dml__now_ms();
-	for (int i = 0; i < o.workers; i++)
-		ps->clock_at[i] = now;
 	if (o.init)
 		memcpy(ps->w, o.init, dim * sizeof(float));
 	else
 		memset(ps->w, 0, dim * sizeof(float));
 	for (size_t i = 0; i < ps->nstripes; i++)
 		pthread_mutex_init(&ps->stripes[i].mu, NULL);
-	atomic_init(&ps->steps, 0);
-	atomic_init(&ps->updates, 0);
-	atomic_init(&ps->rot, 0);
-	pthread_mutex_init(&ps->cmu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&ps->ccv, &ca);
-	pthread_condattr_destroy(&ca);
 	*out = ps;
 	return 0;
 }
 
 size_t dml_ps_dim(const dml_ps *ps) { return ps ? ps->dim : 0; }
 
+size_t dml_ps_width(const dml_ps *ps) { return ps ? ps->width : 0; }
+
 void dml_ps_free(dml_ps *ps)
 {
 	if (!ps)
 		return;
-	if (ps->remote) {
-		dml__psr_free(ps);
+	ps->ops->free(ps);
+	if (!ps->remote)
+		dml__ps_local_free(ps);
+	else
 		free(ps);
-		return;
-	}
-	/* answer calls still waiting in the clocks */
-	pthread_mutex_lock(&ps->cmu);
-	dml__ps_waiter *wt = ps->waiters;
-	ps->waiters = NULL;
-	pthread_mutex_unlock(&ps->cmu);
-	while (wt) {
-		dml__ps_waiter *next = wt->next;
-		wt->wake(wt->arg, DML_ECLOSED, NULL);
-		free(wt);
-		wt = next;
-	}
-	dml__ps_serve_free(ps);
-	for (size_t i = 0; i < ps->nstripes; i++)
-		pthread_mutex_destroy(&ps->stripes[i].mu);
-	pthread_mutex_destroy(&ps->cmu);
-	pthread_cond_destroy(&ps->ccv);
-	free(ps->w);
-	free(ps->s[0]);
-	free(ps->s[1]);
-	free(ps->stripes);
-	free(ps->clock);
-	free(ps->clock_at);
-	free(ps->dropped);
-	free(ps);
 }
 
 /* ---- stripes ------------------------------------------------------ */
@@ -208,6 +242,47 @@ void dml__ps_apply_dense(dml_ps *ps, int op, const float *v)
 	atomic_fetch_add(&ps->updates, 1);
 }
 
+uint64_t dml__ps_step_of(dml_ps *ps, int op, float *lr)
+{
+	uint64_t t = 0;
+	if (op == DML__PS_STEP)
+		t = atomic_fetch_add(&ps->steps, 1) + 1;
+	else if (op == DML__PS_STEP_MORE)
+		t = atomic_load(&ps->steps);
+	if (op == DML__PS_STEP_MORE && !t)
+		t = 1;
+	*lr = t ? dml__schedule_lr(&ps->optim, t - 1) : 0;
+	return t;
+}
+
+void dml__ps_apply_range(dml_ps *ps, int op, size_t off, const float *v,
+                         size_t n)
+{
+	float lr;
+	uint64_t t = dml__ps_step_of(ps, op, &lr);
+	size_t end = off + n;
+	for (size_t k = off / ps->stripe_len; n && k < ps->nstripes; k++) {
+		size_t so, sn;
+		dml__ps_stripe_span(ps, k, &so, &sn);
+		size_t lo = off > so ? off : so, hi = end < so + sn ? end : so + sn;
+		if (lo >= hi)
+			break;
+		const float *d = v + (lo - off);
+		pthread_mutex_lock(&ps->stripes[k].mu);
+		if (op == DML__PS_SET)
+			memcpy(ps->w + lo, d, (hi - lo) * sizeof(float));
+		else if (op == DML__PS_ADD)
+			range_add(ps->w + lo, d, hi - lo);
+		else
+			dml__optim_apply(&ps->optim, lr, t, ps->w + lo, d,
+			                 ps->s[0] ? ps->s[0] + lo : NULL,
+			                 ps->s[1] ? ps->s[1] + lo : NULL, hi - lo);
+		pthread_mutex_unlock(&ps->stripes[k].mu);
+	}
+	if (op != DML__PS_SET && off == 0) /* a split call counts once */
+		atomic_fetch_add(&ps->updates, 1);
+}
+
 /* Holds every stripe the update touches (in ascending order, so never a
  * deadlock), so that readers see a sparse update whole. */
 void dml__ps_apply_sparse(dml_ps *ps, int op, const uint32_t *idx,
@@ -239,100 +314,14 @@ void dml__ps_apply_sparse(dml_ps *ps, int op, const uint32_t *idx,
 	atomic_fetch_add(&ps->updates, 1);
 }
 
-static int check_sparse(const dml_ps *ps, const uint32_t *idx, const float *val,
-                        size_t nnz)
-{
-	if (nnz && (!idx || !val))
-		return DML_EINVAL;
-	for (size_t i = 0; i < nnz; i++)
-		if (idx[i] >= ps->dim)
-			return dml__fail(DML_EINVAL, "index %u (entry %zu) outside "
-			                 "dimension %zu", (unsigned)idx[i], i, ps->dim);
-	return 0;
-}
+/* ---- the dense kind's operations --------------------------------- */
 
-int dml_ps_update(dml_ps *ps, const float *delta)
+static int dense_update(dml_ps *ps, int op, const float *v)
 {
-	dml__detail_clear();
-	if (!ps || !delta)
-		return DML_EINVAL;
-	if (ps->remote)
-		return dml__psr_update(ps, 0, delta);
-	dml__ps_apply_dense(ps, 0, delta);
-	return 0;
-}
-
-int dml_ps_push(dml_ps *ps, const float *grad)
-{
-	dml__detail_clear();
-	if (!ps || !grad)
-		return DML_EINVAL;
-	if (ps->remote)
-		return dml__psr_update(ps, 1, grad);
-	dml__ps_apply_dense(ps, 1, grad);
-	return 0;
-}
-
-static int sparse(dml_ps *ps, int op, const uint32_t *idx, const float *val,
-                  size_t nnz)
-{
-	dml__detail_clear();
-	if (!ps)
-		return DML_EINVAL;
-	int rc = check_sparse(ps, idx, val, nnz);
-	if (rc)
-		return rc;
-	if (ps->remote)
-		return dml__psr_update_sparse(ps, op, idx, val, nnz);
-	dml__ps_apply_sparse(ps, op, idx, val, nnz);
-	return 0;
-}
-
-int dml_ps_update_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
-                         size_t nnz)
-{
-	return sparse(ps, 0, idx, val, nnz);
-}
-
-int dml_ps_push_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
-                       size_t nnz)
-{
-	return sparse(ps, 1, idx, val, nnz);
-}
-
-/* ---- reads -------------------------------------------------------- */
-
-int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out)
-{
-	dml__detail_clear();
-	if (!ps || (!out && n))
-		return DML_EINVAL;
-	if (off > ps->dim || n > ps->dim - off)
-		return dml__fail(DML_EINVAL, "range %zu + %zu outside dimension %zu",
-		                 off, n, ps->dim);
-	if (ps->remote)
-		return dml__psr_pull(ps, off, n, out);
-	size_t k0, k1; /* the range seen whole: its stripes held at once */
-	dml__ps_lock(ps, off, n, &k0, &k1);
-	if (n)
-		memcpy(out, ps->w + off, n * sizeof(float));
-	dml__ps_unlock(ps, k0, k1);
-	return 0;
-}
-
-int dml_ps_pull(dml_ps *ps, float *out)
-{
-	dml__detail_clear();
-	return ps ? dml_ps_pull_range(ps, 0, ps->dim, out) : DML_EINVAL;
-}
-
-int dml_ps_assign(dml_ps *ps, const float *v)
-{
-	dml__detail_clear();
-	if (!ps || !v)
-		return DML_EINVAL;
-	if (ps->remote)
-		return dml__psr_assign(ps, v);
+	if (op != DML__PS_SET) {
+		dml__ps_apply_dense(ps, op, v);
+		return 0;
+	}
 	for (size_t k = 0; k < ps->nstripes; k++) {
 		size_t off, n;
 		dml__ps_stripe_span(ps, k, &off, &n);
@@ -343,15 +332,227 @@ int dml_ps_assign(dml_ps *ps, const float *v)
 	return 0;
 }
 
+static int dense_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
+                               const float *val, size_t nnz)
+{
+	dml__ps_apply_sparse(ps, op, idx, val, nnz);
+	return 0;
+}
+
+static int dense_pull(dml_ps *ps, size_t off, size_t n, float *out)
+{
+	size_t k0, k1; /* the range seen whole: its stripes held at once */
+	dml__ps_lock(ps, off, n, &k0, &k1);
+	if (n)
+		memcpy(out, ps->w + off, n * sizeof(float));
+	dml__ps_unlock(ps, k0, k1);
+	return 0;
+}
+
+int dml__ps_local_updates(dml_ps *ps, uint64_t *count)
+{
+	*count = atomic_load(&ps->updates);
+	return 0;
+}
+
+/* ---- the interface: checks, then the kind's operation -------------- */
+
+int dml__all_finite(const float *v, size_t n, size_t *at)
+{
+	/* x * 0 is 0 for every finite x and NaN otherwise: one sum per block
+	 * of 1024, which vectorises, then a scan of a bad block */
+	for (size_t i0 = 0; i0 < n; i0 += 1024) {
+		size_t m = n - i0 < 1024 ? n - i0 : 1024;
+		float acc = 0;
+		for (size_t i = 0; i < m; i++)
+			acc += v[i0 + i] * 0.0f;
+		if (acc == 0)
+			continue;
+		for (size_t i = 0; i < m; i++)
+			if (!isfinite(v[i0 + i])) {
+				*at = i0 + i;
+				return 0;
+			}
+	}
+	return 1;
+}
+
+static int not_finite(const float *v, size_t at, const char *what)
+{
+	return dml__fail(DML_ENONFINITE, "%s: value %zu is %s; nothing changed",
+	                 what, at, isnan(v[at]) ? "NaN" : "infinite");
+}
+
+static int unsupported(const dml_ps *ps, const char *call)
+{
+	return dml__fail(DML_EINVAL, "%s: not a call of %s", call, ps->ops->name);
+}
+
+static int dense(dml_ps *ps, int op, const float *v, const char *call)
+{
+	dml__detail_clear();
+	if (!ps || !v)
+		return DML_EINVAL;
+	if (!ps->ops->update)
+		return unsupported(ps, call);
+	size_t at;
+	if (!dml__all_finite(v, ps->dim, &at))
+		return not_finite(v, at, call);
+	return ps->ops->update(ps, op, v);
+}
+
+int dml_ps_update(dml_ps *ps, const float *delta)
+{
+	return dense(ps, DML__PS_ADD, delta, "dml_ps_update");
+}
+
+int dml_ps_push(dml_ps *ps, const float *grad)
+{
+	return dense(ps, DML__PS_STEP, grad, "dml_ps_push");
+}
+
+int dml_ps_assign(dml_ps *ps, const float *v)
+{
+	return dense(ps, DML__PS_SET, v, "dml_ps_assign");
+}
+
+static int sparse(dml_ps *ps, int op, const uint32_t *idx, const float *val,
+                  size_t nnz, const char *call)
+{
+	dml__detail_clear();
+	if (!ps || (nnz && (!idx || !val)))
+		return DML_EINVAL;
+	if (!ps->ops->update_sparse)
+		return unsupported(ps, call);
+	for (size_t i = 0; i < nnz; i++)
+		if (idx[i] >= ps->dim)
+			return dml__fail(DML_EINVAL, "index %u (entry %zu) outside "
+			                 "dimension %zu", (unsigned)idx[i], i, ps->dim);
+	size_t at;
+	if (!dml__all_finite(val, nnz, &at))
+		return not_finite(val, at, call);
+	return ps->ops->update_sparse(ps, op, idx, val, nnz);
+}
+
+int dml_ps_update_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
+                         size_t nnz)
+{
+	return sparse(ps, DML__PS_ADD, idx, val, nnz, "dml_ps_update_sparse");
+}
+
+int dml_ps_push_sparse(dml_ps *ps, const uint32_t *idx, const float *val,
+                       size_t nnz)
+{
+	return sparse(ps, DML__PS_STEP, idx, val, nnz, "dml_ps_push_sparse");
+}
+
+int dml_ps_pull_range(dml_ps *ps, size_t off, size_t n, float *out)
+{
+	dml__detail_clear();
+	if (!ps || (!out && n))
+		return DML_EINVAL;
+	if (!ps->ops->pull)
+		return unsupported(ps, "dml_ps_pull_range");
+	if (off > ps->dim || n > ps->dim - off)
+		return dml__fail(DML_EINVAL, "range %zu + %zu outside dimension %zu",
+		                 off, n, ps->dim);
+	return ps->ops->pull(ps, off, n, out);
+}
+
+int dml_ps_pull(dml_ps *ps, float *out)
+{
+	dml__detail_clear();
+	if (ps && !ps->ops->pull)
+		return unsupported(ps, "dml_ps_pull");
+	return ps ? dml_ps_pull_range(ps, 0, ps->dim, out) : DML_EINVAL;
+}
+
+/* The row calls' common checks: n rows of width floats must be
+ * addressable. */
+static int rows_args(dml_ps *ps, const uint64_t *keys, size_t n,
+                     const void *v, const char *call)
+{
+	if (!ps || (n && (!keys || !v)))
+		return DML_EINVAL;
+	if (!ps->ops->pull_rows)
+		return unsupported(ps, call);
+	if (n > SIZE_MAX / sizeof(float) / ps->width)
+		return dml__fail(DML_EINVAL, "%s: %zu rows of %zu floats overflow",
+		                 call, n, ps->width);
+	return 0;
+}
+
+int dml_ps_pull_rows(dml_ps *ps, const uint64_t *keys, size_t n, float *out)
+{
+	dml__detail_clear();
+	int rc = rows_args(ps, keys, n, out, "dml_ps_pull_rows");
+	if (rc)
+		return rc;
+	return n ? ps->ops->pull_rows(ps, keys, n, out) : 0;
+}
+
+static int rows_apply(dml_ps *ps, int op, const uint64_t *keys, size_t n,
+                      const float *v, const char *call)
+{
+	dml__detail_clear();
+	int rc = rows_args(ps, keys, n, v, call);
+	if (rc)
+		return rc;
+	size_t at;
+	if (!dml__all_finite(v, n * ps->width, &at))
+		return not_finite(v, at, call);
+	return ps->ops->apply_rows(ps, op, keys, n, v);
+}
+
+int dml_ps_push_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                     const float *grad)
+{
+	return rows_apply(ps, DML__PS_STEP, keys, n, grad, "dml_ps_push_rows");
+}
+
+int dml_ps_update_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                       const float *delta)
+{
+	return rows_apply(ps, DML__PS_ADD, keys, n, delta, "dml_ps_update_rows");
+}
+
+int dml_ps_assign_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                       const float *v)
+{
+	return rows_apply(ps, DML__PS_SET, keys, n, v, "dml_ps_assign_rows");
+}
+
+int dml_ps_rows(dml_ps *ps, uint64_t *count)
+{
+	dml__detail_clear();
+	if (!ps || !count)
+		return DML_EINVAL;
+	if (!ps->ops->rows)
+		return unsupported(ps, "dml_ps_rows");
+	return ps->ops->rows(ps, count);
+}
+
 int dml_ps_updates(dml_ps *ps, uint64_t *count)
 {
 	dml__detail_clear();
 	if (!ps || !count)
 		return DML_EINVAL;
-	if (ps->remote)
-		return dml__psr_updates(ps, count);
-	*count = atomic_load(&ps->updates);
-	return 0;
+	return ps->ops->updates(ps, count);
+}
+
+uint64_t dml_ps_key(uint64_t col, uint64_t seed)
+{
+	if (!seed)
+		return col < DML_PS_KEY_RESERVED ? col : col - 256;
+	/* splitmix64's finaliser of the pair: fixed for ever (keys are
+	 * stored in checkpoints and shared between machines) */
+	uint64_t x = col ^ (seed * 0x9e3779b97f4a7c15ULL);
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x < DML_PS_KEY_RESERVED ? x : x - 256;
 }
 
 /* ---- clocks ------------------------------------------------------- */
@@ -534,6 +735,11 @@ static void abs_deadline(struct timespec *ts, dml_duration ms)
 	}
 }
 
+dml_duration dml__ps_clock_default(const dml_ps *ps)
+{
+	return ps->remote ? dml__psr_clock_timeout(ps) : ps->clock_timeout;
+}
+
 int dml_ps_advance_abi(dml_ps *ps, int worker, dml_ps_clock_info *info,
                        dml_duration timeout, int abi)
 {
@@ -546,16 +752,19 @@ int dml_ps_advance_abi(dml_ps *ps, int worker, dml_ps_clock_info *info,
 	if (!ps->workers || worker < 0 || worker >= ps->workers)
 		return dml__fail(DML_EINVAL, "no worker %d (the store has %d with clocks)",
 		                 worker, ps->workers);
-	dml_duration def = ps->remote ? dml__psr_clock_timeout(ps) : ps->clock_timeout;
-	if ((rc = dml__call_timeout(timeout, def, &timeout)))
+	if ((rc = dml__call_timeout(timeout, dml__ps_clock_default(ps), &timeout)))
 		return rc;
 	dml_ps_clock_info got;
-	if (ps->remote) {
-		rc = dml__psr_clock(ps, worker, timeout, &got);
-		if (!rc)
-			dml__abi_out(info, &got, DML__L_PS_CLOCK_INFO, abi);
-		return rc;
-	}
+	rc = ps->ops->advance(ps, worker, timeout, &got);
+	if (!rc)
+		dml__abi_out(info, &got, DML__L_PS_CLOCK_INFO, abi);
+	return rc;
+}
+
+int dml__ps_local_advance(dml_ps *ps, int worker, dml_duration timeout,
+                          dml_ps_clock_info *info)
+{
+	int rc = 0;
 	struct timespec dl;
 	if (timeout >= 0)
 		abs_deadline(&dl, timeout);
@@ -604,8 +813,7 @@ int dml_ps_advance_abi(dml_ps *ps, int worker, dml_ps_clock_info *info,
 		return dml__fail(rc, "worker %d: the slowest clock stayed below %lld "
 		                 "for %lld ms; its clock stays advanced", worker,
 		                 (long long)need, (long long)timeout);
-	got = (dml_ps_clock_info){mine, min, waited};
-	dml__abi_out(info, &got, DML__L_PS_CLOCK_INFO, abi);
+	*info = (dml_ps_clock_info){mine, min, waited};
 	return 0;
 }
 
@@ -635,8 +843,11 @@ int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 	if (!ps->workers || worker < 0 || worker >= ps->workers)
 		return dml__fail(DML_EINVAL, "no worker %d (the store has %d with clocks)",
 		                 worker, ps->workers);
-	if (ps->remote)
-		return dml__psr_clock_get(ps, worker, clock, min);
+	return ps->ops->clock_get(ps, worker, clock, min);
+}
+
+int dml__ps_local_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
+{
 	pthread_mutex_lock(&ps->cmu);
 	if (clock)
 		*clock = ps->clock[worker];
@@ -649,7 +860,7 @@ int dml_ps_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 /* ---- checkpoints -------------------------------------------------- */
 
 /* The detail of a checkpoint call that failed without saying why. */
-static int ckpt_failed(const char *path, int rc)
+int dml__ps_ckpt_failed(const char *path, int rc)
 {
 	int e = errno;
 	const char *why = NULL;
@@ -667,10 +878,10 @@ static int ckpt_failed(const char *path, int rc)
 }
 
 /* The meta block: little-endian fields, fixed layout (docs/checkpoint.md). */
-enum { META_LEN = 8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 * 3 };
+enum { META_LEN = DML__PS_META_LEN };
 
-static void meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
-                     uint8_t *m)
+void dml__ps_meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
+                      uint8_t *m)
 {
 	const dml_optim_opts *o = &ps->optim;
 	uint8_t *p = m;
@@ -695,8 +906,23 @@ int dml_ps_save(dml_ps *ps, const char *path)
 	dml__detail_clear();
 	if (!ps || !path)
 		return DML_EINVAL;
-	if (ps->remote)
+	if (!ps->ops->save)
 		return dml__fail(DML_EINVAL, "a remote store is saved on its server");
+	return ps->ops->save(ps, path);
+}
+
+int dml_ps_load(dml_ps *ps, const char *path)
+{
+	dml__detail_clear();
+	if (!ps || !path)
+		return DML_EINVAL;
+	if (!ps->ops->load)
+		return dml__fail(DML_EINVAL, "a remote store is loaded on its server");
+	return ps->ops->load(ps, path);
+}
+
+static int dense_save(dml_ps *ps, const char *path)
+{
 	int nstate = ps->s[1] ? 2 : ps->s[0] ? 1 : 0;
 	size_t bytes = ps->dim * sizeof(float);
 	float *copy = malloc(bytes * (size_t)(1 + nstate));
@@ -714,33 +940,41 @@ int dml_ps_save(dml_ps *ps, const char *path)
 			       n * sizeof(float));
 		pthread_mutex_unlock(&ps->stripes[k].mu);
 	}
+	/* the exactly-once table after the parameters: a push in the copy
+	 * is in the table (it was recorded before it was applied) */
+	uint8_t *dd;
+	size_t ddlen;
+	if (dml__ps_dedup_export(ps, &dd, &ddlen)) {
+		free(copy);
+		return DML_ENOMEM;
+	}
 	uint8_t meta[META_LEN];
-	meta_put(ps, steps, updates, meta);
-	dml__ckpt_sec secs[3] = {{TAG_PARAMS, copy, bytes},
-	                         {TAG_STATE0, copy + ps->dim, bytes},
-	                         {TAG_STATE1, copy + 2 * ps->dim, bytes}};
+	dml__ps_meta_put(ps, steps, updates, meta);
+	dml__ckpt_sec secs[4] = {{TAG_PARAMS, copy, bytes}};
+	uint32_t nsec = 1;
+	for (int j = 0; j < nstate; j++)
+		secs[nsec++] = (dml__ckpt_sec){TAG_STATE0 + (uint32_t)j,
+		                               copy + (size_t)(j + 1) * ps->dim, bytes};
+	if (dd)
+		secs[nsec++] = (dml__ckpt_sec){DML__PS_TAG_DEDUP, dd, ddlen};
 	errno = 0;
-	int rc = dml__ckpt_save(path, CKPT_KIND, meta, META_LEN, secs,
-	                        (uint32_t)(1 + nstate), DML__CKPT_LEVEL_DEFAULT);
-	rc = ckpt_failed(path, rc);
+	int rc = dml__ckpt_save(path, CKPT_KIND, meta, META_LEN, secs, nsec,
+	                        DML__CKPT_LEVEL_DEFAULT);
+	rc = dml__ps_ckpt_failed(path, rc);
 	free(copy);
+	free(dd);
 	return rc;
 }
 
-int dml_ps_load(dml_ps *ps, const char *path)
+static int dense_load(dml_ps *ps, const char *path)
 {
-	dml__detail_clear();
-	if (!ps || !path)
-		return DML_EINVAL;
-	if (ps->remote)
-		return dml__fail(DML_EINVAL, "a remote store is loaded on its server");
 	uint8_t meta[META_LEN];
 	uint32_t kind, mlen;
 	dml__ckpt_reader *r;
 	errno = 0;
 	int rc = dml__ckpt_open(&r, path, &kind, meta, sizeof meta, &mlen);
 	if (rc)
-		return ckpt_failed(path, rc);
+		return dml__ps_ckpt_failed(path, rc);
 	if (kind != CKPT_KIND || mlen != META_LEN) {
 		dml__ckpt_abort(r);
 		return dml__fail(DML_EFORMAT, "%s: not a parameter-store checkpoint",
@@ -768,13 +1002,18 @@ int dml_ps_load(dml_ps *ps, const char *path)
 	}
 	for (int j = 0; j <= nstate && !rc; j++)
 		rc = dml__ckpt_read(r, TAG_PARAMS + (uint32_t)j, buf + (size_t)j * ps->dim, bytes);
+	uint8_t *dd = NULL;
+	size_t ddlen = 0;
+	if (!rc)
+		rc = dml__ps_read_dedup(r, &dd, &ddlen);
 	if (rc)
 		dml__ckpt_abort(r);
 	else
 		rc = dml__ckpt_close(r); /* verifies the CRC before anything changes */
 	if (rc) {
 		free(buf);
-		return ckpt_failed(path, rc);
+		free(dd);
+		return dml__ps_ckpt_failed(path, rc);
 	}
 	size_t k0, k1;
 	dml__ps_lock(ps, 0, ps->dim, &k0, &k1);
@@ -783,10 +1022,52 @@ int dml_ps_load(dml_ps *ps, const char *path)
 		memcpy(ps->s[j], buf + (size_t)(j + 1) * ps->dim, bytes);
 	atomic_store(&ps->steps, steps);
 	atomic_store(&ps->updates, updates);
+	if (dd)
+		dml__ps_dedup_import(ps, dd, ddlen); /* checked: cannot fail */
 	dml__ps_unlock(ps, k0, k1);
 	free(buf);
+	free(dd);
 	return 0;
 }
+
+int dml__ps_read_dedup(dml__ckpt_reader *r, uint8_t **out, size_t *len)
+{
+	uint32_t tag;
+	uint64_t n;
+	*out = NULL;
+	*len = 0;
+	int rc = dml__ckpt_peek(r, &tag, &n);
+	if (rc == DML_ENOTFOUND)
+		return 0; /* a checkpoint of a store that was not served */
+	if (rc)
+		return rc;
+	if (tag != DML__PS_TAG_DEDUP || n > DML__PS_DEDUP_MAX_BYTES || n < 8)
+		return DML_EFORMAT;
+	uint8_t *p = malloc((size_t)n);
+	if (!p)
+		return DML_ENOMEM;
+	if ((rc = dml__ckpt_read(r, DML__PS_TAG_DEDUP, p, n)) ||
+	    (rc = dml__ps_dedup_valid(p, (size_t)n))) {
+		free(p);
+		return rc;
+	}
+	*out = p;
+	*len = (size_t)n;
+	return 0;
+}
+
+const dml__ps_ops dml__ps_dense_ops = {
+	.name = "a dense store",
+	.update = dense_update,
+	.update_sparse = dense_update_sparse,
+	.pull = dense_pull,
+	.updates = dml__ps_local_updates,
+	.advance = dml__ps_local_advance,
+	.clock_get = dml__ps_local_clock_get,
+	.save = dense_save,
+	.load = dense_load,
+	.free = dense_free,
+};
 
 /* ---- sharding ------------------------------------------------------ */
 

@@ -1,9 +1,14 @@
 /*
- * ps_remote.c - a remote parameter store: the dml_ps_* calls over RPC to one
- * or more servers, each holding a contiguous range of the keys. Every call
- * goes to all the shards it touches at once (asynchronous calls, then one
- * wait each), and large arrays travel without copies: pushes are sent from
- * the caller's vector, pulls land in the caller's buffer.
+ * ps_remote.c - a remote parameter store of either kind: the dml_ps_* calls
+ * over RPC to one or more servers. A dense store's shards hold contiguous
+ * ranges of the vector; a keyed store's shards hold ranges of a hash of the
+ * keys (psw_shard_of). Every call is cut into jobs, one per frame: a shard's
+ * part of the call, split further where it exceeds the frame limit. The
+ * jobs run pipelined (at most INFLIGHT at once per call, all shards in
+ * parallel), pushes numbered for the server's exactly-once window and
+ * resent when their reply is lost. Large arrays travel without copies:
+ * dense pushes are sent from the caller's vector, dense pulls land in the
+ * caller's buffer.
  */
 #define _GNU_SOURCE
 #include "ps.h"
@@ -23,10 +28,15 @@
 #define RESEND_WAIT_MIN 10   /* ms */
 #define RESEND_WAIT_MAX 1000 /* ms */
 
+#define INFLIGHT 8 /* frames of one call in flight at once */
+
 struct dml__ps_remote {
 	int n;
+	int keyed;
 	dml_rpc_client *c[MAX_SHARDS];
-	size_t off[MAX_SHARDS + 1]; /* shard i holds [off[i], off[i+1]) */
+	size_t off[MAX_SHARDS + 1]; /* dense: shard i holds [off[i], off[i+1]) */
+	size_t frame[MAX_SHARDS];   /* payload bytes per frame to shard i */
+	int split[MAX_SHARDS];      /* the server has the 0.3 methods */
 	dml_duration timeout;
 	int retries;
 	dml_duration retry_timeout; /* 0: none beyond retries; DML_INFINITE */
@@ -91,6 +101,229 @@ static int first_error_return(const first_error *fe)
 	return fe->rc ? dml__fail(fe->rc, "%s", fe->msg) : 0;
 }
 
+/* ---- jobs: one frame each ------------------------------------------ */
+
+typedef struct job {
+	int shard;
+	const dml_rpc_method *m;
+	union {
+		psw_push push;
+		psw_spush spush;
+		psw_vec vec;
+		psw_range range;
+		psw_keys keys;
+		psw_rpush rpush;
+		psw_xpush xpush;
+	} a;
+	union {
+		psw_vec vec;
+		psw_status st;
+	} rep;
+	int has_reply;  /* rep is the reply */
+	int status;     /* rep.st is a status reply */
+	size_t expect;  /* rep.vec must hold this many values */
+	uint64_t *seq;  /* a push: its number in a (resent when lost) */
+	int numbered;
+	int tries;
+	int next;       /* the next job in a queue, -1 = none */
+	dml_rpc_pending *p;
+} job;
+
+typedef struct queue {
+	int head, tail;
+} queue;
+
+static void q_push(job *jb, queue *q, int k)
+{
+	jb[k].next = -1;
+	if (q->tail >= 0)
+		jb[q->tail].next = k;
+	else
+		q->head = k;
+	q->tail = k;
+}
+
+static int q_pop(job *jb, queue *q)
+{
+	int k = q->head;
+	if (k >= 0) {
+		q->head = jb[k].next;
+		if (q->head < 0)
+			q->tail = -1;
+	}
+	return k;
+}
+
+static int lost(int rc)
+{
+	return rc == DML_ETIMEDOUT || rc == DML_ECONNLOST;
+}
+
+/* A numbered job is finished (acknowledged or given up): its number no
+ * longer holds room in the window. */
+static void release(dml__ps_remote *r, job *j)
+{
+	if (!j->numbered)
+		return;
+	j->numbered = 0;
+	int i = j->shard;
+	pthread_mutex_lock(&r->mu[i]);
+	r->unfinished[i]--;
+	pthread_cond_signal(&r->room[i]);
+	pthread_mutex_unlock(&r->mu[i]);
+}
+
+/* The result of a finished job's call: the RPC's, the reply's status, or
+ * a count that does not match; the detail says what. */
+static int job_result(job *j, int e)
+{
+	if (e)
+		return e;
+	if (j->status && j->rep.st.code) {
+		char shown[DML_ERRMSG_MAX];
+		dml__escape(shown, sizeof shown, j->rep.st.msg.data, j->rep.st.msg.n);
+		int code = j->rep.st.code;
+		/* a code this library does not know is the server's failure */
+		if (code > 0 || code < DML_EDIVERGED)
+			code = DML_EHANDLER;
+		return dml__fail(code, "%s", shown);
+	}
+	if (j->has_reply && !j->status && j->rep.vec.v.n != j->expect)
+		return dml__fail(DML_EPROTO, "%zu values in the reply for %zu asked",
+		                 j->rep.vec.v.n, j->expect);
+	return 0;
+}
+
+/* Whether a push lost with `e` (timed out, connection lost) is sent again:
+ * `retries` times, then while retry_timeout lasts (waiting between
+ * attempts while the server is away). */
+static int resend(dml__ps_remote *r, job *j, int e, int64_t start,
+                  dml__backoff *wait)
+{
+	if (!lost(e) || !j->seq)
+		return 0;
+	int forever = r->retry_timeout == DML_INFINITE;
+	if (j->tries >= r->retries && !forever &&
+	    (r->retry_timeout == 0 || dml__now_ms() - start >= r->retry_timeout))
+		return 0;
+	j->tries++;
+	if (e == DML_ECONNLOST && r->retry_timeout != 0)
+		dml__sleep_ms(dml__backoff_next(wait));
+	return 1;
+}
+
+/* Runs jobs[0..n) to completion, pipelined, and returns the first error
+ * (with its shard in the detail). Lost pushes are resent with their
+ * numbers, which the server applies once: up to `retries` times, and
+ * beyond that while `retry_timeout` lasts, waiting between attempts
+ * (RESEND_WAIT_MIN doubling to RESEND_WAIT_MAX) so that a client with
+ * reconnect can dial a restarted server. Jobs that are not pushes (pulls)
+ * are not resent. */
+static int run_jobs(dml__ps_remote *r, job *jb, int n)
+{
+	queue todo = {-1, -1}, flying = {-1, -1};
+	for (int k = 0; k < n; k++) {
+		jb[k].p = NULL;
+		jb[k].numbered = 0;
+		jb[k].tries = 0;
+		q_push(jb, &todo, k);
+	}
+	first_error fe = {0};
+	int inflight = 0;
+	int64_t start = dml__now_ms();
+	dml__backoff wait;
+	dml__backoff_init(&wait, RESEND_WAIT_MIN, RESEND_WAIT_MAX);
+	for (;;) {
+		while (todo.head >= 0 && inflight < INFLIGHT && !fe.rc) {
+			job *j = &jb[todo.head];
+			int i = j->shard, rc;
+			pthread_mutex_lock(&r->mu[i]);
+			if (j->seq && !j->numbered) {
+				if (r->unfinished[i] >= PSW_WINDOW - 1 && inflight) {
+					pthread_mutex_unlock(&r->mu[i]);
+					break; /* finish one of ours first */
+				}
+				while (r->unfinished[i] >= PSW_WINDOW - 1)
+					pthread_cond_wait(&r->room[i], &r->mu[i]);
+				r->unfinished[i]++;
+				j->numbered = 1;
+				*j->seq = ++r->seq[i];
+			}
+			rc = dml_rpc_start(&j->p, r->c[i], j->m, &j->a,
+			                   j->has_reply ? (void *)&j->rep : NULL, r->timeout);
+			pthread_mutex_unlock(&r->mu[i]);
+			int k = q_pop(jb, &todo);
+			if (!rc) {
+				q_push(jb, &flying, k);
+				inflight++;
+				continue;
+			}
+			j->p = NULL;
+			if (resend(r, j, rc, start, &wait)) { /* not sent whole */
+				q_push(jb, &todo, k);
+				continue;
+			}
+			note_error(&fe, i, rc);
+			release(r, j);
+		}
+		int k = q_pop(jb, &flying);
+		if (k < 0) {
+			if (todo.head < 0 || fe.rc)
+				break;
+			continue;
+		}
+		inflight--;
+		job *j = &jb[k];
+		int e = job_result(j, dml_rpc_pending_wait(j->p));
+		dml_rpc_pending_free(j->p);
+		j->p = NULL;
+		if (!fe.rc && resend(r, j, e, start, &wait)) {
+			q_push(jb, &todo, k);
+			continue;
+		}
+		note_error(&fe, j->shard, e);
+		release(r, j);
+	}
+	/* after a failure: what was never sent gives its number back */
+	for (int k; (k = q_pop(jb, &todo)) >= 0;)
+		release(r, &jb[k]);
+	return first_error_return(&fe);
+}
+
+static job *jobs_new(size_t n)
+{
+	if (n > (size_t)INT32_MAX || n > SIZE_MAX / sizeof(job))
+		return NULL;
+	return calloc(n ? n : 1, sizeof(job));
+}
+
+/* ---- connecting: sizes from a peer are claims ---------------------- */
+
+/* What shard i says it is, checked; fills r's limits for it. */
+static int shard_check(dml__ps_remote *r, int i, const psw_desc *d)
+{
+	size_t mine = dml__rpc_client_max_frame(r->c[i]);
+	if (d->kind != PSW_KIND_DENSE && d->kind != PSW_KIND_KEYED)
+		return dml__fail(DML_EPROTO, "store kind %d unknown", (int)d->kind);
+	if (d->kind == PSW_KIND_DENSE && (d->dim == 0 || d->dim > DML_PS_MAX_DIM))
+		return dml__fail(DML_EPROTO, "dimension %llu: 1 to 2^40",
+		                 (unsigned long long)d->dim);
+	if (d->kind == PSW_KIND_KEYED && (d->width == 0 || d->width > DML_PS_MAX_WIDTH))
+		return dml__fail(DML_EPROTO, "row width %llu: 1 to 2^20",
+		                 (unsigned long long)d->width);
+	if (d->workers < 0 || d->workers > DML_PS_MAX_WORKERS ||
+	    d->staleness < DML_PS_ASYNC || d->staleness > INT32_MAX)
+		return dml__fail(DML_EPROTO, "%lld workers, staleness %lld",
+		                 (long long)d->workers, (long long)d->staleness);
+	size_t theirs = d->max_frame ? (size_t)d->max_frame : mine;
+	if (d->max_frame && d->max_frame < 4 * PSW_FRAME_SLACK)
+		return dml__fail(DML_EPROTO, "frame limit %llu",
+		                 (unsigned long long)d->max_frame);
+	size_t f = mine < theirs ? mine : theirs;
+	r->frame[i] = f > 2 * PSW_FRAME_SLACK ? f - PSW_FRAME_SLACK : f / 2;
+	return 0;
+}
+
 int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
                        const dml_ps_remote_opts *opts, int abi)
 {
@@ -108,9 +341,11 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 		return rc;
 	dml_ps *ps = calloc(1, sizeof *ps);
 	dml__ps_remote *r = calloc(1, sizeof *r);
-	if (!ps || !r) {
+	psw_desc *d = calloc((size_t)n, sizeof *d);
+	if (!ps || !r || !d) {
 		free(ps);
 		free(r);
+		free(d);
 		return DML_ENOMEM;
 	}
 	r->n = n;
@@ -119,29 +354,30 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 	r->retry_timeout = o.retry_timeout;
 	r->clock_timeout = o.clock_timeout;
 	r->client_id = fresh_id();
-	dml_rpc_pending *p[MAX_SHARDS];
-	psw_info info[MAX_SHARDS];
 	first_error fe = {0};
-	int started = 0;
-	for (int i = 0; i < n && !fe.rc; i++, started++) {
-		r->c[i] = clients[i];
-		note_error(&fe, i, dml_rpc_start(&p[i], clients[i], &psw_m_info, NULL,
-		                                 &info[i], r->timeout));
-		if (fe.rc)
-			break;
-	}
-	for (int i = 0; i < started; i++) {
-		note_error(&fe, i, dml_rpc_pending_wait(p[i]));
-		dml_rpc_pending_free(p[i]);
-	}
 	for (int i = 0; i < n && !fe.rc; i++) {
-		if (!info[i].dim || r->off[i] + info[i].dim < r->off[i]) {
-			dml__detail_set("dimension %llu", (unsigned long long)info[i].dim);
-			note_error(&fe, i, DML_EPROTO);
+		r->c[i] = clients[i];
+		rc = dml_rpc_call(clients[i], &psw_m_describe, NULL, &d[i], r->timeout);
+		r->split[i] = !rc;
+		if (rc == DML_ENOMETHOD) { /* a 0.2 server: dense only */
+			psw_info info;
+			rc = dml_rpc_call(clients[i], &psw_m_info, NULL, &info, r->timeout);
+			d[i] = (psw_desc){PSW_KIND_DENSE, info.dim, 0, 0, 0, info.optim,
+			                  info.workers, info.staleness, info.updates, 0};
 		}
-		r->off[i + 1] = r->off[i] + info[i].dim;
+		if (!rc)
+			rc = shard_check(r, i, &d[i]);
+		if (!rc && i && (d[i].kind != d[0].kind || d[i].width != d[0].width))
+			rc = dml__fail(DML_EINVAL, "a %s store beside a %s one",
+			               d[i].kind ? "keyed" : "dense",
+			               d[0].kind ? "keyed" : "dense");
+		if (!rc && !d[i].kind && r->off[i] > DML_PS_MAX_DIM * MAX_SHARDS - d[i].dim)
+			rc = dml__fail(DML_EPROTO, "dimensions overflow");
+		note_error(&fe, i, rc);
+		r->off[i + 1] = r->off[i] + (d[i].kind ? 0 : (size_t)d[i].dim);
 	}
 	if (fe.rc) {
+		free(d);
 		free(r);
 		free(ps);
 		return first_error_return(&fe);
@@ -150,10 +386,14 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 		pthread_mutex_init(&r->mu[i], NULL);
 		pthread_cond_init(&r->room[i], NULL);
 	}
+	r->keyed = d[0].kind == PSW_KIND_KEYED;
+	ps->ops = r->keyed ? &dml__psr_keyed_ops : &dml__psr_dense_ops;
 	ps->dim = r->off[n];
+	ps->width = r->keyed ? (size_t)d[0].width : 0;
 	ps->remote = r;
-	ps->workers = (int)info[0].workers;
-	ps->staleness = (int)info[0].staleness;
+	ps->workers = (int)d[0].workers;
+	ps->staleness = (int)d[0].staleness;
+	free(d);
 	*out = ps;
 	return 0;
 }
@@ -163,7 +403,7 @@ dml_duration dml__psr_clock_timeout(const dml_ps *ps)
 	return ps->remote->clock_timeout;
 }
 
-void dml__psr_free(dml_ps *ps)
+static void psr_free(dml_ps *ps)
 {
 	for (int i = 0; i < ps->remote->n; i++) {
 		pthread_mutex_destroy(&ps->remote->mu[i]);
@@ -172,252 +412,313 @@ void dml__psr_free(dml_ps *ps)
 	free(ps->remote);
 }
 
-/* Waits for every started call; the first error wins, with its detail. */
-static int wait_all(dml_rpc_pending **p, int n, first_error *fe)
+/* ---- dense --------------------------------------------------------- */
+
+/* Frames of at most `per` values in a range of `len`: at least 1. */
+static size_t frames_of(size_t len, size_t per)
 {
-	for (int i = 0; i < n; i++) {
-		if (!p[i])
-			continue;
-		note_error(fe, i, dml_rpc_pending_wait(p[i]));
-		dml_rpc_pending_free(p[i]);
-		p[i] = NULL;
-	}
-	return first_error_return(fe);
+	return len <= per ? 1 : (len + per - 1) / per;
 }
 
-_Static_assert(offsetof(psw_push, seq) == offsetof(psw_spush, seq),
-               "both push messages keep seq at one offset");
-
-static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
-                      size_t args_size, const int *want, int *numbered);
-
-/* Sends push `args[i]` to shard i for each i with want[i], numbering each
- * as it is queued. Pushes whose reply is lost (timeout, connection lost)
- * are resent with the same number, which the server applies once: up to
- * `retries` times, and beyond that while `retry_timeout` lasts, waiting
- * between attempts (RESEND_WAIT_MIN doubling to RESEND_WAIT_MAX) so that a
- * client with reconnect can dial a restarted server. A push waits for its
- * number while PSW_WINDOW - 1 numbered pushes to that shard are
- * unfinished. */
-static int push_all(dml__ps_remote *r, const dml_rpc_method *m, void *args,
-                    size_t args_size, const int *want)
+static int psr_update(dml_ps *ps, int op, const float *v)
 {
-	int numbered[MAX_SHARDS] = {0};
-	int rc = push_tries(r, m, args, args_size, want, numbered);
-	for (int i = 0; i < r->n; i++) /* finished: acknowledged or given up */
-		if (numbered[i]) {
-			pthread_mutex_lock(&r->mu[i]);
-			r->unfinished[i]--;
-			pthread_cond_signal(&r->room[i]);
-			pthread_mutex_unlock(&r->mu[i]);
+	dml__ps_remote *r = ps->remote;
+	size_t total = 0, per[MAX_SHARDS];
+	for (int i = 0; i < r->n; i++) {
+		per[i] = r->frame[i] / sizeof(float);
+		size_t len = r->off[i + 1] - r->off[i];
+		if (len > per[i] && !r->split[i])
+			return dml__fail(DML_ETOOBIG, "shard %d: %zu values exceed its "
+			                 "frame limit, and its server (0.2) cannot take "
+			                 "them split", i, len);
+		total += frames_of(len, per[i]);
+	}
+	job *jb = jobs_new(total);
+	if (!jb)
+		return DML_ENOMEM;
+	int k = 0;
+	for (int i = 0; i < r->n; i++) {
+		size_t len = r->off[i + 1] - r->off[i];
+		const float *base = v + r->off[i];
+		if (len <= per[i]) { /* one frame: the 0.2 methods */
+			job *j = &jb[k++];
+			j->shard = i;
+			if (op == DML__PS_SET) {
+				j->m = &psw_m_assign;
+				j->a.vec.v = (dml_f32s){(float *)base, len, 0};
+			} else {
+				j->m = &psw_m_push;
+				j->a.push = (psw_push){r->client_id, 0, op,
+				                       {(float *)base, len, 0}};
+				j->seq = &j->a.push.seq;
+			}
+			continue;
 		}
+		for (size_t at = 0; at < len; at += per[i]) {
+			job *j = &jb[k++];
+			size_t m = len - at < per[i] ? len - at : per[i];
+			j->shard = i;
+			j->m = &psw_m_push_range;
+			j->a.xpush = (psw_xpush){r->client_id, 0, op, at == 0, at,
+			                         {(float *)base + at, m, 0}};
+			j->seq = &j->a.xpush.seq;
+			j->has_reply = j->status = 1;
+		}
+	}
+	int rc = run_jobs(r, jb, k);
+	free(jb);
 	return rc;
 }
 
-static int push_tries(dml__ps_remote *r, const dml_rpc_method *m, void *args,
-                      size_t args_size, const int *want, int *numbered)
-{
-	first_error last = {DML_ETIMEDOUT, "no reply"}; /* a lost push's */
-	int todo[MAX_SHARDS];
-	for (int i = 0; i < r->n; i++)
-		todo[i] = want[i];
-	int64_t start = dml__now_ms();
-	dml__backoff wait;
-	dml__backoff_init(&wait, RESEND_WAIT_MIN, RESEND_WAIT_MAX);
-	for (int attempt = 0;; attempt++) {
-		dml_rpc_pending *p[MAX_SHARDS] = {0};
-		first_error fe = {0};
-		int again = 0;
-		for (int i = 0; i < r->n && !fe.rc; i++) {
-			if (!todo[i])
-				continue;
-			char *a = (char *)args + (size_t)i * args_size;
-			uint64_t *seq = (uint64_t *)(a + offsetof(psw_push, seq));
-			pthread_mutex_lock(&r->mu[i]);
-			if (!attempt) {
-				while (r->unfinished[i] >= PSW_WINDOW - 1)
-					pthread_cond_wait(&r->room[i], &r->mu[i]);
-				r->unfinished[i]++;
-				numbered[i] = 1;
-				*seq = ++r->seq[i];
-			}
-			int rc = dml_rpc_start(&p[i], r->c[i], m, a, NULL, r->timeout);
-			pthread_mutex_unlock(&r->mu[i]);
-			if (rc == DML_ECONNLOST || rc == DML_ETIMEDOUT) { /* not sent whole: again */
-				last.rc = 0;
-				note_error(&last, i, rc);
-				again = 1;
-			} else {
-				note_error(&fe, i, rc);
-			}
-		}
-		for (int i = 0; i < r->n; i++) {
-			if (!p[i])
-				continue;
-			int e = dml_rpc_pending_wait(p[i]);
-			todo[i] = e == DML_ETIMEDOUT || e == DML_ECONNLOST;
-			if (todo[i]) {
-				last.rc = 0;
-				note_error(&last, i, e);
-			} else {
-				note_error(&fe, i, e);
-			}
-			dml_rpc_pending_free(p[i]);
-			again |= todo[i];
-		}
-		if (fe.rc || !again)
-			return first_error_return(&fe);
-		int forever = r->retry_timeout == DML_INFINITE;
-		if (attempt >= r->retries && !forever &&
-		    (r->retry_timeout == 0 || dml__now_ms() - start >= r->retry_timeout))
-			return first_error_return(&last);
-		if (last.rc == DML_ECONNLOST && r->retry_timeout != 0)
-			dml__sleep_ms(dml__backoff_next(&wait)); /* the server is away */
-	}
-}
-
-int dml__psr_update(dml_ps *ps, int op, const float *v)
+static int psr_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
+                             const float *val, size_t nnz)
 {
 	dml__ps_remote *r = ps->remote;
-	psw_push args[MAX_SHARDS];
-	int want[MAX_SHARDS];
-	for (int i = 0; i < r->n; i++) {
-		args[i].client = r->client_id;
-		args[i].seq = 0; /* numbered by push_all */
-		args[i].op = op;
-		args[i].v.data = (float *)v + r->off[i];
-		args[i].v.n = r->off[i + 1] - r->off[i];
-		args[i].v.cap = 0;
-		want[i] = 1;
-	}
-	return push_all(r, &psw_m_push, args, sizeof args[0], want);
-}
-
-int dml__psr_update_sparse(dml_ps *ps, int op, const uint32_t *idx,
-                           const float *val, size_t nnz)
-{
-	dml__ps_remote *r = ps->remote;
-	psw_spush args[MAX_SHARDS];
-	int want[MAX_SHARDS] = {0};
 	size_t cnt[MAX_SHARDS] = {0};
-	uint32_t *lidx = NULL;
-	float *lval = NULL;
-	if (r->n == 1) { /* the one shard's keys are the global keys */
-		cnt[0] = nnz;
-	} else {
-		lidx = malloc((nnz ? nnz : 1) * sizeof *lidx);
-		lval = malloc((nnz ? nnz : 1) * sizeof *lval);
-		if (!lidx || !lval) {
-			free(lidx);
-			free(lval);
-			return DML_ENOMEM;
-		}
+	uint32_t *lidx = malloc((nnz ? nnz : 1) * sizeof *lidx);
+	float *lval = malloc((nnz ? nnz : 1) * sizeof *lval);
+	int *shard = malloc((nnz ? nnz : 1) * sizeof *shard);
+	job *jb = jobs_new((size_t)r->n);
+	int rc = 0;
+	if (!lidx || !lval || !shard || !jb) {
+		rc = DML_ENOMEM;
+		goto out;
 	}
-	/* shard of each key: binary search over the offsets */
-	int *shard = NULL;
-	if (r->n > 1) {
-		shard = malloc((nnz ? nnz : 1) * sizeof *shard);
-		if (!shard) {
-			free(lidx);
-			free(lval);
-			return DML_ENOMEM;
+	for (size_t k = 0; k < nnz; k++) { /* binary search over the offsets */
+		int lo = 0, hi = r->n - 1;
+		while (lo < hi) {
+			int mid = (lo + hi + 1) / 2;
+			if (r->off[mid] <= idx[k])
+				lo = mid;
+			else
+				hi = mid - 1;
 		}
-		for (size_t k = 0; k < nnz; k++) {
-			int lo = 0, hi = r->n - 1;
-			while (lo < hi) {
-				int mid = (lo + hi + 1) / 2;
-				if (r->off[mid] <= idx[k])
-					lo = mid;
-				else
-					hi = mid - 1;
-			}
-			shard[k] = lo;
-			cnt[lo]++;
-		}
+		shard[k] = lo;
+		cnt[lo]++;
 	}
-	size_t start[MAX_SHARDS + 1] = {0};
-	for (int i = 0; i < r->n; i++)
-		start[i + 1] = start[i] + cnt[i];
-	if (r->n > 1) {
-		size_t fill[MAX_SHARDS];
-		memcpy(fill, start, sizeof fill);
-		for (size_t k = 0; k < nnz; k++) {
-			size_t at = fill[shard[k]]++;
-			lidx[at] = idx[k] - (uint32_t)r->off[shard[k]];
-			lval[at] = val[k];
-		}
-	}
+	size_t start[MAX_SHARDS + 1] = {0}, fill[MAX_SHARDS];
 	for (int i = 0; i < r->n; i++) {
-		args[i].client = r->client_id;
-		args[i].op = op;
-		args[i].idx.data = r->n == 1 ? (uint32_t *)idx : lidx + start[i];
-		args[i].idx.n = cnt[i];
-		args[i].idx.cap = 0;
-		args[i].v.data = r->n == 1 ? (float *)val : lval + start[i];
-		args[i].v.n = cnt[i];
-		args[i].v.cap = 0;
-		/* every shard takes the step, touched or not, so that step
-		 * counts (Adam, schedules) agree with a single store */
-		want[i] = 1;
-		args[i].seq = 0; /* numbered by push_all */
+		start[i + 1] = start[i] + cnt[i];
+		fill[i] = start[i];
+		if (cnt[i] * 8 > r->frame[i]) {
+			rc = dml__fail(DML_ETOOBIG, "shard %d: a sparse push of %zu "
+			               "entries exceeds its frame limit", i, cnt[i]);
+			goto out;
+		}
 	}
-	int rc = push_all(r, &psw_m_spush, args, sizeof args[0], want);
+	for (size_t k = 0; k < nnz; k++) {
+		size_t at = fill[shard[k]]++;
+		lidx[at] = idx[k] - (uint32_t)r->off[shard[k]];
+		lval[at] = val[k];
+	}
+	/* every shard takes the step, touched or not, so that step counts
+	 * (Adam, schedules) agree with a single store */
+	for (int i = 0; i < r->n; i++) {
+		job *j = &jb[i];
+		j->shard = i;
+		j->m = &psw_m_spush;
+		j->a.spush = (psw_spush){r->client_id, 0, op,
+		                         {lidx + start[i], cnt[i], 0},
+		                         {lval + start[i], cnt[i], 0}};
+		j->seq = &j->a.spush.seq;
+	}
+	rc = run_jobs(r, jb, r->n);
+out:
+	free(jb);
 	free(shard);
 	free(lidx);
 	free(lval);
 	return rc;
 }
 
-int dml__psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
+static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 {
 	dml__ps_remote *r = ps->remote;
-	psw_range q[MAX_SHARDS];
-	psw_vec rep[MAX_SHARDS];
-	dml_rpc_pending *p[MAX_SHARDS] = {0};
-	size_t end = off + n;
-	first_error fe = {0};
-	int rc = 0;
-	for (int i = 0; i < r->n && !rc; i++) {
+	size_t end = off + n, total = 0, per[MAX_SHARDS];
+	for (int i = 0; i < r->n; i++) {
 		size_t lo = off > r->off[i] ? off : r->off[i];
 		size_t hi = end < r->off[i + 1] ? end : r->off[i + 1];
-		if (lo >= hi)
-			continue;
-		q[i].off = lo - r->off[i];
-		q[i].n = hi - lo;
-		rep[i].v.data = out + (lo - off);
-		rep[i].v.n = 0;
-		rep[i].v.cap = hi - lo;
-		rc = dml_rpc_start(&p[i], r->c[i], &psw_m_pull, &q[i], &rep[i], r->timeout);
-		note_error(&fe, i, rc);
+		per[i] = r->frame[i] / sizeof(float);
+		if (lo < hi)
+			total += frames_of(hi - lo, per[i]);
 	}
-	rc = wait_all(p, r->n, &fe);
-	for (int i = 0; i < r->n && !rc; i++) {
+	job *jb = jobs_new(total);
+	if (!jb)
+		return DML_ENOMEM;
+	int k = 0;
+	for (int i = 0; i < r->n; i++) {
 		size_t lo = off > r->off[i] ? off : r->off[i];
 		size_t hi = end < r->off[i + 1] ? end : r->off[i + 1];
-		if (lo < hi && rep[i].v.n != hi - lo)
-			rc = dml__fail(DML_EPROTO, "shard %d: %zu values for a range of %zu",
-			               i, rep[i].v.n, hi - lo);
+		for (size_t at = lo; at < hi; at += per[i]) {
+			job *j = &jb[k++];
+			size_t m = hi - at < per[i] ? hi - at : per[i];
+			j->shard = i;
+			j->m = &psw_m_pull;
+			j->a.range = (psw_range){at - r->off[i], m};
+			j->rep.vec.v = (dml_f32s){out + (at - off), 0, m};
+			j->has_reply = 1;
+			j->expect = m;
+		}
 	}
+	int rc = run_jobs(r, jb, k);
+	free(jb);
 	return rc;
 }
 
-int dml__psr_assign(dml_ps *ps, const float *v)
+/* ---- keyed --------------------------------------------------------- */
+
+/* The keys of a call grouped by shard: keys of shard i are
+ * sk[start[i] .. start[i + 1]), and pos[] says where each came from. */
+typedef struct by_shard {
+	uint64_t *sk;
+	size_t *pos;
+	size_t start[MAX_SHARDS + 1];
+} by_shard;
+
+static int group(const dml__ps_remote *r, const uint64_t *keys, size_t n,
+                 by_shard *g)
 {
-	dml__ps_remote *r = ps->remote;
-	psw_vec args[MAX_SHARDS];
-	dml_rpc_pending *p[MAX_SHARDS] = {0};
-	first_error fe = {0};
-	for (int i = 0; i < r->n && !fe.rc; i++) {
-		args[i].v.data = (float *)v + r->off[i];
-		args[i].v.n = r->off[i + 1] - r->off[i];
-		args[i].v.cap = 0;
-		note_error(&fe, i, dml_rpc_start(&p[i], r->c[i], &psw_m_assign,
-		                                 &args[i], NULL, r->timeout));
+	g->sk = malloc((n ? n : 1) * sizeof *g->sk);
+	g->pos = malloc((n ? n : 1) * sizeof *g->pos);
+	int *sh = malloc((n ? n : 1) * sizeof *sh);
+	if (!g->sk || !g->pos || !sh) {
+		free(g->sk);
+		free(g->pos);
+		free(sh);
+		return DML_ENOMEM;
 	}
-	return wait_all(p, r->n, &fe);
+	size_t cnt[MAX_SHARDS] = {0}, fill[MAX_SHARDS];
+	for (size_t k = 0; k < n; k++)
+		cnt[sh[k] = psw_shard_of(keys[k], r->n)]++;
+	g->start[0] = 0;
+	for (int i = 0; i < r->n; i++) {
+		g->start[i + 1] = g->start[i] + cnt[i];
+		fill[i] = g->start[i];
+	}
+	for (size_t k = 0; k < n; k++) {
+		size_t at = fill[sh[k]]++;
+		g->sk[at] = keys[k];
+		g->pos[at] = k;
+	}
+	free(sh);
+	return 0;
 }
 
-int dml__psr_updates(dml_ps *ps, uint64_t *count)
+static void group_free(by_shard *g)
+{
+	free(g->sk);
+	free(g->pos);
+}
+
+/* Rows per frame to shard i, each row costing `bytes` on the wire. */
+static size_t rows_per(const dml__ps_remote *r, int i, size_t bytes)
+{
+	size_t m = r->frame[i] / bytes;
+	return m ? m : 1;
+}
+
+static int psr_pull_rows(dml_ps *ps, const uint64_t *keys, size_t n, float *out)
+{
+	dml__ps_remote *r = ps->remote;
+	size_t w = ps->width, total = 0;
+	by_shard g;
+	int rc = group(r, keys, n, &g);
+	if (rc)
+		return rc;
+	size_t row_bytes = w * sizeof(float) > 8 ? w * sizeof(float) : 8;
+	for (int i = 0; i < r->n; i++) {
+		size_t len = g.start[i + 1] - g.start[i];
+		if (len)
+			total += frames_of(len, rows_per(r, i, row_bytes));
+	}
+	float *tmp = r->n > 1 ? malloc(n * w * sizeof(float)) : out;
+	job *jb = jobs_new(total);
+	if (!jb || !tmp) {
+		rc = DML_ENOMEM;
+		goto out;
+	}
+	int k = 0;
+	for (int i = 0; i < r->n; i++) {
+		size_t per = rows_per(r, i, row_bytes);
+		for (size_t at = g.start[i]; at < g.start[i + 1]; at += per) {
+			job *j = &jb[k++];
+			size_t m = g.start[i + 1] - at < per ? g.start[i + 1] - at : per;
+			j->shard = i;
+			j->m = &psw_m_pull_rows;
+			j->a.keys.keys = (dml_i64s){(int64_t *)(g.sk + at), m, 0};
+			j->rep.vec.v = (dml_f32s){tmp + at * w, 0, m * w};
+			j->has_reply = 1;
+			j->expect = m * w;
+		}
+	}
+	/* one shard: grouped in the caller's order, straight into out */
+	if (!(rc = run_jobs(r, jb, k)) && r->n > 1)
+		for (size_t at = 0; at < n; at++)
+			memcpy(out + g.pos[at] * w, tmp + at * w, w * sizeof(float));
+out:
+	free(jb);
+	if (tmp != out)
+		free(tmp);
+	group_free(&g);
+	return rc;
+}
+
+static int psr_apply_rows(dml_ps *ps, int op, const uint64_t *keys, size_t n,
+                          const float *v)
+{
+	dml__ps_remote *r = ps->remote;
+	size_t w = ps->width, total = 0;
+	by_shard g;
+	int rc = group(r, keys, n, &g);
+	if (rc)
+		return rc;
+	size_t row_bytes = 8 + w * sizeof(float);
+	for (int i = 0; i < r->n; i++) {
+		size_t len = g.start[i + 1] - g.start[i];
+		/* every shard takes a step, touched or not (step counts agree) */
+		if (len || op == DML__PS_STEP)
+			total += frames_of(len, rows_per(r, i, row_bytes));
+	}
+	float *sv = r->n > 1 ? malloc((n ? n : 1) * w * sizeof(float)) : (float *)v;
+	job *jb = jobs_new(total);
+	if (!jb || !sv) {
+		rc = DML_ENOMEM;
+		goto out;
+	}
+	if (r->n > 1)
+		for (size_t at = 0; at < n; at++)
+			memcpy(sv + at * w, v + g.pos[at] * w, w * sizeof(float));
+	int k = 0;
+	for (int i = 0; i < r->n; i++) {
+		size_t per = rows_per(r, i, row_bytes), lo = g.start[i], hi = g.start[i + 1];
+		if (lo == hi && op != DML__PS_STEP)
+			continue;
+		size_t at = lo;
+		do {
+			job *j = &jb[k++];
+			size_t m = hi - at < per ? hi - at : per;
+			j->shard = i;
+			j->m = &psw_m_push_rows;
+			j->a.rpush = (psw_rpush){r->client_id, 0, op, at == lo,
+			                         {(int64_t *)(g.sk + at), m, 0},
+			                         {sv + at * w, m * w, 0}};
+			j->seq = &j->a.rpush.seq;
+			j->has_reply = j->status = 1;
+			at += m;
+		} while (at < hi);
+	}
+	rc = run_jobs(r, jb, k);
+out:
+	free(jb);
+	if (sv != v)
+		free(sv);
+	group_free(&g);
+	return rc;
+}
+
+/* ---- counts and clocks --------------------------------------------- */
+
+static int psr_updates(dml_ps *ps, uint64_t *count)
 {
 	dml__ps_remote *r = ps->remote;
 	psw_info info;
@@ -427,19 +728,43 @@ int dml__psr_updates(dml_ps *ps, uint64_t *count)
 	return rc;
 }
 
-int dml__psr_clock(dml_ps *ps, int worker, dml_duration timeout,
-                   dml_ps_clock_info *info)
+static int psr_rows(dml_ps *ps, uint64_t *count)
+{
+	dml__ps_remote *r = ps->remote;
+	dml_rpc_pending *p[MAX_SHARDS] = {0};
+	psw_desc d[MAX_SHARDS];
+	first_error fe = {0};
+	for (int i = 0; i < r->n && !fe.rc; i++)
+		note_error(&fe, i, dml_rpc_start(&p[i], r->c[i], &psw_m_describe, NULL,
+		                                 &d[i], r->timeout));
+	uint64_t sum = 0;
+	for (int i = 0; i < r->n; i++) {
+		if (!p[i])
+			continue;
+		int e = dml_rpc_pending_wait(p[i]);
+		dml_rpc_pending_free(p[i]);
+		note_error(&fe, i, e);
+		if (!e)
+			sum += d[i].rows;
+	}
+	if (!fe.rc)
+		*count = sum;
+	return first_error_return(&fe);
+}
+
+static int psr_advance(dml_ps *ps, int worker, dml_duration timeout,
+                       dml_ps_clock_info *info)
 {
 	dml__ps_remote *r = ps->remote;
 	psw_worker q = {worker};
 	psw_clock rep = {0, 0, 0};
 	int rc = dml_rpc_call(r->c[0], &psw_m_clock, &q, &rep, timeout);
-	if (!rc && info)
+	if (!rc)
 		*info = (dml_ps_clock_info){rep.clock, rep.min, rep.waited != 0};
 	return rc;
 }
 
-int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
+static int psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 {
 	dml__ps_remote *r = ps->remote;
 	psw_worker q = {worker};
@@ -453,3 +778,25 @@ int dml__psr_clock_get(dml_ps *ps, int worker, int64_t *clock, int64_t *min)
 	}
 	return rc;
 }
+
+const dml__ps_ops dml__psr_dense_ops = {
+	.name = "a remote dense store",
+	.update = psr_update,
+	.update_sparse = psr_update_sparse,
+	.pull = psr_pull,
+	.updates = psr_updates,
+	.advance = psr_advance,
+	.clock_get = psr_clock_get,
+	.free = psr_free,
+};
+
+const dml__ps_ops dml__psr_keyed_ops = {
+	.name = "a remote keyed store",
+	.pull_rows = psr_pull_rows,
+	.apply_rows = psr_apply_rows,
+	.updates = psr_updates,
+	.rows = psr_rows,
+	.advance = psr_advance,
+	.clock_get = psr_clock_get,
+	.free = psr_free,
+};

@@ -1175,3 +1175,8 @@ void dml_rpc_client_errmsg(dml_rpc_client *c, char *buf, size_t cap)
 void dml_rpc_client_close(dml_rpc_client *c) { dml_rpc_close(c); }
 
 void dml_rpc_client_free(dml_rpc_client *c) { dml_rpc_free(c); }
+
+size_t dml__rpc_client_max_frame(const dml_rpc_client *c)
+{
+	return c->o.max_frame;
+}

@@ -1224,3 +1224,8 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	free(d);
 	return rc == DML_ECONNLOST ? DML_ECLOSED : rc;
 }
+
+size_t dml__rpc_server_max_frame(const dml_rpc_server *s)
+{
+	return s->o.max_frame;
+}

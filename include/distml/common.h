@@ -16,7 +16,7 @@ extern "C" {
 
 /* The version: the Makefile reads these three lines, so keep their shape. */
 #define DML_VERSION_MAJOR 0
-#define DML_VERSION_MINOR 2
+#define DML_VERSION_MINOR 3
 #define DML_VERSION_PATCH 0
 
 #define DML_VERSION_NUMBER                                                     \
@@ -87,6 +87,9 @@ enum {
 	DML_EFORMAT = -22,     /* malformed input file (data set, checkpoint) */
 	DML_EVERSION = -23,    /* unsupported format, protocol or ABI version */
 	DML_EDIM = -24,        /* dimensions do not match */
+	DML_ENONFINITE = -25,  /* a NaN or an infinity where a finite value is needed */
+	DML_EFULL = -26,       /* a configured capacity is reached (e.g. max_rows) */
+	DML_EDIVERGED = -27,   /* training diverged: a loss or parameter became non-finite */
 };
 
 /* dml_strerror: a static, human-readable name for an error code. Never NULL.

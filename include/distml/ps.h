@@ -48,6 +48,19 @@ typedef struct dml_ps dml_ps;
 #define DML_PS_MAX_WORKERS 1000000        /* workers with clocks */
 #define DML_PS_MAX_SHARDS 64              /* servers behind one remote handle */
 
+/* The initial value of a keyed row: zeros, or seeded random values that are
+ * a function of (init_seed, key, element) only, so that every shard, every
+ * pull of an absent key and every restart agree (embeddings). */
+typedef enum dml_ps_init {
+	DML_PS_INIT_ZERO = 0,
+	DML_PS_INIT_UNIFORM = 1, /* uniform in [-init_scale, init_scale) */
+	DML_PS_INIT_NORMAL = 2,  /* normal, mean 0, deviation init_scale */
+} dml_ps_init;
+
+#define DML_PS_DEFAULT_INIT_SCALE 0.01f
+#define DML_PS_DEFAULT_KEYED_STRIPES 64 /* keyed: lock stripes when 0 */
+#define DML_PS_MAX_WIDTH ((size_t)1 << 20) /* floats per keyed row */
+
 /* Options of a local store; zero-initialised means defaults. May grow at
  * its end (docs/abi.md). */
 typedef struct dml_ps_opts {
@@ -64,6 +77,15 @@ typedef struct dml_ps_opts {
 	                         call); 0 = DML_INFINITE: never */
 	dml_duration clock_timeout; /* what dml_ps_advance's DML_DEFAULT means
 	                         (0 = DML_INFINITE) */
+	/* Keyed stores only (dml_ps_new_keyed; a dense store refuses them): */
+	uint64_t max_rows;    /* most rows the store will create (0 = no
+	                         bound but memory); a push that would create
+	                         more is DML_EFULL and changes nothing */
+	dml_ps_init row_init; /* what an absent row reads as, and starts
+	                         from when a push creates it (0 = zeros) */
+	float init_scale;     /* UNIFORM: values in [-scale, scale); NORMAL:
+	                         the standard deviation (0 = 0.01) */
+	uint64_t init_seed;   /* UNIFORM, NORMAL: the seed */
 } dml_ps_opts;
 
 /* Creates a local store of `dim` (1 .. DML_PS_MAX_DIM) parameters. `opts`
@@ -75,8 +97,70 @@ DML_API int dml_ps_new_abi(dml_ps **out, size_t dim, const dml_ps_opts *opts,
                            int abi);
 #define dml_ps_new(...) dml_ps_new_abi(__VA_ARGS__, DML_ABI)
 
-/* The number of parameters. Thread-safe. */
+/* The number of parameters of a dense store (0 for a keyed one).
+ * Thread-safe. */
 DML_API size_t dml_ps_dim(const dml_ps *ps);
+
+/*
+ * Keyed stores. The parameters are rows of `width` floats (1 ..
+ * DML_PS_MAX_WIDTH), each addressed by a 64-bit key (any value: the whole
+ * 2^64 key space works). A row exists once a push, update or assign has
+ * named its key; before that it reads as its initial value (opts.row_init)
+ * and takes no memory, so memory grows with the keys touched, not with the
+ * key space. Each row keeps its own optimizer state (opts.optim), and a
+ * push steps only the rows it names (docs/optim.md: lazy updates).
+ * opts.init must be NULL (dense only); opts.stripes 0 means
+ * DML_PS_DEFAULT_KEYED_STRIPES. The dense calls (dml_ps_push, _pull, ...)
+ * are DML_EINVAL on a keyed store, and the row calls below on a dense one.
+ * How a data set's columns become keys: dml_ps_key (train.h uses it).
+ * *out owns the store (dml_ps_free); on failure *out is untouched.
+ * DML_EINVAL, DML_ENOMEM, DML_EVERSION. Thread-safe.
+ */
+DML_API int dml_ps_new_keyed_abi(dml_ps **out, size_t width,
+                                 const dml_ps_opts *opts, int abi);
+#define dml_ps_new_keyed(...) dml_ps_new_keyed_abi(__VA_ARGS__, DML_ABI)
+
+/* Floats per row of a keyed store (0 for a dense one). Thread-safe. */
+DML_API size_t dml_ps_width(const dml_ps *ps);
+
+/* The key of column `col` of a data set: col itself when seed is 0, else a
+ * hash of (seed, col) (hashed features: any 64-bit key, the same on every
+ * machine and in every version of the library). Keys from
+ * DML_PS_KEY_RESERVED up are never returned: models keep their own rows
+ * (a bias) there. Thread-safe. */
+#define DML_PS_KEY_RESERVED (UINT64_MAX - 255)
+DML_API uint64_t dml_ps_key(uint64_t col, uint64_t seed);
+
+/* Copies the rows of keys[0..n) into out (n * width floats, caller's; row
+ * i at out + i * width). An absent key reads as its initial value and is
+ * not created. Repeated keys are fine. Each row is read whole; rows in
+ * one stripe are seen at one moment. Thread-safe. */
+DML_API int dml_ps_pull_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                             float *out);
+
+/* One optimizer step (opts.optim) on the rows of keys[0..n) with their
+ * gradients grad (n * width floats, only read), creating absent rows from
+ * their initial value first. Counts as one step (Adam's t, the schedule),
+ * even with n 0; a repeated key is stepped once per occurrence, in order.
+ * A NaN or infinity in grad is DML_ENONFINITE; more rows than max_rows
+ * allows is DML_EFULL; both change nothing. Readers see a push whole.
+ * Thread-safe. */
+DML_API int dml_ps_push_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                             const float *grad);
+
+/* Adds delta (n * width floats) to the rows of keys, creating them as
+ * dml_ps_push_rows does (no optimizer step). Thread-safe. */
+DML_API int dml_ps_update_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                               const float *delta);
+
+/* Sets the rows of keys to v (n * width floats), creating them; their
+ * optimizer state is kept (zero for new rows). Thread-safe. */
+DML_API int dml_ps_assign_rows(dml_ps *ps, const uint64_t *keys, size_t n,
+                               const float *v);
+
+/* The number of rows a keyed store holds (for a remote handle: the sum
+ * over its shards). Thread-safe. */
+DML_API int dml_ps_rows(dml_ps *ps, uint64_t *count);
 
 /* Adds delta (dim floats, only read) to the parameters. Thread-safe.
  * Remote: DML_ECONNLOST, DML_ETIMEDOUT, ... from the RPC layer. */
