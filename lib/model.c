@@ -267,6 +267,53 @@ static int lin_loss_grad_(lin_model *s, const float *w, const dml_batch *b,
 	return 0;
 }
 
+/* The keyed path: rows[0..u) the features' weights, rows[u] the bias. */
+static int lin_rows_grad_(lin_model *s, const float *rows, const dml_batch *b,
+                          float *grad, double *loss)
+{
+	if (!rows || !b || b->x || !b->indptr)
+		return DML_EINVAL;
+	size_t u = b->dim, n = b->n;
+	int rc = dml__model_check_batch(b, u, s->kind == LIN_REG ? 0 : 2);
+	if (rc || (rc = dml__scratch(&s->z, &s->zcap, n ? n : 1)))
+		return rc;
+	sparse_scores(b, rows, u, s->z);
+	double l = 0;
+	float inv = n ? 1.0f / (float)n : 0.0f, gb = 0;
+	for (size_t i = 0; i < n; i++) {
+		float dz;
+		l += row_loss(s->kind, s->z[i], b->y[i], &dz);
+		s->z[i] = dz * inv;
+		gb += s->z[i];
+	}
+	if (n)
+		l /= (double)n;
+	double sq = 0;
+	for (size_t j = 0; j < u; j++)
+		sq += (double)rows[j] * rows[j];
+	l += 0.5 * s->l2 * sq;
+	if (grad) {
+		for (size_t j = 0; j < u; j++)
+			grad[j] = s->l2 * rows[j];
+		for (size_t i = 0; i < n; i++)
+			for (uint64_t p = b->indptr[i]; p < b->indptr[i + 1]; p++)
+				grad[b->idx[p]] += s->z[i] * b->val[p];
+		grad[u] = gb;
+	}
+	if (loss)
+		*loss = l;
+	return 0;
+}
+
+static int lin_rows_grad(void *self, const float *rows, const dml_batch *b,
+                         float *grad, double *loss)
+{
+	unsigned fp = dml__fp_enter();
+	int rc = lin_rows_grad_(self, rows, b, grad, loss);
+	dml__fp_leave(fp);
+	return rc;
+}
+
 static int lin_predict_(lin_model *s, const float *w, const dml_batch *b,
                         float *out)
 {
@@ -334,6 +381,9 @@ static int lin_new(dml_model *out, size_t features, float l2, lin_kind kind,
 	m.loss_grad = lin_loss_grad;
 	m.predict = lin_predict;
 	m.destroy = lin_destroy;
+	m.width = 1;
+	m.extra_rows = 1;
+	m.rows_grad = lin_rows_grad;
 	dml__abi_out(out, &m, DML__L_MODEL, abi);
 	return 0;
 }

@@ -169,6 +169,66 @@ static int smx_loss_grad_(smx_model *s, const float *w, const dml_batch *b,
 	return 0;
 }
 
+/* The keyed path: row j (k floats) is feature j's weights of every
+ * class, row u the biases. Logits class-major in s->z, as the kernel
+ * wants them. */
+static int smx_rows_grad_(smx_model *s, const float *rows, const dml_batch *b,
+                          float *grad, double *loss)
+{
+	if (!rows || !b || b->x || !b->indptr)
+		return DML_EINVAL;
+	size_t u = b->dim, n = b->n, k = s->classes;
+	int rc = dml__model_check_batch(b, u, (int)k);
+	if (!rc)
+		rc = smx_scratch(s, n);
+	if (rc)
+		return rc;
+	const float *bias = rows + u * k;
+	for (size_t i = 0; i < n; i++) {
+		for (size_t c = 0; c < k; c++)
+			s->z[c * n + i] = bias[c];
+		for (uint64_t p = b->indptr[i]; p < b->indptr[i + 1]; p++) {
+			const float *wj = rows + (size_t)b->idx[p] * k;
+			float v = b->val[p];
+			for (size_t c = 0; c < k; c++)
+				s->z[c * n + i] += v * wj[c];
+		}
+	}
+	float *gb = grad ? grad + u * k : NULL;
+	if (gb)
+		memset(gb, 0, k * sizeof(float));
+	double l = n ? s->kr.softmax_xent(n, k, s->z, n, b->y, 1.0f / (float)n, gb) : 0;
+	if (n)
+		l /= (double)n;
+	double sq = 0;
+	for (size_t q = 0; q < u * k; q++)
+		sq += (double)rows[q] * rows[q];
+	l += 0.5 * s->l2 * sq;
+	if (grad) {
+		for (size_t q = 0; q < u * k; q++)
+			grad[q] = s->l2 * rows[q];
+		for (size_t i = 0; i < n; i++)
+			for (uint64_t p = b->indptr[i]; p < b->indptr[i + 1]; p++) {
+				float *gj = grad + (size_t)b->idx[p] * k;
+				float v = b->val[p];
+				for (size_t c = 0; c < k; c++)
+					gj[c] += s->z[c * n + i] * v;
+			}
+	}
+	if (loss)
+		*loss = l;
+	return 0;
+}
+
+static int smx_rows_grad(void *self, const float *rows, const dml_batch *b,
+                         float *grad, double *loss)
+{
+	unsigned fp = dml__fp_enter();
+	int rc = smx_rows_grad_(self, rows, b, grad, loss);
+	dml__fp_leave(fp);
+	return rc;
+}
+
 static int smx_predict_(smx_model *s, const float *w, const dml_batch *b,
                         float *out)
 {
@@ -244,6 +304,9 @@ int dml_model_init_softmax_abi(dml_model *out, size_t features, int classes,
 	m.loss_grad = smx_loss_grad;
 	m.predict = smx_predict;
 	m.destroy = dml__softmax_destroy;
+	m.width = k;
+	m.extra_rows = 1;
+	m.rows_grad = smx_rows_grad;
 	dml__abi_out(out, &m, DML__L_MODEL, abi);
 	return 0;
 }

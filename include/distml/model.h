@@ -64,7 +64,32 @@ typedef struct dml_model {
 	                 float *grad, double *loss);
 	int (*predict)(void *self, const float *w, const dml_batch *b, float *out);
 	void (*destroy)(void *self);
+	/* The keyed (sparse) path; width 0 means the model has none. */
+	size_t width;      /* floats per feature row */
+	size_t extra_rows; /* rows of the model's own after the features (a
+	                      bias: 1 for the built-in models) */
+	int (*rows_grad)(void *self, const float *rows, const dml_batch *b,
+	                 float *grad, double *loss);
 } dml_model;
+
+/*
+ * The keyed path: parameters as rows of `width` floats, one per feature
+ * (column) and `extra_rows` of the model's own. rows_grad gets a CSR batch
+ * whose column indices are local, 0 .. b->dim - 1, and the parameters of
+ * just those b->dim feature rows followed by the extra rows:
+ * rows[(j * width) + c] for feature row j, rows[(b->dim + r) * width + c]
+ * for extra row r. It writes the gradient in the same shape into grad
+ * (every float of it) and *loss as loss_grad would, with the L2 term over
+ * the rows given only (lazy regularisation). Its cost grows with the
+ * batch's entries times width, never with the number of features.
+ *
+ * The trainers (train.h) use it for sparse batches: on a keyed store they
+ * pull and push only the rows of a minibatch's columns (keys:
+ * dml_ps_key(column, key_seed); extra row r: UINT64_MAX - r); in
+ * dml_sgd_run they gather those rows from the dense vector w, where
+ * element c of feature j is w[c * features + j] and element c of extra row
+ * r is w[width * features + r * width + c] (the built-in models' layout).
+ */
 
 /* Built-in models, filled into the caller's *m. `l2` >= 0 adds
  * l2/2 * |w|^2 (bias excluded) to the loss. Parameters: a weight per

@@ -35,10 +35,15 @@ typedef struct dml_epoch_info {
 	uint64_t samples;   /* rows processed in this epoch */
 	double seconds;     /* wall time since training started */
 	int64_t staleness;  /* DSGD: largest clock lead seen this epoch, -1 = not measured */
+	uint64_t step;      /* steps of the whole run so far */
+	int end_of_epoch;   /* 1 at an epoch's end, 0 for a call made every
+	                       callback_every steps within it */
 } dml_epoch_info;
 
-/* Called after each epoch with the current parameters (dim floats, valid
- * during the call). Return non-zero to stop training early. */
+/* Called after each epoch (and every callback_every steps, if set) with
+ * the current parameters (dim floats, valid during the call; NULL when
+ * training against a keyed store: get them with dml_model_pull). Return
+ * non-zero to stop training early. */
 typedef int (*dml_epoch_fn)(void *user, const dml_epoch_info *info,
                             const float *w);
 
@@ -55,6 +60,9 @@ typedef struct dml_train_stats {
 	int64_t max_staleness;/* DSGD: largest clock lead over the slowest worker */
 	int stopped;          /* the callback asked to stop */
 	uint64_t retries;     /* DSGD: store calls repeated after a lost connection */
+	int fail_epoch;       /* a failed run: the epoch (1, 2, ...) and the */
+	uint64_t fail_step;   /* step within it (1, 2, ...) that failed; else 0 */
+	uint64_t rows_moved;  /* keyed path: rows pulled plus rows pushed */
 } dml_train_stats;
 
 /* Options of dml_sgd_run; zero-initialised means defaults. May grow at its
@@ -68,9 +76,26 @@ typedef struct dml_sgd_opts {
 	int no_shuffle;       /* non-zero: keep the data set's order */
 	dml_epoch_fn on_epoch;
 	void *user;
+	size_t callback_every; /* also call on_epoch every this many steps
+	                         (0 = at the ends of epochs only) */
+	int dense_path;       /* non-zero: sparse batches take the dense
+	                         path too (a gradient of all dim parameters and
+	                         a step on each), as before 0.3 */
 } dml_sgd_opts;
 
 /*
+ * Sparse batches (CSR) and a model with a keyed path (model.h: rows_grad)
+ * take the sparse path: each step computes the gradient of the rows of
+ * the minibatch's columns only and steps only them (lazy optimizers,
+ * docs/optim.md), in time that grows with the batch's entries, not with
+ * the dimension; opts.dense_path turns it off. Dense batches, and models
+ * without rows_grad, take the dense path.
+ *
+ * Divergence: a loss, gradient or parameter that becomes NaN or infinite
+ * stops training with DML_EDIVERGED; the detail and the statistics
+ * (fail_epoch, fail_step) say where. Parameters are checked as a step
+ * reads them and, on the dense path, at each epoch's end.
+ *
  * Minibatch SGD on one thread: for each epoch, shuffles `train` in place
  * (unless no_shuffle), then one optimizer step per minibatch on w (m->dim
  * floats, initial parameters in, trained parameters out). `st` may be NULL;
@@ -117,9 +142,21 @@ typedef struct dml_dsgd_opts {
 	                         0 = give up at once; DML_INFINITE = never */
 	dml_epoch_fn on_epoch;
 	void *user;
+	size_t callback_every; /* also call on_epoch every this many steps
+	                         (0 = at the ends of epochs only) */
+	uint64_t key_seed;    /* keyed store: the key of column j is
+	                         dml_ps_key(j, key_seed) (0 = j itself) */
 } dml_dsgd_opts;
 
 /*
+ * On a keyed store (dml_ps_new_keyed), the worker takes the sparse path:
+ * the shard must be sparse and the model must have rows_grad with the
+ * store's width; each step pulls the rows of its minibatch's columns
+ * (keys: dml_ps_key(column, key_seed), extra rows UINT64_MAX - r), and
+ * pushes their gradient, so the bytes per step grow with the minibatch's
+ * distinct columns, not with the dimension. A dense store keeps the
+ * dense path (the whole vector pulled and pushed).
+ *
  * The distributed worker loop: repeat { pull the parameters from `ps`,
  * compute the gradient of the next minibatch of `shard`, push it (the
  * store's optimizer applies it), and, under BSP/SSP, advance this worker's
@@ -143,6 +180,18 @@ DML_API int dml_dsgd_run_abi(dml_ps *ps, dml_model *m, dml_dataset *shard,
                              dml_train_stats *st, const dml_dsgd_opts *opts,
                              int abi);
 #define dml_dsgd_run(...) dml_dsgd_run_abi(__VA_ARGS__, DML_ABI)
+
+/*
+ * The parameters of model m in its dense layout (model.h), read from a
+ * keyed store: w (m->dim floats, the caller's) gets every feature's row
+ * (key dml_ps_key(column, key_seed)) and the extra rows (UINT64_MAX - r);
+ * rows never pushed read as the store's initial value. For evaluating or
+ * saving a model trained on a keyed store. DML_EINVAL (no keyed path, or
+ * another width), the store's errors. Thread-safe.
+ */
+DML_API int dml_model_pull_abi(const dml_model *m, dml_ps *ps,
+                               uint64_t key_seed, float *w, int abi);
+#define dml_model_pull(...) dml_model_pull_abi(__VA_ARGS__, DML_ABI)
 
 #ifndef DML_NO_DEPRECATED
 /* Deprecated in 0.2: dml_sgd_run and dml_dsgd_run, with the statistics
