@@ -18,6 +18,7 @@
 #include "optim.h"
 
 #include <errno.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <math.h>
 #include <stdlib.h>
@@ -116,6 +117,22 @@ static kv_slot *slot_of(const kv_stripe *s, uint64_t key, uint64_t h)
 	return &s->tab[i];
 }
 
+/* Large tables and row arrays are read at random: on huge pages, a
+ * lookup costs no TLB miss on top of its cache miss. A hint only. */
+static void hint_huge(void *p, size_t len)
+{
+#ifdef MADV_HUGEPAGE
+	const uintptr_t huge = (uintptr_t)2 << 20;
+	uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+	uintptr_t b = ((uintptr_t)p + len) & ~(huge - 1);
+	if (b > a)
+		madvise((void *)a, b - a, MADV_HUGEPAGE);
+#else
+	(void)p;
+	(void)len;
+#endif
+}
+
 /* Room for `more` new rows in s, or DML_ENOMEM with s as it was. */
 static int reserve(dml__kv *kv, kv_stripe *s, size_t more)
 {
@@ -130,6 +147,7 @@ static int reserve(dml__kv *kv, kv_stripe *s, size_t more)
 		if (!rows)
 			return DML_ENOMEM;
 		s->rows = rows;
+		hint_huge(rows, cap * kv->rl * sizeof(float));
 		uint64_t *keys = realloc(s->keys, cap * sizeof *keys);
 		if (!keys)
 			return DML_ENOMEM; /* rows grew: harmless */
@@ -143,6 +161,7 @@ static int reserve(dml__kv *kv, kv_stripe *s, size_t more)
 		kv_slot *tab = calloc(cap, sizeof *tab);
 		if (!tab)
 			return DML_ENOMEM;
+		hint_huge(tab, cap * sizeof *tab);
 		kv_slot *old = s->tab;
 		s->tab = tab;
 		s->cap = cap;
@@ -201,25 +220,101 @@ static void mark(stripes_held *m, size_t k)
 
 /* ---- operations ---------------------------------------------------- */
 
+/* ---- finding the rows of a call ------------------------------------ */
+
+/* Probes ahead of the one in hand: the table's slots and the rows are
+ * random accesses in memory, and a store serves many at once when the
+ * next ones' are already on their way. */
+#define AHEAD 16
+
+static void prefetch_slot(const dml__kv *kv, uint64_t h)
+{
+	const kv_stripe *s = &kv->st[stripe_of(kv, h)];
+	if (s->cap)
+		__builtin_prefetch(&s->tab[(size_t)h & (s->cap - 1)]);
+}
+
+/* row[i] = the row of keys[i] (hash h[i]), or NULL if absent. Its
+ * stripes must be held. */
+static void locate(const dml__kv *kv, const uint64_t *keys, size_t n,
+                   const uint64_t *h, float **row)
+{
+	for (size_t i = 0; i < n && i < AHEAD; i++)
+		prefetch_slot(kv, h[i]);
+	for (size_t i = 0; i < n; i++) {
+		if (i + AHEAD < n)
+			prefetch_slot(kv, h[i + AHEAD]);
+		const kv_stripe *s = &kv->st[stripe_of(kv, h[i])];
+		kv_slot *e = slot_of(s, keys[i], h[i]);
+		row[i] = e && e->row ? s->rows + (e->row - 1) * kv->rl : NULL;
+		if (row[i])
+			__builtin_prefetch(row[i], 1);
+	}
+}
+
+/* The scratch of a call: a hash and a row per key. */
+typedef struct scratch {
+	uint64_t *h;
+	float **row;
+	uint64_t h_small[64];
+	float *row_small[64];
+} scratch;
+
+static int scratch_get(scratch *sc, size_t n)
+{
+	if (n <= 64) {
+		sc->h = sc->h_small;
+		sc->row = sc->row_small;
+		return 0;
+	}
+	sc->h = malloc(n * sizeof *sc->h);
+	sc->row = malloc(n * sizeof *sc->row);
+	if (sc->h && sc->row)
+		return 0;
+	free(sc->h);
+	free(sc->row);
+	return DML_ENOMEM;
+}
+
+static void scratch_free(scratch *sc)
+{
+	if (sc->h != sc->h_small) {
+		free(sc->h);
+		free(sc->row);
+	}
+}
+
+static void copy_row(float *dst, const float *src, size_t width)
+{
+	if (width <= 8)
+		for (size_t c = 0; c < width; c++)
+			dst[c] = src[c];
+	else
+		memcpy(dst, src, width * sizeof *dst);
+}
+
+/* ---- operations ---------------------------------------------------- */
+
 static int kv_pull_rows(dml_ps *ps, const uint64_t *keys, size_t n, float *out)
 {
 	dml__kv *kv = ps->kv;
 	size_t width = ps->width;
+	scratch sc;
+	if (scratch_get(&sc, n))
+		return DML_ENOMEM;
 	stripes_held m = {{0}};
 	for (size_t i = 0; i < n; i++)
-		mark(&m, stripe_of(kv, hash_of(kv, keys[i])));
+		mark(&m, stripe_of(kv, sc.h[i] = hash_of(kv, keys[i])));
 	lock_marked(kv, &m);
+	locate(kv, keys, n, sc.h, sc.row);
 	for (size_t i = 0; i < n; i++) {
-		uint64_t h = hash_of(kv, keys[i]);
-		kv_stripe *s = &kv->st[stripe_of(kv, h)];
-		kv_slot *e = slot_of(s, keys[i], h);
-		if (e && e->row)
-			memcpy(out + i * width, s->rows + (e->row - 1) * kv->rl,
-			       width * sizeof(float));
+		if (sc.row[i])
+			copy_row(out + i * width, sc.row[i], width);
 		else
 			row_init(kv, keys[i], out + i * width, width);
 	}
 	unlock_marked(kv, &m);
+	scratch_free(&sc);
 	return 0;
 }
 
@@ -251,7 +346,7 @@ static void rows_op(dml_ps *ps, int op, float lr, uint64_t t, float *row,
 		for (size_t c = 0; c < width; c++)
 			row[c] += v[c];
 	} else if (op == DML__PS_SET) {
-		memcpy(row, v, width * sizeof(float));
+		copy_row(row, v, width);
 	} else {
 		int ns = (int)(ps->kv->rl / width) - 1;
 		dml__optim_apply(&ps->optim, lr, t, row, v,
@@ -260,71 +355,88 @@ static void rows_op(dml_ps *ps, int op, float lr, uint64_t t, float *row,
 	}
 }
 
+/* The new rows a push creates, per stripe (fresh[k]); *added in all.
+ * Repeated new keys count once. */
+static int count_new(dml__kv *kv, const uint64_t *keys, size_t n,
+                     float *const *row, const uint64_t *h, size_t *fresh,
+                     uint64_t *added)
+{
+	size_t absent = 0;
+	for (size_t i = 0; i < n; i++)
+		absent += !row[i];
+	*added = 0;
+	if (!absent)
+		return 0;
+	size_t cap = 16;
+	while (cap < absent * 2)
+		cap *= 2;
+	key_set ks = {malloc(cap * sizeof *ks.k), calloc(cap, 1), cap};
+	int rc = ks.k && ks.used ? 0 : DML_ENOMEM;
+	for (size_t i = 0; i < n && !rc; i++)
+		if (!row[i] && set_add(&ks, keys[i])) {
+			fresh[stripe_of(kv, h[i])]++;
+			++*added;
+		}
+	free(ks.k);
+	free(ks.used);
+	return rc;
+}
+
+/* Room for `added` new rows (fresh[k] in stripe k) within max_rows: 0,
+ * DML_EFULL or DML_ENOMEM, with nothing changed on failure. */
+static int make_room(dml__kv *kv, const size_t *fresh, uint64_t added)
+{
+	uint_fast64_t cur = atomic_load(&kv->nrows);
+	do {
+		if (kv->max_rows && (cur > kv->max_rows || added > kv->max_rows - cur))
+			return dml__fail(DML_EFULL, "%llu new rows beside %llu: more "
+			                 "than max_rows %llu; nothing changed",
+			                 (unsigned long long)added, (unsigned long long)cur,
+			                 (unsigned long long)kv->max_rows);
+	} while (!atomic_compare_exchange_weak(&kv->nrows, &cur, cur + added));
+	for (size_t k = 0; k < kv->nstripes; k++)
+		if (fresh[k] && reserve(kv, &kv->st[k], fresh[k])) {
+			atomic_fetch_sub(&kv->nrows, added);
+			return DML_ENOMEM; /* what grew stays grown: unseen */
+		}
+	return 0;
+}
+
 static int kv_apply_rows(dml_ps *ps, int op, const uint64_t *keys, size_t n,
                          const float *v)
 {
 	dml__kv *kv = ps->kv;
 	size_t width = ps->width;
-	stripes_held m = {{0}};
-	size_t cap = 16;
-	while (cap < n * 2)
-		cap *= 2;
-	key_set ks = {malloc(cap * sizeof *ks.k), calloc(cap, 1), cap};
+	scratch sc;
 	size_t *fresh = calloc(kv->nstripes, sizeof *fresh);
-	if (!ks.k || !ks.used || !fresh) {
-		free(ks.k);
-		free(ks.used);
+	if (!fresh || scratch_get(&sc, n)) {
 		free(fresh);
 		return DML_ENOMEM;
 	}
+	stripes_held m = {{0}};
 	for (size_t i = 0; i < n; i++)
-		mark(&m, stripe_of(kv, hash_of(kv, keys[i])));
+		mark(&m, stripe_of(kv, sc.h[i] = hash_of(kv, keys[i])));
 	lock_marked(kv, &m);
-	/* count the new rows, stripe by stripe, before changing anything */
-	uint64_t added = 0;
-	for (size_t i = 0; i < n; i++) {
-		uint64_t h = hash_of(kv, keys[i]);
-		size_t k = stripe_of(kv, h);
-		kv_slot *e = slot_of(&kv->st[k], keys[i], h);
-		if ((!e || !e->row) && set_add(&ks, keys[i])) {
-			fresh[k]++;
-			added++;
-		}
-	}
-	int rc = 0;
-	if (added) {
-		uint_fast64_t cur = atomic_load(&kv->nrows);
-		do {
-			if (kv->max_rows && (cur > kv->max_rows || added > kv->max_rows - cur)) {
-				rc = dml__fail(DML_EFULL, "%llu new rows beside %llu: more "
-				               "than max_rows %llu; nothing changed",
-				               (unsigned long long)added,
-				               (unsigned long long)cur,
-				               (unsigned long long)kv->max_rows);
-				break;
-			}
-		} while (!atomic_compare_exchange_weak(&kv->nrows, &cur, cur + added));
-		for (size_t k = 0; k < kv->nstripes && !rc; k++)
-			if (fresh[k])
-				rc = reserve(kv, &kv->st[k], fresh[k]);
-		if (rc == DML_ENOMEM)
-			atomic_fetch_sub(&kv->nrows, added);
-	}
+	locate(kv, keys, n, sc.h, sc.row);
+	uint64_t added;
+	int rc = count_new(kv, keys, n, sc.row, sc.h, fresh, &added);
+	if (!rc && added)
+		rc = make_room(kv, fresh, added);
 	if (!rc) {
 		float lr;
 		uint64_t t = dml__ps_step_of(ps, op, &lr);
 		for (size_t i = 0; i < n; i++) {
-			uint64_t h = hash_of(kv, keys[i]);
-			kv_stripe *s = &kv->st[stripe_of(kv, h)];
-			rows_op(ps, op, lr, t, row_get(kv, s, keys[i], h, width),
-			        v + i * width);
+			/* new rows moved the others: then find each again */
+			float *row = !added ? sc.row[i]
+			             : row_get(kv, &kv->st[stripe_of(kv, sc.h[i])], keys[i],
+			                       sc.h[i], width);
+			rows_op(ps, op, lr, t, row, v + i * width);
 		}
 		if (op != DML__PS_STEP_MORE)
 			atomic_fetch_add(&ps->updates, 1);
 	}
 	unlock_marked(kv, &m);
-	free(ks.k);
-	free(ks.used);
+	scratch_free(&sc);
 	free(fresh);
 	return rc;
 }
