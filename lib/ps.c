@@ -357,23 +357,53 @@ int dml__ps_local_updates(dml_ps *ps, uint64_t *count)
 
 /* ---- the interface: checks, then the kind's operation -------------- */
 
+/* Whether one of 1024 floats is NaN or infinite: its exponent field plus
+ * one ulp of exponent carries into the sign bit only when the field is all
+ * ones. And, add and or of a constant trip count, which gcc's -O2 cost
+ * model vectorises; built twice, for SSE2 and for AVX2 (a check reads the
+ * whole vector before the update does: it should cost little beside it). */
+#define ANY_NONFINITE_1024(name, attr)                                         \
+	attr static uint32_t name(const float *v)                              \
+	{                                                                      \
+		uint32_t acc = 0;                                              \
+		for (size_t i = 0; i < 1024; i++) {                            \
+			uint32_t b;                                            \
+			memcpy(&b, &v[i], 4);                                  \
+			acc |= (b & 0x7f800000u) + 0x00800000u;                \
+		}                                                              \
+		return acc & 0x80000000u;                                      \
+	}
+ANY_NONFINITE_1024(any_nonfinite_sse2, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+ANY_NONFINITE_1024(any_nonfinite_avx2, __attribute__((target("avx2"))))
+ANY_NONFINITE_1024(any_nonfinite_avx512, __attribute__((target("avx512f"))))
+#define HAVE_AVX2_CHECK 1
+#endif
+
 int dml__all_finite(const float *v, size_t n, size_t *at)
 {
-	/* x * 0 is 0 for every finite x and NaN otherwise: one sum per block
-	 * of 1024, which vectorises, then a scan of a bad block */
-	for (size_t i0 = 0; i0 < n; i0 += 1024) {
-		size_t m = n - i0 < 1024 ? n - i0 : 1024;
-		float acc = 0;
-		for (size_t i = 0; i < m; i++)
-			acc += v[i0 + i] * 0.0f;
-		if (acc == 0)
-			continue;
-		for (size_t i = 0; i < m; i++)
-			if (!isfinite(v[i0 + i])) {
-				*at = i0 + i;
-				return 0;
-			}
+	/* a float is NaN or infinite when its exponent bits are all ones: the
+	 * largest exponent of each block of 1024, then a scan of a bad block
+	 * (and of the tail) */
+	uint32_t (*any)(const float *) = any_nonfinite_sse2;
+#ifdef HAVE_AVX2_CHECK
+	static atomic_int isa = -1; /* 0 SSE2, 1 AVX2, 2 AVX-512F */
+	int k = atomic_load_explicit(&isa, memory_order_relaxed);
+	if (k < 0) {
+		k = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+		atomic_store_explicit(&isa, k, memory_order_relaxed);
 	}
+	any = k == 2 ? any_nonfinite_avx512 : k ? any_nonfinite_avx2 : any_nonfinite_sse2;
+#endif
+	size_t i0 = 0;
+	for (; i0 + 1024 <= n; i0 += 1024)
+		if (any(v + i0))
+			break;
+	for (size_t i = i0; i < n; i++)
+		if (!isfinite(v[i])) {
+			*at = i;
+			return 0;
+		}
 	return 1;
 }
 

@@ -313,6 +313,29 @@ static void test_nonfinite_refused_local(void **state)
 	assert_int_equal(n, 0);
 	dml_ps *bi;
 	assert_int_equal(dml_ps_new(&bi, 4, &(dml_ps_opts){.init = bad}), DML_ENONFINITE);
+	/* in whole blocks of the vectorised check and in the tail, every kind
+	 * of non-finite value; the largest finite values pass */
+	enum { BIG = 5000 };
+	dml_ps *big;
+	assert_int_equal(dml_ps_new(&big, BIG, NULL), 0);
+	float *v = calloc(BIG, sizeof *v);
+	size_t where[] = {0, 1023, 1024, 3000, 4095, 4096, 4999};
+	float what[] = {NAN, INFINITY, -INFINITY, -NAN};
+	for (size_t a = 0; a < sizeof where / sizeof where[0]; a++)
+		for (size_t b = 0; b < 4; b++) {
+			for (size_t i = 0; i < BIG; i++)
+				v[i] = i % 2 ? 3.4e38f : -3.4e38f;
+			v[where[a]] = what[b];
+			assert_int_equal(dml_ps_update(big, v), DML_ENONFINITE);
+			char want[32];
+			snprintf(want, sizeof want, "value %zu ", where[a]);
+			assert_non_null(strstr(dml_error_detail(), want));
+		}
+	for (size_t i = 0; i < BIG; i++)
+		v[i] = i % 2 ? 3.4e38f : -1e-45f;
+	assert_int_equal(dml_ps_assign(big, v), 0);
+	free(v);
+	dml_ps_free(big);
 	dml_ps_free(d);
 	dml_ps_free(k);
 }
