@@ -218,7 +218,7 @@ int main(int argc, char **argv)
 	uint64_t rows;
 	dml_ps_rows(local, &rows);
 	dml_ps_free(remote);
-	dml_rpc_close(c);
+	dml_rpc_free(c);
 	unserve(&sv);
 	dml_ps_free(store);
 	dml_ps_free(local);
@@ -257,7 +257,7 @@ int main(int argc, char **argv)
 	double mbm = median(bm, 3), mbw = median(bw, 3);
 	raw_stop(&rp, fd);
 	dml_ps_free(bigr);
-	dml_rpc_close(c);
+	dml_rpc_free(c);
 	unserve(&sv);
 	dml_ps_free(big);
 	free(v);

@@ -501,7 +501,7 @@ static int kv_save(dml_ps *ps, const char *path)
 			else
 				cap = nc;
 		}
-		if (!rc) {
+		if (!rc && s->n) {
 			memcpy(keys + n, s->keys, s->n * sizeof *keys);
 			memcpy(rows + n * kv->rl, s->rows, s->n * kv->rl * sizeof *rows);
 			n += s->n;

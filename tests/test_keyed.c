@@ -406,14 +406,14 @@ static void test_remote_and_sharded_keyed(void **state)
 	assert_int_equal(dml_ps_push_rows(r3, keys, 2, g), DML_ENONFINITE);
 	/* max_rows on a server is the client's DML_EFULL */
 	dml_ps_free(r1);
-	dml_rpc_close(c1);
+	dml_rpc_free(c1);
 	for (int a = 0; a < 3; a++)
 		free(out[a]);
 	free(keys);
 	free(g);
 	dml_ps_free(r3);
 	for (int i = 0; i < 3; i++) {
-		dml_rpc_close(c3[i]);
+		dml_rpc_free(c3[i]);
 		serve_stop(&three[i]);
 	}
 	serve_stop(&one);
@@ -464,7 +464,7 @@ static void test_remote_refusals(void **state)
 	assert_int_equal(dml_rpc_call(c, &psw_m_info, NULL, &info, 5000), 0);
 	assert_int_equal(info.dim, 0);
 	dml_ps_free(r);
-	dml_rpc_close(c);
+	dml_rpc_free(c);
 	serve_stop(&sv);
 }
 
@@ -498,7 +498,7 @@ static void test_remote_nonfinite_dense(void **state)
 	for (int i = 0; i < 4; i++)
 		assert_true(out[i] == 0);
 	dml_ps_free(r);
-	dml_rpc_close(c);
+	dml_rpc_free(c);
 	serve_stop(&sv);
 }
 
@@ -639,7 +639,7 @@ static void test_split_push_exactly_once(void **state)
 	free(g);
 	free(out);
 	dml_ps_free(r);
-	dml_rpc_close(c);
+	dml_rpc_free(c);
 	relay_stop(&rl);
 	serve_stop(&sv);
 }
@@ -696,7 +696,7 @@ static int connect_fake(const char *addr, dml_ps **out)
 	fake_client = dial_opts(addr, NULL);
 	int rc = dml_ps_connect(out, &fake_client, 1, NULL);
 	if (rc)
-		dml_rpc_close(fake_client);
+		dml_rpc_free(fake_client);
 	return rc;
 }
 
@@ -749,7 +749,7 @@ static void test_absurd_sizes_from_peer(void **state)
 	f.pull_n = 16;
 	assert_int_equal(dml_ps_pull(r, out), 0);
 	dml_ps_free(r);
-	dml_rpc_close(fake_client);
+	dml_rpc_free(fake_client);
 	f.d = (psw_desc){PSW_KIND_KEYED, 0, 2, 0, 0, 0, 0, 0, 0, 0};
 	assert_int_equal(connect_fake(fx.addr, &r), 0);
 	uint64_t keys[4] = {1, 2, 3, 4};
@@ -760,7 +760,7 @@ static void test_absurd_sizes_from_peer(void **state)
 	f.pull_n = 8;
 	assert_int_equal(dml_ps_pull_rows(r, keys, 4, out), 0);
 	dml_ps_free(r);
-	dml_rpc_close(fake_client);
+	dml_rpc_free(fake_client);
 	fixture_stop(&fx);
 	fixture_stop(&old);
 }
@@ -871,7 +871,7 @@ static void test_checkpoint_keeps_exactly_once(void **state)
 		else
 			assert_int_equal(dml_rpc_call(c, &psw_m_push, &dp, NULL, 5000), 0);
 		assert_int_equal(dml_ps_save(ps, path), 0);
-		dml_rpc_close(c);
+		dml_rpc_free(c);
 		serve_stop(&sv);
 		/* the restart */
 		if (kind)
@@ -893,7 +893,7 @@ static void test_checkpoint_keeps_exactly_once(void **state)
 			assert_int_equal(dml_ps_pull(ps, out), 0);
 		for (int i = 0; i < 4; i++)
 			assert_true(out[i] == -v[i]); /* once, not twice */
-		dml_rpc_close(c);
+		dml_rpc_free(c);
 		serve_stop(&sv);
 	}
 	unlink(path);

@@ -224,7 +224,7 @@ static void test_dsgd_keyed_matches_sgd(void **state)
 		dml_ps_free(ps);
 		if (remote)
 			for (int i = 0; i < 2; i++) {
-				dml_rpc_close(c[i]);
+				dml_rpc_free(c[i]);
 				fixture_stop(&fx[i]);
 				dml_ps_free(sh[i]);
 			}
