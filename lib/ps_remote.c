@@ -29,6 +29,9 @@
 #define RESEND_WAIT_MAX 1000 /* ms */
 
 #define INFLIGHT 8 /* frames of one call in flight at once */
+/* ... and bytes: a server queues the replies of pipelined pulls it cannot
+ * send yet, so a call keeps at most this much in flight beyond one frame */
+#define INFLIGHT_BYTES ((size_t)32 << 20)
 
 struct dml__ps_remote {
 	int n;
@@ -126,6 +129,7 @@ typedef struct job {
 	int numbered;
 	int tries;
 	int next;       /* the next job in a queue, -1 = none */
+	size_t bytes;   /* the values it moves, either way */
 	dml_rpc_pending *p;
 } job;
 
@@ -230,6 +234,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 	}
 	first_error fe = {0};
 	int inflight = 0;
+	size_t inbytes = 0;
 	int64_t start = dml__now_ms();
 	dml__backoff wait;
 	dml__backoff_init(&wait, RESEND_WAIT_MIN, RESEND_WAIT_MAX);
@@ -237,6 +242,8 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 		while (todo.head >= 0 && inflight < INFLIGHT && !fe.rc) {
 			job *j = &jb[todo.head];
 			int i = j->shard, rc;
+			if (inflight && inbytes + j->bytes > INFLIGHT_BYTES)
+				break;
 			pthread_mutex_lock(&r->mu[i]);
 			if (j->seq && !j->numbered) {
 				if (r->unfinished[i] >= PSW_WINDOW - 1 && inflight) {
@@ -256,6 +263,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 			if (!rc) {
 				q_push(jb, &flying, k);
 				inflight++;
+				inbytes += j->bytes;
 				continue;
 			}
 			j->p = NULL;
@@ -274,6 +282,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 		}
 		inflight--;
 		job *j = &jb[k];
+		inbytes -= j->bytes;
 		int e = job_result(j, dml_rpc_pending_wait(j->p));
 		dml_rpc_pending_free(j->p);
 		j->p = NULL;
@@ -461,6 +470,7 @@ static int psr_update(dml_ps *ps, int op, const float *v)
 			j->m = &psw_m_push_range;
 			j->a.xpush = (psw_xpush){r->client_id, 0, op, at == 0, at,
 			                         {(float *)base + at, m, 0}};
+			j->bytes = m * sizeof(float);
 			j->seq = &j->a.xpush.seq;
 			j->has_reply = j->status = 1;
 		}
@@ -558,6 +568,7 @@ static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 			j->rep.vec.v = (dml_f32s){out + (at - off), 0, m};
 			j->has_reply = 1;
 			j->expect = m;
+			j->bytes = m * sizeof(float);
 		}
 	}
 	int rc = run_jobs(r, jb, k);
@@ -649,6 +660,7 @@ static int psr_pull_rows(dml_ps *ps, const uint64_t *keys, size_t n, float *out)
 			j->rep.vec.v = (dml_f32s){tmp + at * w, 0, m * w};
 			j->has_reply = 1;
 			j->expect = m * w;
+			j->bytes = m * row_bytes;
 		}
 	}
 	/* one shard: grouped in the caller's order, straight into out */
@@ -704,6 +716,7 @@ static int psr_apply_rows(dml_ps *ps, int op, const uint64_t *keys, size_t n,
 			                         {sv + at * w, m * w, 0}};
 			j->seq = &j->a.rpush.seq;
 			j->has_reply = j->status = 1;
+			j->bytes = m * row_bytes;
 			at += m;
 		} while (at < hi);
 	}
