@@ -51,6 +51,8 @@ void dml__optim_resolve(const dml_optim_opts *in, dml_optim_opts *out)
 		o.sched.gamma = DML_SCHED_DEFAULT_GAMMA;
 	if (o.sched.t0 == 0)
 		o.sched.t0 = DML_SCHED_DEFAULT_T0;
+	if (o.beta == 0)
+		o.beta = DML_OPTIM_DEFAULT_BETA;
 	*out = o;
 }
 
@@ -71,11 +73,12 @@ int dml__optim_valid(const dml_optim_opts *in)
 	dml_optim_opts o;
 	dml__optim_resolve(in, &o);
 	unsigned kind = (unsigned)o.kind, sched = (unsigned)o.sched.kind;
-	if (kind > DML_OPTIM_ADAM || sched > DML_SCHED_COSINE)
+	if (kind > DML_OPTIM_FTRL || sched > DML_SCHED_COSINE)
 		return dml__fail(DML_EINVAL, "optimizer kind %u or schedule kind %u "
 		                 "unknown", kind, sched);
-	if (!nonneg(o.lr) || !nonneg(o.l2) || !nonneg(o.eps))
-		return dml__fail(DML_EINVAL, "optimizer lr, l2, eps: finite, >= 0");
+	if (!nonneg(o.lr) || !nonneg(o.l2) || !nonneg(o.eps) || !nonneg(o.l1) ||
+	    !nonneg(o.beta))
+		return dml__fail(DML_EINVAL, "optimizer lr, l2, eps, l1, beta: finite, >= 0");
 	if (!unit(o.momentum) || !unit(o.beta1) || !unit(o.beta2))
 		return dml__fail(DML_EINVAL, "optimizer momentum, beta1, beta2: in [0, 1)");
 	if (!nonneg(o.sched.gamma) || !nonneg(o.sched.t0) ||
@@ -108,6 +111,7 @@ int dml_optim_state_floats_abi(const dml_optim_opts *in, int abi)
 	case DML_OPTIM_MOMENTUM: return 1;
 	case DML_OPTIM_ADAGRAD: return 1;
 	case DML_OPTIM_ADAM: return 2;
+	case DML_OPTIM_FTRL: return 2;
 	default: return dml__fail(DML_EINVAL, "optimizer kind %d unknown", (int)o.kind);
 	}
 }
@@ -146,7 +150,7 @@ float dml__schedule_lr(const dml_optim_opts *resolved, uint64_t t)
 
 /* The rules. ADAGRAD's G and ADAM's m, v are s0 (and s1); MOMENTUM's v is
  * s0. Nesterov's variant is a rule of its own. */
-enum rule { R_SGD, R_MOMENTUM, R_NESTEROV, R_ADAGRAD, R_ADAM, R_NONE };
+enum rule { R_SGD, R_MOMENTUM, R_NESTEROV, R_ADAGRAD, R_ADAM, R_FTRL, R_NONE };
 
 static enum rule rule_of(const dml_optim_opts *o)
 {
@@ -155,6 +159,7 @@ static enum rule rule_of(const dml_optim_opts *o)
 	case DML_OPTIM_MOMENTUM: return o->nesterov ? R_NESTEROV : R_MOMENTUM;
 	case DML_OPTIM_ADAGRAD: return R_ADAGRAD;
 	case DML_OPTIM_ADAM: return R_ADAM;
+	case DML_OPTIM_FTRL: return R_FTRL;
 	default: return R_NONE;
 	}
 }
@@ -167,12 +172,14 @@ typedef struct coef {
 	float eps;              /* ADAGRAD, ADAM */
 	float b1, b2, nb1, nb2; /* ADAM: betas and 1 - betas */
 	float c1, c2;           /* ADAM: 1 / (1 - b^t), the bias corrections */
+	float l1, beta, ia;     /* FTRL: lambda1, beta, 1 / alpha */
 } coef;
 
 static coef coef_make(const dml_optim_opts *o, float lr, uint64_t t)
 {
 	coef k = {lr, o->l2, o->momentum, o->eps, o->beta1, o->beta2,
-	          1.0f - o->beta1, 1.0f - o->beta2, 1.0f, 1.0f};
+	          1.0f - o->beta1, 1.0f - o->beta2, 1.0f, 1.0f, o->l1, o->beta,
+	          lr > 0 ? 1.0f / lr : 0.0f};
 	if (o->kind == DML_OPTIM_ADAM) {
 		double tt = t ? (double)t : 1.0;
 		k.c1 = (float)(1.0 / (1.0 - pow(o->beta1, tt)));
@@ -221,6 +228,21 @@ static inline void adam_1(coef k, float *w, float g, float *m, float *v)
 	*w -= k.lr * (mi * k.c1) / (sqrtf(vi * k.c2) + k.eps);
 }
 
+/* FTRL-Proximal: z and n the state; at lr 0 (ia 0) nothing moves. The
+ * branch on l1 is a select, so the dense loop still vectorises. */
+static inline void ftrl_1(coef k, float *w, float g, float *z, float *n)
+{
+	float ni = *n, nn = ni + g * g, sq = sqrtf(nn);
+	float sigma = (sq - sqrtf(ni)) * k.ia;
+	float zz = *z + g - sigma * *w;
+	float sgn = zz < 0 ? -1.0f : 1.0f, a = zz * sgn;
+	float wn = a <= k.l1 ? 0.0f : -(zz - sgn * k.l1) / ((k.beta + sq) * k.ia + k.l2);
+	int step = k.ia > 0;
+	*z = step ? zz : *z;
+	*n = step ? nn : ni;
+	*w = step ? wn : *w;
+}
+
 /* The body of a dense loop: the rule `one` on w[i], g[i] and the state
  * arguments that follow (with a leading comma), a multiple of BLOCK first. */
 #define DENSE_LOOP(one, ...)                                                   \
@@ -264,6 +286,13 @@ NOINLINE static void adam_dense(coef k, float *restrict w,
 	DENSE_LOOP(adam_1, , &m[i], &v[i])
 }
 
+NOINLINE static void ftrl_dense(coef k, float *restrict w,
+                                const float *restrict g, float *restrict z,
+                                float *restrict sq, size_t n)
+{
+	DENSE_LOOP(ftrl_1, , &z[i], &sq[i])
+}
+
 void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
                       float *restrict w, const float *restrict g,
                       float *restrict s0, float *restrict s1, size_t n)
@@ -276,6 +305,7 @@ void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
 	case R_NESTEROV: nesterov_dense(k, w, g, s0, n); break;
 	case R_ADAGRAD: adagrad_dense(k, w, g, s0, n); break;
 	case R_ADAM: adam_dense(k, w, g, s0, s1, n); break;
+	case R_FTRL: ftrl_dense(k, w, g, s0, s1, n); break;
 	case R_NONE: break;
 	}
 	dml__fp_leave(csr);
@@ -309,6 +339,10 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
 		for (j = 0; j < nnz; j++)
 			adam_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
 		break;
+	case R_FTRL:
+		for (j = 0; j < nnz; j++)
+			ftrl_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
+		break;
 	case R_NONE:
 		break;
 	}
@@ -328,7 +362,8 @@ struct dml_optim {
 
 int dml__optim_nstate(const dml_optim_opts *o)
 {
-	return o->kind == DML_OPTIM_ADAM ? 2 : o->kind == DML_OPTIM_SGD ? 0 : 1;
+	return o->kind == DML_OPTIM_ADAM || o->kind == DML_OPTIM_FTRL ? 2
+	       : o->kind == DML_OPTIM_SGD ? 0 : 1;
 }
 
 int dml_optim_new_dim_abi(dml_optim **out, size_t dim, const dml_optim_opts *in,

@@ -928,7 +928,9 @@ void dml__ps_meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
 	dml__put_u64(p, o->sched.total); p += 8;
 	memcpy(p, &o->sched.gamma, 4); p += 4;
 	memcpy(p, &o->sched.t0, 4); p += 4;
-	memcpy(p, &o->sched.lr_min, 4);
+	memcpy(p, &o->sched.lr_min, 4); p += 4;
+	memcpy(p, &o->l1, 4); p += 4;
+	memcpy(p, &o->beta, 4);
 }
 
 int dml_ps_save(dml_ps *ps, const char *path)
@@ -1005,7 +1007,7 @@ static int dense_load(dml_ps *ps, const char *path)
 	int rc = dml__ckpt_open(&r, path, &kind, meta, sizeof meta, &mlen);
 	if (rc)
 		return dml__ps_ckpt_failed(path, rc);
-	if (kind != CKPT_KIND || mlen != META_LEN) {
+	if (kind != CKPT_KIND || (mlen != META_LEN && mlen != DML__PS_META_LEN_0_2)) {
 		dml__ckpt_abort(r);
 		return dml__fail(DML_EFORMAT, "%s: not a parameter-store checkpoint",
 		                 path);

@@ -179,7 +179,8 @@ int dml__ps_dedup_valid(const uint8_t *p, size_t len);
 /* Checkpoints (ps.c; the container is ckpt.h). The meta of both kinds
  * holds the dense meta (dim 0 for a keyed store); the exactly-once table
  * is an optional last section. */
-#define DML__PS_META_LEN (8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 * 3)
+#define DML__PS_META_LEN (8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 * 3 + 4 * 2)
+#define DML__PS_META_LEN_0_2 (DML__PS_META_LEN - 8) /* without l1, beta */
 #define DML__PS_TAG_DEDUP 4u
 #define DML__PS_DEDUP_MAX_BYTES (8 + 4096 * 32)
 void dml__ps_meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,

@@ -101,7 +101,11 @@ static void test_check_rejects(void **state)
 	bad[n++].momentum = NAN;
 	bad[n++].eps = -1e-8f;
 	bad[n++].eps = INFINITY;
-	bad[n++].kind = (dml_optim_kind)4;
+	bad[n++].kind = (dml_optim_kind)5;
+	bad[n++].l1 = -1.0f;
+	bad[n++].l1 = NAN;
+	bad[n++].beta = -1.0f;
+	bad[n++].beta = INFINITY;
 	bad[n++].kind = (dml_optim_kind)-1;
 	bad[n++].sched.kind = (dml_sched_kind)4;
 	bad[n].sched.kind = DML_SCHED_COSINE; /* total 0 */
@@ -138,7 +142,7 @@ static void test_check_rejects(void **state)
 	assert_int_equal(dml_optim_check(&o), 0);
 
 	/* unknown kinds have no state size */
-	o.kind = (dml_optim_kind)4;
+	o.kind = (dml_optim_kind)5;
 	assert_int_equal(dml_optim_state_floats(&o), DML_EINVAL);
 }
 
@@ -715,6 +719,118 @@ static void test_converges_on_quadratic(void **state)
 	}
 }
 
+/* ---- FTRL-Proximal and lazy steps ---- */
+
+/* One FTRL step in double, from the formula in distml/optim.h. */
+static void ftrl_ref(double *w, double *z, double *n, double g, double a,
+                     double beta, double l1, double l2)
+{
+	double sigma = (sqrt(*n + g * g) - sqrt(*n)) / a;
+	*z += g - sigma * *w;
+	*n += g * g;
+	double sgn = *z < 0 ? -1 : 1;
+	*w = fabs(*z) <= l1 ? 0 : -(*z - sgn * l1) / ((beta + sqrt(*n)) / a + l2);
+}
+
+static void test_ftrl(void **state)
+{
+	(void)state;
+	enum { D = 40 };
+	dml_optim_opts o = {0};
+	o.kind = DML_OPTIM_FTRL;
+	o.lr = 0.5f;
+	o.l1 = 0.05f;
+	o.l2 = 0.01f;
+	o.beta = 1.0f;
+	assert_int_equal(dml_optim_state_floats(&o), 2);
+	dml_optim *dense = make(&o, D), *sparse = make(&o, D);
+	float wd[D] = {0}, ws[D] = {0};
+	double wr[D] = {0}, zr[D] = {0}, nr[D] = {0};
+	uint32_t seed = 3, idx[D];
+	for (int step = 0; step < 30; step++) {
+		float g[D], val[D];
+		for (int i = 0; i < D; i++) {
+			g[i] = rnd(&seed);
+			idx[i] = (uint32_t)((i * 7 + step) % D); /* every one, shuffled */
+		}
+		for (int i = 0; i < D; i++)
+			val[i] = g[idx[i]];
+		dml_optim_step(dense, wd, g);
+		assert_int_equal(dml_optim_step_sparse(sparse, ws, idx, val, D), 0);
+		for (int i = 0; i < D; i++)
+			ftrl_ref(&wr[i], &zr[i], &nr[i], g[i], 0.5, 1.0, 0.05, 0.01);
+	}
+	int zeros = 0;
+	for (int i = 0; i < D; i++) {
+		assert_true(fabs(wd[i] - wr[i]) <= 1e-5 * (1 + fabs(wr[i])));
+		assert_true(wd[i] == ws[i]); /* the same rule, in the same order */
+		assert_true(dml_optim_state(dense, 0)[i] == dml_optim_state(sparse, 0)[i]);
+		zeros += wd[i] == 0.0f;
+	}
+	(void)zeros;
+	dml_optim_free(dense);
+	dml_optim_free(sparse);
+	/* a strong L1 leaves exact zeros where gradients are small */
+	o.l1 = 5.0f;
+	dml_optim *l1 = make(&o, D);
+	float w[D] = {0};
+	for (int step = 0; step < 20; step++) {
+		float g[D];
+		for (int i = 0; i < D; i++)
+			g[i] = i < D / 2 ? 0.01f * rnd(&seed) : 2.0f;
+		dml_optim_step(l1, w, g);
+	}
+	for (int i = 0; i < D / 2; i++)
+		assert_true(w[i] == 0.0f);
+	for (int i = D / 2; i < D; i++)
+		assert_true(w[i] < 0);
+	dml_optim_free(l1);
+	/* options checked */
+	o.l1 = -1;
+	assert_int_equal(dml_optim_check(&o), DML_EINVAL);
+	o.l1 = 0;
+	o.beta = NAN;
+	assert_int_equal(dml_optim_check(&o), DML_EINVAL);
+	o.beta = 0; /* the default, 1 */
+	assert_int_equal(dml_optim_check(&o), 0);
+	/* lr 0 (a cosine schedule's end) moves nothing */
+	o.sched.kind = DML_SCHED_COSINE;
+	o.sched.total = 1;
+	dml_optim *end = make(&o, 1);
+	dml_optim_set_steps(end, 5);
+	float w1 = 0.25f, g1 = 1.0f;
+	dml_optim_step(end, &w1, &g1);
+	assert_true(w1 == 0.25f && dml_optim_state(end, 1)[0] == 0);
+	dml_optim_free(end);
+}
+
+/* Adam's lazy convention: a coordinate stepped at steps 1 and 5 only keeps
+ * its moments through steps 2-4, and step 5 corrects with t = 5. */
+static void test_adam_lazy(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {0};
+	o.kind = DML_OPTIM_ADAM;
+	o.lr = 0.1f;
+	dml_optim *a = make(&o, 2);
+	float w[2] = {1, 1};
+	uint32_t i0 = 0, i1 = 1;
+	float g0 = 0.5f, g1 = -0.25f;
+	assert_int_equal(dml_optim_step_sparse(a, w, &i0, &g0, 1), 0);
+	for (int k = 0; k < 3; k++)
+		assert_int_equal(dml_optim_step_sparse(a, w, &i1, &g1, 1), 0);
+	assert_near(dml_optim_state(a, 0)[0], 0.1 * 0.5); /* (1 - b1) g, kept */
+	assert_int_equal(dml_optim_step_sparse(a, w, &i0, &g0, 1), 0);
+	double b1 = 0.9, b2 = 0.999, m = 0, v = 0, x = 1;
+	for (int t = 1; t <= 5; t += 4) {
+		m = b1 * m + (1 - b1) * 0.5;
+		v = b2 * v + (1 - b2) * 0.25;
+		x -= 0.1 * (m / (1 - pow(b1, t))) / (sqrt(v / (1 - pow(b2, t))) + 1e-8);
+	}
+	assert_near(w[0], x);
+	dml_optim_free(a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -732,6 +848,8 @@ int main(void)
 		cmocka_unit_test(test_state_and_lifetime),
 		cmocka_unit_test(test_apply_subrange),
 		cmocka_unit_test(test_converges_on_quadratic),
+		cmocka_unit_test(test_ftrl),
+		cmocka_unit_test(test_adam_lazy),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 /*
- * distml/optim.h - optimizers (SGD, momentum, AdaGrad, Adam) with L2 decay,
+ * distml/optim.h - optimizers (SGD, momentum, AdaGrad, Adam, FTRL-Proximal)
+ * with L2 decay,
  * and learning-rate schedules.
  * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
@@ -26,15 +27,30 @@ extern "C" {
  *   ADAGRAD:  G += g * g;      w -= lr * g / (sqrt(G) + eps)
  *   ADAM:     m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g * g;
  *             w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ *   FTRL:     (FTRL-Proximal, McMahan et al., KDD 2013, with alpha = lr)
+ *             sigma = (sqrt(n + g*g) - sqrt(n)) / alpha;  z += g - sigma * w;
+ *             n += g*g;
+ *             w = |z| <= l1 ? 0 : -(z - sign(z) * l1) / ((beta + sqrt(n)) / alpha + l2)
+ *             Here l2 is McMahan's lambda2, inside the closed form, not added
+ *             to g; l1 leaves exact zeros (sparse models). w is a function of
+ *             (z, n): an assign of w lasts until that coordinate's next step.
+ *             A step at lr 0 (a schedule's end) changes nothing.
  * State per parameter: none (SGD), v (MOMENTUM), G (ADAGRAD), m and v (ADAM),
- * all starting at zero. Sparse steps update only the coordinates given (and
- * only their state); t and the schedule still advance by one per step.
+ * z and n (FTRL), all starting at zero. Sparse steps update only the
+ * coordinates given (and only their state); t and the schedule still advance
+ * by one per step. Rows touched rarely are treated lazily: MOMENTUM's v and
+ * ADAM's m and v do not decay in the steps a coordinate misses (as
+ * TensorFlow's LazyAdam and PyTorch's SparseAdam), while ADAM's bias
+ * correction and the schedule use the global step t. ADAGRAD and FTRL are
+ * exact: their state only changes when a gradient arrives. When every
+ * coordinate is touched at every step, sparse steps equal dense ones.
  */
 typedef enum dml_optim_kind {
 	DML_OPTIM_SGD = 0,
 	DML_OPTIM_MOMENTUM = 1,
 	DML_OPTIM_ADAGRAD = 2,
 	DML_OPTIM_ADAM = 3,
+	DML_OPTIM_FTRL = 4,
 } dml_optim_kind;
 
 /*
@@ -57,6 +73,7 @@ typedef enum dml_sched_kind {
 #define DML_OPTIM_DEFAULT_BETA1 0.9f
 #define DML_OPTIM_DEFAULT_BETA2 0.999f
 #define DML_OPTIM_DEFAULT_EPS 1e-8f
+#define DML_OPTIM_DEFAULT_BETA 1.0f
 #define DML_SCHED_DEFAULT_STEP_SIZE 1000
 #define DML_SCHED_DEFAULT_GAMMA 0.1f
 #define DML_SCHED_DEFAULT_T0 1.0f
@@ -84,10 +101,12 @@ typedef struct dml_optim_opts {
 	float beta1, beta2; /* ADAM: (0 = 0.9, 0.999) */
 	float eps;          /* ADAGRAD, ADAM: (0 = 1e-8) */
 	dml_schedule sched;
+	float l1;           /* FTRL: L1 strength lambda1 (default 0) */
+	float beta;         /* FTRL: beta of the per-coordinate rate (0 = 1) */
 } dml_optim_opts;
 
 /* Checks `o` with defaults applied (NULL = defaults): known kinds; lr, l2,
- * eps, gamma, t0 and lr_min finite and >= 0; momentum and betas in [0,1);
+ * eps, gamma, t0, lr_min, l1 and beta finite and >= 0; momentum and betas in [0,1);
  * a COSINE total > 0. Every field is checked, used by the kind or not.
  * 0 or DML_EINVAL (the detail names the field). Thread-safe. */
 DML_API int dml_optim_check_abi(const dml_optim_opts *o, int abi);
