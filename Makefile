@@ -144,9 +144,15 @@ valgrind: deps
 demo: deps lib examples
 	sh scripts/demo.sh $(B)
 
+# Sparse models on keyed stores (docs/train.md, "Sparse models").
+.PHONY: demo-sparse
+demo-sparse: deps lib examples
+	sh scripts/demo-sparse.sh $(B)
+
 bench: deps lib examples $(BENCHES)
 	@for b in $(BENCHES); do echo "== $$b"; $$b || exit 1; done
 	@echo "== bench/dsgd_bench.sh"; sh bench/dsgd_bench.sh $(B)
+	@echo "== bench/sparse_bench.sh"; sh bench/sparse_bench.sh $(B)
 
 bench-peers: deps lib examples $(BENCHES)
 	sh bench/peers/run.sh $(B)

@@ -1,6 +1,7 @@
 /*
- * optim.c - optimizers (SGD, momentum, Nesterov, AdaGrad, Adam) with L2
- * decay, and learning-rate schedules. See include/distml/optim.h.
+ * optim.c - optimizers (SGD, momentum, Nesterov, AdaGrad, Adam,
+ * FTRL-Proximal) with L2 decay (L1 and L2 for FTRL), and learning-rate
+ * schedules. See include/distml/optim.h.
  *
  * Each rule is written once, as an update of one coordinate (the *_1
  * functions). The dense loops call it over restrict pointers and the sparse
@@ -11,6 +12,7 @@
 
 #include "abi.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -149,7 +151,8 @@ float dml__schedule_lr(const dml_optim_opts *resolved, uint64_t t)
 }
 
 /* The rules. ADAGRAD's G and ADAM's m, v are s0 (and s1); MOMENTUM's v is
- * s0. Nesterov's variant is a rule of its own. */
+ * s0; FTRL's z and n are s0 and s1. Nesterov's variant is a rule of its
+ * own. */
 enum rule { R_SGD, R_MOMENTUM, R_NESTEROV, R_ADAGRAD, R_ADAM, R_FTRL, R_NONE };
 
 static enum rule rule_of(const dml_optim_opts *o)
@@ -172,14 +175,22 @@ typedef struct coef {
 	float eps;              /* ADAGRAD, ADAM */
 	float b1, b2, nb1, nb2; /* ADAM: betas and 1 - betas */
 	float c1, c2;           /* ADAM: 1 / (1 - b^t), the bias corrections */
-	float l1, beta, ia;     /* FTRL: lambda1, beta, 1 / alpha */
+	float l1, beta;         /* FTRL: lambda1, beta */
+	float ia;               /* FTRL: 1 / alpha, or 0: take no step */
 } coef;
 
 static coef coef_make(const dml_optim_opts *o, float lr, uint64_t t)
 {
 	coef k = {lr, o->l2, o->momentum, o->eps, o->beta1, o->beta2,
 	          1.0f - o->beta1, 1.0f - o->beta2, 1.0f, 1.0f, o->l1, o->beta,
-	          lr > 0 ? 1.0f / lr : 0.0f};
+	          0.0f};
+	/* FTRL divides by alpha: at lr 0 (a schedule can reach it) or an lr
+	 * so small that 1 / lr is no float, ia stays 0 and no step is taken
+	 * (computed before dml__fp_enter, whose DAZ would read a denormal lr
+	 * as 0) */
+	double ia = lr > 0 ? 1.0 / (double)lr : 0.0;
+	if (ia <= FLT_MAX)
+		k.ia = (float)ia;
 	if (o->kind == DML_OPTIM_ADAM) {
 		double tt = t ? (double)t : 1.0;
 		k.c1 = (float)(1.0 / (1.0 - pow(o->beta1, tt)));
@@ -228,19 +239,20 @@ static inline void adam_1(coef k, float *w, float g, float *m, float *v)
 	*w -= k.lr * (mi * k.c1) / (sqrtf(vi * k.c2) + k.eps);
 }
 
-/* FTRL-Proximal: z and n the state; at lr 0 (ia 0) nothing moves. The
- * branch on l1 is a select, so the dense loop still vectorises. */
+/* FTRL-Proximal (McMahan et al. 2013, per coordinate), z and n the state.
+ * g is used as given: l2 is lambda2 in the denominator, not decay added to
+ * g. Needs k.ia > 0 (the callers skip the step otherwise). w is computed
+ * first and the l1 test selects 0 (the denominator is > 0), so the dense
+ * loop has no branch and vectorises. */
 static inline void ftrl_1(coef k, float *w, float g, float *z, float *n)
 {
 	float ni = *n, nn = ni + g * g, sq = sqrtf(nn);
 	float sigma = (sq - sqrtf(ni)) * k.ia;
-	float zz = *z + g - sigma * *w;
-	float sgn = zz < 0 ? -1.0f : 1.0f, a = zz * sgn;
-	float wn = a <= k.l1 ? 0.0f : -(zz - sgn * k.l1) / ((k.beta + sq) * k.ia + k.l2);
-	int step = k.ia > 0;
-	*z = step ? zz : *z;
-	*n = step ? nn : ni;
-	*w = step ? wn : *w;
+	float zi = *z + (g - sigma * *w);
+	float wi = (copysignf(k.l1, zi) - zi) / ((k.beta + sq) * k.ia + k.l2);
+	*z = zi;
+	*n = nn;
+	*w = fabsf(zi) <= k.l1 ? 0.0f : wi;
 }
 
 /* The body of a dense loop: the rule `one` on w[i], g[i] and the state
@@ -305,7 +317,10 @@ void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
 	case R_NESTEROV: nesterov_dense(k, w, g, s0, n); break;
 	case R_ADAGRAD: adagrad_dense(k, w, g, s0, n); break;
 	case R_ADAM: adam_dense(k, w, g, s0, s1, n); break;
-	case R_FTRL: ftrl_dense(k, w, g, s0, s1, n); break;
+	case R_FTRL:
+		if (k.ia > 0) /* else lr 0: no step (coef_make) */
+			ftrl_dense(k, w, g, s0, s1, n);
+		break;
 	case R_NONE: break;
 	}
 	dml__fp_leave(csr);
@@ -340,11 +355,37 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
 			adam_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
 		break;
 	case R_FTRL:
-		for (j = 0; j < nnz; j++)
-			ftrl_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
+		if (k.ia > 0) /* else lr 0: no step (coef_make) */
+			for (j = 0; j < nnz; j++)
+				ftrl_1(k, &w[idx[j]], val[j], &s0[idx[j]],
+				       &s1[idx[j]]);
 		break;
 	case R_NONE:
 		break;
+	}
+	dml__fp_leave(csr);
+}
+
+void dml__optim_apply_rows(const dml_optim_opts *o, float lr, uint64_t t,
+                           float *const *rows, const float *g, size_t n,
+                           size_t width)
+{
+	coef k = coef_make(o, lr, t);
+	unsigned csr = dml__fp_enter();
+	enum rule r = rule_of(o);
+	for (size_t i = 0; i < n; i++) {
+		float *w = rows[i], *s0 = w + width, *s1 = w + 2 * width;
+		const float *gi = g + i * width;
+		for (size_t c = 0; c < width; c++)
+			switch (r) {
+			case R_SGD: sgd_1(k, &w[c], gi[c]); break;
+			case R_MOMENTUM: momentum_1(k, &w[c], gi[c], &s0[c]); break;
+			case R_NESTEROV: nesterov_1(k, &w[c], gi[c], &s0[c]); break;
+			case R_ADAGRAD: adagrad_1(k, &w[c], gi[c], &s0[c]); break;
+			case R_ADAM: adam_1(k, &w[c], gi[c], &s0[c], &s1[c]); break;
+			case R_FTRL: ftrl_1(k, &w[c], gi[c], &s0[c], &s1[c]); break;
+			case R_NONE: break;
+			}
 	}
 	dml__fp_leave(csr);
 }
@@ -362,8 +403,14 @@ struct dml_optim {
 
 int dml__optim_nstate(const dml_optim_opts *o)
 {
-	return o->kind == DML_OPTIM_ADAM || o->kind == DML_OPTIM_FTRL ? 2
-	       : o->kind == DML_OPTIM_SGD ? 0 : 1;
+	switch (o->kind) {
+	case DML_OPTIM_SGD: return 0;
+	case DML_OPTIM_MOMENTUM: return 1;
+	case DML_OPTIM_ADAGRAD: return 1;
+	case DML_OPTIM_ADAM: return 2;
+	case DML_OPTIM_FTRL: return 2;
+	default: return 0;
+	}
 }
 
 int dml_optim_new_dim_abi(dml_optim **out, size_t dim, const dml_optim_opts *in,

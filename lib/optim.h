@@ -49,4 +49,15 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
                              float *w, const uint32_t *idx, const float *val,
                              size_t nnz, float *s0, float *s1);
 
+/*
+ * The same for n rows of `width` parameters each, stored apart: row i's
+ * parameters at rows[i][0..width), its state vectors right after them
+ * (rows[i] + width, rows[i] + 2 * width), its gradient at g + i * width.
+ * One step for every row (a keyed store's push); rows listed twice are
+ * stepped twice, in order.
+ */
+void dml__optim_apply_rows(const dml_optim_opts *o, float lr, uint64_t t,
+                           float *const *rows, const float *g, size_t n,
+                           size_t width);
+
 #endif

@@ -227,12 +227,14 @@ static void mark(stripes_held *m, size_t k)
  * next ones' are already on their way. */
 #define AHEAD 16
 
-static void prefetch_slot(const dml__kv *kv, uint64_t h)
-{
-	const kv_stripe *s = &kv->st[stripe_of(kv, h)];
-	if (s->cap)
-		__builtin_prefetch(&s->tab[(size_t)h & (s->cap - 1)]);
-}
+/* A macro, not a function: gcc takes a function that only prefetches for
+ * one without effects, and removes its calls. */
+#define PREFETCH_SLOT(kv, h)                                                   \
+	do {                                                                   \
+		const kv_stripe *ps_ = &(kv)->st[stripe_of((kv), (h))];        \
+		if (ps_->cap)                                                  \
+			__builtin_prefetch(&ps_->tab[(size_t)(h) & (ps_->cap - 1)]); \
+	} while (0)
 
 /* row[i] = the row of keys[i] (hash h[i]), or NULL if absent. Its
  * stripes must be held. */
@@ -240,10 +242,10 @@ static void locate(const dml__kv *kv, const uint64_t *keys, size_t n,
                    const uint64_t *h, float **row)
 {
 	for (size_t i = 0; i < n && i < AHEAD; i++)
-		prefetch_slot(kv, h[i]);
+		PREFETCH_SLOT(kv, h[i]);
 	for (size_t i = 0; i < n; i++) {
 		if (i + AHEAD < n)
-			prefetch_slot(kv, h[i + AHEAD]);
+			PREFETCH_SLOT(kv, h[i + AHEAD]);
 		const kv_stripe *s = &kv->st[stripe_of(kv, h[i])];
 		kv_slot *e = slot_of(s, keys[i], h[i]);
 		row[i] = e && e->row ? s->rows + (e->row - 1) * kv->rl : NULL;
@@ -338,21 +340,15 @@ static int set_add(key_set *ks, uint64_t key)
 	return 1;
 }
 
-static void rows_op(dml_ps *ps, int op, float lr, uint64_t t, float *row,
-                    const float *v)
+/* ADD or SET on one row (steps go through dml__optim_apply_rows). */
+static void rows_op(dml_ps *ps, int op, float *row, const float *v)
 {
 	size_t width = ps->width;
-	if (op == DML__PS_ADD) {
+	if (op == DML__PS_ADD)
 		for (size_t c = 0; c < width; c++)
 			row[c] += v[c];
-	} else if (op == DML__PS_SET) {
+	else
 		copy_row(row, v, width);
-	} else {
-		int ns = (int)(ps->kv->rl / width) - 1;
-		dml__optim_apply(&ps->optim, lr, t, row, v,
-		                 ns > 0 ? row + width : NULL,
-		                 ns > 1 ? row + 2 * width : NULL, width);
-	}
 }
 
 /* The new rows a push creates, per stripe (fresh[k]); *added in all.
@@ -425,13 +421,15 @@ static int kv_apply_rows(dml_ps *ps, int op, const uint64_t *keys, size_t n,
 	if (!rc) {
 		float lr;
 		uint64_t t = dml__ps_step_of(ps, op, &lr);
-		for (size_t i = 0; i < n; i++) {
-			/* new rows moved the others: then find each again */
-			float *row = !added ? sc.row[i]
-			             : row_get(kv, &kv->st[stripe_of(kv, sc.h[i])], keys[i],
-			                       sc.h[i], width);
-			rows_op(ps, op, lr, t, row, v + i * width);
-		}
+		if (added) /* new rows moved the others: find each again */
+			for (size_t i = 0; i < n; i++)
+				sc.row[i] = row_get(kv, &kv->st[stripe_of(kv, sc.h[i])],
+				                    keys[i], sc.h[i], width);
+		if (op == DML__PS_STEP || op == DML__PS_STEP_MORE)
+			dml__optim_apply_rows(&ps->optim, lr, t, sc.row, v, n, width);
+		else
+			for (size_t i = 0; i < n; i++)
+				rows_op(ps, op, sc.row[i], v + i * width);
 		if (op != DML__PS_STEP_MORE)
 			atomic_fetch_add(&ps->updates, 1);
 	}
