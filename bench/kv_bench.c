@@ -6,6 +6,8 @@
  *      remote figure beside raw TCP moving the same bytes in the same
  *      round trips (the keys and values of a push, a one-byte answer; the
  *      keys of a pull, the values back);
+ *      and the local figure beside a bare single-threaded hash table doing
+ *      the same AdaGrad pushes and pulls (the memory traffic's floor);
  *   2. a dense push+pull of 100M floats (400 MB) on one shard, split into
  *      frames of the 64 MiB limit, MB/s beside raw TCP sending 400 MB and
  *      400 MB back on one connection.
@@ -20,6 +22,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -63,6 +66,52 @@ static double kv_rate(dml_ps *ps, size_t n, uint64_t *keys, float *g, float *out
 			rc = dml_ps_pull_rows(ps, keys, n, out);
 		if (rc)
 			die("push/pull rows", rc);
+		it++;
+		t = now() - t0;
+	} while ((t < secs || it < 2) && it < MAX_ITERS);
+	return (double)it * (double)n / t;
+}
+
+/* ---- the floor: a bare hash table ------------------------------------ */
+
+/* One thread's open-addressing table, key -> (w, G), with no locks, no
+ * stripes and no checks: the same pushes (AdaGrad) and pulls of the same
+ * keys cost at least this much in memory traffic. */
+typedef struct bare {
+	uint64_t *key;
+	float *row; /* w, G */
+	unsigned char *used;
+	size_t cap;
+} bare;
+
+static float *bare_row(bare *b, uint64_t k)
+{
+	size_t i = (size_t)mix(k) & (b->cap - 1);
+	while (b->used[i] && b->key[i] != k)
+		i = (i + 1) & (b->cap - 1);
+	if (!b->used[i]) {
+		b->used[i] = 1;
+		b->key[i] = k;
+		b->row[2 * i] = b->row[2 * i + 1] = 0;
+	}
+	return &b->row[2 * i];
+}
+
+static double bare_rate(bare *b, size_t n, uint64_t *keys, const float *g, float *out)
+{
+	long it = 0;
+	double t0 = now(), t;
+	uint64_t s = 1;
+	do {
+		for (size_t i = 0; i < n; i++)
+			keys[i] = mix(mix(s++) % KEYSPACE);
+		for (size_t i = 0; i < n; i++) {
+			float *r = bare_row(b, keys[i]);
+			r[1] += g[i] * g[i];
+			r[0] -= 0.01f * g[i] / (sqrtf(r[1]) + 1e-8f);
+		}
+		for (size_t i = 0; i < n; i++)
+			out[i] = bare_row(b, keys[i])[0];
 		it++;
 		t = now() - t0;
 	} while ((t < secs || it < 2) && it < MAX_ITERS);
@@ -193,7 +242,14 @@ int main(int argc, char **argv)
 	if ((rc = dml_rpc_dial(&c, sv.addr, NULL)) || (rc = dml_ps_connect(&remote, &c, 1, NULL)))
 		die("connect", rc);
 	size_t ns[2] = {1000, 10000};
-	double loc[2], rem[2], raw[2];
+	double loc[2], rem[2], raw[2], flo[2];
+	bare bt = {0};
+	bt.cap = (size_t)4 << 20; /* 4 slots per key of the key space */
+	bt.key = malloc(bt.cap * sizeof *bt.key);
+	bt.row = malloc(bt.cap * 2 * sizeof *bt.row);
+	bt.used = calloc(bt.cap, 1);
+	if (!bt.key || !bt.row || !bt.used)
+		die("alloc", 1);
 	for (int k = 0; k < 2; k++) {
 		size_t n = ns[k];
 		raw_peer rp = {0};
@@ -202,14 +258,17 @@ int main(int argc, char **argv)
 		rp.up2 = n * 8;       /* a pull: keys, values back */
 		rp.down2 = n * 4;
 		int fd = raw_start(&rp);
-		double l[ROUNDS], r[ROUNDS], w[ROUNDS];
+		double l[ROUNDS], r[ROUNDS], w[ROUNDS], f[ROUNDS];
 		kv_rate(local, n, keys, g, out); /* warm up: the rows exist */
 		kv_rate(remote, n, keys, g, out);
+		bare_rate(&bt, n, keys, g, out);
 		for (int q = 0; q < ROUNDS; q++) {
 			l[q] = kv_rate(local, n, keys, g, out);
 			r[q] = kv_rate(remote, n, keys, g, out);
 			w[q] = raw_rate(&rp, fd, buf, (double)n);
+			f[q] = bare_rate(&bt, n, keys, g, out);
 		}
+		flo[k] = median(f, ROUNDS);
 		loc[k] = median(l, ROUNDS);
 		rem[k] = median(r, ROUNDS);
 		raw[k] = median(w, ROUNDS);
@@ -271,12 +330,20 @@ int main(int argc, char **argv)
 		printf("%-48s %12.0f %12.0f %7.2f %7s\n", name, rem[k], raw[k], rem[k] / raw[k], ">=0.5");
 		snprintf(name, sizeof name, "   local rows/s, %zuk keys (vs remote)", ns[k] / 1000);
 		printf("%-48s %12.0f %12.0f %7.2f\n", name, loc[k], rem[k], loc[k] / rem[k]);
+		snprintf(name, sizeof name, "   local rows/s, %zuk keys (vs a bare table)", ns[k] / 1000);
+		printf("%-48s %12.0f %12.0f %7.2f\n", name, loc[k], flo[k], loc[k] / flo[k]);
+		snprintf(name, sizeof name, "   remote rows/s, %zuk keys (vs a bare table)", ns[k] / 1000);
+		printf("%-48s %12.0f %12.0f %7.2f\n", name, rem[k], flo[k], rem[k] / flo[k]);
 	}
 	printf("%-48s %12.0f %12.0f %7.2f %7s\n", "3. dense 100M push+pull, MB/s vs raw TCP",
 	       mbm, mbw, mbm / mbw, ">=0.6");
-	printf("RESULT kv local1k=%.0f remote1k=%.0f raw1k=%.0f local10k=%.0f remote10k=%.0f "
-	       "raw10k=%.0f big_MB_per_s=%.0f big_raw_MB_per_s=%.0f rows=%llu\n",
-	       loc[0], rem[0], raw[0], loc[1], rem[1], raw[1], mbm, mbw,
+	printf("RESULT kv local1k=%.0f remote1k=%.0f raw1k=%.0f bare1k=%.0f local10k=%.0f "
+	       "remote10k=%.0f raw10k=%.0f bare10k=%.0f big_MB_per_s=%.0f "
+	       "big_raw_MB_per_s=%.0f rows=%llu\n",
+	       loc[0], rem[0], raw[0], flo[0], loc[1], rem[1], raw[1], flo[1], mbm, mbw,
 	       (unsigned long long)rows);
+	free(bt.key);
+	free(bt.row);
+	free(bt.used);
 	return 0;
 }

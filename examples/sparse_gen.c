@@ -11,13 +11,13 @@
  * The model, all of it a function of the seed:
  *  - A row has a number of distinct features drawn uniformly from
  *    K - K/2 .. K + K/2 (mean K). Each id is drawn from Zipf(S) over 1..F
- *    (an alias table for the 65536 most popular ranks, rejection-inversion
- *    for the others: O(1) per draw, 768 KB), then mapped by a bijection of
- *    0..F-1 keyed by the seed, so the
- *    popular features are spread over the id range. A duplicate within the
- *    row is drawn again, so ids are drawn without replacement: a feature
- *    occurs at most once per row. (With a steep S and a large K, a row may
- *    stop short of its count after 100 draws per id.)
+ *    (an alias table for the 32768 most popular ranks, rejection-inversion
+ *    for the others: O(1) per draw, a 256 KB table), then mapped by a
+ *    bijection of 0..F-1 keyed by the seed, so that the popular features
+ *    are spread over the id range. A duplicate within the row is drawn
+ *    again: ids are drawn without replacement, a feature occurs at most
+ *    once per row. (With a steep S and a large K, a row may stop short of
+ *    its count after 100 draws per id.)
  *  - Values are binary, written as 1, as in click-through data.
  *  - A hidden separator w: feature j has w_j ~ N(0,1) with probability D,
  *    else 0, computed from hash(seed, j) when needed (no F-sized array).
@@ -98,21 +98,23 @@ static uint64_t rng_below(rng *r, uint64_t n)
 	return rng_next(r) % n;
 }
 
-/* --- Zipf(s) over 1..n. The head, ranks 1..T (T = 65536 or n if smaller,
- * about 90% of the draws for s = 1.1, n = 1M), comes from an alias table
- * (Walker, Vose: one lookup in 768 KB); the tail, ranks T+1..n, by
+/* --- Zipf(s) over 1..n. The head, ranks 1..T (T = 32768 or n if smaller,
+ * 87% of the draws for s = 1.1, n = 1M), comes from an alias table (Walker,
+ * Vose: one lookup in 256 KB, which stays in L2); the tail, ranks T+1..n, by
  * rejection-inversion (Hormann and Derflinger 1996, as in Apache Commons
  * RNG's RejectionInversionZipfSampler, with its first rank moved from 1 to
  * T+1). H is the integral of h(x) = x^-s, written with log1p/expm1 so that
  * s near 1 stays accurate. */
 
-#define ZIPF_HEAD 65536
+#define ZIPF_HEAD 32768
 
 typedef struct zipf {
 	double s, n;
 	double head_p;            /* the head's share of the mass */
 	uint64_t head;            /* T */
-	uint32_t *thr, *alias;    /* T entries each */
+	struct zipf_cell {
+		uint32_t thr, alias;
+	} *cell;                  /* T entries */
 	double tail_lo, tail_hi;  /* tail: u in (tail_lo, tail_hi] */
 	double accept;
 } zipf;
@@ -152,10 +154,9 @@ static double zipf_head_init(zipf *z)
 	size_t t = (size_t)z->head;
 	double *p = malloc(t * sizeof *p);
 	uint32_t *small = malloc(t * sizeof *small), *large = malloc(t * sizeof *large);
-	z->thr = malloc(t * sizeof *z->thr);
-	z->alias = malloc(t * sizeof *z->alias);
+	z->cell = malloc(t * sizeof *z->cell);
 	double sum = -1;
-	if (!p || !small || !large || !z->thr || !z->alias)
+	if (!p || !small || !large || !z->cell)
 		goto out;
 	sum = 0;
 	for (size_t i = 0; i < t; i++)
@@ -170,8 +171,8 @@ static double zipf_head_init(zipf *z)
 	}
 	while (ns && nl) {
 		uint32_t l = small[--ns], g = large[--nl];
-		z->thr[l] = p[l] > 0 ? (uint32_t)(p[l] * 4294967296.0) : 0;
-		z->alias[l] = g;
+		z->cell[l].thr = p[l] > 0 ? (uint32_t)(p[l] * 4294967296.0) : 0;
+		z->cell[l].alias = g;
 		p[g] = (p[g] + p[l]) - 1;
 		if (p[g] < 1)
 			small[ns++] = g;
@@ -181,13 +182,13 @@ static double zipf_head_init(zipf *z)
 	/* What is left has weight 1, up to rounding: always itself. */
 	while (nl) {
 		uint32_t g = large[--nl];
-		z->thr[g] = UINT32_MAX;
-		z->alias[g] = g;
+		z->cell[g].thr = UINT32_MAX;
+		z->cell[g].alias = g;
 	}
 	while (ns) {
 		uint32_t l = small[--ns];
-		z->thr[l] = UINT32_MAX;
-		z->alias[l] = l;
+		z->cell[l].thr = UINT32_MAX;
+		z->cell[l].alias = l;
 	}
 out:
 	free(p);
@@ -209,7 +210,7 @@ static int zipf_init(zipf *z, double s, uint64_t n)
 	z->tail_hi = zipf_H(z, z->n + 0.5);
 	z->accept = 2 - zipf_H_inv(z, zipf_H(z, 2.5) - zipf_h(z, 2));
 	/* The tail's weight: the midpoint rule, relative error below
-	 * s(s+1)/(24 m^2), under 1e-9 at m = 65537. */
+	 * s(s+1)/(24 m^2), under 1e-9 at m = 32769. */
 	double tail_w = (double)z->head < z->n ? zipf_H(z, z->n + 0.5) - zipf_H(z, m - 0.5) : 0;
 	z->head_p = head_w / (head_w + tail_w);
 	return 0;
@@ -217,8 +218,7 @@ static int zipf_init(zipf *z, double s, uint64_t n)
 
 static void zipf_free(zipf *z)
 {
-	free(z->thr);
-	free(z->alias);
+	free(z->cell);
 }
 
 static uint64_t zipf_draw(const zipf *z, rng *r)
@@ -226,7 +226,8 @@ static uint64_t zipf_draw(const zipf *z, rng *r)
 	if (z->head_p >= 1 || rng_uniform(r) < z->head_p) {
 		uint64_t x = rng_next(r);
 		uint64_t i = ((x >> 32) * z->head) >> 32;
-		return ((uint32_t)x < z->thr[i] ? i : z->alias[i]) + 1;
+		struct zipf_cell c = z->cell[i];
+		return ((uint32_t)x < c.thr ? i : c.alias) + 1;
 	}
 	double lo = (double)z->head + 1;
 	for (;;) {

@@ -503,10 +503,9 @@ int main(int argc, char **argv)
 		double per = st.steps ? (c->workers ? (c->dense ? 8.0 * (double)j.eval.dim
 		                                              : (double)st.rows_moved * rowb / st.steps)
 		                                    : 0) : 0;
-		if (!c->quiet)
-			printf("%llu steps, %.0f payload bytes per step%s\n",
-			       (unsigned long long)st.steps, per,
-			       c->workers ? "" : " (one process: none)");
+		printf("%llu steps, %.0f payload bytes per step%s\n",
+		       (unsigned long long)st.steps, per,
+		       c->workers ? "" : " (one process: none)");
 		if (c->workers && !c->dense && st.steps) {
 			double u = (double)st.rows_moved / 2 / (double)st.steps;
 			printf("rows per step: %.1f distinct keys; bound 3 x %.1f x (8 + 4 x "
