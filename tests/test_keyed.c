@@ -9,7 +9,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdatomic.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ps_wire.h"
@@ -841,6 +843,71 @@ static void test_keyed_checkpoint(void **state)
 	dml_ps_free(dense);
 }
 
+/* A child saving a keyed store over and over is killed with SIGKILL in
+ * the middle of a save; what is left at the path loads, and holds one of
+ * the two states whole. */
+static void test_keyed_save_killed(void **state)
+{
+	(void)state;
+	TEST_PLAIN_ONLY();
+	char path[256];
+	tmp_path(path, sizeof path, "kill.ckpt");
+	enum { N = 300000 }; /* a save takes a while */
+	dml_ps *ps = keyed(4, NULL);
+	uint64_t *keys = malloc(N * sizeof *keys);
+	float *v = malloc(N * 4 * sizeof *v);
+	for (int i = 0; i < N; i++)
+		keys[i] = (uint64_t)i * 0x9e3779b97f4a7c15ULL;
+	for (int i = 0; i < N * 4; i++)
+		v[i] = 1;
+	assert_int_equal(dml_ps_assign_rows(ps, keys, N, v), 0); /* state A: ones */
+	assert_int_equal(dml_ps_save(ps, path), 0);
+	for (int round = 0; round < 3; round++) {
+		int p[2];
+		assert_int_equal(pipe(p), 0);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			close(p[0]);
+			dml_ps_update_rows(ps, keys, N, v); /* state B: twos */
+			for (int i = 0; i < 1000; i++) {
+				if (write(p[1], "x", 1) != 1)
+					_exit(1);
+				dml_ps_save(ps, path);
+			}
+			_exit(0);
+		}
+		close(p[1]);
+		char ch;
+		for (int k = 0; k <= round; k++)
+			assert_int_equal(read(p[0], &ch, 1), 1);
+		volatile unsigned long spin = 0; /* part way into the save */
+		for (unsigned long i = 0; i < 3000000ul * (unsigned long)round; i++)
+			spin = spin + i;
+		(void)spin;
+		kill(pid, SIGKILL);
+		int status;
+		waitpid(pid, &status, 0);
+		close(p[0]);
+		dml_ps *back = keyed(4, NULL);
+		assert_int_equal(dml_ps_load(back, path), 0);
+		uint64_t rows;
+		assert_int_equal(dml_ps_rows(back, &rows), 0);
+		assert_int_equal(rows, N);
+		float first[4], last[4];
+		dml_ps_pull_rows(back, keys, 1, first);
+		dml_ps_pull_rows(back, keys + N - 1, 1, last);
+		assert_true(first[0] == last[3] && (first[0] == 1 || first[0] == 2));
+		dml_ps_free(back);
+	}
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -f %s*", path);
+	assert_int_equal(system(cmd), 0);
+	free(keys);
+	free(v);
+	dml_ps_free(ps);
+}
+
 /* The exactly-once table is in the checkpoint: a push applied before a
  * save and retried (same client id and number) after a restart from it
  * is not applied twice, for both kinds. */
@@ -913,6 +980,7 @@ int main(void)
 		cmocka_unit_test(test_split_push_exactly_once),
 		cmocka_unit_test(test_absurd_sizes_from_peer),
 		cmocka_unit_test(test_keyed_checkpoint),
+		cmocka_unit_test(test_keyed_save_killed),
 		cmocka_unit_test(test_checkpoint_keeps_exactly_once),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
