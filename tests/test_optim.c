@@ -38,7 +38,7 @@ static void test_defaults(void **state)
 	assert_int_equal(d.kind, DML_OPTIM_SGD);
 	assert_true(d.lr == 0.01f && d.l2 == 0 && d.momentum == 0.9f);
 	assert_true(d.nesterov == 0 && d.beta1 == 0.9f && d.beta2 == 0.999f);
-	assert_true(d.eps == 1e-8f);
+	assert_true(d.eps == 1e-8f && d.l1 == 0 && d.beta == 1.0f);
 	assert_int_equal(d.sched.kind, DML_SCHED_CONST);
 	assert_true(d.sched.step_size == 1000 && d.sched.gamma == 0.1f);
 	assert_true(d.sched.t0 == 1.0f && d.sched.total == 0 && d.sched.lr_min == 0);
@@ -81,9 +81,9 @@ static void test_check_rejects(void **state)
 	(void)state;
 	const dml_optim_opts ok = {.kind = DML_OPTIM_ADAM, .lr = 0.1f};
 	assert_int_equal(dml_optim_check(&ok), 0);
-	dml_optim_opts bad[32];
+	dml_optim_opts bad[40];
 	int n = 0;
-	for (int i = 0; i < 32; i++)
+	for (int i = 0; i < 40; i++)
 		bad[i] = ok;
 	bad[n++].lr = -0.1f;
 	bad[n++].lr = NAN;
@@ -104,7 +104,9 @@ static void test_check_rejects(void **state)
 	bad[n++].kind = (dml_optim_kind)5;
 	bad[n++].l1 = -1.0f;
 	bad[n++].l1 = NAN;
+	bad[n++].l1 = INFINITY;
 	bad[n++].beta = -1.0f;
+	bad[n++].beta = NAN;
 	bad[n++].beta = INFINITY;
 	bad[n++].kind = (dml_optim_kind)-1;
 	bad[n++].sched.kind = (dml_sched_kind)4;
@@ -451,6 +453,8 @@ static const dml_optim_opts rules[] = {
 	{.kind = DML_OPTIM_ADAGRAD, .lr = 0.1f, .l2 = 0.01f},
 	{.kind = DML_OPTIM_ADAM, .lr = 0.1f, .l2 = 0.01f,
 	 .sched = {.kind = DML_SCHED_INVSQRT}},
+	{.kind = DML_OPTIM_FTRL, .lr = 0.1f, .l2 = 0.01f, .l1 = 0.05f,
+	 .beta = 0.5f, .sched = {.kind = DML_SCHED_INVSQRT}},
 };
 #define NRULES (sizeof rules / sizeof rules[0])
 
@@ -570,8 +574,8 @@ static void test_sparse_repeated(void **state)
 static void test_state_and_lifetime(void **state)
 {
 	(void)state;
-	const int want[4] = {0, 1, 1, 2};
-	for (int kind = 0; kind < 4; kind++) {
+	const int want[5] = {0, 1, 1, 2, 2};
+	for (int kind = 0; kind < 5; kind++) {
 		dml_optim_opts o = {.kind = (dml_optim_kind)kind};
 		assert_int_equal(dml_optim_state_floats(&o), want[kind]);
 		dml_optim *opt = make(&o, 5);
@@ -719,12 +723,15 @@ static void test_converges_on_quadratic(void **state)
 	}
 }
 
-/* ---- FTRL-Proximal and lazy steps ---- */
+/* ---- FTRL-Proximal ---- */
 
-/* One FTRL step in double, from the formula in distml/optim.h. */
+/* One FTRL step in double, straight from the formula in distml/optim.h
+ * (alpha 0: no step). */
 static void ftrl_ref(double *w, double *z, double *n, double g, double a,
                      double beta, double l1, double l2)
 {
+	if (a == 0)
+		return;
 	double sigma = (sqrt(*n + g * g) - sqrt(*n)) / a;
 	*z += g - sigma * *w;
 	*n += g * g;
@@ -732,103 +739,284 @@ static void ftrl_ref(double *w, double *z, double *n, double g, double a,
 	*w = fabs(*z) <= l1 ? 0 : -(*z - sgn * l1) / ((beta + sqrt(*n)) / a + l2);
 }
 
-static void test_ftrl(void **state)
+/* Within 1e-5, relative (an absolute floor at 1). */
+#define assert_near5(got, want)                                                \
+	assert_true(fabs((double)(got) - (double)(want)) <=                    \
+	            1e-5 * (1.0 + fabs((double)(want))))
+
+static void test_ftrl_by_hand(void **state)
+{
+	(void)state;
+	dml_optim_opts o = {.kind = DML_OPTIM_FTRL, .lr = 0.5f, .l1 = 0.1f,
+	                    .l2 = 0.2f};
+	assert_int_equal(dml_optim_state_floats(&o), 2);
+	dml_optim *opt = make(&o, 1);
+	assert_true(dml_optim_options(opt)->beta == 1.0f); /* the default */
+	float *z = dml_optim_state(opt, 0), *n = dml_optim_state(opt, 1);
+	assert_non_null(z);
+	assert_non_null(n);
+	assert_null(dml_optim_state(opt, 2));
+	/* g 2: sigma = 2 / 0.5 = 4, z = 2 - 4 * 0, n = 4,
+	 * w = -(2 - 0.1) / ((1 + 2) / 0.5 + 0.2) = -1.9 / 6.2 */
+	float w = 0, g = 2;
+	dml_optim_step(opt, &w, &g);
+	assert_near(*z, 2);
+	assert_near(*n, 4);
+	assert_near(w, -1.9 / 6.2);
+	/* g -1: sigma = (sqrt 5 - 2) / 0.5, z = 2 - 1 - sigma * w, n = 5,
+	 * w = -(z - 0.1) / ((1 + sqrt 5) / 0.5 + 0.2); l2 is not added to g */
+	g = -1;
+	dml_optim_step(opt, &w, &g);
+	assert_near(*z, 1.144686824919226);
+	assert_near(*n, 5);
+	assert_near(w, -0.15657457101671);
+	/* negative z: w = -(z + l1) / ... > 0 */
+	g = -3;
+	dml_optim_step(opt, &w, &g);
+	double wr = -0.15657457101671, zr = 1.144686824919226, nr = 5;
+	ftrl_ref(&wr, &zr, &nr, -3, 0.5, 1, 0.1, 0.2);
+	assert_true(zr < -0.1 && wr > 0);
+	assert_near(*z, zr);
+	assert_near(w, wr);
+	dml_optim_free(opt);
+}
+
+/* Dense steps against the double-precision reference: a schedule (alpha
+ * changes every step), beta, L1, L2 and a non-zero start. */
+static void test_ftrl_reference(void **state)
+{
+	(void)state;
+	const dml_optim_opts o = {.kind = DML_OPTIM_FTRL, .lr = 0.3f,
+	                          .l1 = 4.0f, .l2 = 0.05f, .beta = 0.5f,
+	                          .sched = {.kind = DML_SCHED_INVSQRT,
+	                                    .t0 = 10}};
+	dml_optim *opt = make(&o, DIM);
+	float w[DIM];
+	double wr[DIM], zr[DIM] = {0}, nr[DIM] = {0};
+	uint32_t seed = 11;
+	for (int i = 0; i < DIM; i++)
+		wr[i] = w[i] = rnd(&seed);
+	int zeros = 0, nonzeros = 0;
+	for (uint64_t t = 0; t < 60; t++) {
+		float g[DIM];
+		/* a bias, so that some coordinates leave the L1 ball */
+		for (int i = 0; i < DIM; i++)
+			g[i] = rnd(&seed) + (i % 3 == 0 ? 0.4f : 0.0f);
+		double a = dml_schedule_lr(&o, t);
+		dml_optim_step(opt, w, g);
+		for (int i = 0; i < DIM; i++) {
+			ftrl_ref(&wr[i], &zr[i], &nr[i], g[i], a, 0.5, 4.0, 0.05);
+			assert_near5(w[i], wr[i]);
+			assert_near5(dml_optim_state(opt, 0)[i], zr[i]);
+			assert_near5(dml_optim_state(opt, 1)[i], nr[i]);
+			if (t == 59) {
+				zeros += wr[i] == 0;
+				nonzeros += wr[i] != 0;
+			}
+		}
+	}
+	/* both branches of the closed form were taken */
+	assert_true(zeros > 0 && nonzeros > 0);
+	dml_optim_free(opt);
+}
+
+/* Every coordinate given once at every step, in a shuffled order: sparse
+ * steps (and the keyed store's rows) equal dense ones, bit for bit. */
+static void test_ftrl_sparse_equals_dense(void **state)
+{
+	(void)state;
+	const dml_optim_opts o = {.kind = DML_OPTIM_FTRL, .lr = 0.2f,
+	                          .l1 = 0.1f, .l2 = 0.01f, .beta = 2.0f,
+	                          .sched = {.kind = DML_SCHED_INVSQRT}};
+	dml_optim_opts r;
+	dml__optim_resolve(&o, &r);
+	dml_optim *dense = make(&o, DIM), *sparse = make(&o, DIM);
+	float wd[DIM], ws[DIM], rows[DIM][3] = {{0}}; /* w, z, n per row */
+	float *rp[DIM];
+	uint32_t seed = 5, idx[DIM];
+	for (int i = 0; i < DIM; i++) {
+		wd[i] = ws[i] = rows[i][0] = rnd(&seed);
+		rp[i] = rows[i];
+	}
+	for (uint64_t t = 0; t < 25; t++) {
+		float g[DIM], val[DIM];
+		for (int i = 0; i < DIM; i++)
+			g[i] = rnd(&seed);
+		for (int j = 0; j < DIM; j++) {
+			idx[j] = (uint32_t)((j * 7 + t) % DIM); /* 7, 37 coprime */
+			val[j] = g[idx[j]];
+		}
+		dml_optim_step(dense, wd, g);
+		assert_int_equal(dml_optim_step_sparse(sparse, ws, idx, val, DIM), 0);
+		dml__optim_apply_rows(&r, dml_schedule_lr(&o, t), t + 1, rp, g,
+		                      DIM, 1);
+	}
+	assert_memory_equal(wd, ws, sizeof wd);
+	for (int k = 0; k < 2; k++)
+		assert_memory_equal(dml_optim_state(dense, k),
+		                    dml_optim_state(sparse, k), sizeof wd);
+	for (int i = 0; i < DIM; i++) {
+		assert_true(rows[i][0] == wd[i]);
+		assert_true(rows[i][1] == dml_optim_state(dense, 0)[i]);
+		assert_true(rows[i][2] == dml_optim_state(dense, 1)[i]);
+	}
+	dml_optim_free(dense);
+	dml_optim_free(sparse);
+}
+
+/* A large L1 leaves exact zeros where the gradients are small; without L1
+ * (-0 passes the check and is 0) the same gradients leave none. */
+static void test_ftrl_l1_zeros(void **state)
 {
 	(void)state;
 	enum { D = 40 };
-	dml_optim_opts o = {0};
-	o.kind = DML_OPTIM_FTRL;
-	o.lr = 0.5f;
-	o.l1 = 0.05f;
-	o.l2 = 0.01f;
-	o.beta = 1.0f;
-	assert_int_equal(dml_optim_state_floats(&o), 2);
-	dml_optim *dense = make(&o, D), *sparse = make(&o, D);
-	float wd[D] = {0}, ws[D] = {0};
-	double wr[D] = {0}, zr[D] = {0}, nr[D] = {0};
-	uint32_t seed = 3, idx[D];
-	for (int step = 0; step < 30; step++) {
-		float g[D], val[D];
-		for (int i = 0; i < D; i++) {
-			g[i] = rnd(&seed);
-			idx[i] = (uint32_t)((i * 7 + step) % D); /* every one, shuffled */
+	for (int with_l1 = 1; with_l1 >= 0; with_l1--) {
+		dml_optim_opts o = {.kind = DML_OPTIM_FTRL, .lr = 0.1f,
+		                    .l1 = with_l1 ? 2.0f : -0.0f};
+		assert_int_equal(dml_optim_check(&o), 0);
+		dml_optim *opt = make(&o, D);
+		float w[D];
+		uint32_t seed = 17;
+		for (int i = 0; i < D; i++)
+			w[i] = rnd(&seed); /* the first step zeroes them */
+		for (int step = 0; step < 20; step++) {
+			float g[D], val[D / 2];
+			uint32_t idx[D / 2];
+			for (int i = 0; i < D; i++)
+				g[i] = i < D / 2 ? 0.05f * rnd(&seed) : 1.0f;
+			/* odd steps go through the sparse path */
+			if (step % 2 == 0) {
+				dml_optim_step(opt, w, g);
+				continue;
+			}
+			for (int j = 0; j < D / 2; j++) {
+				idx[j] = (uint32_t)(2 * j + (j & 1));
+				val[j] = g[idx[j]];
+			}
+			assert_int_equal(dml_optim_step_sparse(opt, w, idx, val,
+			                                       D / 2), 0);
 		}
-		for (int i = 0; i < D; i++)
-			val[i] = g[idx[i]];
-		dml_optim_step(dense, wd, g);
-		assert_int_equal(dml_optim_step_sparse(sparse, ws, idx, val, D), 0);
-		for (int i = 0; i < D; i++)
-			ftrl_ref(&wr[i], &zr[i], &nr[i], g[i], 0.5, 1.0, 0.05, 0.01);
+		for (int i = 0; i < D / 2; i++) {
+			if (with_l1)
+				assert_true(w[i] == 0.0f);
+			else
+				assert_true(w[i] != 0.0f);
+		}
+		for (int i = D / 2; i < D; i++)
+			assert_true(w[i] < 0); /* large gradients get through */
+		dml_optim_free(opt);
 	}
-	int zeros = 0;
-	for (int i = 0; i < D; i++) {
-		assert_true(fabs(wd[i] - wr[i]) <= 1e-5 * (1 + fabs(wr[i])));
-		assert_true(wd[i] == ws[i]); /* the same rule, in the same order */
-		assert_true(dml_optim_state(dense, 0)[i] == dml_optim_state(sparse, 0)[i]);
-		zeros += wd[i] == 0.0f;
-	}
-	(void)zeros;
-	dml_optim_free(dense);
-	dml_optim_free(sparse);
-	/* a strong L1 leaves exact zeros where gradients are small */
-	o.l1 = 5.0f;
-	dml_optim *l1 = make(&o, D);
-	float w[D] = {0};
-	for (int step = 0; step < 20; step++) {
-		float g[D];
-		for (int i = 0; i < D; i++)
-			g[i] = i < D / 2 ? 0.01f * rnd(&seed) : 2.0f;
-		dml_optim_step(l1, w, g);
-	}
-	for (int i = 0; i < D / 2; i++)
-		assert_true(w[i] == 0.0f);
-	for (int i = D / 2; i < D; i++)
-		assert_true(w[i] < 0);
-	dml_optim_free(l1);
-	/* options checked */
-	o.l1 = -1;
-	assert_int_equal(dml_optim_check(&o), DML_EINVAL);
-	o.l1 = 0;
-	o.beta = NAN;
-	assert_int_equal(dml_optim_check(&o), DML_EINVAL);
-	o.beta = 0; /* the default, 1 */
-	assert_int_equal(dml_optim_check(&o), 0);
-	/* lr 0 (a cosine schedule's end) moves nothing */
-	o.sched.kind = DML_SCHED_COSINE;
-	o.sched.total = 1;
-	dml_optim *end = make(&o, 1);
-	dml_optim_set_steps(end, 5);
-	float w1 = 0.25f, g1 = 1.0f;
-	dml_optim_step(end, &w1, &g1);
-	assert_true(w1 == 0.25f && dml_optim_state(end, 1)[0] == 0);
-	dml_optim_free(end);
 }
 
-/* Adam's lazy convention: a coordinate stepped at steps 1 and 5 only keeps
- * its moments through steps 2-4, and step 5 corrects with t = 5. */
+/* lr 0 (a cosine schedule with lr_min 0, after `total` steps) would divide
+ * by zero: no step is taken, through every entry point. */
+static void test_ftrl_lr_zero(void **state)
+{
+	(void)state;
+	const dml_optim_opts o = {.kind = DML_OPTIM_FTRL, .lr = 0.5f,
+	                          .sched = {.kind = DML_SCHED_COSINE,
+	                                    .total = 2}};
+	dml_optim_opts r;
+	dml__optim_resolve(&o, &r);
+	dml_optim *opt = make(&o, 2);
+	float w[2] = {0.5f, -0.5f}, g[2] = {1, -2};
+	uint32_t idx[2] = {1, 0};
+	dml_optim_step(opt, w, g); /* lr 0.5, then 0.25 */
+	assert_int_equal(dml_optim_step_sparse(opt, w, idx, g, 2), 0);
+	assert_true(dml_schedule_lr(&o, 2) == 0);
+	float *z = dml_optim_state(opt, 0), *n = dml_optim_state(opt, 1);
+	const float w0[2] = {w[0], w[1]}, z0[2] = {z[0], z[1]},
+	            n0[2] = {n[0], n[1]};
+	assert_true(w0[0] != 0.5f && n0[0] != 0 && n0[1] != 0);
+	dml_optim_step(opt, w, g);
+	assert_int_equal(dml_optim_step_sparse(opt, w, idx, g, 2), 0);
+	assert_true(dml_optim_steps(opt) == 4);
+	assert_memory_equal(w, w0, sizeof w);
+	assert_memory_equal(z, z0, sizeof z0);
+	assert_memory_equal(n, n0, sizeof n0);
+	/* the internal entry points, at lr 0 and at a denormal lr (1 / lr is
+	 * no float), l2 0: the denominator would be 0 */
+	const float lrs[2] = {0.0f, 1e-40f};
+	for (int k = 0; k < 2; k++) {
+		float x = 0.5f, s0 = 0.25f, s1 = 4, gx = 1;
+		float row[3] = {0.5f, 0.25f, 4}, *rp = row;
+		dml__optim_apply(&r, lrs[k], 3, &x, &gx, &s0, &s1, 1);
+		dml__optim_apply_sparse(&r, lrs[k], 3, &x, &idx[1], &gx, 1, &s0,
+		                        &s1);
+		dml__optim_apply_rows(&r, lrs[k], 3, &rp, &gx, 1, 1);
+		assert_true(x == 0.5f && s0 == 0.25f && s1 == 4);
+		assert_true(row[0] == 0.5f && row[1] == 0.25f && row[2] == 4);
+	}
+	dml_optim_free(opt);
+}
+
+/* ---- lazy sparse steps ---- */
+
+/* Adam's lazy convention: coordinate 0 is given at steps 1 and 5 only, so
+ * its w, m and v stay exactly as they are through steps 2-4, and step 5
+ * applies one update from those moments, with the bias correction of the
+ * global t = 5. Coordinate 1 is given at every step, so it follows the
+ * dense rule. */
 static void test_adam_lazy(void **state)
 {
 	(void)state;
-	dml_optim_opts o = {0};
-	o.kind = DML_OPTIM_ADAM;
-	o.lr = 0.1f;
-	dml_optim *a = make(&o, 2);
+	const double b1 = 0.5, b2 = 0.75, lr = 0.1, eps = 1e-8;
+	dml_optim_opts o = {.kind = DML_OPTIM_ADAM, .lr = (float)lr,
+	                    .beta1 = (float)b1, .beta2 = (float)b2};
+	dml_optim *opt = make(&o, 2);
+	float *m = dml_optim_state(opt, 0), *v = dml_optim_state(opt, 1);
 	float w[2] = {1, 1};
-	uint32_t i0 = 0, i1 = 1;
-	float g0 = 0.5f, g1 = -0.25f;
-	assert_int_equal(dml_optim_step_sparse(a, w, &i0, &g0, 1), 0);
-	for (int k = 0; k < 3; k++)
-		assert_int_equal(dml_optim_step_sparse(a, w, &i1, &g1, 1), 0);
-	assert_near(dml_optim_state(a, 0)[0], 0.1 * 0.5); /* (1 - b1) g, kept */
-	assert_int_equal(dml_optim_step_sparse(a, w, &i0, &g0, 1), 0);
-	double b1 = 0.9, b2 = 0.999, m = 0, v = 0, x = 1;
-	for (int t = 1; t <= 5; t += 4) {
-		m = b1 * m + (1 - b1) * 0.5;
-		v = b2 * v + (1 - b2) * 0.25;
-		x -= 0.1 * (m / (1 - pow(b1, t))) / (sqrt(v / (1 - pow(b2, t))) + 1e-8);
+	const float g0[2] = {0.5f, 2.0f};          /* coordinate 0, steps 1, 5 */
+	const float g1[5] = {1, -0.5f, 0.25f, 2, -1}; /* coordinate 1 */
+	double m1 = 0, v1 = 0, x1 = 1;               /* coordinate 1, dense */
+	float keep[3] = {0};
+	for (int t = 1; t <= 5; t++) {
+		uint32_t idx[2] = {1, 0};
+		float val[2] = {g1[t - 1], t == 1 ? g0[0] : g0[1]};
+		int nnz = t == 1 || t == 5 ? 2 : 1;
+		assert_int_equal(dml_optim_step_sparse(opt, w, idx, val,
+		                                       (size_t)nnz), 0);
+		double g = g1[t - 1];
+		m1 = b1 * m1 + (1 - b1) * g;
+		v1 = b2 * v1 + (1 - b2) * g * g;
+		x1 -= lr * (m1 / (1 - pow(b1, t))) /
+		      (sqrt(v1 / (1 - pow(b2, t))) + eps);
+		assert_near(w[1], x1);
+		if (t == 1) {
+			keep[0] = w[0];
+			keep[1] = m[0];
+			keep[2] = v[0];
+		} else if (t < 5) {
+			/* untouched: nothing decays, bit for bit */
+			assert_true(w[0] == keep[0] && m[0] == keep[1] &&
+			            v[0] == keep[2]);
+		}
 	}
-	assert_near(w[0], x);
-	dml_optim_free(a);
+	/* coordinate 0 by hand: step 1 from zero moments at t = 1 moves w by
+	 * lr (m/(1-b1) = g, v/(1-b2) = g^2) */
+	double mm = (1 - b1) * 0.5, vv = (1 - b2) * 0.25, x0 = 1 - lr;
+	assert_near(keep[0], x0);
+	assert_near(keep[1], mm);
+	assert_near(keep[2], vv);
+	/* step 5: one update of the kept moments, corrected with t = 5 */
+	double m5 = b1 * mm + (1 - b1) * 2, v5 = b2 * vv + (1 - b2) * 4;
+	double want = x0 - lr * (m5 / (1 - pow(b1, 5))) /
+	                   (sqrt(v5 / (1 - pow(b2, 5))) + eps);
+	assert_near(m[0], m5);
+	assert_near(v[0], v5);
+	assert_near(w[0], want);
+	/* the other conventions give other numbers, well outside the
+	 * tolerance: the count of the coordinate's own steps (t = 2) for the
+	 * correction, or moments decayed through steps 2-4 (dense steps with
+	 * zero gradients) */
+	double own = x0 - lr * (m5 / (1 - b1 * b1)) /
+	                  (sqrt(v5 / (1 - b2 * b2)) + eps);
+	double md = pow(b1, 4) * mm + (1 - b1) * 2;
+	double vd = pow(b2, 4) * vv + (1 - b2) * 4;
+	double decayed = x0 - lr * (md / (1 - pow(b1, 5))) /
+	                      (sqrt(vd / (1 - pow(b2, 5))) + eps);
+	assert_true(fabs(want - own) > 1e-3 && fabs(want - decayed) > 1e-3);
+	dml_optim_free(opt);
 }
 
 int main(void)
@@ -848,7 +1036,11 @@ int main(void)
 		cmocka_unit_test(test_state_and_lifetime),
 		cmocka_unit_test(test_apply_subrange),
 		cmocka_unit_test(test_converges_on_quadratic),
-		cmocka_unit_test(test_ftrl),
+		cmocka_unit_test(test_ftrl_by_hand),
+		cmocka_unit_test(test_ftrl_reference),
+		cmocka_unit_test(test_ftrl_sparse_equals_dense),
+		cmocka_unit_test(test_ftrl_l1_zeros),
+		cmocka_unit_test(test_ftrl_lr_zero),
 		cmocka_unit_test(test_adam_lazy),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

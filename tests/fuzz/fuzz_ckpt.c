@@ -370,6 +370,21 @@ static int read_ckpt(const ref *rf, int valid)
 	return rc == 0;
 }
 
+/* The optional exactly-once section (tag 4, docs/ps.md): a count n <= 4096,
+ * then n records of 4 u64 with a nonzero client id. */
+static int dedup_ok(const uint8_t *p, uint64_t len)
+{
+	if (len < 8)
+		return 0;
+	uint64_t n = get64(p);
+	if (n > 4096 || len != 8 + n * 32)
+		return 0;
+	for (uint64_t k = 0; k < n; k++)
+		if (!get64(p + 8 + k * 32))
+			return 0;
+	return 1;
+}
+
 /* dml_ps_load loads exactly the checkpoints that fit the store. */
 static void load_ps(unsigned store, const ref *rf, int valid)
 {
@@ -385,10 +400,16 @@ static void load_ps(unsigned store, const ref *rf, int valid)
 	dml_ps *ps;
 	FZ_CHECK(dml_ps_new(&ps, sc.dim, &o) == 0);
 	int nstate = dml_optim_state_floats(&o.optim);
-	int fits = valid == 1 && rf->kind == PS_KIND && rf->meta_len == PS_META &&
+	/* 0.2's 88-byte meta or 0.3's 96 (l1, beta); the parameters and state,
+	 * then the optional exactly-once section */
+	int fits = valid == 1 && rf->kind == PS_KIND &&
+	           (rf->meta_len == PS_META || rf->meta_len == PS_META + 8) &&
 	           get64(rf->meta) == sc.dim &&
 	           get32(rf->meta + 24) == (uint32_t)sc.rule &&
-	           rf->nsec == (uint32_t)nstate + 1;
+	           (rf->nsec == (uint32_t)nstate + 1 ||
+	            (rf->nsec == (uint32_t)nstate + 2 &&
+	             rf->secs[nstate + 1].tag == 4 &&
+	             dedup_ok(rf->secs[nstate + 1].data, rf->secs[nstate + 1].len)));
 	for (int j = 0; fits && j <= nstate; j++)
 		fits = rf->secs[j].tag == 1u + (uint32_t)j &&
 		       rf->secs[j].len == sc.dim * 4;
