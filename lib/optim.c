@@ -182,12 +182,13 @@ typedef struct coef {
 static coef coef_make(const dml_optim_opts *o, float lr, uint64_t t)
 {
 	coef k = {lr, o->l2, o->momentum, o->eps, o->beta1, o->beta2,
-	          1.0f - o->beta1, 1.0f - o->beta2, 1.0f, 1.0f, o->l1, o->beta,
-	          0.0f};
+	          1.0f - o->beta1, 1.0f - o->beta2, 1.0f, 1.0f,
+	          o->l1 > 0 ? o->l1 : 0.0f, /* not -0 (above_or_zero) */
+	          o->beta, 0.0f};
 	/* FTRL divides by alpha: at lr 0 (a schedule can reach it) or an lr
 	 * so small that 1 / lr is no float, ia stays 0 and no step is taken
-	 * (computed before dml__fp_enter, whose DAZ would read a denormal lr
-	 * as 0) */
+	 * (step_rule; computed before dml__fp_enter, whose DAZ would read a
+	 * denormal lr as 0) */
 	double ia = lr > 0 ? 1.0 / (double)lr : 0.0;
 	if (ia <= FLT_MAX)
 		k.ia = (float)ia;
@@ -239,11 +240,26 @@ static inline void adam_1(coef k, float *w, float g, float *m, float *v)
 	*w -= k.lr * (mi * k.c1) / (sqrtf(vi * k.c2) + k.eps);
 }
 
+/* a > l1 ? w : 0, for a = |z| (NaN keeps w) and l1 finite and >= +0,
+ * compared as bit patterns: floats >= +0 order as their bits do. A float
+ * compare may trap, so gcc at -O2 (-ftrapping-math) does not if-convert it
+ * and the loop would not vectorise; an integer compare it does. */
+static inline float above_or_zero(float w, float a, float l1)
+{
+	uint32_t wb, ab, lb;
+	memcpy(&wb, &w, sizeof wb);
+	memcpy(&ab, &a, sizeof ab);
+	memcpy(&lb, &l1, sizeof lb);
+	wb &= -(uint32_t)(ab > lb);
+	memcpy(&w, &wb, sizeof w);
+	return w;
+}
+
 /* FTRL-Proximal (McMahan et al. 2013, per coordinate), z and n the state.
  * g is used as given: l2 is lambda2 in the denominator, not decay added to
- * g. Needs k.ia > 0 (the callers skip the step otherwise). w is computed
- * first and the l1 test selects 0 (the denominator is > 0), so the dense
- * loop has no branch and vectorises. */
+ * g. Needs k.ia > 0 (step_rule gives R_NONE otherwise). w is computed
+ * first (the denominator is > 0) and |z| <= l1 then selects 0, so the
+ * dense loop has no branch. */
 static inline void ftrl_1(coef k, float *w, float g, float *z, float *n)
 {
 	float ni = *n, nn = ni + g * g, sq = sqrtf(nn);
@@ -252,7 +268,16 @@ static inline void ftrl_1(coef k, float *w, float g, float *z, float *n)
 	float wi = (copysignf(k.l1, zi) - zi) / ((k.beta + sq) * k.ia + k.l2);
 	*z = zi;
 	*n = nn;
-	*w = fabsf(zi) <= k.l1 ? 0.0f : wi;
+	*w = above_or_zero(wi, fabsf(zi), k.l1); /* |z| <= l1 ? 0 : wi */
+}
+
+/* The rule of one step with constants k: the options' rule, except that
+ * FTRL at ia 0 (lr 0, coef_make) takes no step at all (R_NONE). Every
+ * entry point picks its rule here. */
+static enum rule step_rule(const dml_optim_opts *o, coef k)
+{
+	enum rule r = rule_of(o);
+	return r == R_FTRL && !(k.ia > 0) ? R_NONE : r;
 }
 
 /* The body of a dense loop: the rule `one` on w[i], g[i] and the state
@@ -311,16 +336,13 @@ void dml__optim_apply(const dml_optim_opts *o, float lr, uint64_t t,
 {
 	coef k = coef_make(o, lr, t);
 	unsigned csr = dml__fp_enter(); /* Adam's v decays into denormals */
-	switch (rule_of(o)) {
+	switch (step_rule(o, k)) {
 	case R_SGD: sgd_dense(k, w, g, n); break;
 	case R_MOMENTUM: momentum_dense(k, w, g, s0, n); break;
 	case R_NESTEROV: nesterov_dense(k, w, g, s0, n); break;
 	case R_ADAGRAD: adagrad_dense(k, w, g, s0, n); break;
 	case R_ADAM: adam_dense(k, w, g, s0, s1, n); break;
-	case R_FTRL:
-		if (k.ia > 0) /* else lr 0: no step (coef_make) */
-			ftrl_dense(k, w, g, s0, s1, n);
-		break;
+	case R_FTRL: ftrl_dense(k, w, g, s0, s1, n); break;
 	case R_NONE: break;
 	}
 	dml__fp_leave(csr);
@@ -333,7 +355,7 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
 	coef k = coef_make(o, lr, t);
 	unsigned csr = dml__fp_enter();
 	size_t j;
-	switch (rule_of(o)) {
+	switch (step_rule(o, k)) {
 	case R_SGD:
 		for (j = 0; j < nnz; j++)
 			sgd_1(k, &w[idx[j]], val[j]);
@@ -355,10 +377,8 @@ void dml__optim_apply_sparse(const dml_optim_opts *o, float lr, uint64_t t,
 			adam_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
 		break;
 	case R_FTRL:
-		if (k.ia > 0) /* else lr 0: no step (coef_make) */
-			for (j = 0; j < nnz; j++)
-				ftrl_1(k, &w[idx[j]], val[j], &s0[idx[j]],
-				       &s1[idx[j]]);
+		for (j = 0; j < nnz; j++)
+			ftrl_1(k, &w[idx[j]], val[j], &s0[idx[j]], &s1[idx[j]]);
 		break;
 	case R_NONE:
 		break;
@@ -372,7 +392,7 @@ void dml__optim_apply_rows(const dml_optim_opts *o, float lr, uint64_t t,
 {
 	coef k = coef_make(o, lr, t);
 	unsigned csr = dml__fp_enter();
-	enum rule r = rule_of(o);
+	enum rule r = step_rule(o, k);
 	for (size_t i = 0; i < n; i++) {
 		float *w = rows[i], *s0 = w + width, *s1 = w + 2 * width;
 		const float *gi = g + i * width;

@@ -1,7 +1,6 @@
 /*
  * distml/optim.h - optimizers (SGD, momentum, AdaGrad, Adam, FTRL-Proximal)
- * with L2 decay,
- * and learning-rate schedules.
+ * with L2 decay (L1 and L2 for FTRL), and learning-rate schedules.
  * The API rules (names, ownership, durations, errors, ABI): docs/api.md.
  *
  * One implementation serves both the parameter store (server-side updates:
@@ -20,30 +19,40 @@ extern "C" {
 
 /*
  * The update rules, for a gradient g of parameters w at step t = 1, 2, ...
- * (after L2 decay: g + l2 * w, computed per step; the caller's g is only
- * read) and learning rate lr = schedule(t - 1):
+ * (after L2 decay: g + l2 * w, computed per step, except for FTRL; the
+ * caller's g is only read) and learning rate lr = schedule(t - 1):
  *   SGD:      w -= lr * g
  *   MOMENTUM: v = mu * v + g;  w -= lr * v            (nesterov: w -= lr * (g + mu * v))
  *   ADAGRAD:  G += g * g;      w -= lr * g / (sqrt(G) + eps)
  *   ADAM:     m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g * g;
  *             w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
- *   FTRL:     (FTRL-Proximal, McMahan et al., KDD 2013, with alpha = lr)
- *             sigma = (sqrt(n + g*g) - sqrt(n)) / alpha;  z += g - sigma * w;
- *             n += g*g;
+ *   FTRL:     per-coordinate FTRL-Proximal with L1 and L2 (McMahan et al.,
+ *             KDD 2013, "Ad Click Prediction"), alpha = lr, g the gradient
+ *             as given: l2 is McMahan's lambda2 inside the closed form, NOT
+ *             added to g as for the other rules:
+ *             sigma = (sqrt(n + g*g) - sqrt(n)) / alpha;
+ *             z += g - sigma * w;  n += g*g;
  *             w = |z| <= l1 ? 0 : -(z - sign(z) * l1) / ((beta + sqrt(n)) / alpha + l2)
- *             Here l2 is McMahan's lambda2, inside the closed form, not added
- *             to g; l1 leaves exact zeros (sparse models). w is a function of
- *             (z, n): an assign of w lasts until that coordinate's next step.
- *             A step at lr 0 (a schedule's end) changes nothing.
+ *             It leaves exact zeros (w == 0.0f: sparse models). w is a
+ *             function of (z, n): a value assigned to w enters only the
+ *             next step of that coordinate (through sigma * w), and that
+ *             step overwrites it with the w of the new z and n. At alpha 0
+ *             (a schedule can reach it: COSINE with lr_min 0), or one so
+ *             small that 1 / alpha overflows a float, no step is taken:
+ *             w, z and n stay as they are (t still advances).
  * State per parameter: none (SGD), v (MOMENTUM), G (ADAGRAD), m and v (ADAM),
- * z and n (FTRL), all starting at zero. Sparse steps update only the
- * coordinates given (and only their state); t and the schedule still advance
- * by one per step. Rows touched rarely are treated lazily: MOMENTUM's v and
- * ADAM's m and v do not decay in the steps a coordinate misses (as
- * TensorFlow's LazyAdam and PyTorch's SparseAdam), while ADAM's bias
- * correction and the schedule use the global step t. ADAGRAD and FTRL are
- * exact: their state only changes when a gradient arrives. When every
- * coordinate is touched at every step, sparse steps equal dense ones.
+ * z and n (FTRL), all starting at zero.
+ *
+ * Sparse ("lazy") steps update only the coordinates given, and only their
+ * state; t and the schedule still advance by one per step. A coordinate
+ * touched rarely misses the steps in between: MOMENTUM's v and ADAM's m
+ * and v do not decay in the steps it misses (lazy, as TensorFlow's LazyAdam
+ * and PyTorch's SparseAdam), while ADAM's bias correction and the schedule
+ * use the global step count t. ADAGRAD and FTRL are exact: their state
+ * only changes when a gradient arrives, so a missed step is a zero
+ * gradient (except that a dense FTRL step with g 0 still recomputes w from
+ * z and n, at its alpha). When every coordinate is touched once at every
+ * step, sparse steps equal dense ones.
  */
 typedef enum dml_optim_kind {
 	DML_OPTIM_SGD = 0,
@@ -106,9 +115,9 @@ typedef struct dml_optim_opts {
 } dml_optim_opts;
 
 /* Checks `o` with defaults applied (NULL = defaults): known kinds; lr, l2,
- * eps, gamma, t0, lr_min, l1 and beta finite and >= 0; momentum and betas in [0,1);
- * a COSINE total > 0. Every field is checked, used by the kind or not.
- * 0 or DML_EINVAL (the detail names the field). Thread-safe. */
+ * eps, l1, beta, gamma, t0 and lr_min finite and >= 0; momentum and betas
+ * in [0,1); a COSINE total > 0. Every field is checked, used by the kind
+ * or not. 0 or DML_EINVAL (the detail names the field). Thread-safe. */
 DML_API int dml_optim_check_abi(const dml_optim_opts *o, int abi);
 #define dml_optim_check(...) dml_optim_check_abi(__VA_ARGS__, DML_ABI)
 
