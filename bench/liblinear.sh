@@ -28,7 +28,10 @@ case $ROUNDS in
 '' | *[!0-9]* | 0) echo "$me: ROUNDS must be a positive integer, not '$ROUNDS'" >&2; exit 1 ;;
 esac
 for f in "$TRAIN" "$TEST"; do
-	[ -r "$f" ] && [ -s "$f" ] || { echo "$me: $f: missing, empty or unreadable" >&2; exit 1; }
+	if [ ! -r "$f" ] || [ ! -s "$f" ]; then
+		echo "$me: $f: missing, empty or unreadable" >&2
+		exit 1
+	fi
 done
 
 have_tools() { command -v liblinear-train >/dev/null 2>&1 && command -v liblinear-predict >/dev/null 2>&1; }
@@ -64,7 +67,7 @@ while [ "$r" -lt "$ROUNDS" ]; do
 	t0=$(now)
 	# shellcheck disable=SC2086 # LIBLINEAR_OPTS is a list of options
 	if ! liblinear-train -q -s 0 ${LIBLINEAR_OPTS:-} "$TRAIN" "$tmp/model" >"$tmp/train.log" 2>&1; then
-		echo "$me: liblinear-train -s 0 ${LIBLINEAR_OPTS:-}failed on $TRAIN:" >&2
+		echo "$me: liblinear-train -s 0 ${LIBLINEAR_OPTS:+$LIBLINEAR_OPTS }failed on $TRAIN:" >&2
 		tail -5 "$tmp/train.log" >&2
 		exit 1
 	fi

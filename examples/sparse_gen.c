@@ -6,7 +6,12 @@
  *                [--nnz K] [--zipf S] [--noise P] [--signal D] [--seed X]
  *
  * Defaults: 100000 train rows, 20000 test rows, F = 1000000 (hashed)
- * features, K = 50, S = 1.1, P = 0.05, D = 0.1, X = 1.
+ * features, K = 50, S = 1.1, P = 0.02, D = 0.1, X = 1. On the default set
+ * LIBLINEAR (-s 0, C = 1) reaches a test accuracy of about 0.80, where a
+ * model that knew w would score 0.98: the rare features (a row's score
+ * depends on some that occur only a few times in 100000 rows) cannot be
+ * learnt. A larger S moves the mass to features that can: --zipf 1.3 gives
+ * about 0.85, --zipf 0.8 --noise 0.1 about 0.62.
  *
  * The model, all of it a function of the seed:
  *  - A row has a number of distinct features drawn uniformly from
@@ -22,8 +27,9 @@
  *  - A hidden separator w: feature j has w_j ~ N(0,1) with probability D,
  *    else 0, computed from hash(seed, j) when needed (no F-sized array).
  *  - score = sum of w_j over the row's features. The threshold is the
- *    median score of 20001 pilot rows, so classes are balanced. The label is
- *    1 if score > threshold, else 0, then flipped with probability P: a
+ *    median score of 20001 pilot rows, so classes are balanced (ties, as
+ *    between rows without signal features, are split at random). The label
+ *    is 1 if score > threshold, else 0, then flipped with probability P: a
  *    perfect model scores 1 - P on the test set.
  *  - Pilot, train and test rows come from three separate generator streams,
  *    so the test set does not change with --rows.
@@ -330,12 +336,16 @@ static size_t row_draw(gen *g, rng *r)
 	return n;
 }
 
-static double row_score(const gen *g, size_t n)
+/* The row's score, plus a jitter of at most 1e-9, which (almost) never
+ * reorders two different scores: rows with the same signal features (with a
+ * small D, many have none) tie, and the jitter splits them at the threshold
+ * at random, so the classes stay balanced. */
+static double row_score(const gen *g, size_t n, rng *r)
 {
 	double s = 0;
 	for (size_t i = 0; i < n; i++)
 		s += weight(g, g->ids[i]);
-	return s;
+	return s + 1e-9 * rng_uniform(r);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -352,7 +362,7 @@ static int pilot_threshold(gen *g, uint64_t seed)
 	rng r;
 	rng_seed(&r, seed, 0);
 	for (size_t i = 0; i < PILOT_ROWS; i++)
-		s[i] = row_score(g, row_draw(g, &r));
+		s[i] = row_score(g, row_draw(g, &r), &r);
 	qsort(s, PILOT_ROWS, sizeof *s, cmp_double);
 	g->threshold = s[PILOT_ROWS / 2];
 	free(s);
@@ -396,7 +406,7 @@ static int write_set(gen *g, const char *path, uint64_t seed, uint64_t stream,
 	int err = 0;
 	for (uint64_t i = 0; i < rows; i++) {
 		size_t n = row_draw(g, &r);
-		int y = row_score(g, n) > g->threshold;
+		int y = row_score(g, n, &r) > g->threshold;
 		if (rng_uniform(&r) < g->noise) {
 			y = !y;
 			st->flipped++;
@@ -443,7 +453,7 @@ static void usage(FILE *f)
 	      "  --nnz K        mean distinct features per row, uniform in K-K/2..K+K/2\n"
 	      "                 (default 50)\n"
 	      "  --zipf S       Zipf exponent of feature popularity, >= 0 (default 1.1)\n"
-	      "  --noise P      label flip probability, 0..1 (default 0.05)\n"
+	      "  --noise P      label flip probability, 0..1 (default 0.02)\n"
 	      "  --signal D     fraction of features with a non-zero hidden weight,\n"
 	      "                 0 < D <= 1 (default 0.1)\n"
 	      "  --seed X       seed, 0..2^64-1 (default 1)\n",
@@ -563,7 +573,8 @@ static int parse_opts(int argc, char **argv, opts *o)
 
 int main(int argc, char **argv)
 {
-	opts o = {NULL, NULL, 100000, 20000, 1000000, 50, 1, 1.1, 0.05, 0.1};
+	opts o = {.rows = 100000, .test_rows = 20000, .features = 1000000, .nnz = 50,
+		  .seed = 1, .zipf = 1.1, .noise = 0.02, .signal = 0.1};
 	if (parse_opts(argc, argv, &o))
 		return 1;
 
