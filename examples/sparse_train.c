@@ -11,8 +11,10 @@
  *                  [--hash SEED] [--quiet]
  *
  * Defaults (docs/train.md, "Sparse models"): logreg for two classes,
- * softmax for more; AdaGrad with lr 0.05 (SGD 0.5, Adam 0.01, FTRL 0.2);
- * batch 64; 5 epochs; L2 1e-5 (the model's, per step, on the rows touched);
+ * softmax for more; FTRL-Proximal with lr 2, beta 1, L1 0 (--lr defaults
+ * per rule: SGD 0.5, AdaGrad 0.05, Adam 0.01); batch 64; 5 epochs; L2 1e-5
+ * (FTRL's lambda2; with the other rules the model's, per step, on the rows
+ * touched);
  * accuracy checked every 200 steps and at each epoch's end; the run stops
  * once --target is reached. --workers 0 (the default) trains in this
  * process (dml_sgd_run's sparse path on a dense vector); --workers N
@@ -399,8 +401,7 @@ int main(int argc, char **argv)
 	c->every = 200;
 	c->l2 = 1e-5f;
 	c->softmax = -1;
-	c->optim.kind = DML_OPTIM_ADAGRAD;
-	c->optim.lr = 0.2f;
+	c->optim.kind = DML_OPTIM_FTRL;
 	int lr_set = 0;
 	for (int i = 3; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -450,9 +451,13 @@ int main(int argc, char **argv)
 	if (!lr_set) /* per rule defaults */
 		c->optim.lr = c->optim.kind == DML_OPTIM_SGD ? 0.5f
 		            : c->optim.kind == DML_OPTIM_ADAM ? 0.01f
-		            : c->optim.kind == DML_OPTIM_FTRL ? 0.2f : 0.05f;
+		            : c->optim.kind == DML_OPTIM_FTRL ? 2.0f : 0.05f;
 	if (c->workers && !c->shards)
 		c->shards = 1;
+	if (c->optim.kind == DML_OPTIM_FTRL) { /* FTRL's L2 is its lambda2 */
+		c->optim.l2 = c->l2;
+		c->l2 = 0;
+	}
 	int rc = load(&j);
 	if (rc) {
 		fprintf(stderr, "sparse_train: %s: %s\n", dml_strerror(rc), dml_error_detail());
