@@ -8,7 +8,7 @@
  *                  [--target ACC] [--model logreg|softmax]
  *                  [--optim sgd|adagrad|adam|ftrl] [--lr X] [--batch B]
  *                  [--l1 X] [--l2 X] [--check-every N] [--dense]
- *                  [--hash SEED] [--quiet]
+ *                  [--local] [--hash SEED] [--quiet]
  *
  * Defaults (docs/train.md, "Sparse models"): logreg for two classes,
  * softmax for more; FTRL-Proximal with lr 2, beta 1, L1 0 (--lr defaults
@@ -21,7 +21,8 @@
  * trains N threads asynchronously (ASP) against --shards M (default 1)
  * keyed stores, each served on 127.0.0.1 by its own server. --dense takes
  * the path of before 0.3 instead: a dense store (or, in one process, the
- * dense gradient), the whole vector moved at every step.
+ * dense gradient), the whole vector moved at every step. --local gives the
+ * N workers (default 1) one store in this process, shared without RPC.
  *
  * It prints a line per check (step, accuracy, payload bytes per step),
  * then: test accuracy A logloss L auc U seconds S
@@ -48,7 +49,7 @@ static double now(void)
 
 typedef struct cfg {
 	const char *train, *test;
-	int workers, shards, epochs, softmax, quiet, dense;
+	int workers, shards, epochs, softmax, quiet, dense, local;
 	double target;
 	dml_optim_opts optim;
 	float l2;
@@ -273,6 +274,13 @@ static int distributed(job *j, dml_train_stats *total)
 	dml_rpc_client *vc[DML_PS_MAX_SHARDS] = {0};
 	dml_ps_opts po = {0};
 	po.optim = j->c.optim;
+	dml_ps *local = NULL; /* --local: one store in this process, no RPC */
+	if (j->c.local) {
+		S = 0;
+		rc = j->c.dense ? dml_ps_new(&local, j->eval.dim, &po)
+		                : dml_ps_new_keyed(&local, j->width, &po);
+		j->view = local;
+	}
 	for (int i = 0; i < S && !rc; i++) {
 		size_t off, len;
 		rc = dml_shard_range(j->eval.dim, i, S, &off, &len);
@@ -292,7 +300,7 @@ static int distributed(job *j, dml_train_stats *total)
 	}
 	for (int i = 0; i < S && !rc; i++)
 		rc = dml_rpc_dial(&vc[i], sv[i].addr, NULL);
-	if (!rc)
+	if (!rc && !local)
 		rc = dml_ps_connect(&j->view, vc, S, NULL);
 	for (int w = 0; w < W && !rc; w++) {
 		wk[w].j = j;
@@ -300,8 +308,9 @@ static int distributed(job *j, dml_train_stats *total)
 		rc = dml_dataset_new_shard(&wk[w].shard, j->train, w, W);
 		for (int i = 0; i < S && !rc; i++)
 			rc = dml_rpc_dial(&wk[w].c[i], sv[i].addr, NULL);
-		if (!rc)
+		if (!rc && !local)
 			rc = dml_ps_connect(&wk[w].ps, wk[w].c, S, NULL);
+		wk[w].ps = local ? local : wk[w].ps;
 	}
 	if (!rc) {
 		j->t0 = now();
@@ -325,7 +334,8 @@ static int distributed(job *j, dml_train_stats *total)
 	else if (!rc)
 		rc = dml_model_pull(&j->eval, j->view, j->c.hash, j->w);
 	for (int w = 0; w < W; w++) {
-		dml_ps_free(wk[w].ps);
+		if (!local)
+			dml_ps_free(wk[w].ps);
 		for (int i = 0; i < S; i++)
 			dml_rpc_free(wk[w].c[i]);
 		dml_dataset_free(wk[w].shard);
@@ -383,7 +393,7 @@ static int usage(void)
 	fprintf(stderr, "usage: sparse_train TRAIN TEST [--workers N] [--shards M] "
 	        "[--epochs E] [--target ACC] [--model logreg|softmax] "
 	        "[--optim sgd|adagrad|adam|ftrl] [--lr X] [--batch B] [--l1 X] "
-	        "[--l2 X] [--check-every N] [--dense] [--hash SEED] [--quiet]\n");
+	        "[--l2 X] [--check-every N] [--dense] [--local] [--hash SEED] [--quiet]\n");
 	return 2;
 }
 
@@ -410,6 +420,8 @@ int main(int argc, char **argv)
 			c->dense = 1, more = 0;
 		else if (!strcmp(a, "--quiet"))
 			c->quiet = 1, more = 0;
+		else if (!strcmp(a, "--local"))
+			c->local = 1, more = 0;
 		else if (!v)
 			return usage();
 		else if (!strcmp(a, "--workers"))
@@ -452,6 +464,8 @@ int main(int argc, char **argv)
 		c->optim.lr = c->optim.kind == DML_OPTIM_SGD ? 0.5f
 		            : c->optim.kind == DML_OPTIM_ADAM ? 0.01f
 		            : c->optim.kind == DML_OPTIM_FTRL ? 2.0f : 0.05f;
+	if (c->local && !c->workers)
+		c->workers = 1;
 	if (c->workers && !c->shards)
 		c->shards = 1;
 	if (c->optim.kind == DML_OPTIM_FTRL) { /* FTRL's L2 is its lambda2 */

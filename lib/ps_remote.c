@@ -579,7 +579,8 @@ static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 /* ---- keyed --------------------------------------------------------- */
 
 /* The keys of a call grouped by shard: keys of shard i are
- * sk[start[i] .. start[i + 1]), and pos[] says where each came from. */
+ * sk[start[i] .. start[i + 1]), and pos[] says where each came from (one
+ * shard: sk is the caller's array and pos NULL). */
 typedef struct by_shard {
 	uint64_t *sk;
 	size_t *pos;
@@ -589,6 +590,13 @@ typedef struct by_shard {
 static int group(const dml__ps_remote *r, const uint64_t *keys, size_t n,
                  by_shard *g)
 {
+	if (r->n == 1) { /* one shard: the caller's keys, in its order */
+		g->sk = (uint64_t *)keys;
+		g->pos = NULL;
+		g->start[0] = 0;
+		g->start[1] = n;
+		return 0;
+	}
 	g->sk = malloc((n ? n : 1) * sizeof *g->sk);
 	g->pos = malloc((n ? n : 1) * sizeof *g->pos);
 	int *sh = malloc((n ? n : 1) * sizeof *sh);
@@ -615,8 +623,10 @@ static int group(const dml__ps_remote *r, const uint64_t *keys, size_t n,
 	return 0;
 }
 
-static void group_free(by_shard *g)
+static void group_free(const dml__ps_remote *r, by_shard *g)
 {
+	if (r->n == 1)
+		return;
 	free(g->sk);
 	free(g->pos);
 }
@@ -671,7 +681,7 @@ out:
 	free(jb);
 	if (tmp != out)
 		free(tmp);
-	group_free(&g);
+	group_free(r, &g);
 	return rc;
 }
 
@@ -725,7 +735,7 @@ out:
 	free(jb);
 	if (sv != v)
 		free(sv);
-	group_free(&g);
+	group_free(r, &g);
 	return rc;
 }
 
