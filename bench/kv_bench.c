@@ -15,14 +15,6 @@
  * bounded in count and time; traffic stays on 127.0.0.1.
  *
  *     kv_bench [seconds-per-measurement]   (default 0.3)
- *     kv_bench --roundtrip UP1 DOWN1 [UP2 DOWN2]
- *
- * The second form measures one thing, for bench/sparse_bench.sh's floor:
- * raw TCP round trips of that shape (UP1 bytes up, DOWN1 back, then UP2
- * and DOWN2) between two threads of this process, and prints
- *     roundtrip wall_us W cpu_us C
- * the medians of 5 rounds of the wall time and of the CPU time (both
- * threads, user and kernel) of one such round.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,7 +24,6 @@
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -223,63 +214,8 @@ static void unserve(served *s)
 	dml_rpc_server_free(s->srv);
 }
 
-static double cpu_s(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
-	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
-}
-
-static size_t size_arg(const char *a)
-{
-	char *end;
-	unsigned long long v = strtoull(a, &end, 10);
-	if (*end || end == a || v > ((size_t)64 << 20))
-		die("--roundtrip: sizes are 0 to 64 MiB", 1);
-	return (size_t)v;
-}
-
-/* kv_bench --roundtrip UP1 DOWN1 [UP2 DOWN2] */
-static int roundtrip(int argc, char **argv)
-{
-	if (argc != 4 && argc != 6)
-		die("usage: kv_bench --roundtrip UP1 DOWN1 [UP2 DOWN2]", 1);
-	raw_peer rp = {0};
-	rp.up1 = size_arg(argv[2]);
-	rp.down1 = size_arg(argv[3]);
-	if (argc == 6) {
-		rp.up2 = size_arg(argv[4]);
-		rp.down2 = size_arg(argv[5]);
-	}
-	if (!rp.up1 || !rp.down1 || (argc == 6 && (!rp.up2 || !rp.down2)))
-		die("--roundtrip: sizes must be positive", 1);
-	size_t big = rp.up1 > rp.down1 ? rp.up1 : rp.down1;
-	big = big > rp.up2 ? big : rp.up2;
-	big = big > rp.down2 ? big : rp.down2;
-	char *buf = calloc(1, big);
-	if (!buf)
-		die("alloc", 1);
-	int fd = raw_start(&rp);
-	raw_rate(&rp, fd, buf, 1); /* warm up */
-	double w[ROUNDS], c[ROUNDS];
-	for (int q = 0; q < ROUNDS; q++) {
-		double c0 = cpu_s(), t0 = now();
-		double per_s = raw_rate(&rp, fd, buf, 1);
-		double rounds = per_s * (now() - t0);
-		w[q] = 1e6 / per_s;
-		c[q] = (cpu_s() - c0) * 1e6 / rounds;
-	}
-	raw_stop(&rp, fd);
-	free(buf);
-	printf("roundtrip wall_us %.1f cpu_us %.1f\n", median(w, ROUNDS), median(c, ROUNDS));
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
-	if (argc > 1 && !strcmp(argv[1], "--roundtrip"))
-		return roundtrip(argc, argv);
 	if (argc > 1)
 		secs = atof(argv[1]);
 	if (secs <= 0 || secs > 10)

@@ -85,39 +85,32 @@ if [ -r /proc/net/dev ]; then
 	}'
 fi
 
-# (c)'s floor on this machine: the CPU a step of (c) needs at least,
-# spread over every core. A step of (c) does (b)'s work, looks its rows up
-# in a keyed table instead of indexing a vector (measured: one worker on an
-# in-process keyed store, --local, against (b), both 2 epochs without
-# checks), and moves its keys and rows over loopback: per shard a push and
-# a pull, whose CPU (both ends, kernel included) is at least raw TCP's for
-# the same bytes (kv_bench --roundtrip, in this run). The floor of (c)/(b)
-# is that CPU over the cores, over (b)'s step, taking (c) to need no more
-# steps than (b) (ASP needs as many or more).
+# (c)'s floor on this machine: the same steps with the library taken out
+# (bench/sparse_floor.c): 2 worker threads and 2 store threads exchanging
+# the same bytes per call over raw loopback TCP, the workers spinning for
+# (b)'s step, the stores for the keyed table's cost (one worker on an
+# in-process keyed store, --local, minus (b); both 2 epochs, no checks).
+# Steps cancel: the floor of (c)/(b) is the skeleton's time over its steps
+# times (b)'s step, taking (c) to need no more steps than (b).
 fixed() { "$B/examples/sparse_train" "$TRAIN" "$TEST" --quiet --epochs 2 --check-every 1000000000 "$@"; }
 per_step() { sed -n 's/^\([0-9]*\) steps,.*/\1/p; s/^test accuracy .* seconds \([0-9.]*\).*/\1/p' | tr '\n' ' '; }
 if [ -n "${u2:-}" ]; then
-	fb=; fl=; rtc=; rtw=
+	fb=; fl=
 	for r in $(seq "$ROUNDS"); do
 		set -- $(fixed | per_step)
-		fb="$fb $(awk -v n="$1" -v s="$2" 'BEGIN {print s / n}')"
+		fb="$fb $(awk -v n="$1" -v s="$2" 'BEGIN {print s / n * 1e6}')"
 		set -- $(fixed --local --workers 1 | per_step)
-		fl="$fl $(awk -v n="$1" -v s="$2" 'BEGIN {print s / n}')"
-		set -- $(awk -v u="$u2" 'BEGIN {k = int(u / 2 + 0.5); printf "%d %d %d %d", 64 + 12 * k, 32, 64 + 8 * k, 32 + 4 * k}')
-		set -- $("$B/bench/kv_bench" --roundtrip "$@")
-		rtw="$rtw $3" rtc="$rtc $5"
+		fl="$fl $(awk -v n="$1" -v s="$2" 'BEGIN {print s / n * 1e6}')"
 	done
 	m_b=$(echo "$fb" | tr ' ' '\n' | grep . | median)
 	m_l=$(echo "$fl" | tr ' ' '\n' | grep . | median)
-	m_rtc=$(echo "$rtc" | tr ' ' '\n' | grep . | median)
-	m_rtw=$(echo "$rtw" | tr ' ' '\n' | grep . | median)
-	cores=$(nproc 2>/dev/null || echo 2)
-	awk -v b="$m_b" -v l="$m_l" -v rc="$m_rtc" -v rw="$m_rtw" -v n="$cores" -v got="$(awk -v c="$tr_dist" -v b="$tr_one" 'BEGIN {print c / b}')" 'BEGIN {
-		t = l - b; if (t < 0) t = 0
-		f = (b + t + 2 * rc * 1e-6) / n / b
-		printf "(c) floor: (b) step %.1f us + keyed table %.1f us + 2 shards x raw TCP push+pull %.1f us CPU (%.1f us wall), over %d cores = %.2f x (b); measured %.2f\n", b * 1e6, t * 1e6, rc, rw, n, f, got
+	m_t=$(awk -v b="$m_b" -v l="$m_l" 'BEGIN {t = l - b; print (t > 0 ? t : 0)}')
+	fl_out=$("$B/bench/sparse_floor" 2 2 3128 "$(printf '%.0f' "$u2")" "$m_b" "$m_t")
+	awk -v b="$m_b" -v t="$m_t" -v c="$tr_dist" -v one="$tr_one" -v o="$fl_out" 'BEGIN {
+		split(o, f, " ")
+		printf "(c) floor: raw TCP skeleton of (c) (steps of %.1f us + keyed table %.1f us, the same bytes): %.2f x (b); measured %.2f\n", b, t, f[9], c / one
 	}'
-	echo "RESULT sparse_floor b_step_us=$(awk -v b="$m_b" 'BEGIN {print b * 1e6}') local_step_us=$(awk -v b="$m_l" 'BEGIN {print b * 1e6}') rt_cpu_us=$m_rtc rt_wall_us=$m_rtw cores=$cores"
+	echo "RESULT sparse_floor b_step_us=$m_b table_step_us=$m_t $fl_out"
 fi
 
 awk -v b="$tr_one" -v bw="$wall_one" -v c="$tr_dist" -v d="$tr_dense" -v dw="$wall_dense" -v a="$ll_s" 'BEGIN {
