@@ -32,6 +32,10 @@
 /* ... and bytes: a server queues the replies of pipelined pulls it cannot
  * send yet, so a call keeps at most this much in flight beyond one frame */
 #define INFLIGHT_BYTES ((size_t)32 << 20)
+/* A dense part larger than this travels in pieces of this size, however
+ * large the frame limit: pieces in flight overlap the server's work on
+ * one with the transfer of the next. */
+#define PIECE_BYTES ((size_t)4 << 20)
 
 struct dml__ps_remote {
 	int n;
@@ -440,6 +444,8 @@ static int psr_update(dml_ps *ps, int op, const float *v)
 			return dml__fail(DML_ETOOBIG, "shard %d: %zu values exceed its "
 			                 "frame limit, and its server (0.2) cannot take "
 			                 "them split", i, len);
+		if (r->split[i] && per[i] > PIECE_BYTES / sizeof(float))
+			per[i] = PIECE_BYTES / sizeof(float);
 		total += frames_of(len, per[i]);
 	}
 	job *jb = jobs_new(total);
@@ -549,6 +555,8 @@ static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 		size_t lo = off > r->off[i] ? off : r->off[i];
 		size_t hi = end < r->off[i + 1] ? end : r->off[i + 1];
 		per[i] = r->frame[i] / sizeof(float);
+		if (per[i] > PIECE_BYTES / sizeof(float))
+			per[i] = PIECE_BYTES / sizeof(float);
 		if (lo < hi)
 			total += frames_of(hi - lo, per[i]);
 	}
