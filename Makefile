@@ -3,7 +3,8 @@
 # Variables a packager may set: CC, CFLAGS (default -O2 -g), CPPFLAGS,
 # LDFLAGS, PREFIX, LIBDIR, INCLUDEDIR, PKGCONFIGDIR, DESTDIR, B (the build
 # directory: build, or build/san with SANITIZE), WERROR=0 (warnings stay
-# warnings), DML_NO_DEPS=1 (never install packages; say what is missing).
+# warnings), DML_NO_DEPS=1 (never install packages; say what is missing),
+# PORTABLE=1 (the POSIX fallbacks of lib/sys.h instead of Linux's calls).
 
 VERSION_H := include/distml/common.h
 MAJOR := $(shell sed -n 's/^\#define DML_VERSION_MAJOR \([0-9]*\)/\1/p' $(VERSION_H))
@@ -62,6 +63,10 @@ endif
 CFLAGS ?= $(OPT)
 DEPFLAGS = -MMD -MP -MF $@.d
 ALL_CPPFLAGS := -Iinclude -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(CPPFLAGS)
+# PORTABLE=1: every platform shim of lib/sys.h takes its POSIX fallback.
+ifneq ($(filter-out 0,$(PORTABLE)),)
+ALL_CPPFLAGS += -DDML_PORTABLE
+endif
 ALL_CFLAGS := -std=c11 $(WARN) $(CFLAGS) -pthread
 LDLIBS := -lz -lm -pthread
 

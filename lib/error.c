@@ -2,6 +2,7 @@
  * untrusted text, the library version and ABI level. */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -73,20 +74,25 @@ char *dml__detail_buf(void) { return detail; }
 
 void dml__detail_clear(void) { detail[0] = 0; }
 
+/* Both keep errno: a DML_ESYS caller reads it after the detail is set. */
 void dml__detail_set(const char *fmt, ...)
 {
+	int e = errno;
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(detail, sizeof detail, fmt, ap);
 	va_end(ap);
+	errno = e;
 }
 
 int dml__fail(int code, const char *fmt, ...)
 {
+	int e = errno;
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(detail, sizeof detail, fmt, ap);
 	va_end(ap);
+	errno = e;
 	return code;
 }
 

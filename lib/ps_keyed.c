@@ -16,13 +16,13 @@
 #include "abi.h"
 #include "ckpt.h"
 #include "optim.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <math.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <time.h>
 
 #define MAX_STRIPES 4096
@@ -689,7 +689,7 @@ const dml__ps_ops dml__ps_keyed_ops = {
 static uint64_t table_seed(void)
 {
 	uint64_t s = 0;
-	if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t)sizeof s) {
+	if (dml__sys_random(&s, sizeof s) != 0) {
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		s = mix((uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 32 ^

@@ -15,11 +15,11 @@
 #include "ps_wire.h"
 
 #include "abi.h"
+#include "sys.h"
 
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,7 +62,7 @@ struct dml__ps_remote {
 static uint64_t fresh_id(void)
 {
 	uint64_t id = 0;
-	if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id) {
+	if (dml__sys_random(&id, sizeof id) != 0) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		id = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^

@@ -22,6 +22,7 @@
 #include "codec.h"
 #include "frame.h"
 #include "rpc_wire.h"
+#include "sys.h"
 #include "transport.h"
 
 #include <errno.h>
@@ -32,7 +33,6 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #define MAX_LISTENERS 8
@@ -130,7 +130,7 @@ struct dml_rpc_deferred {
 struct dml_rpc_server {
 	dml_rpc_server_opts o;
 	int epfd;
-	int evfd;
+	int evfd[2]; /* stop: readable once stopped, for good */
 	listener ls[MAX_LISTENERS];
 	int nls;
 	method_ent *methods;
@@ -322,20 +322,23 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	s->hub->alive = 1;
 	atomic_init(&s->hub->refs, 1);
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
-	s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (dml__sys_wake_new(s->evfd) != 0)
+		s->evfd[0] = s->evfd[1] = -1;
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
-	if (s->epfd < 0 || s->evfd < 0 ||
-	    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->evfd, &ev) != 0) {
+	if (s->epfd < 0 || s->evfd[0] < 0 ||
+	    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->evfd[0], &ev) != 0) {
+		int e = errno;
 		if (s->epfd >= 0)
 			close(s->epfd);
-		if (s->evfd >= 0)
-			close(s->evfd);
+		dml__sys_wake_close(s->evfd);
 		free(s->chunks);
 		free(s->methods);
 		free(s->index);
 		hub_unref(s->hub);
 		free(s);
-		return DML_ESYS;
+		errno = e;
+		return dml__fail(DML_ESYS, "rpc server: epoll or wake-up descriptor: %s",
+		                 strerror(e));
 	}
 	pthread_mutex_init(&s->mu, NULL);
 	atomic_init(&s->stopped, 0);
@@ -405,9 +408,7 @@ void dml_rpc_server_stop(dml_rpc_server *s)
 	if (!s)
 		return;
 	atomic_store(&s->stopped, 1);
-	uint64_t one = 1;
-	ssize_t w = write(s->evfd, &one, sizeof one);
-	(void)w; /* a full counter already wakes everyone */
+	dml__sys_wake_signal(s->evfd); /* never drained: wakes every poller */
 }
 
 /* Releases a connection's socket and buffers; the slot stays. */
@@ -447,7 +448,7 @@ void dml_rpc_server_free(dml_rpc_server *s)
 		close(s->ls[i].fd);
 	}
 	close(s->epfd);
-	close(s->evfd);
+	dml__sys_wake_close(s->evfd);
 	pthread_mutex_destroy(&s->mu);
 	free(s->methods);
 	free(s->index);

@@ -1,6 +1,7 @@
 /* time.c - the monotonic clocks, deadlines, the duration rules of common.h
  * and the backoff between attempts. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <time.h>
@@ -15,12 +16,7 @@ int64_t dml__now_us(void)
 /* The coarse clock: a few ms of resolution (the timer tick), which
  * timeouts in ms do not notice, for no TSC read: it is read several times
  * per RPC call. */
-int64_t dml__now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t dml__now_ms(void) { return dml__sys_clock_ms(); }
 
 /* Deadlines are taken from the coarse clock (no TSC read: cheap on every
  * call), rounded up so that they never come before the precise clock's. */
@@ -28,10 +24,7 @@ int64_t dml__deadline(dml_duration timeout)
 {
 	if (timeout < 0)
 		return -1;
-	struct timespec ts, res;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	clock_getres(CLOCK_MONOTONIC_COARSE, &res);
-	return (int64_t)ts.tv_sec * 1000 + (ts.tv_nsec + res.tv_nsec) / 1000000 +
+	return dml__sys_clock_ms() + (dml__sys_clock_res_ns() + 999999) / 1000000 +
 	       1 + timeout;
 }
 

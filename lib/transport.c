@@ -1,6 +1,7 @@
 /* transport.c - sockets: addresses, listen, accept, dial, deadline I/O. */
 #define _GNU_SOURCE
 #include "transport.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -107,7 +108,7 @@ int dml__listen(const char *s, int *out)
 	int rc = parse_addr(s, &a, 1);
 	if (rc)
 		return rc;
-	int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = dml__sys_socket(a.ss.ss_family, SOCK_STREAM);
 	if (fd < 0)
 		return sys_err(errno);
 	int one = 1;
@@ -126,7 +127,7 @@ int dml__accept(int lfd, int *out)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof ss;
-	int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	int fd = dml__sys_accept(lfd, (struct sockaddr *)&ss, &len);
 	if (fd < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
 		    errno == ECONNABORTED)
@@ -158,7 +159,7 @@ int dml__dial(const char *s, int64_t deadline, int *out)
 	int rc = parse_addr(s, &a, 0);
 	if (rc)
 		return rc;
-	int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int fd = dml__sys_socket(a.ss.ss_family, SOCK_STREAM);
 	if (fd < 0)
 		return sys_err(errno);
 	if (connect(fd, (struct sockaddr *)&a.ss, a.len) != 0) {
@@ -243,7 +244,7 @@ ssize_t dml__writev(int fd, const struct iovec *iov, int n)
 	m.msg_iov = (struct iovec *)(uintptr_t)iov;
 	m.msg_iovlen = (size_t)n;
 	for (;;) {
-		ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = dml__sys_sendmsg(fd, &m);
 		if (w >= 0)
 			return w;
 		if (errno == EINTR)

@@ -1,0 +1,68 @@
+/*
+ * sys.h - the calls a port changes: everything the library needs from the
+ * operating system beyond POSIX, each behind one name, with a POSIX
+ * fallback beside the fast call:
+ *
+ *   call                 fast (Linux, BSDs)               fallback (POSIX)
+ *   dml__sys_socket      SOCK_NONBLOCK | SOCK_CLOEXEC      socket + fcntl
+ *   dml__sys_accept      accept4                           accept + fcntl
+ *   dml__sys_sendmsg     MSG_NOSIGNAL (SO_NOSIGPIPE)       SIGPIPE blocked
+ *                                                           in the thread
+ *                                                           and consumed
+ *   dml__sys_clock_ms    CLOCK_MONOTONIC_COARSE            CLOCK_MONOTONIC
+ *   dml__sys_random      getrandom                         /dev/urandom
+ *   dml__sys_wake_*      eventfd                           a pipe
+ *
+ * Building with -DDML_PORTABLE (make PORTABLE=1) takes every fallback, so
+ * that CI proves them on Linux. The fallbacks of socket and accept leave a
+ * moment in which a descriptor lacks close-on-exec: a host that forks and
+ * execs from another thread at that moment may leak it into the child.
+ * Not installed.
+ */
+#ifndef DISTML_SYS_H
+#define DISTML_SYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+/* A non-blocking, close-on-exec socket; -1 with errno set. */
+int dml__sys_socket(int family, int type);
+
+/* Accepts a connection as a non-blocking, close-on-exec socket; -1 with
+ * errno set (EAGAIN when none is pending). */
+int dml__sys_accept(int lfd, struct sockaddr *sa, socklen_t *len);
+
+/* A non-blocking sendmsg that never raises SIGPIPE: bytes sent, or -1 with
+ * errno set (EPIPE for a closed peer). */
+ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m);
+
+/* Makes the socket never raise SIGPIPE by itself where the platform can
+ * (SO_NOSIGPIPE); a no-op elsewhere. dml__sys_socket and dml__sys_accept
+ * call it. */
+void dml__sys_nosigpipe(int fd);
+
+/* The monotonic clock in ms, the cheap kind where there is one (a few ms
+ * of resolution), and that resolution in ns. */
+int64_t dml__sys_clock_ms(void);
+long dml__sys_clock_res_ns(void);
+
+/* Fills buf with n bytes from the system's random source: 0, or -1 when
+ * there is none (the caller falls back to a clock). */
+int dml__sys_random(void *buf, size_t n);
+
+/* A wake-up descriptor: wake_new makes one (fd[0] becomes readable after
+ * wake_signal, until wake_drain), non-blocking, close-on-exec; fd[1] is
+ * the write end (the same as fd[0] for an eventfd). 0 or -1 (errno). */
+int dml__sys_wake_new(int fd[2]);
+void dml__sys_wake_signal(const int fd[2]);
+void dml__sys_wake_drain(const int fd[2]);
+void dml__sys_wake_close(int fd[2]);
+
+/* Which kind each call uses in this build, for the tests and the README:
+ * "accept4 eventfd getrandom coarse-clock msg-nosignal" or the fallbacks'
+ * names. */
+const char *dml__sys_kinds(void);
+
+#endif
