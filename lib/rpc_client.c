@@ -1101,12 +1101,10 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 		return DML_ENOMEM;
 	}
 	rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
-	if (rc) {
-		char a[128];
-		dml__escape(a, sizeof a, addr, strlen(addr));
+	if (rc) { /* the detail names the addresses tried */
 		dml__buf_free(&c->in);
 		free(c);
-		return dml__fail(rc, "dial %s: %s", a, dml_strerror(rc));
+		return rc;
 	}
 	/* Reads block (bounded by SO_RCVTIMEO); writes pass MSG_DONTWAIT. */
 	if (make_blocking(c->fd)) {

@@ -487,6 +487,17 @@ int dml_rpc_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
 
 uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx) { return ctx ? ctx->c->id : 0; }
 
+int dml_rpc_ctx_peer(const dml_rpc_ctx *ctx, char *buf, size_t cap)
+{
+	dml__detail_clear();
+	if (!ctx || !buf || !cap)
+		return DML_EINVAL;
+	int rc = dml__peer_addr(ctx->c->fd, buf, cap);
+	if (rc)
+		buf[0] = 0;
+	return rc;
+}
+
 /* ---- connections -------------------------------------------------- */
 
 static uint32_t conn_gen(const conn *c) { return (uint32_t)(atomic_load(&c->state) >> 32); }

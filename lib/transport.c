@@ -35,13 +35,20 @@ static int parse_unix(const char *path, addr *a)
 	return 0;
 }
 
-/* Splits "host:port" or "[v6]:port" and resolves it (first result). */
-static int parse_addr(const char *s, addr *a, int passive)
+#define MAX_ADDRS 16 /* addresses of a name a dial tries, in order */
+
+/* Splits "host:port" or "[v6]:port" and resolves it: up to `max`
+ * addresses into a[], in getaddrinfo's order; *n says how many. */
+static int resolve(const char *s, addr *a, int max, int *n, int passive)
 {
+	*n = 0;
 	if (!s)
 		return DML_EINVAL;
-	if (strncmp(s, "unix:", 5) == 0)
-		return parse_unix(s + 5, a);
+	if (strncmp(s, "unix:", 5) == 0) {
+		int rc = parse_unix(s + 5, a);
+		*n = !rc;
+		return rc;
+	}
 	if (strncmp(s, "tcp://", 6) == 0)
 		s += 6;
 	char host[256];
@@ -73,13 +80,51 @@ static int parse_addr(const char *s, addr *a, int passive)
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-	if (getaddrinfo(host[0] ? host : NULL, port, &hints, &res) != 0 || !res)
-		return DML_EADDR;
-	memset(a, 0, sizeof *a);
-	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
-	a->len = res->ai_addrlen;
+	int e = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+	if (e != 0 || !res) {
+		char h[128];
+		dml__escape(h, sizeof h, host, strlen(host));
+		return dml__fail(DML_EADDR, "cannot resolve %s: %s", h,
+		                 e ? gai_strerror(e) : "no address");
+	}
+	for (struct addrinfo *r = res; r && *n < max; r = r->ai_next) {
+		if ((size_t)r->ai_addrlen > sizeof a[*n].ss)
+			continue;
+		memset(&a[*n], 0, sizeof a[*n]);
+		memcpy(&a[*n].ss, r->ai_addr, r->ai_addrlen);
+		a[*n].len = r->ai_addrlen;
+		(*n)++;
+	}
 	freeaddrinfo(res);
-	return 0;
+	return *n ? 0 : DML_EADDR;
+}
+
+static int parse_addr(const char *s, addr *a, int passive)
+{
+	int n;
+	return resolve(s, a, 1, &n, passive);
+}
+
+/* The text of a socket address, as dml__listen takes it. */
+static int format_addr(const struct sockaddr_storage *ss, socklen_t len, char *buf,
+                       size_t cap)
+{
+	int n;
+	if (ss->ss_family == AF_UNIX) {
+		const struct sockaddr_un *un = (const struct sockaddr_un *)ss;
+		size_t pl = len > offsetof(struct sockaddr_un, sun_path)
+		                ? strnlen(un->sun_path, len - offsetof(struct sockaddr_un, sun_path))
+		                : 0;
+		n = snprintf(buf, cap, "unix:%.*s", (int)pl, un->sun_path);
+	} else {
+		char host[INET6_ADDRSTRLEN + 1], port[16];
+		if (getnameinfo((const struct sockaddr *)ss, len, host, sizeof host, port,
+		                sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+			return DML_ESYS;
+		n = snprintf(buf, cap, ss->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
+		             host, port);
+	}
+	return (n < 0 || (size_t)n >= cap) ? DML_ETOOBIG : 0;
 }
 
 static void tune(int fd, int family)
@@ -153,16 +198,14 @@ int dml__wait_fd(int fd, short events, int64_t deadline)
 	}
 }
 
-int dml__dial(const char *s, int64_t deadline, int *out)
+/* One address: a connected socket before `deadline`, or an error. */
+static int dial_one(const addr *a, int64_t deadline, int *out)
 {
-	addr a;
-	int rc = parse_addr(s, &a, 0);
-	if (rc)
-		return rc;
-	int fd = dml__sys_socket(a.ss.ss_family, SOCK_STREAM);
+	int fd = dml__sys_socket(a->ss.ss_family, SOCK_STREAM);
 	if (fd < 0)
 		return sys_err(errno);
-	if (connect(fd, (struct sockaddr *)&a.ss, a.len) != 0) {
+	int rc = 0;
+	if (connect(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
 		if (errno != EINPROGRESS && errno != EAGAIN) {
 			rc = sys_err(errno);
 			goto fail;
@@ -171,18 +214,66 @@ int dml__dial(const char *s, int64_t deadline, int *out)
 			goto fail;
 		int err = 0;
 		socklen_t el = sizeof err;
-		getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+			err = errno;
 		if (err) {
 			rc = sys_err(err);
 			goto fail;
 		}
 	}
-	tune(fd, a.ss.ss_family);
+	tune(fd, a->ss.ss_family);
 	*out = fd;
 	return 0;
-fail:
+fail:;
+	int e = errno;
 	close(fd);
+	errno = e;
 	return rc;
+}
+
+/* Tries every address of the name in turn (as Go's dialer does, each with
+ * its share of the time left, at least DIAL_SHARE_MIN ms of it); the
+ * detail names every address tried and why it failed. */
+#define DIAL_SHARE_MIN 2000
+int dml__dial(const char *s, int64_t deadline, int *out)
+{
+	addr a[MAX_ADDRS];
+	int n, rc = resolve(s, a, MAX_ADDRS, &n, 0);
+	char name[128];
+	dml__escape(name, sizeof name, s ? s : "", s ? strlen(s) : 0);
+	if (rc) {
+		char d[DML_ERRMSG_MAX];
+		snprintf(d, sizeof d, "%s", dml_error_detail());
+		return d[0] ? dml__fail(rc, "dial %s: %s", name, d)
+		            : dml__fail(rc, "dial %s: not an address (host:port, "
+		                        "[v6]:port or unix:/path)", name);
+	}
+	char why[DML_ERRMSG_MAX];
+	size_t used = 0;
+	why[0] = 0;
+	for (int i = 0; i < n; i++) {
+		int64_t dl = deadline;
+		if (deadline >= 0 && i < n - 1) {
+			int64_t left = deadline - dml__now_ms(), share = left / (n - i);
+			if (share < DIAL_SHARE_MIN)
+				share = DIAL_SHARE_MIN;
+			if (share < left)
+				dl = dml__now_ms() + share;
+		}
+		rc = dial_one(&a[i], dl, out);
+		if (!rc)
+			return 0;
+		char at[80];
+		if (format_addr(&a[i].ss, a[i].len, at, sizeof at))
+			snprintf(at, sizeof at, "address %d", i + 1);
+		int w = snprintf(why + used, sizeof why - used, "%s%s: %s", i ? "; " : "", at,
+		                 rc == DML_ESYS ? strerror(errno) : dml_strerror(rc));
+		if (w > 0)
+			used = (size_t)w < sizeof why - used ? used + (size_t)w : sizeof why - 1;
+		if (deadline >= 0 && dml__now_ms() >= deadline && rc == DML_ETIMEDOUT)
+			break;
+	}
+	return dml__fail(rc, "dial %s: %s", name, why);
 }
 
 int dml__local_addr(int fd, char *buf, size_t cap)
@@ -191,19 +282,16 @@ int dml__local_addr(int fd, char *buf, size_t cap)
 	socklen_t len = sizeof ss;
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
 		return DML_ESYS;
-	char host[INET6_ADDRSTRLEN + 1];
-	int n;
-	if (ss.ss_family == AF_UNIX) {
-		n = snprintf(buf, cap, "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
-	} else {
-		char port[16];
-		if (getnameinfo((struct sockaddr *)&ss, len, host, sizeof host, port,
-		                sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-			return DML_ESYS;
-		n = snprintf(buf, cap, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
-		             host, port);
-	}
-	return (n < 0 || (size_t)n >= cap) ? DML_ETOOBIG : 0;
+	return format_addr(&ss, len, buf, cap);
+}
+
+int dml__peer_addr(int fd, char *buf, size_t cap)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+		return errno == ENOTCONN ? DML_ECONNLOST : DML_ESYS;
+	return format_addr(&ss, len, buf, cap);
 }
 
 int dml__unix_path(int fd, char *buf, size_t cap)

@@ -20,12 +20,18 @@ int dml__listen(const char *addr, int *fd);
  * DML_EAGAIN when none is pending. */
 int dml__accept(int lfd, int *fd);
 
-/* Connects to `addr` before `deadline` (dml__deadline). The socket is
- * non-blocking, close-on-exec, TCP_NODELAY. */
+/* Connects to `addr` before `deadline` (dml__deadline), trying every
+ * address the name resolves to, in order; the error detail names each
+ * address tried and why it failed. The socket is non-blocking,
+ * close-on-exec, TCP_NODELAY. */
 int dml__dial(const char *addr, int64_t deadline, int *fd);
 
 /* Formats the local address of a socket as dml__listen accepts it. */
 int dml__local_addr(int fd, char *buf, size_t cap);
+
+/* Formats the peer's address of a connected socket the same way
+ * ("unix:" for an unnamed Unix-domain peer). */
+int dml__peer_addr(int fd, char *buf, size_t cap);
 
 /* If `fd` is a Unix-domain socket bound to a path, copies the path. */
 int dml__unix_path(int fd, char *buf, size_t cap);

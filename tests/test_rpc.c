@@ -3,6 +3,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -161,6 +162,22 @@ static int h_fail(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return DML_EIO;
 }
 
+static const dml_rpc_method m_peer = {"Conn.Peer", NULL, &echo_t};
+
+static int h_peer(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)u;
+	static _Thread_local char buf[64];
+	echo_msg *out = r;
+	char tiny[4];
+	if (dml_rpc_ctx_peer(ctx, tiny, sizeof tiny) != DML_ETOOBIG || tiny[0])
+		return DML_EIO;
+	int rc = dml_rpc_ctx_peer(ctx, buf, sizeof buf);
+	out->s = (dml_str){buf, strlen(buf), 0};
+	return rc;
+}
+
 static void serve(fixture *f, const char *addr, const dml_rpc_server_opts *o,
                   int threads)
 {
@@ -175,6 +192,7 @@ static void serve(fixture *f, const char *addr, const dml_rpc_server_opts *o,
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_mixed, h_mixed, NULL), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_fail, h_fail, NULL), 0);
 	assert_int_equal(dml_rpc_server_register(f->srv, &m_ctl, h_ctl, NULL), 0);
+	assert_int_equal(dml_rpc_server_register(f->srv, &m_peer, h_peer, NULL), 0);
 	assert_int_equal(dml_rpc_server_listen(f->srv, addr), 0);
 	if (threads)
 		fixture_start(f, threads);
@@ -297,6 +315,112 @@ static void test_ipv6(void **state)
 	check_arith(c);
 	dml_rpc_free(c);
 	fixture_stop(&f);
+}
+
+/* The peer's address, as the handler sees it. */
+static void check_peer(dml_rpc_client *c, const char *prefix)
+{
+	char out[64];
+	echo_msg back = {{out, 0, sizeof out - 1}};
+	assert_int_equal(dml_rpc_call(c, &m_peer, NULL, &back, 10000), 0);
+	out[back.s.n] = 0;
+	assert_true(strncmp(out, prefix, strlen(prefix)) == 0);
+	if (strcmp(prefix, "unix:") != 0) { /* a port follows, not 0 */
+		const char *port = strrchr(out, ':') + 1;
+		assert_true(atoi(port) > 0 && atoi(port) <= 65535);
+	}
+}
+
+static void test_peer_address(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	dml_rpc_client *c = dial(f.addr);
+	check_peer(c, "127.0.0.1:");
+	dml_rpc_free(c);
+	fixture_stop(&f);
+	char addr[64];
+	snprintf(addr, sizeof addr, "unix:/tmp/distml-peer-%d.sock", (int)getpid());
+	serve(&f, addr, NULL, 1);
+	c = dial(addr);
+	check_peer(c, "unix:");
+	dml_rpc_free(c);
+	fixture_stop(&f);
+}
+
+/* Whether `name` resolves to an address of `family`. */
+static int resolves_to(const char *name, int family)
+{
+	struct addrinfo hints = {0}, *res = NULL;
+	hints.ai_family = family;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(name, "1", &hints, &res) != 0)
+		return 0;
+	freeaddrinfo(res);
+	return 1;
+}
+
+/* A dial tries every address of a name: "localhost" reaches a server on
+ * 127.0.0.1 and one on ::1, whichever address the resolver lists first. */
+static void test_dial_localhost(void **state)
+{
+	(void)state;
+	const char *fam[2] = {"127.0.0.1:0", "[::1]:0"};
+	int af[2] = {AF_INET, AF_INET6};
+	int tried = 0;
+	for (int i = 0; i < 2; i++) {
+		if (!resolves_to("localhost", af[i])) {
+			print_message("localhost has no %s address here: that case is "
+			              "skipped\n", af[i] == AF_INET ? "IPv4" : "IPv6");
+			continue;
+		}
+		dml_rpc_server *s;
+		assert_int_equal(dml_rpc_server_new(&s, NULL), 0);
+		int rc = dml_rpc_server_listen(s, fam[i]);
+		dml_rpc_server_free(s);
+		if (rc) {
+			print_message("no %s loopback here: that case is skipped\n", fam[i]);
+			continue;
+		}
+		fixture f;
+		serve(&f, fam[i], NULL, 1);
+		char a[64];
+		snprintf(a, sizeof a, "localhost:%d", dml_rpc_server_port(f.srv, 0));
+		dml_rpc_client *c = dial(a);
+		check_arith(c);
+		check_peer(c, i ? "[::1]:" : "127.0.0.1:");
+		dml_rpc_free(c);
+		fixture_stop(&f);
+		tried++;
+	}
+	if (!tried)
+		skip();
+}
+
+/* A failed dial says which addresses it tried and why each failed. */
+static void test_dial_errors_name_the_address(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 0);
+	int port = dml_rpc_server_port(f.srv, 0);
+	dml_rpc_server_free(f.srv); /* the port is closed now */
+	char a[64], want[192];
+	snprintf(a, sizeof a, "127.0.0.1:%d", port);
+	dml_rpc_client *c = NULL;
+	assert_int_equal(dml_rpc_dial(&c, a, NULL), DML_ECONNREFUSED);
+	assert_null(c);
+	snprintf(want, sizeof want, "dial %s: %s: connection refused", a, a);
+	assert_string_equal(dml_error_detail(), want);
+	assert_int_equal(dml_rpc_dial(&c, "no-such-host.invalid:80", NULL), DML_EADDR);
+	assert_non_null(strstr(dml_error_detail(), "dial no-such-host.invalid:80: "
+	                                           "cannot resolve no-such-host.invalid"));
+	assert_int_equal(dml_rpc_dial(&c, "garbage", NULL), DML_EADDR);
+	assert_non_null(strstr(dml_error_detail(), "dial garbage: not an address"));
+	snprintf(a, sizeof a, "unix:/tmp/distml-none-%d.sock", (int)getpid());
+	assert_int_equal(dml_rpc_dial(&c, a, NULL), DML_ECONNREFUSED);
+	assert_non_null(strstr(dml_error_detail(), a));
 }
 
 /* The dial timeout: a listener whose accept queue is full (backlog 0, one
@@ -1926,6 +2050,9 @@ int main(void)
 		cmocka_unit_test(test_roundtrip_and_errors),
 		cmocka_unit_test(test_unix_socket),
 		cmocka_unit_test(test_ipv6),
+		cmocka_unit_test(test_peer_address),
+		cmocka_unit_test(test_dial_localhost),
+		cmocka_unit_test(test_dial_errors_name_the_address),
 		cmocka_unit_test(test_setup_errors),
 		cmocka_unit_test(test_dial_timeout),
 		cmocka_unit_test(test_many_clients),

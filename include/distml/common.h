@@ -16,7 +16,7 @@ extern "C" {
 
 /* The version: the Makefile reads these three lines, so keep their shape. */
 #define DML_VERSION_MAJOR 0
-#define DML_VERSION_MINOR 3
+#define DML_VERSION_MINOR 4
 #define DML_VERSION_PATCH 0
 
 #define DML_VERSION_NUMBER                                                     \

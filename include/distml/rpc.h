@@ -201,6 +201,15 @@ DML_API int dml_rpc_ctx_errorf(dml_rpc_ctx *ctx, const char *fmt, ...)
  * server's lifetime. */
 DML_API uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx);
 
+/* Writes the address of the peer the request came from into buf (cap
+ * bytes, NUL-terminated), in the form dml_rpc_server_listen takes:
+ * "127.0.0.1:43210", "[::1]:43210", or "unix:" for a Unix-domain peer
+ * (which has no name). DML_ETOOBIG if it does not fit (buf then holds ""),
+ * DML_ECONNLOST if the peer is gone. 64 bytes always suffice. Call only
+ * from the handler, with its ctx (or from the thread that still holds it
+ * before dml_rpc_deferred_new). Thread-safe as the handler is. */
+DML_API int dml_rpc_ctx_peer(const dml_rpc_ctx *ctx, char *buf, size_t cap);
+
 /*
  * Deferred replies, for a handler that cannot answer yet (a long poll, a
  * barrier): the handler calls dml_rpc_deferred_new, returns (its return
