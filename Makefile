@@ -4,7 +4,8 @@
 # LDFLAGS, PREFIX, LIBDIR, INCLUDEDIR, PKGCONFIGDIR, DESTDIR, B (the build
 # directory: build, or build/san with SANITIZE), WERROR=0 (warnings stay
 # warnings), DML_NO_DEPS=1 (never install packages; say what is missing),
-# PORTABLE=1 (the POSIX fallbacks of lib/sys.h instead of Linux's calls).
+# PORTABLE=1 (the POSIX fallbacks of lib/sys.h instead of Linux's calls,
+# and poll() for epoll), POLLER=poll (poll() alone).
 
 VERSION_H := include/distml/common.h
 MAJOR := $(shell sed -n 's/^\#define DML_VERSION_MAJOR \([0-9]*\)/\1/p' $(VERSION_H))
@@ -63,9 +64,14 @@ endif
 CFLAGS ?= $(OPT)
 DEPFLAGS = -MMD -MP -MF $@.d
 ALL_CPPFLAGS := -Iinclude -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L $(CPPFLAGS)
-# PORTABLE=1: every platform shim of lib/sys.h takes its POSIX fallback.
+# PORTABLE=1: every platform shim of lib/sys.h takes its POSIX fallback,
+# and the server polls with poll(). POLLER=poll chooses poll() alone
+# (lib/poller.h; epoll is Linux's default).
 ifneq ($(filter-out 0,$(PORTABLE)),)
 ALL_CPPFLAGS += -DDML_PORTABLE
+endif
+ifeq ($(POLLER),poll)
+ALL_CPPFLAGS += -DDML_POLLER_POLL
 endif
 ALL_CFLAGS := -std=c11 $(WARN) $(CFLAGS) -pthread
 LDLIBS := -lz -lm -pthread

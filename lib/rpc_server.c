@@ -1,15 +1,17 @@
 /*
- * rpc_server.c - the RPC server: an epoll set of listeners and connections,
- * driven by whichever host threads call run/poll.
+ * rpc_server.c - the RPC server: a poller (poller.h: epoll or poll()) of
+ * listeners and connections, driven by whichever host threads call
+ * run/poll.
  *
  * Ownership: one thread at a time serves a connection. Connections are
- * registered once, edge-triggered (EPOLLIN | EPOLLOUT | EPOLLET: no epoll
- * call per request), and each has an atomic word (generation << 32 | busy):
+ * registered once (with epoll, edge-triggered: no epoll call per request;
+ * with poll(), one-shot, armed again by the owner as it lets go), and each
+ * has an atomic word (generation << 32 | busy):
  * whoever raises busy from 0 owns the connection; anyone else who has news
  * for it (an event, a deferred reply that could not be written at once)
  * raises busy and leaves, and the owner, failing to bring busy back to 0,
  * goes round again. Connection slots live in chunks that are never freed
- * before the server, and epoll carries (generation, slot), so a stale event
+ * before the server, and events carry (generation, slot), so a stale event
  * or a late deferred reply for a closed connection is recognised and
  * dropped instead of touching freed memory.
  *
@@ -21,6 +23,7 @@
 #include "abi.h"
 #include "codec.h"
 #include "frame.h"
+#include "poller.h"
 #include "rpc_wire.h"
 #include "sys.h"
 #include "transport.h"
@@ -31,7 +34,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -49,7 +51,7 @@
 #define ACCEPTS_PER_EVENT 64
 #define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
 #define CHUNK 64            /* connection slots per chunk */
-#define ID_CONN0 16         /* epoll ids: 0 stop, 1..8 listeners, 16.. slots */
+#define ID_CONN0 16         /* event ids: 0 stop, 1..8 listeners, 16.. slots */
 
 typedef struct method_ent {
 	const dml_rpc_method *m;
@@ -80,7 +82,7 @@ struct conn {
 	atomic_int hup;      /* the peer's end of stream (or an error) was
 	                        reported: read on past short reads to see it */
 	/* for the timeouts (ms, monotonic), read by the sweep */
-	atomic_int open;            /* set up and in the epoll set */
+	atomic_int open;            /* set up and in the poller */
 	_Atomic int64_t rx_at;      /* bytes last received */
 	_Atomic int64_t frame_at;   /* a partial frame began; 0 = none */
 	_Atomic int64_t tx_at;      /* output last empty or progressing */
@@ -129,7 +131,7 @@ struct dml_rpc_deferred {
 
 struct dml_rpc_server {
 	dml_rpc_server_opts o;
-	int epfd;
+	dml__poller *poller;
 	int evfd[2]; /* stop: readable once stopped, for good */
 	listener ls[MAX_LISTENERS];
 	int nls;
@@ -321,15 +323,12 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	pthread_rwlock_init(&s->hub->lock, NULL);
 	s->hub->alive = 1;
 	atomic_init(&s->hub->refs, 1);
-	s->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (dml__sys_wake_new(s->evfd) != 0)
-		s->evfd[0] = s->evfd[1] = -1;
-	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
-	if (s->epfd < 0 || s->evfd[0] < 0 ||
-	    epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->evfd[0], &ev) != 0) {
+	s->evfd[0] = s->evfd[1] = -1;
+	int prc = dml__poller_new(&s->poller);
+	if (prc || dml__sys_wake_new(s->evfd) != 0 ||
+	    (prc = dml__poller_add(s->poller, s->evfd[0], DML__POLL_LEVEL, 0))) {
 		int e = errno;
-		if (s->epfd >= 0)
-			close(s->epfd);
+		dml__poller_free(s->poller);
 		dml__sys_wake_close(s->evfd);
 		free(s->chunks);
 		free(s->methods);
@@ -337,8 +336,10 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 		hub_unref(s->hub);
 		free(s);
 		errno = e;
-		return dml__fail(DML_ESYS, "rpc server: epoll or wake-up descriptor: %s",
-		                 strerror(e));
+		if (prc == DML_ENOMEM)
+			return DML_ENOMEM;
+		return dml__fail(DML_ESYS, "rpc server: %s poller or wake-up descriptor: %s",
+		                 dml__poller_backend(), strerror(e));
 	}
 	pthread_mutex_init(&s->mu, NULL);
 	atomic_init(&s->stopped, 0);
@@ -363,12 +364,13 @@ int dml_rpc_server_listen(dml_rpc_server *s, const char *addr)
 	}
 	l->unix_path[0] = 0;
 	dml__unix_path(l->fd, l->unix_path, sizeof l->unix_path);
-	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)s->nls + 1};
-	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, l->fd, &ev) != 0) {
+	if ((rc = dml__poller_add(s->poller, l->fd, DML__POLL_LEVEL, (uint64_t)s->nls + 1))) {
+		int e = errno;
 		if (l->unix_path[0])
 			unlink(l->unix_path);
 		close(l->fd);
-		return DML_ESYS;
+		errno = e;
+		return rc;
 	}
 	s->nls++;
 	return 0;
@@ -400,7 +402,22 @@ int dml_rpc_server_port(dml_rpc_server *s, int i)
 int dml_rpc_server_fd(dml_rpc_server *s)
 {
 	dml__detail_clear();
-	return s ? s->epfd : DML_EINVAL;
+	if (!s)
+		return DML_EINVAL;
+	int fd = dml__poller_fd(s->poller);
+	return fd >= 0 ? fd
+	               : dml__fail(DML_ENOTFOUND, "the %s backend has no single "
+	                           "descriptor: watch dml_rpc_server_pollfds",
+	                           dml__poller_backend());
+}
+
+int dml_rpc_server_pollfds(dml_rpc_server *s, struct pollfd *fds, size_t cap)
+{
+	dml__detail_clear();
+	if (!s || (!fds && cap))
+		return DML_EINVAL;
+	size_t n = dml__poller_pollfds(s->poller, fds, cap);
+	return n > (size_t)INT32_MAX ? DML_ETOOBIG : (int)n;
 }
 
 void dml_rpc_server_stop(dml_rpc_server *s)
@@ -447,7 +464,7 @@ void dml_rpc_server_free(dml_rpc_server *s)
 			unlink(s->ls[i].unix_path);
 		close(s->ls[i].fd);
 	}
-	close(s->epfd);
+	dml__poller_free(s->poller);
 	dml__sys_wake_close(s->evfd);
 	pthread_mutex_destroy(&s->mu);
 	free(s->methods);
@@ -517,7 +534,8 @@ static void conn_close(dml_rpc_server *s, conn *c)
 	uint32_t gen = conn_gen(c) + 1;
 	atomic_store(&c->open, 0);
 	atomic_store(&c->state, (uint64_t)gen << 32);
-	conn_release_io(c); /* closing the fd removes it from the epoll set */
+	dml__poller_del(s->poller, c->fd);
+	conn_release_io(c);
 	pthread_mutex_unlock(&c->omu);
 	pthread_mutex_lock(&s->mu);
 	s->nconns--;
@@ -588,9 +606,7 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		atomic_store(&c->over, 0);
 		atomic_store(&c->hup, 0);
 		atomic_store(&c->open, 1);
-		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-		                         .data.u64 = conn_cookie(c, gen)};
-		if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		if (dml__poller_add(s->poller, fd, DML__POLL_CONN, conn_cookie(c, gen))) {
 			conn_close(s, c);
 			continue;
 		}
@@ -754,6 +770,22 @@ static int note_backlog(conn *c)
 	return over;
 }
 
+/* Under omu: what a connection waits for when its owner lets go: output
+ * room while replies are unsent, input unless they are over the limit. */
+static unsigned wants_locked(conn *c)
+{
+	return (c->opos < c->out.len ? DML__EV_OUT : 0) |
+	       (atomic_load(&c->over) ? 0 : DML__EV_IN);
+}
+
+static unsigned conn_wants(conn *c)
+{
+	pthread_mutex_lock(&c->omu);
+	unsigned w = wants_locked(c);
+	pthread_mutex_unlock(&c->omu);
+	return w;
+}
+
 /* Flushes; *backlog tells whether unsent replies are still over the limit. */
 static int conn_flush(conn *c, int *backlog)
 {
@@ -895,7 +927,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 			c->in.len = have;
 		}
 		/* Send replies before reading more; stop reading while the peer
-		 * does not take them (the EPOLLOUT edge when it does brings the
+		 * does not take them (the output event when it does brings the
 		 * connection back, see conn_serve). */
 		int backlog;
 		if ((rc = conn_flush(c, &backlog)))
@@ -940,7 +972,7 @@ static int conn_acquire(conn *c, uint32_t gen)
 	return (uint32_t)st == 0;
 }
 
-#define EV_SWEEP 0x80000000u /* not an epoll bit: check the timeouts */
+#define EV_SWEEP 0x80000000u /* not a poller bit: check the timeouts */
 
 static int late(int64_t now, int64_t since, dml_duration limit)
 {
@@ -970,13 +1002,13 @@ static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
  * Connections are edge-triggered (no re-arm per request): input is read
  * until a short read whenever output is not backlogged, since no event
  * reports it again; while output is backlogged, the socket's send buffer
- * is full, and the EPOLLOUT edge when the peer reads brings it back. */
+ * is full, and the output event when the peer reads brings it back. */
 static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
 {
 	/* an end of stream raises one edge, maybe together with data that a
 	 * short read then takes: remember it (a stale event may mark a new
 	 * connection in the slot, which costs it only extra reads) */
-	if (events != EV_SWEEP && events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR) &&
+	if (events != EV_SWEEP && events & DML__EV_HUP &&
 	    conn_gen(c) == gen)
 		atomic_store(&c->hup, 1);
 	if (conn_acquire(c, gen))
@@ -1003,7 +1035,7 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 	for (;;) {
 		uint64_t seen = atomic_load(&c->state);
 		int backlog = 0, rc = 0;
-		if (events & EPOLLOUT || !(events & EPOLLIN))
+		if (events & DML__EV_OUT || !(events & DML__EV_IN))
 			rc = conn_flush(c, &backlog);
 		if (!rc && !backlog)
 			rc = conn_read(s, c, gen);
@@ -1011,6 +1043,9 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 			conn_close(s, c);
 			return;
 		}
+		/* what it waits for next (the poll() backend arms it again;
+		 * before letting go: afterwards c is someone else's) */
+		dml__poller_want(s->poller, c->fd, conn_wants(c));
 		if (atomic_compare_exchange_strong(&c->state, &seen, (uint64_t)gen << 32))
 			return;
 		/* news arrived meanwhile (an event, a deferred reply): flush
@@ -1087,7 +1122,8 @@ static void sweep(dml_rpc_server *s)
 	atomic_store(&s->sweeping, 0);
 }
 
-/* Milliseconds epoll may wait: the caller's timeout, cut at the next sweep. */
+/* Milliseconds the poller may wait: the caller's timeout, cut at the next
+ * sweep. */
 static int poll_wait_ms(dml_rpc_server *s, dml_duration timeout)
 {
 	int64_t tmo = timeout < 0 ? -1 : timeout > DML__MAX_WAIT_MS ? DML__MAX_WAIT_MS : timeout;
@@ -1112,14 +1148,14 @@ int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
 	if (atomic_load(&s->stopped))
 		return DML_ESTOPPED;
 	sweep(s);
-	struct epoll_event evs[EVENTS_PER_POLL];
-	int n = epoll_wait(s->epfd, evs, EVENTS_PER_POLL, poll_wait_ms(s, timeout));
+	dml__poll_event evs[EVENTS_PER_POLL];
+	int n = dml__poller_wait(s->poller, evs, EVENTS_PER_POLL, poll_wait_ms(s, timeout));
 	if (n < 0)
-		return errno == EINTR ? 0 : DML_ESYS;
+		return n;
 	int handled = 0;
 	for (int i = 0; i < n; i++) {
-		uint32_t id = (uint32_t)evs[i].data.u64;
-		uint32_t gen = (uint32_t)(evs[i].data.u64 >> 32);
+		uint32_t id = (uint32_t)evs[i].data;
+		uint32_t gen = (uint32_t)(evs[i].data >> 32);
 		if (id == 0)
 			return DML_ESTOPPED;
 		if (id < ID_CONN0)
@@ -1220,8 +1256,8 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 			rc = reply_ok(d->s, c, d->seq, d->rt, reply);
 		if (rc) /* no reply at all would leave the caller waiting */
 			shutdown(c->fd, SHUT_RDWR);
-		/* Write at once: the owner may be waiting in epoll for input.
-		 * What does not fit waits for the EPOLLOUT edge that the full
+		/* Write at once: the owner may be waiting in the poller for
+		 * input. What does not fit waits for the output event that the full
 		 * socket raises when the peer reads, and a failed connection
 		 * (or the shutdown above) raises an edge too: a server thread
 		 * then flushes or closes it. Not this thread, which must not
@@ -1229,6 +1265,8 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 		if (!rc)
 			rc = conn_flush_locked(c);
 		note_backlog(c);
+		if (c->opos < c->out.len) /* poll(): wait for output too */
+			dml__poller_want(d->s->poller, c->fd, wants_locked(c));
 	}
 	pthread_mutex_unlock(&c->omu);
 	pthread_rwlock_unlock(&h->lock);

@@ -1295,13 +1295,23 @@ typedef struct loop_arg {
 	int events;
 } loop_arg;
 
-/* The host's own event loop: poll() on the server's fd, then a step. */
+/* The host's own event loop: poll() on the server's descriptors (its one
+ * fd where the backend has one, else dml_rpc_server_pollfds), then a
+ * step. Odd rounds use the set, even ones the single fd when there is. */
 static void *host_loop(void *p)
 {
 	loop_arg *l = p;
+	struct pollfd pf[16];
 	for (int i = 0; i < 1000000; i++) {
-		struct pollfd pf = {dml_rpc_server_fd(l->s), POLLIN, 0};
-		if (poll(&pf, 1, 10000) != 1) {
+		int n, fd = dml_rpc_server_fd(l->s);
+		if (fd >= 0 && i % 2 == 0) {
+			pf[0] = (struct pollfd){fd, POLLIN, 0};
+			n = 1;
+		} else if ((n = dml_rpc_server_pollfds(l->s, pf, 16)) < 1 || n > 16) {
+			l->rc = -1001;
+			return NULL;
+		}
+		if (poll(pf, (nfds_t)n, 10000) < 1) {
 			l->rc = -1000;
 			return NULL;
 		}

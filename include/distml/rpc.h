@@ -167,14 +167,28 @@ DML_API int dml_rpc_server_run(dml_rpc_server *s);
 DML_API int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout);
 
 /* A file descriptor that polls readable when dml_rpc_server_poll has work
- * (an epoll descriptor). Owned by the server. Thread-safe. */
+ * (the epoll descriptor of the epoll backend). Owned by the server.
+ * DML_ENOTFOUND with the poll() backend, which has no single descriptor:
+ * use dml_rpc_server_pollfds, which works with both. Thread-safe. */
 DML_API int dml_rpc_server_fd(dml_rpc_server *s);
+
+struct pollfd;
+
+/* The descriptors (with their events) a host's own poll() should watch to
+ * know when dml_rpc_server_poll has work: writes up to `cap` of them into
+ * fds and returns how many there are (>= 1; more than cap: call again
+ * with room for them), or a negative error. The set changes as
+ * connections come and go (with the poll() backend it is the listeners,
+ * the connections waiting for input or output and a wake-up descriptor;
+ * with epoll, one descriptor): take it anew before each poll(). The host
+ * owns fds; the descriptors stay the server's. Thread-safe. */
+DML_API int dml_rpc_server_pollfds(dml_rpc_server *s, struct pollfd *fds, size_t cap);
 
 /* Stops the server: every thread in dml_rpc_server_run returns, every later
  * or current dml_rpc_server_poll returns DML_ESTOPPED. Handlers already
  * running complete. Connections stay open until dml_rpc_server_free (their
  * pending calls then fail with DML_ECONNLOST). Thread-safe, async-signal-
- * safe (one write to an eventfd), idempotent. */
+ * safe (one write to a wake-up descriptor), idempotent. */
 DML_API void dml_rpc_server_stop(dml_rpc_server *s);
 
 /* Closes every connection and listener and frees the server. No thread may
@@ -184,7 +198,7 @@ DML_API void dml_rpc_server_free(dml_rpc_server *s);
 /* Calls fn(arg) from a thread running or polling the server about every
  * `period` ms (1 ms .. 1 h), one call at a time: housekeeping such as a
  * host's own timeouts (the parameter store uses it to drop dead workers).
- * With the server driven through dml_rpc_server_fd, ticks run only when
+ * With the server driven through dml_rpc_server_fd or _pollfds, ticks run only when
  * the host calls dml_rpc_server_poll. Up to 8 ticks (then DML_EBUSY).
  * Not thread-safe: call before the server runs. */
 DML_API int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
