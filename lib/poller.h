@@ -24,6 +24,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The backend of this build: 1 for poll() (one-shot connections, which
+ * need dml__poller_want), 0 for epoll. */
+#if defined(DML_POLLER_POLL) || defined(DML_PORTABLE) || !defined(__linux__)
+#define DML__POLLER_ONESHOT 1
+#else
+#define DML__POLLER_ONESHOT 0
+#endif
+
 #define DML__EV_IN 1u   /* readable (a listener: a connection waits) */
 #define DML__EV_OUT 2u  /* writable */
 #define DML__EV_HUP 4u  /* the peer's end of stream, a hang-up or an error */

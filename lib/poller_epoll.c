@@ -5,7 +5,7 @@
 
 #include "internal.h"
 
-#if !defined(DML_POLLER_POLL) && !defined(DML_PORTABLE) && defined(__linux__)
+#if !DML__POLLER_ONESHOT
 
 #include <errno.h>
 #include <stdlib.h>

@@ -1045,7 +1045,8 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 		}
 		/* what it waits for next (the poll() backend arms it again;
 		 * before letting go: afterwards c is someone else's) */
-		dml__poller_want(s->poller, c->fd, conn_wants(c));
+		if (DML__POLLER_ONESHOT)
+			dml__poller_want(s->poller, c->fd, conn_wants(c));
 		if (atomic_compare_exchange_strong(&c->state, &seen, (uint64_t)gen << 32))
 			return;
 		/* news arrived meanwhile (an event, a deferred reply): flush
@@ -1265,7 +1266,7 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 		if (!rc)
 			rc = conn_flush_locked(c);
 		note_backlog(c);
-		if (c->opos < c->out.len) /* poll(): wait for output too */
+		if (DML__POLLER_ONESHOT && c->opos < c->out.len) /* wait for output too */
 			dml__poller_want(d->s->poller, c->fd, wants_locked(c));
 	}
 	pthread_mutex_unlock(&c->omu);
