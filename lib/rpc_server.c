@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -52,6 +53,10 @@
 #define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
 #define CHUNK 64            /* connection slots per chunk */
 #define ID_CONN0 16         /* event ids: 0 stop, 1..8 listeners, 16.. slots */
+/* Out of descriptors (EMFILE, ENFILE), the listeners rest this long (or
+ * until a connection closes) instead of failing to accept in a loop. */
+#define ACCEPT_REST_MS 100
+#define NEVER INT64_MAX     /* no timer */
 
 typedef struct method_ent {
 	const dml_rpc_method *m;
@@ -68,6 +73,7 @@ typedef struct listener {
 
 typedef struct conn conn;
 struct conn {
+	dml_rpc_server *s;
 	_Atomic uint64_t state; /* generation << 32 | busy */
 	uint32_t slot;
 	int fd;               /* -1 while the slot is free */
@@ -145,7 +151,11 @@ struct dml_rpc_server {
 	conn *free_slots;
 	int nconns;
 	atomic_int stopped;
-	_Atomic int64_t next_sweep; /* ms; the next timeout check */
+	_Atomic int64_t next_sweep; /* ms: the earliest timer (a connection's
+	                               timeout, a tick, a large buffer to
+	                               free, the listeners' rest); NEVER */
+	int resting;                /* listeners out of the poller (under mu) */
+	int64_t rest_until;         /* ms (under mu) */
 	atomic_int sweeping;
 	atomic_int spinning; /* a run thread busy-polls (opts.spin_us) */
 	atomic_int nbig;     /* connections keeping a large input buffer */
@@ -272,6 +282,19 @@ static int h_hello(dml_rpc_ctx *ctx, const void *a, void *r, void *user)
 
 /* The options with defaults in place; DML_EINVAL names the one that is
  * wrong. */
+/* What the descriptor limit allows: the soft RLIMIT_NOFILE less a quarter
+ * (at least 16) for the host's own, at most DML_RPC_DEFAULT_MAX_CONNS. */
+static int default_max_conns(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+	    rl.rlim_cur >= (rlim_t)DML_RPC_DEFAULT_MAX_CONNS * 2)
+		return DML_RPC_DEFAULT_MAX_CONNS;
+	rlim_t keep = rl.rlim_cur / 4 > 16 ? rl.rlim_cur / 4 : 16;
+	rlim_t n = rl.rlim_cur > keep ? rl.rlim_cur - keep : 1;
+	return n > DML_RPC_DEFAULT_MAX_CONNS ? DML_RPC_DEFAULT_MAX_CONNS : (int)n;
+}
+
 static int server_opts(dml_rpc_server_opts *o)
 {
 	if (o->codec != DML_CODEC_BINARY)
@@ -283,7 +306,7 @@ static int server_opts(dml_rpc_server_opts *o)
 		return dml__fail(DML_EINVAL, "max_conns, max_deferred >= 0; spin_us "
 		                 "0 to %d", DML_RPC_MAX_SPIN_US);
 	if (!o->max_conns)
-		o->max_conns = DML_RPC_DEFAULT_MAX_CONNS;
+		o->max_conns = default_max_conns();
 	if (!o->max_deferred)
 		o->max_deferred = DML_RPC_DEFAULT_MAX_DEFERRED;
 	if (dml__opt_duration(&o->frame_timeout, DML_RPC_DEFAULT_FRAME_TIMEOUT) ||
@@ -344,6 +367,7 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	pthread_mutex_init(&s->mu, NULL);
 	atomic_init(&s->stopped, 0);
 	atomic_init(&s->next_id, 1);
+	atomic_init(&s->next_sweep, NEVER);
 	*out = s;
 	return 0;
 }
@@ -524,6 +548,57 @@ static uint64_t conn_cookie(const conn *c, uint32_t gen)
 	return (uint64_t)gen << 32 | (c->slot + ID_CONN0);
 }
 
+/* Brings the next sweep forward to `at` (ms) if that is earlier. */
+static void sweep_by(dml_rpc_server *s, int64_t at)
+{
+	int64_t next = atomic_load(&s->next_sweep);
+	while (at < next && !atomic_compare_exchange_weak(&s->next_sweep, &next, at))
+		;
+}
+
+/* A deadline `limit` ms after `since`, or NEVER (no limit, or not timing). */
+static int64_t after(int64_t since, dml_duration limit)
+{
+	return limit < 0 || !since ? NEVER : since + limit + 1;
+}
+
+/* ---- listeners resting while descriptors run out ------------------- */
+
+static void listeners_rest(dml_rpc_server *s)
+{
+	pthread_mutex_lock(&s->mu);
+	if (!s->resting) {
+		for (int i = 0; i < s->nls; i++)
+			dml__poller_del(s->poller, s->ls[i].fd);
+		s->resting = 1;
+		s->rest_until = dml__now_ms() + ACCEPT_REST_MS;
+		sweep_by(s, s->rest_until);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* After the rest (now >= rest_until), or at once (now < 0) when a
+ * connection gives a descriptor back. */
+static void listeners_wake(dml_rpc_server *s, int64_t now)
+{
+	pthread_mutex_lock(&s->mu);
+	if (s->resting && (now < 0 || now >= s->rest_until)) {
+		s->resting = 0;
+		for (int i = 0; i < s->nls; i++)
+			if (dml__poller_add(s->poller, s->ls[i].fd, DML__POLL_LEVEL,
+			                    (uint64_t)i + 1)) { /* try again later */
+				for (int k = 0; k < i; k++)
+					dml__poller_del(s->poller, s->ls[k].fd);
+				s->resting = 1;
+				s->rest_until = dml__now_ms() + ACCEPT_REST_MS;
+				break;
+			}
+	}
+	if (s->resting)
+		sweep_by(s, s->rest_until);
+	pthread_mutex_unlock(&s->mu);
+}
+
 /* Closes the connection its owner serves: a new generation makes stale
  * events and deferred replies miss; the slot goes back to the free list. */
 static void conn_close(dml_rpc_server *s, conn *c)
@@ -541,7 +616,10 @@ static void conn_close(dml_rpc_server *s, conn *c)
 	s->nconns--;
 	c->next_free = s->free_slots;
 	s->free_slots = c;
+	int resting = s->resting;
 	pthread_mutex_unlock(&s->mu);
+	if (resting) /* a descriptor came back */
+		listeners_wake(s, -1);
 }
 
 /* A free slot, under s->mu; NULL when max_conns are open or memory is out. */
@@ -558,6 +636,7 @@ static conn *slot_take(dml_rpc_server *s)
 		for (int i = CHUNK - 1; i >= 0; i--) {
 			conn *c = &chunk[i];
 			c->slot = (uint32_t)(s->nchunks * CHUNK + (size_t)i);
+			c->s = s;
 			c->fd = -1;
 			atomic_init(&c->state, (uint64_t)1 << 32);
 			pthread_mutex_init(&c->omu, NULL);
@@ -582,9 +661,13 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 static void accept_all(dml_rpc_server *s, listener *l)
 {
 	for (int k = 0; k < ACCEPTS_PER_EVENT; k++) {
-		int fd;
-		if (dml__accept(l->fd, &fd))
+		int fd, rc = dml__accept(l->fd, &fd);
+		if (rc == DML_EAGAIN)
 			return;
+		if (rc) { /* out of descriptors or memory: rest, do not spin */
+			listeners_rest(s);
+			return;
+		}
 		pthread_mutex_lock(&s->mu);
 		conn *c = slot_take(s);
 		pthread_mutex_unlock(&s->mu);
@@ -601,6 +684,7 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		int64_t now = dml__now_ms();
 		atomic_store(&c->rx_at, now);
 		atomic_store(&c->tx_at, now);
+		sweep_by(s, after(now, s->o.idle_timeout));
 		atomic_store(&c->frame_at, 0);
 		atomic_store(&c->deferred, 0);
 		atomic_store(&c->over, 0);
@@ -763,8 +847,14 @@ static int conn_flush_locked(conn *c)
  * then stops serving requests until the peer reads them. */
 static int note_backlog(conn *c)
 {
-	if (c->opos == c->out.len)
+	dml_rpc_server *s = c->s;
+	if (c->opos == c->out.len) {
 		atomic_store(&c->tx_at, dml__now_ms()); /* nothing owed: not stalled */
+		if (!atomic_load(&c->deferred)) /* idle again, maybe since long */
+			sweep_by(s, after(atomic_load(&c->rx_at), s->o.idle_timeout));
+	} else {
+		sweep_by(s, after(atomic_load(&c->tx_at), s->o.write_timeout));
+	}
 	int over = c->out.len - c->opos > OUT_HIGH;
 	atomic_store(&c->over, over);
 	return over;
@@ -801,13 +891,9 @@ static int conn_flush(conn *c, int *backlog)
 static void big_use(dml_rpc_server *s, conn *c)
 {
 	int64_t now = dml__now_ms();
-	if (!c->big_at) {
+	if (!c->big_at)
 		atomic_fetch_add(&s->nbig, 1);
-		int64_t next = atomic_load(&s->next_sweep);
-		while (next > now + BIG_KEEP_MS &&
-		       !atomic_compare_exchange_weak(&s->next_sweep, &next, now + BIG_KEEP_MS))
-			;
-	}
+	sweep_by(s, now + BIG_KEEP_MS);
 	c->big_at = now;
 }
 
@@ -896,13 +982,16 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 
 /* Records when the frame now buffered in part began (for frame_timeout):
  * a frame parsed in part, or a header cut short. */
-static void note_frame(conn *c, int partial)
+static void note_frame(dml_rpc_server *s, conn *c, int partial)
 {
 	size_t left = c->in.len - c->rpos;
-	if (!partial && (left == 0 || left >= DML__FRAME_HDR))
+	if (!partial && (left == 0 || left >= DML__FRAME_HDR)) {
 		atomic_store(&c->frame_at, 0);
-	else if (!atomic_load(&c->frame_at))
-		atomic_store(&c->frame_at, dml__now_ms());
+	} else if (!atomic_load(&c->frame_at)) {
+		int64_t now = dml__now_ms();
+		atomic_store(&c->frame_at, now);
+		sweep_by(s, after(now, s->o.frame_timeout));
+	}
 }
 
 /* Reads and serves requests until the socket is drained. Returns 0 to keep
@@ -914,7 +1003,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		int partial, rc = serve_frames(s, c, gen, &fr, &partial);
 		if (rc)
 			return rc;
-		note_frame(c, partial);
+		note_frame(s, c, partial);
 		if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
 			return DML_ENOMEM;
 		if (partial) {
@@ -950,7 +1039,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 			if ((rc = serve_frames(s, c, gen, &fr, &partial)) ||
 			    (rc = conn_flush(c, &backlog)))
 				return rc;
-			note_frame(c, partial);
+			note_frame(s, c, partial);
 			/* serving may have stopped over the reply limit with
 			 * whole frames left: no event would bring them back */
 			if (backlog || partial || c->in.len - c->rpos < DML__FRAME_HDR)
@@ -1055,23 +1144,6 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 	}
 }
 
-/* How often to sweep: a quarter of the shortest timeout, or the shortest
- * tick period, or BIG_KEEP_MS while large input buffers are kept; -1 =
- * never. */
-static dml_duration sweep_period(const dml_rpc_server *s)
-{
-	dml_duration t = -1, v[3] = {s->o.frame_timeout, s->o.write_timeout, s->o.idle_timeout};
-	for (int i = 0; i < 3; i++)
-		if (v[i] >= 0 && (t < 0 || v[i] / 4 < t))
-			t = v[i] / 4;
-	for (int i = 0; i < s->nticks; i++)
-		if (t < 0 || s->ticks[i].period < t)
-			t = s->ticks[i].period;
-	if (atomic_load(&s->nbig) && (t < 0 || t > BIG_KEEP_MS))
-		t = BIG_KEEP_MS; /* large input buffers to free */
-	return t < 0 ? -1 : t < 10 ? 10 : t;
-}
-
 int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
                         void (*fn)(void *arg), void *arg)
 {
@@ -1085,31 +1157,53 @@ int dml_rpc_server_tick(dml_rpc_server *s, dml_duration period,
 	s->ticks[s->nticks].fn = fn;
 	s->ticks[s->nticks].arg = arg;
 	s->nticks++;
+	sweep_by(s, 0); /* the first call at the first poll */
 	return 0;
 }
 
-/* Checks every open connection's timeouts, a few times per shortest
- * timeout; one thread at a time. */
+/* When a connection times out next: its frame, its stalled output or its
+ * idleness; NEVER if nothing is timing. */
+static int64_t conn_deadline(dml_rpc_server *s, conn *c)
+{
+	pthread_mutex_lock(&c->omu);
+	int pending = c->opos < c->out.len;
+	pthread_mutex_unlock(&c->omu);
+	int64_t frame = atomic_load(&c->frame_at), d = after(frame, s->o.frame_timeout);
+	if (pending) {
+		int64_t w = after(atomic_load(&c->tx_at), s->o.write_timeout);
+		d = w < d ? w : d;
+	} else if (!atomic_load(&c->deferred) && !frame) {
+		int64_t i = after(atomic_load(&c->rx_at), s->o.idle_timeout);
+		d = i < d ? i : d;
+	}
+	return d;
+}
+
+/* The timers, when the earliest is due (no polling tick: next_sweep is
+ * the earliest deadline, brought forward by whatever sets a new one):
+ * runs the ticks due, closes the connections that timed out, frees large
+ * buffers unused for BIG_KEEP_MS, ends the listeners' rest, and sets the
+ * next. One thread at a time. */
 static void sweep(dml_rpc_server *s)
 {
-	dml_duration t = sweep_period(s);
 	int64_t now = dml__now_ms();
-	if (t < 0 || now < atomic_load(&s->next_sweep))
+	if (now < atomic_load(&s->next_sweep))
 		return;
 	int idle = 0;
 	if (!atomic_compare_exchange_strong(&s->sweeping, &idle, 1))
 		return;
-	/* the next sweep in t, unless a large buffer (big_use) asked for an
-	 * earlier one meanwhile */
-	int64_t next = atomic_load(&s->next_sweep);
-	while (!(next > now && next < now + t) &&
-	       !atomic_compare_exchange_weak(&s->next_sweep, &next, now + t))
-		;
-	for (int i = 0; i < s->nticks; i++)
+	/* from here, whatever sets a deadline brings NEVER forward again */
+	atomic_store(&s->next_sweep, NEVER);
+	for (int i = 0; i < s->nticks; i++) {
 		if (now >= s->ticks[i].next) {
 			s->ticks[i].next = now + s->ticks[i].period;
 			s->ticks[i].fn(s->ticks[i].arg);
 		}
+		sweep_by(s, s->ticks[i].next);
+	}
+	listeners_wake(s, now);
+	if (atomic_load(&s->nbig))
+		sweep_by(s, now + BIG_KEEP_MS);
 	pthread_mutex_lock(&s->mu);
 	size_t nchunks = s->nchunks;
 	pthread_mutex_unlock(&s->mu);
@@ -1117,25 +1211,53 @@ static void sweep(dml_rpc_server *s)
 		for (int i = 0; i < CHUNK; i++) {
 			conn *c = &s->chunks[k][i];
 			uint32_t gen = conn_gen(c);
-			if (atomic_load(&c->open))
+			if (!atomic_load(&c->open))
+				continue;
+			int64_t d = conn_deadline(s, c);
+			if (d <= now || c->big_at) {
 				conn_serve(s, c, gen, EV_SWEEP);
+				/* another thread owned it: look again soon */
+				if (atomic_load(&c->open) && conn_gen(c) == gen)
+					d = conn_deadline(s, c);
+				else
+					d = NEVER;
+				if (d <= now)
+					d = now + 1;
+			}
+			sweep_by(s, d);
 		}
 	atomic_store(&s->sweeping, 0);
 }
 
-/* Milliseconds the poller may wait: the caller's timeout, cut at the next
- * sweep. */
+/* Milliseconds until the earliest timer: 0 if due, -1 if none. */
+static int64_t timer_wait_ms(dml_rpc_server *s)
+{
+	int64_t next = atomic_load(&s->next_sweep);
+	if (next == NEVER)
+		return -1;
+	int64_t left = next - dml__now_ms();
+	return left < 0 ? 0 : left;
+}
+
+/* Milliseconds the poller may wait: the caller's timeout, cut at the
+ * earliest timer. */
 static int poll_wait_ms(dml_rpc_server *s, dml_duration timeout)
 {
 	int64_t tmo = timeout < 0 ? -1 : timeout > DML__MAX_WAIT_MS ? DML__MAX_WAIT_MS : timeout;
-	if (sweep_period(s) >= 0) {
-		int64_t left = atomic_load(&s->next_sweep) - dml__now_ms();
-		if (left < 0)
-			left = 0;
-		if (tmo < 0 || left < tmo)
-			tmo = left + 1;
-	}
+	int64_t t = timer_wait_ms(s);
+	if (t >= 0 && (tmo < 0 || t < tmo))
+		tmo = t;
 	return (int)tmo;
+}
+
+int dml_rpc_server_next_timeout(dml_rpc_server *s, dml_duration *ms)
+{
+	dml__detail_clear();
+	if (!s || !ms)
+		return DML_EINVAL;
+	int64_t t = timer_wait_ms(s);
+	*ms = t < 0 ? DML_INFINITE : t > DML__MAX_WAIT_MS ? DML__MAX_WAIT_MS : t;
+	return 0;
 }
 
 int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)

@@ -22,9 +22,6 @@
 #elif defined(SO_NOSIGPIPE)
 #define HAVE_SO_NOSIGPIPE 1
 #endif
-#ifdef CLOCK_MONOTONIC_COARSE
-#define CLOCK_CHEAP CLOCK_MONOTONIC_COARSE
-#endif
 #ifdef __linux__
 #define HAVE_GETRANDOM 1
 #define HAVE_EVENTFD 1
@@ -32,10 +29,6 @@
 #include <sys/random.h>
 #endif
 #endif /* DML_PORTABLE */
-
-#ifndef CLOCK_CHEAP
-#define CLOCK_CHEAP CLOCK_MONOTONIC
-#endif
 
 #if !defined(HAVE_SOCK_FLAGS) || !defined(HAVE_ACCEPT4) || !defined(HAVE_EVENTFD)
 /* Non-blocking and close-on-exec, after the fact. */
@@ -132,21 +125,6 @@ ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m)
 	errno = e;
 	return w;
 #endif
-}
-
-int64_t dml__sys_clock_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_CHEAP, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-long dml__sys_clock_res_ns(void)
-{
-	struct timespec res;
-	if (clock_getres(CLOCK_CHEAP, &res) != 0 || res.tv_sec > 0)
-		return 10000000; /* 10 ms: a generous guess */
-	return res.tv_nsec;
 }
 
 int dml__sys_random(void *buf, size_t n)
@@ -253,15 +231,6 @@ const char *dml__sys_kinds(void)
 	    " getrandom"
 #else
 	    " urandom"
-#endif
-#ifdef CLOCK_MONOTONIC_COARSE
-#ifndef DML_PORTABLE
-	    " coarse-clock"
-#else
-	    " monotonic-clock"
-#endif
-#else
-	    " monotonic-clock"
 #endif
 #if defined(HAVE_MSG_NOSIGNAL)
 	    " msg-nosignal"

@@ -9,9 +9,11 @@
  *   dml__sys_sendmsg     MSG_NOSIGNAL (SO_NOSIGPIPE)       SIGPIPE blocked
  *                                                           in the thread
  *                                                           and consumed
- *   dml__sys_clock_ms    CLOCK_MONOTONIC_COARSE            CLOCK_MONOTONIC
  *   dml__sys_random      getrandom                         /dev/urandom
  *   dml__sys_wake_*      eventfd                           a pipe
+ *
+ * (Timeouts use POSIX's CLOCK_MONOTONIC, not Linux's coarse clock: its
+ * few ms of resolution would let a timeout fire early.)
  *
  * Building with -DDML_PORTABLE (make PORTABLE=1) takes every fallback, so
  * that CI proves them on Linux. The fallbacks of socket and accept leave a
@@ -43,11 +45,6 @@ ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m);
  * call it. */
 void dml__sys_nosigpipe(int fd);
 
-/* The monotonic clock in ms, the cheap kind where there is one (a few ms
- * of resolution), and that resolution in ns. */
-int64_t dml__sys_clock_ms(void);
-long dml__sys_clock_res_ns(void);
-
 /* Fills buf with n bytes from the system's random source: 0, or -1 when
  * there is none (the caller falls back to a clock). */
 int dml__sys_random(void *buf, size_t n);
@@ -61,7 +58,7 @@ void dml__sys_wake_drain(const int fd[2]);
 void dml__sys_wake_close(int fd[2]);
 
 /* Which kind each call uses in this build, for the tests and the README:
- * "accept4 eventfd getrandom coarse-clock msg-nosignal" or the fallbacks'
+ * "accept4 eventfd getrandom msg-nosignal" or the fallbacks'
  * names. */
 const char *dml__sys_kinds(void);
 

@@ -1,7 +1,6 @@
 /* time.c - the monotonic clocks, deadlines, the duration rules of common.h
  * and the backoff between attempts. */
 #include "internal.h"
-#include "sys.h"
 
 #include <errno.h>
 #include <time.h>
@@ -13,19 +12,22 @@ int64_t dml__now_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* The coarse clock: a few ms of resolution (the timer tick), which
- * timeouts in ms do not notice, for no TSC read: it is read several times
- * per RPC call. */
-int64_t dml__now_ms(void) { return dml__sys_clock_ms(); }
+/* The precise clock (a vDSO read, tens of ns): the coarse one's few ms of
+ * resolution would let timeouts fire early, and deadlines be late. */
+int64_t dml__now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
-/* Deadlines are taken from the coarse clock (no TSC read: cheap on every
- * call), rounded up so that they never come before the precise clock's. */
+/* Rounded up: the clock's ms are truncated, so a deadline taken at ms t
+ * (real time in [t, t + 1)) ends at t + 1 + timeout, never early. */
 int64_t dml__deadline(dml_duration timeout)
 {
 	if (timeout < 0)
 		return -1;
-	return dml__sys_clock_ms() + (dml__sys_clock_res_ns() + 999999) / 1000000 +
-	       1 + timeout;
+	return dml__now_ms() + 1 + timeout;
 }
 
 int dml__remaining_ms(int64_t deadline)

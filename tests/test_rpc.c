@@ -11,6 +11,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../examples/arith.h"
@@ -1344,6 +1346,223 @@ static void test_host_event_loop(void **state)
 	dml_rpc_server_free(f.srv);
 }
 
+/* ---- a host loop that blocks in its own poll() ------------------------- */
+
+typedef struct timer_loop {
+	dml_rpc_server *s;
+	atomic_int stop;
+	int rc;
+	int wakeups;
+	int ticks;
+	int64_t tick_at[256]; /* us */
+	int64_t closed_at[2]; /* us: when each raw peer saw its connection end */
+} timer_loop;
+
+static void on_tick(void *arg)
+{
+	timer_loop *t = arg;
+	if (t->ticks < 256)
+		t->tick_at[t->ticks] = dml__now_us();
+	t->ticks++;
+}
+
+/* The host's loop: poll() on the server's descriptors for as long as
+ * dml_rpc_server_next_timeout allows, then a step. Never a fixed tick. */
+static void *timer_loop_main(void *p)
+{
+	timer_loop *t = p;
+	struct pollfd pf[16];
+	for (int i = 0; i < 100000 && !atomic_load(&t->stop); i++) {
+		int n = dml_rpc_server_pollfds(t->s, pf, 16);
+		dml_duration ms;
+		if (n < 1 || n > 16 || dml_rpc_server_next_timeout(t->s, &ms)) {
+			t->rc = -1000;
+			return NULL;
+		}
+		if (ms == DML_INFINITE || ms > 1000)
+			ms = 1000; /* so that the test's stop is seen */
+		poll(pf, (nfds_t)n, (int)ms);
+		t->wakeups++;
+		int rc = dml_rpc_server_poll(t->s, 0);
+		if (rc < 0) {
+			t->rc = rc == DML_ESTOPPED ? 0 : rc;
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+/* Waits (bounded) for the server to end a raw connection; the time. */
+static int64_t wait_closed(int fd)
+{
+	struct pollfd p = {fd, POLLIN, 0};
+	assert_int_equal(poll(&p, 1, 20000), 1);
+	char b[64];
+	assert_true(recv(fd, b, sizeof b, 0) <= 0);
+	return dml__now_us();
+}
+
+/* A host that blocks in poll() with the server's next timeout sees its
+ * frame and idle timeouts and its ticks fire on time: never early, late
+ * by at most a generous bound (valgrind), and without waking more than
+ * the timers need. */
+static void test_host_loop_timers(void **state)
+{
+	(void)state;
+	const int64_t frame_ms = 150, idle_ms = 300, tick_ms = 50, slack_us = 1500000;
+	dml_rpc_server_opts o = {0};
+	o.frame_timeout = frame_ms;
+	o.idle_timeout = idle_ms;
+	fixture f;
+	serve(&f, "127.0.0.1:0", &o, 0);
+	timer_loop t = {0};
+	t.s = f.srv;
+	dml_duration ms;
+	assert_int_equal(dml_rpc_server_next_timeout(f.srv, &ms), 0);
+	assert_int_equal(ms, DML_INFINITE); /* nothing timing yet */
+	assert_int_equal(dml_rpc_server_tick(f.srv, tick_ms, on_tick, &t), 0);
+	assert_int_equal(dml_rpc_server_next_timeout(f.srv, &ms), 0);
+	assert_int_equal(ms, 0); /* the first tick is due */
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, timer_loop_main, &t), 0);
+
+	/* one peer starts a frame and stalls; one connects and says nothing */
+	int stall = raw_connect(&f), idle = raw_connect(&f);
+	int64_t t0 = dml__now_us();
+	uint8_t part[8] = {64, 0, 0, 0, 1, 1, 0, 0}; /* a header, cut short */
+	raw_send(stall, part, sizeof part);
+	int64_t stall_closed = wait_closed(stall);
+	int64_t idle_closed = wait_closed(idle);
+	atomic_store(&t.stop, 1);
+	dml_rpc_server_stop(f.srv);
+	pthread_join(th, NULL);
+	assert_int_equal(t.rc, 0);
+
+	int64_t fs = stall_closed - t0, is = idle_closed - t0;
+	print_message("frame timeout %lld ms: closed after %.1f ms; idle timeout %lld ms: "
+	              "after %.1f ms; %d ticks of %lld ms, %d wake-ups\n",
+	              (long long)frame_ms, fs / 1e3, (long long)idle_ms, is / 1e3, t.ticks,
+	              (long long)tick_ms, t.wakeups);
+	assert_true(fs >= frame_ms * 1000 && fs <= frame_ms * 1000 + slack_us);
+	assert_true(is >= idle_ms * 1000 && is <= idle_ms * 1000 + slack_us);
+	/* ticks: never early, and about as many as the time allows */
+	int n = t.ticks < 256 ? t.ticks : 256;
+	for (int i = 1; i < n; i++)
+		assert_true(t.tick_at[i] - t.tick_at[i - 1] >= tick_ms * 1000 - 1000);
+	int64_t span = dml__now_us() - t.tick_at[0];
+	assert_true(t.ticks >= 2 && t.ticks <= span / (tick_ms * 1000) + 2);
+	/* no busy loop: a wake-up per timer, connection event or tick, a few more */
+	assert_true(t.wakeups <= 4 * t.ticks + 40);
+	close(stall);
+	close(idle);
+	dml_rpc_server_free(f.srv);
+}
+
+/* ---- out of descriptors ------------------------------------------------- */
+
+static double thread_cpu_s(pthread_t th)
+{
+	clockid_t id;
+	struct timespec ts;
+	if (pthread_getcpuclockid(th, &id) || clock_gettime(id, &ts))
+		return -1;
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* In a child process (its descriptor limit is its own): with the limit
+ * low and more connections coming than it allows, the server neither
+ * spins nor stops serving the connections it has, and accepts again once
+ * descriptors come back. Returns a code for the parent: 0 = all well. */
+static int emfile_child(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 10;
+	int base = dup(0); /* the lowest free descriptor: about how many are open */
+	close(base);
+	rl.rlim_cur = (rlim_t)base + 48;
+	if (setrlimit(RLIMIT_NOFILE, &rl))
+		return 11;
+	dml_rpc_server *s;
+	dml_rpc_server_opts o = {0};
+	o.max_conns = 1000; /* above what the limit allows: accept meets EMFILE */
+	if (dml_rpc_server_new(&s, &o) ||
+	    dml_rpc_server_register(s, &arith_multiply, h_multiply, NULL) ||
+	    dml_rpc_server_listen(s, "127.0.0.1:0"))
+		return 12;
+	char addr[64];
+	dml_rpc_server_addr(s, 0, addr, sizeof addr);
+	fixture f = {0};
+	f.srv = s;
+	fixture_start(&f, 1);
+	/* raw connections until the process is out of descriptors: each
+	 * takes one here and one in the server (if it accepted it) */
+	enum { MAXC = 200 };
+	int fds[MAXC], n = 0;
+	dml_rpc_client *first = NULL;
+	if (dml_rpc_dial(&first, addr, NULL))
+		return 13;
+	Args x = {6, 7};
+	Reply r;
+	if (dml_rpc_call(first, &arith_multiply, &x, &r, 10000) || r.C != 42)
+		return 14;
+	struct sockaddr_in sa = {0};
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)dml_rpc_server_port(s, 0));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	while (n < MAXC) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		if (fd < 0)
+			break; /* EMFILE here too: the process is full */
+		if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+			close(fd);
+			break;
+		}
+		fds[n++] = fd;
+	}
+	if (n == MAXC)
+		return 15; /* never ran out: the test proves nothing */
+	/* out of descriptors, with connections waiting: the server must not
+	 * spin. Its CPU over a window of 400 ms: */
+	double c0 = thread_cpu_s(f.runners[0]);
+	struct timespec win = {0, 400000000};
+	nanosleep(&win, NULL);
+	double used = thread_cpu_s(f.runners[0]) - c0;
+	if (c0 < 0 || used > 0.1) {
+		fprintf(stderr, "emfile: the server used %.3f s of CPU in 0.4 s\n", used);
+		return 16;
+	}
+	/* the connection it has is still served */
+	if (dml_rpc_call(first, &arith_multiply, &x, &r, 10000) || r.C != 42)
+		return 17;
+	/* descriptors come back: the server accepts and serves again */
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	dml_rpc_client *later = NULL;
+	if (dml_rpc_dial(&later, addr, NULL))
+		return 18;
+	if (dml_rpc_call(later, &arith_multiply, &x, &r, 10000) || r.C != 42)
+		return 19;
+	dml_rpc_free(later);
+	dml_rpc_free(first);
+	fixture_stop(&f);
+	return 0;
+}
+
+static void test_out_of_descriptors(void **state)
+{
+	(void)state;
+	TEST_PLAIN_ONLY(); /* a CPU-time window: not under sanitizers or valgrind */
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(emfile_child());
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* ---- deferred replies: a barrier -------------------------------------- */
 
 typedef struct barrier_args { int64_t parties; } barrier_args;
@@ -2089,6 +2308,8 @@ int main(void)
 		cmocka_unit_test(test_frame_limits),
 		cmocka_unit_test(test_1000_connections),
 		cmocka_unit_test(test_host_event_loop),
+		cmocka_unit_test(test_host_loop_timers),
+		cmocka_unit_test(test_out_of_descriptors),
 		cmocka_unit_test(test_stop_wakes_every_runner),
 		cmocka_unit_test(test_deferred_barrier),
 		cmocka_unit_test(test_deferred_out_of_order),

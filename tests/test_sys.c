@@ -25,9 +25,9 @@ static void test_kinds_match_the_build(void **state)
 	(void)state;
 	const char *k = dml__sys_kinds();
 #ifdef DML_PORTABLE
-	assert_string_equal(k, "accept+fcntl pipe urandom monotonic-clock sigpipe-mask");
+	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask");
 #elif defined(__linux__)
-	assert_string_equal(k, "accept4 eventfd getrandom coarse-clock msg-nosignal");
+	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal");
 #else
 	assert_non_null(k);
 #endif
@@ -141,19 +141,6 @@ static void test_wake_descriptor(void **state)
 	assert_int_equal(w[1], -1);
 }
 
-static void test_clock(void **state)
-{
-	(void)state;
-	assert_true(dml__sys_clock_res_ns() > 0);
-	assert_true(dml__sys_clock_res_ns() <= 10000000);
-	int64_t t = dml__sys_clock_ms();
-	for (int i = 0; i < 100000; i++) {
-		int64_t u = dml__sys_clock_ms();
-		assert_true(u >= t);
-		t = u;
-	}
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -162,7 +149,6 @@ int main(void)
 		cmocka_unit_test(test_send_to_a_closed_peer),
 		cmocka_unit_test(test_random_bytes),
 		cmocka_unit_test(test_wake_descriptor),
-		cmocka_unit_test(test_clock),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -42,7 +42,7 @@ extern "C" {
 
 /* The defaults of the options below (what 0 means in each). */
 #define DML_RPC_DEFAULT_MAX_FRAME ((size_t)64 << 20) /* 64 MiB */
-#define DML_RPC_DEFAULT_MAX_CONNS 4096
+#define DML_RPC_DEFAULT_MAX_CONNS 4096 /* the most; 0 = the descriptor limit allows */
 #define DML_RPC_DEFAULT_MAX_IN_FLIGHT 65536 /* calls pending on one client */
 #define DML_RPC_DEFAULT_MAX_DEFERRED 1024   /* deferred replies owed per connection */
 #define DML_RPC_DEFAULT_FRAME_TIMEOUT ((dml_duration)30000)  /* 30 s */
@@ -82,11 +82,18 @@ typedef struct dml_rpc_ctx dml_rpc_ctx;
 typedef struct dml_rpc_server_opts {
 	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB;
 	                     64 B .. 4 GiB - 1, else DML_EINVAL */
-	int max_conns;    /* open connections at once; 0 = 4096; beyond it new
-	                     connections are accepted and closed at once */
+	int max_conns;    /* open connections at once; 0 = what the process's
+	                     descriptor limit allows (the soft RLIMIT_NOFILE
+	                     less a quarter of it, and at least 16, kept for
+	                     the host), at most 4096; beyond it new connections
+	                     are accepted and closed at once. Out of
+	                     descriptors anyway (EMFILE), the server stops
+	                     accepting for 100 ms or until a connection closes,
+	                     and serves the open ones meanwhile */
 	dml_codec codec;  /* DML_CODEC_BINARY */
 	/* Timeouts that drop a connection (0 = the default, DML_INFINITE =
-	 * never); checked by the run/poll threads a few times per period: */
+	 * never); each fires when due (dml_rpc_server_next_timeout), in a
+	 * thread running or polling the server: */
 	dml_duration frame_timeout; /* a frame begun must arrive whole within
 	                               this (0 = 30 s): slow or stalled senders */
 	dml_duration write_timeout; /* unsent replies must make progress within
@@ -183,6 +190,15 @@ struct pollfd;
  * with epoll, one descriptor): take it anew before each poll(). The host
  * owns fds; the descriptors stay the server's. Thread-safe. */
 DML_API int dml_rpc_server_pollfds(dml_rpc_server *s, struct pollfd *fds, size_t cap);
+
+/* How long a host's own poll() may wait before it must call
+ * dml_rpc_server_poll even with nothing to read: the time until the
+ * server's earliest timer (a connection's frame, write or idle timeout, a
+ * tick, the end of the listeners' rest after running out of descriptors),
+ * into *ms: 0 if one is due now, DML_INFINITE if there is none. The
+ * server has no polling tick: between its timers it needs no call at all.
+ * Like libuv's uv_backend_timeout. Thread-safe. */
+DML_API int dml_rpc_server_next_timeout(dml_rpc_server *s, dml_duration *ms);
 
 /* Stops the server: every thread in dml_rpc_server_run returns, every later
  * or current dml_rpc_server_poll returns DML_ESTOPPED. Handlers already
