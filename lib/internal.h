@@ -50,6 +50,10 @@ int64_t dml__deadline(dml_duration timeout);
  * longer waits are made of several. */
 #define DML__MAX_WAIT_MS 1000000000
 
+/* A deadline in us (monotonic) for a relative timeout in ms; -1 = never. */
+int64_t dml__deadline_us(dml_duration timeout);
+/* Microseconds left until `deadline_us`: -1 = forever, >= 0. */
+int64_t dml__remaining_us(int64_t deadline_us);
 /* Milliseconds left until `deadline` for poll(): -1 = forever, >= 0. */
 int dml__remaining_ms(int64_t deadline);
 

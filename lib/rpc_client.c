@@ -21,6 +21,7 @@
  */
 #define _GNU_SOURCE
 #include "abi.h"
+#include "sys.h"
 #include "codec.h"
 #include "frame.h"
 #include "rpc_wire.h"
@@ -56,7 +57,8 @@ struct dml_rpc_pending {
 	uint64_t seq;
 	const dml_type *rtype;
 	void *reply;
-	int64_t deadline;
+	int64_t deadline;    /* ms, rounded up: for writes and reconnects */
+	int64_t deadline_us; /* the call's own, to the us: when it times out */
 	dml_duration timeout; /* as given: for the message of a timeout */
 	atomic_int state;
 	int result;
@@ -494,12 +496,47 @@ static void release_abandoned(dml_rpc_client *c)
 /* One step of the reader: one blocking read (bounded by the deadline and the
  * tick), then dispatch. 0, DML_ETIMEDOUT, or a connection error. The socket
  * is blocking for reads, so a reply wakes the reader inside recv() directly:
- * no poll() per reply. */
-static int read_step(dml_rpc_client *c, int64_t deadline)
+ * no poll() per reply. Within a tick of the deadline, the reader waits in
+ * poll() first instead: the receive timeout counts in the kernel's timer
+ * ticks (4 ms at HZ 250) and would make the call that late, poll()'s in
+ * high-resolution time. */
+/* Whether the deadline (us) is more than `margin_ms` away, by the cheap
+ * clock alone (which never runs ahead of the precise one), or -1 when
+ * the precise clock must say. */
+static int far_from(int64_t deadline_us, int64_t margin_ms)
 {
-	int left = dml__remaining_ms(deadline);
-	if (left == 0)
+	if (deadline_us < 0)
+		return 1;
+	int64_t soonest = dml__sys_stamp_ms() + dml__sys_stamp_slack_ms() + 1 + margin_ms;
+	return soonest * 1000 < deadline_us ? 1 : -1;
+}
+
+/* Whether a call's deadline (us) has passed; a precise clock read only
+ * when it may have. */
+static int expired(int64_t deadline_us)
+{
+	return far_from(deadline_us, 0) < 0 && dml__now_us() >= deadline_us;
+}
+
+static int read_step(dml_rpc_client *c, int64_t deadline_us)
+{
+	int64_t left_us = far_from(deadline_us, READER_TICK_MS) > 0
+	                      ? (deadline_us < 0 ? -1 : INT64_MAX / 2) /* a tick at least */
+	                      : dml__remaining_us(deadline_us);
+	if (left_us == 0)
 		return DML_ETIMEDOUT;
+	int left = left_us < 0 ? -1 : (int)((left_us + 999) / 1000 > DML__MAX_WAIT_MS
+	                                        ? DML__MAX_WAIT_MS : (left_us + 999) / 1000);
+	if (left > 0 && left <= READER_TICK_MS) {
+		struct pollfd p = {c->fd, POLLIN, 0};
+		int n = dml__sys_poll_us(&p, 1, left_us);
+		if (n == 0)
+			return 0; /* the deadline: the caller sees it */
+		if (n < 0 && errno != EINTR)
+			return DML_ECONNLOST;
+		if (n < 0)
+			return 0;
+	}
 	int tmo = (left < 0 || left > READER_TICK_MS) ? READER_TICK_MS : left;
 	if (tmo != c->rcvtimeo) {
 		struct timeval tv = {tmo / 1000, (tmo % 1000) * 1000};
@@ -785,7 +822,8 @@ int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
 		return rc;
 	if (tmo == 0)
 		return dml__fail(DML_ETIMEDOUT, "timeout 0: nothing sent");
-	int64_t deadline = dml__deadline(tmo);
+	int64_t deadline_us = dml__deadline_us(tmo); /* one clock read per call */
+	int64_t deadline = deadline_us < 0 ? -1 : (deadline_us + 999) / 1000;
 	pthread_mutex_lock(&c->mu);
 	if (c->broken && (!c->o.reconnect || (rc = reconnect(c, deadline)))) {
 		rc = rc ? rc : c->broken;
@@ -806,6 +844,7 @@ int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
 	k->rtype = m->reply;
 	k->reply = reply;
 	k->deadline = deadline;
+	k->deadline_us = deadline_us;
 	k->timeout = tmo;
 	table_add(c, k);
 	pthread_mutex_unlock(&c->mu);
@@ -877,13 +916,14 @@ static void waiter_remove(dml_rpc_client *c, dml_rpc_pending *k)
 }
 
 static void cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu,
-                            int64_t deadline)
+                            int64_t deadline_us)
 {
-	if (deadline < 0) {
+	if (deadline_us < 0) {
 		pthread_cond_wait(cv, mu);
 		return;
 	}
-	struct timespec ts = {(time_t)(deadline / 1000), (long)(deadline % 1000) * 1000000};
+	struct timespec ts = {(time_t)(deadline_us / 1000000),
+	                      (long)(deadline_us % 1000000) * 1000};
 	pthread_cond_timedwait(cv, mu, &ts);
 }
 
@@ -911,7 +951,7 @@ static int abandon(dml_rpc_client *c, dml_rpc_pending *k)
 static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 {
 	while (k->state != CALL_DONE) {
-		if (k->deadline >= 0 && dml__now_ms() >= k->deadline) {
+		if (expired(k->deadline_us)) {
 			abandon(c, k);
 			break;
 		}
@@ -922,7 +962,7 @@ static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 			}
 			c->reader = 1;
 			pthread_mutex_unlock(&c->mu);
-			int rc = read_step(c, k->deadline);
+			int rc = read_step(c, k->deadline_us);
 			pthread_mutex_lock(&c->mu);
 			c->reader = 0;
 			/* a waiter may have given up after the read: let go now */
@@ -933,7 +973,7 @@ static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 			continue;
 		}
 		waiter_add(c, k);
-		cond_wait_until(&k->cv, &c->mu, k->deadline);
+		cond_wait_until(&k->cv, &c->mu, k->deadline_us);
 		waiter_remove(c, k);
 	}
 	if (!c->reader && c->waiters)

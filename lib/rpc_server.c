@@ -559,8 +559,13 @@ static void sweep_by(dml_rpc_server *s, int64_t at)
 /* A deadline `limit` ms after `since`, or NEVER (no limit, or not timing). */
 static int64_t after(int64_t since, dml_duration limit)
 {
-	return limit < 0 || !since ? NEVER : since + limit + 1;
+	return limit < 0 || !since ? NEVER : since + limit + 1 + dml__sys_stamp_slack_ms();
 }
+
+/* The stamp of an activity: the cheap clock, read several times per
+ * request (it may lag by dml__sys_stamp_slack_ms, which after() and
+ * late() add, so that no timeout fires early). */
+static int64_t stamp(void) { return dml__sys_stamp_ms(); }
 
 /* ---- listeners resting while descriptors run out ------------------- */
 
@@ -681,7 +686,7 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		atomic_store(&c->state, ((uint64_t)gen << 32) | 1);
 		c->fd = fd;
 		c->id = atomic_fetch_add(&s->next_id, 1);
-		int64_t now = dml__now_ms();
+		int64_t now = stamp();
 		atomic_store(&c->rx_at, now);
 		atomic_store(&c->tx_at, now);
 		sweep_by(s, after(now, s->o.idle_timeout));
@@ -837,7 +842,7 @@ static int conn_flush_locked(conn *c)
 		if (w < 0)
 			return (int)w;
 		c->opos += (size_t)w;
-		atomic_store(&c->tx_at, dml__now_ms());
+		atomic_store(&c->tx_at, stamp());
 	}
 	c->opos = c->out.len = 0;
 	return 0;
@@ -849,7 +854,7 @@ static int note_backlog(conn *c)
 {
 	dml_rpc_server *s = c->s;
 	if (c->opos == c->out.len) {
-		atomic_store(&c->tx_at, dml__now_ms()); /* nothing owed: not stalled */
+		atomic_store(&c->tx_at, stamp()); /* nothing owed: not stalled */
 		if (!atomic_load(&c->deferred)) /* idle again, maybe since long */
 			sweep_by(s, after(atomic_load(&c->rx_at), s->o.idle_timeout));
 	} else {
@@ -988,7 +993,7 @@ static void note_frame(dml_rpc_server *s, conn *c, int partial)
 	if (!partial && (left == 0 || left >= DML__FRAME_HDR)) {
 		atomic_store(&c->frame_at, 0);
 	} else if (!atomic_load(&c->frame_at)) {
-		int64_t now = dml__now_ms();
+		int64_t now = stamp();
 		atomic_store(&c->frame_at, now);
 		sweep_by(s, after(now, s->o.frame_timeout));
 	}
@@ -1032,7 +1037,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if (n < 0)
 			return (int)n;
 		c->in.len += (size_t)n;
-		atomic_store(&c->rx_at, dml__now_ms());
+		atomic_store(&c->rx_at, stamp());
 		if ((size_t)n < room && !atomic_load(&c->hup)) {
 			/* Drained for now (a short read): serve what came; more
 			 * input raises a new edge, so no read for EAGAIN. */
@@ -1065,7 +1070,7 @@ static int conn_acquire(conn *c, uint32_t gen)
 
 static int late(int64_t now, int64_t since, dml_duration limit)
 {
-	return limit >= 0 && since && now - since > limit;
+	return limit >= 0 && since && now - since > limit + dml__sys_stamp_slack_ms();
 }
 
 /* Whether a connection has outstayed a timeout (its owner asks): 0 no,
@@ -1186,8 +1191,11 @@ static int64_t conn_deadline(dml_rpc_server *s, conn *c)
  * next. One thread at a time. */
 static void sweep(dml_rpc_server *s)
 {
+	int64_t next = atomic_load(&s->next_sweep);
+	if (next == NEVER || stamp() + dml__sys_stamp_slack_ms() + 1 < next)
+		return; /* not due, by the cheap clock alone */
 	int64_t now = dml__now_ms();
-	if (now < atomic_load(&s->next_sweep))
+	if (now < next)
 		return;
 	int idle = 0;
 	if (!atomic_compare_exchange_strong(&s->sweeping, &idle, 1))
@@ -1235,7 +1243,12 @@ static int64_t timer_wait_ms(dml_rpc_server *s)
 	int64_t next = atomic_load(&s->next_sweep);
 	if (next == NEVER)
 		return -1;
-	int64_t left = next - dml__now_ms();
+	/* a far timer by the cheap clock (waking up to its slack early, to
+	 * look again), a near one by the precise */
+	int64_t slack = dml__sys_stamp_slack_ms(), left = next - stamp() - slack;
+	if (left > 100)
+		return left;
+	left = next - dml__now_ms();
 	return left < 0 ? 0 : left;
 }
 

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -21,6 +22,13 @@
 #define HAVE_MSG_NOSIGNAL 1
 #elif defined(SO_NOSIGPIPE)
 #define HAVE_SO_NOSIGPIPE 1
+#endif
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || \
+    defined(__OpenBSD__) || defined(__DragonFly__)
+#define HAVE_PPOLL 1
+#endif
+#ifdef CLOCK_MONOTONIC_COARSE
+#define HAVE_COARSE 1
 #endif
 #ifdef __linux__
 #define HAVE_GETRANDOM 1
@@ -124,6 +132,48 @@ ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	errno = e;
 	return w;
+#endif
+}
+
+int64_t dml__sys_stamp_ms(void)
+{
+	struct timespec ts;
+#ifdef HAVE_COARSE
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+#else
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int dml__sys_stamp_slack_ms(void)
+{
+#ifdef HAVE_COARSE
+	static _Atomic int slack = -1;
+	int v = slack;
+	if (v < 0) {
+		struct timespec res;
+		v = clock_getres(CLOCK_MONOTONIC_COARSE, &res) != 0 || res.tv_sec > 0
+		        ? 1000
+		        : (int)((res.tv_nsec + 999999) / 1000000) + 1;
+		slack = v;
+	}
+	return v;
+#else
+	return 0;
+#endif
+}
+
+int dml__sys_poll_us(struct pollfd *fds, unsigned long n, int64_t timeout_us)
+{
+#ifdef HAVE_PPOLL
+	if (timeout_us < 0)
+		return ppoll(fds, (nfds_t)n, NULL, NULL);
+	struct timespec ts = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
+	return ppoll(fds, (nfds_t)n, &ts, NULL);
+#else
+	int64_t ms = timeout_us < 0 ? -1 : (timeout_us + 999) / 1000;
+	return poll(fds, (nfds_t)n, ms > 1000000000 ? 1000000000 : (int)ms);
 #endif
 }
 
@@ -238,6 +288,16 @@ const char *dml__sys_kinds(void)
 	    " so-nosigpipe"
 #else
 	    " sigpipe-mask"
+#endif
+#ifdef HAVE_PPOLL
+	    " ppoll"
+#else
+	    " poll-ms"
+#endif
+#ifdef HAVE_COARSE
+	    " coarse-stamps"
+#else
+	    " precise-stamps"
 #endif
 	    ;
 }

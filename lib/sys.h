@@ -9,11 +9,15 @@
  *   dml__sys_sendmsg     MSG_NOSIGNAL (SO_NOSIGPIPE)       SIGPIPE blocked
  *                                                           in the thread
  *                                                           and consumed
+ *   dml__sys_stamp_ms    CLOCK_MONOTONIC_COARSE            CLOCK_MONOTONIC
  *   dml__sys_random      getrandom                         /dev/urandom
+ *   dml__sys_poll_us     ppoll (a timeout in ns)           poll (in ms,
+ *                                                           rounded up)
  *   dml__sys_wake_*      eventfd                           a pipe
  *
- * (Timeouts use POSIX's CLOCK_MONOTONIC, not Linux's coarse clock: its
- * few ms of resolution would let a timeout fire early.)
+ * (Deadlines use POSIX's CLOCK_MONOTONIC; the coarse clock only stamps
+ * activity, read several times per request, and whoever compares a stamp
+ * adds its resolution so that no timeout fires early.)
  *
  * Building with -DDML_PORTABLE (make PORTABLE=1) takes every fallback, so
  * that CI proves them on Linux. The fallbacks of socket and accept leave a
@@ -45,6 +49,16 @@ ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m);
  * call it. */
 void dml__sys_nosigpipe(int fd);
 
+/* A cheap monotonic clock in ms for stamps (a few ms of resolution where
+ * it is the coarse one), and by how many ms a stamp may lag the precise
+ * clock (0 where it is the precise one). */
+int64_t dml__sys_stamp_ms(void);
+int dml__sys_stamp_slack_ms(void);
+
+/* poll() with a timeout in microseconds (-1: none): what poll returns. */
+struct pollfd;
+int dml__sys_poll_us(struct pollfd *fds, unsigned long n, int64_t timeout_us);
+
 /* Fills buf with n bytes from the system's random source: 0, or -1 when
  * there is none (the caller falls back to a clock). */
 int dml__sys_random(void *buf, size_t n);
@@ -58,7 +72,7 @@ void dml__sys_wake_drain(const int fd[2]);
 void dml__sys_wake_close(int fd[2]);
 
 /* Which kind each call uses in this build, for the tests and the README:
- * "accept4 eventfd getrandom msg-nosignal" or the fallbacks'
+ * "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps" or the fallbacks'
  * names. */
 const char *dml__sys_kinds(void);
 

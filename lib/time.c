@@ -21,13 +21,32 @@ int64_t dml__now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Rounded up: the clock's ms are truncated, so a deadline taken at ms t
- * (real time in [t, t + 1)) ends at t + 1 + timeout, never early. */
+/* The whole ms at or after now + timeout (from the clock's us): never
+ * early, and late by less than 1 ms. */
 int64_t dml__deadline(dml_duration timeout)
 {
 	if (timeout < 0)
 		return -1;
-	return dml__now_ms() + 1 + timeout;
+	if (timeout > INT64_MAX / 2000)
+		timeout = INT64_MAX / 2000;
+	return (dml__now_us() + timeout * 1000 + 999) / 1000;
+}
+
+int64_t dml__deadline_us(dml_duration timeout)
+{
+	if (timeout < 0)
+		return -1;
+	if (timeout > INT64_MAX / 2000)
+		timeout = INT64_MAX / 2000;
+	return dml__now_us() + timeout * 1000;
+}
+
+int64_t dml__remaining_us(int64_t deadline_us)
+{
+	if (deadline_us < 0)
+		return -1;
+	int64_t left = deadline_us - dml__now_us();
+	return left < 0 ? 0 : left;
 }
 
 int dml__remaining_ms(int64_t deadline)

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include "internal.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -25,9 +26,9 @@ static void test_kinds_match_the_build(void **state)
 	(void)state;
 	const char *k = dml__sys_kinds();
 #ifdef DML_PORTABLE
-	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask");
+	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask poll-ms precise-stamps");
 #elif defined(__linux__)
-	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal");
+	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps");
 #else
 	assert_non_null(k);
 #endif
@@ -119,6 +120,40 @@ static int readable(int fd)
 	return poll(&p, 1, 0) == 1;
 }
 
+/* A timeout in us is kept: never early, and (with ppoll) not rounded to
+ * whole ms either. */
+static void test_poll_us(void **state)
+{
+	(void)state;
+	int w[2];
+	assert_int_equal(dml__sys_wake_new(w), 0);
+	struct pollfd p = {w[0], POLLIN, 0};
+	for (int i = 0; i < 5; i++) {
+		int64_t t0 = dml__now_us();
+		assert_int_equal(dml__sys_poll_us(&p, 1, 1500), 0);
+		int64_t took = dml__now_us() - t0;
+		assert_true(took >= 1500);
+		assert_true(took < 2000000); /* generous: a loaded machine */
+	}
+	dml__sys_wake_signal(w);
+	assert_int_equal(dml__sys_poll_us(&p, 1, -1), 1);
+	dml__sys_wake_close(w);
+}
+
+/* A stamp never runs ahead of the precise clock, nor lags it by more than
+ * its slack. */
+static void test_stamps(void **state)
+{
+	(void)state;
+	int slack = dml__sys_stamp_slack_ms();
+	assert_true(slack >= 0 && slack <= 1000);
+	for (int i = 0; i < 100000; i++) {
+		int64_t st = dml__sys_stamp_ms(), now = dml__now_ms();
+		assert_true(st <= now);
+		assert_true(now - st <= slack + 1);
+	}
+}
+
 static void test_wake_descriptor(void **state)
 {
 	(void)state;
@@ -149,6 +184,8 @@ int main(void)
 		cmocka_unit_test(test_send_to_a_closed_peer),
 		cmocka_unit_test(test_random_bytes),
 		cmocka_unit_test(test_wake_descriptor),
+		cmocka_unit_test(test_poll_us),
+		cmocka_unit_test(test_stamps),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
