@@ -49,7 +49,7 @@ extern "C" {
 #define DML_RPC_DEFAULT_WRITE_TIMEOUT ((dml_duration)30000)  /* 30 s */
 #define DML_RPC_DEFAULT_IDLE_TIMEOUT ((dml_duration)600000)  /* 10 min */
 #define DML_RPC_DEFAULT_DIAL_TIMEOUT ((dml_duration)10000)   /* 10 s */
-#define DML_RPC_DEFAULT_CALL_TIMEOUT DML_INFINITE
+#define DML_RPC_DEFAULT_CALL_TIMEOUT ((dml_duration)60000)   /* 60 s */
 #define DML_RPC_DEFAULT_BACKOFF_MIN ((dml_duration)50)       /* ms */
 #define DML_RPC_DEFAULT_BACKOFF_MAX ((dml_duration)5000)     /* ms */
 /* Limits. */
@@ -282,7 +282,7 @@ typedef struct dml_rpc_pending dml_rpc_pending;
 typedef struct dml_rpc_client_opts {
 	dml_duration dial_timeout; /* 0 = 10 s; DML_INFINITE = no limit */
 	dml_duration call_timeout; /* what a call's DML_DEFAULT means;
-	                              0 = DML_INFINITE */
+	                              0 = 60 s; DML_INFINITE = no limit */
 	size_t max_frame;          /* largest request sent or reply accepted;
 	                              0 = 64 MiB; 64 B .. 4 GiB - 1 */
 	dml_codec codec;
