@@ -125,6 +125,13 @@ size_t dml__escape(char *dst, size_t cap, const void *src, size_t n);
  * stay; anything else is DML_EINVAL (and *v is unchanged). */
 int dml__opt_duration(dml_duration *v, dml_duration def);
 
+/* The dead-peer options of both option structs (rpc.h): 0s become the
+ * DML_RPC_DEFAULT_KEEPALIVE* values, user_timeout's 0 keepalive +
+ * interval x count; keepalive DML_INFINITE is off (-1 after this). 0 or
+ * DML_EINVAL. */
+int dml__keepalive_opts(dml_duration *keepalive, dml_duration *interval, int *count,
+                        dml_duration *user_timeout);
+
 /* A call's timeout: DML_DEFAULT becomes `def` (the handle's option, already
  * resolved); DML_INFINITE, 0 and positive values stay; anything else is
  * DML_EINVAL. */

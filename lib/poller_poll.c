@@ -131,6 +131,10 @@ void dml__poller_del(dml__poller *p, int fd)
 			p->at[p->e[i].fd] = (int)i + 1;
 		}
 		p->n--;
+		/* a thread in poll() holds a reference to the descriptor's file:
+		 * until it wakes, a close would not end the connection (no FIN,
+		 * no reset) */
+		changed(p);
 	}
 	pthread_mutex_unlock(&p->mu);
 }

@@ -112,6 +112,9 @@ struct dml_rpc_client {
 	dml__buf in;
 	size_t rpos;
 	big bg;
+	int64_t rx_at;   /* ms (stamp): bytes last received; the heartbeat's */
+	int64_t ping_at; /* ms (stamp): a heartbeat last sent */
+	int hb_lost;     /* the connection was given up for silence */
 	/* write side */
 	pthread_mutex_t wmu;
 	dml__buf out;
@@ -500,6 +503,9 @@ static void release_abandoned(dml_rpc_client *c)
  * poll() first instead: the receive timeout counts in the kernel's timer
  * ticks (4 ms at HZ 250) and would make the call that late, poll()'s in
  * high-resolution time. */
+static int heartbeat(dml_rpc_client *c);
+static void conn_setup(dml_rpc_client *c, int fd);
+
 /* Whether the deadline (us) is more than `margin_ms` away, by the cheap
  * clock alone (which never runs ahead of the precise one), or -1 when
  * the precise clock must say. */
@@ -520,6 +526,9 @@ static int expired(int64_t deadline_us)
 
 static int read_step(dml_rpc_client *c, int64_t deadline_us)
 {
+	int hb = heartbeat(c);
+	if (hb)
+		return hb;
 	int64_t left_us = far_from(deadline_us, READER_TICK_MS) > 0
 	                      ? (deadline_us < 0 ? -1 : INT64_MAX / 2) /* a tick at least */
 	                      : dml__remaining_us(deadline_us);
@@ -570,6 +579,7 @@ static int read_step(dml_rpc_client *c, int64_t deadline_us)
 		return 0;
 	if (rc)
 		return rc;
+	c->rx_at = dml__sys_stamp_ms(); /* bytes came: the server lives */
 	return parse_buffered(c);
 }
 
@@ -761,6 +771,7 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	 * and none starts while broken), writers wait for wmu */
 	close(c->fd);
 	c->fd = fd;
+	conn_setup(c, fd);
 	c->rcvtimeo = 0;
 	c->out.len = 0; /* may end in a partial frame of the old stream */
 	atomic_store(&c->queued, 0);
@@ -780,7 +791,12 @@ static int conn_problem(const dml_rpc_client *c, int rc, char *buf, size_t cap)
 	dml__escape(addr, sizeof addr, c->addr, strlen(c->addr));
 	switch (rc) {
 	case DML_ECONNLOST:
-		snprintf(buf, cap, "connection to %s lost", addr);
+		if (c->hb_lost)
+			snprintf(buf, cap, "connection to %s lost: nothing from the server "
+			         "for %lld ms (heartbeat_timeout)", addr,
+			         (long long)c->o.heartbeat_timeout);
+		else
+			snprintf(buf, cap, "connection to %s lost", addr);
 		return 1;
 	case DML_ECLOSED:
 		snprintf(buf, cap, "client closed");
@@ -1111,7 +1127,52 @@ static int client_opts(dml_rpc_client_opts *o)
 		                 DML_RPC_MAX_SPIN_US);
 	if (!o->max_in_flight)
 		o->max_in_flight = DML_RPC_DEFAULT_MAX_IN_FLIGHT;
-	return 0;
+	if (o->heartbeat < 0 || o->heartbeat_timeout < 0)
+		return dml__fail(DML_EINVAL, "heartbeat, heartbeat_timeout: 0 or a "
+		                 "positive number of ms");
+	if (o->heartbeat && !o->heartbeat_timeout)
+		o->heartbeat_timeout = o->heartbeat > INT64_MAX / 8 ? INT64_MAX / 2
+		                                                     : 4 * o->heartbeat;
+	return dml__keepalive_opts(&o->keepalive, &o->keepalive_interval,
+	                           &o->keepalive_count, &o->user_timeout);
+}
+
+/* A new connection's dead-peer options (TCP only) and heartbeat clock. */
+static void conn_setup(dml_rpc_client *c, int fd)
+{
+	if (strncmp(c->addr, "unix:", 5) != 0)
+		(void)dml__sys_keepalive(fd, c->o.keepalive, c->o.keepalive_interval,
+		                         c->o.keepalive_count, c->o.user_timeout);
+	c->rx_at = dml__sys_stamp_ms();
+	c->ping_at = 0;
+	c->hb_lost = 0;
+}
+
+/* The reader's heartbeat (opts.heartbeat), before it waits: a ping when
+ * nothing has come for `heartbeat` (one per heartbeat at most), and
+ * DML_ECONNLOST when nothing has come for heartbeat_timeout. */
+static int heartbeat(dml_rpc_client *c)
+{
+	if (!c->o.heartbeat)
+		return 0;
+	int64_t now = dml__sys_stamp_ms(), quiet = now - c->rx_at;
+	if (quiet > c->o.heartbeat_timeout) {
+		c->hb_lost = 1;
+		return DML_ECONNLOST;
+	}
+	if (quiet < c->o.heartbeat || now - c->ping_at < c->o.heartbeat)
+		return 0;
+	c->ping_at = now;
+	dml__writer w;
+	size_t base;
+	pthread_mutex_lock(&c->wmu);
+	int rc = queue_request(c, 0, &rpcw_m_ping, strlen(rpcw_m_ping.name), NULL, &w, &base);
+	if (!rc)
+		rc = write_queue(c, &w, base, dml__deadline(c->o.heartbeat));
+	pthread_mutex_unlock(&c->wmu);
+	/* nothing queued for want of memory: try at the next tick; a write
+	 * that failed or was cut short breaks the stream */
+	return rc == DML_ENOMEM && !c->out.len ? 0 : rc ? DML_ECONNLOST : 0;
 }
 
 int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
@@ -1146,6 +1207,7 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 		free(c);
 		return rc;
 	}
+	conn_setup(c, c->fd);
 	/* Reads block (bounded by SO_RCVTIMEO); writes pass MSG_DONTWAIT. */
 	if (make_blocking(c->fd)) {
 		close(c->fd);

@@ -295,6 +295,16 @@ static int default_max_conns(void)
 	return n > DML_RPC_DEFAULT_MAX_CONNS ? DML_RPC_DEFAULT_MAX_CONNS : (int)n;
 }
 
+/* RPC.Ping: a client's heartbeat; receiving it was the point. */
+static int h_ping(dml_rpc_ctx *ctx, const void *a, void *r, void *user)
+{
+	(void)ctx;
+	(void)a;
+	(void)r;
+	(void)user;
+	return 0;
+}
+
 static int server_opts(dml_rpc_server_opts *o)
 {
 	if (o->codec != DML_CODEC_BINARY)
@@ -313,7 +323,12 @@ static int server_opts(dml_rpc_server_opts *o)
 	    dml__opt_duration(&o->write_timeout, DML_RPC_DEFAULT_WRITE_TIMEOUT) ||
 	    dml__opt_duration(&o->idle_timeout, DML_RPC_DEFAULT_IDLE_TIMEOUT))
 		return DML_EINVAL;
-	return 0;
+	if (!o->heartbeat_timeout)
+		o->heartbeat_timeout = DML_INFINITE; /* off */
+	if (dml__opt_duration(&o->heartbeat_timeout, DML_INFINITE))
+		return DML_EINVAL;
+	return dml__keepalive_opts(&o->keepalive, &o->keepalive_interval,
+	                           &o->keepalive_count, &o->user_timeout);
 }
 
 int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts,
@@ -335,7 +350,8 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	s->nchunks_cap = ((size_t)s->o.max_conns + CHUNK - 1) / CHUNK;
 	s->chunks = calloc(s->nchunks_cap, sizeof *s->chunks);
 	s->hub = malloc(sizeof *s->hub);
-	if (!s->chunks || !s->hub || method_add(s, &rpcw_m_hello, h_hello, s)) {
+	if (!s->chunks || !s->hub || method_add(s, &rpcw_m_hello, h_hello, s) ||
+	    method_add(s, &rpcw_m_ping, h_ping, s)) {
 		free(s->chunks);
 		free(s->hub);
 		free(s->methods);
@@ -548,6 +564,19 @@ static uint64_t conn_cookie(const conn *c, uint32_t gen)
 	return (uint64_t)gen << 32 | (c->slot + ID_CONN0);
 }
 
+/* Tells the host (opts.on_event), if it asked. */
+static void emit(dml_rpc_server *s, dml_rpc_event_kind kind, conn *c, int reason,
+                 const char *why)
+{
+	if (!s->o.on_event)
+		return;
+	char peer[64] = "";
+	if (c && c->fd >= 0)
+		(void)dml__peer_addr(c->fd, peer, sizeof peer);
+	dml_rpc_event ev = {kind, c ? c->id : 0, reason, why ? why : "", peer};
+	s->o.on_event(&ev, s->o.event_user);
+}
+
 /* Brings the next sweep forward to `at` (ms) if that is earlier. */
 static void sweep_by(dml_rpc_server *s, int64_t at)
 {
@@ -573,6 +602,7 @@ static void listeners_rest(dml_rpc_server *s)
 {
 	pthread_mutex_lock(&s->mu);
 	if (!s->resting) {
+		emit(s, DML_RPC_EV_REST, NULL, DML_ESYS, strerror(errno));
 		for (int i = 0; i < s->nls; i++)
 			dml__poller_del(s->poller, s->ls[i].fd);
 		s->resting = 1;
@@ -606,8 +636,9 @@ static void listeners_wake(dml_rpc_server *s, int64_t now)
 
 /* Closes the connection its owner serves: a new generation makes stale
  * events and deferred replies miss; the slot goes back to the free list. */
-static void conn_close(dml_rpc_server *s, conn *c)
+static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 {
+	emit(s, DML_RPC_EV_CLOSED, c, reason, why);
 	if (c->big_at)
 		atomic_fetch_sub(&s->nbig, 1);
 	pthread_mutex_lock(&c->omu);
@@ -677,9 +708,22 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		conn *c = slot_take(s);
 		pthread_mutex_unlock(&s->mu);
 		if (!c) {
+			if (s->o.on_event) {
+				char peer[64] = "", why[96];
+				(void)dml__peer_addr(fd, peer, sizeof peer);
+				snprintf(why, sizeof why, "%d connections open (max_conns)",
+				         s->o.max_conns);
+				dml_rpc_event ev = {DML_RPC_EV_SHED, 0, DML_EBUSY, why, peer};
+				s->o.on_event(&ev, s->o.event_user);
+			}
 			close(fd);
 			continue;
 		}
+		if (!l->unix_path[0] && s->o.keepalive >= 0) /* TCP: dead peers */
+			(void)dml__sys_keepalive(fd, s->o.keepalive, s->o.keepalive_interval,
+			                         s->o.keepalive_count, s->o.user_timeout);
+		else if (!l->unix_path[0])
+			(void)dml__sys_keepalive(fd, -1, 0, 0, s->o.user_timeout);
 		/* ours until added and set up: a sweep that sees `open` first
 		 * finds it busy */
 		uint32_t gen = conn_gen(c);
@@ -690,15 +734,17 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		atomic_store(&c->rx_at, now);
 		atomic_store(&c->tx_at, now);
 		sweep_by(s, after(now, s->o.idle_timeout));
+		sweep_by(s, after(now, s->o.heartbeat_timeout));
 		atomic_store(&c->frame_at, 0);
 		atomic_store(&c->deferred, 0);
 		atomic_store(&c->over, 0);
 		atomic_store(&c->hup, 0);
 		atomic_store(&c->open, 1);
 		if (dml__poller_add(s->poller, fd, DML__POLL_CONN, conn_cookie(c, gen))) {
-			conn_close(s, c);
+			conn_close(s, c, DML_ENOMEM, "cannot watch the connection");
 			continue;
 		}
+		emit(s, DML_RPC_EV_ACCEPTED, c, 0, NULL);
 		/* let go; events that came meanwhile found it busy: serve them */
 		uint64_t mine = ((uint64_t)gen << 32) | 1;
 		if (!atomic_compare_exchange_strong(&c->state, &mine, (uint64_t)gen << 32))
@@ -1076,17 +1122,46 @@ static int late(int64_t now, int64_t since, dml_duration limit)
 /* Whether a connection has outstayed a timeout (its owner asks): 0 no,
  * 1 yes, 2 its peer stopped reading (it is then reset, so that the kernel
  * does not go on holding the unsent replies). */
-static int conn_expired(dml_rpc_server *s, conn *c, int64_t now)
+static int conn_expired(dml_rpc_server *s, conn *c, int64_t now, char *why, size_t cap)
 {
 	pthread_mutex_lock(&c->omu);
 	int pending = c->opos < c->out.len;
 	pthread_mutex_unlock(&c->omu);
-	if (late(now, atomic_load(&c->frame_at), s->o.frame_timeout))
+	if (late(now, atomic_load(&c->frame_at), s->o.frame_timeout)) {
+		snprintf(why, cap, "a frame not whole within %lld ms (frame_timeout)",
+		         (long long)s->o.frame_timeout);
 		return 1;
-	if (pending && late(now, atomic_load(&c->tx_at), s->o.write_timeout))
+	}
+	if (pending && late(now, atomic_load(&c->tx_at), s->o.write_timeout)) {
+		snprintf(why, cap, "replies unread for %lld ms (write_timeout)",
+		         (long long)s->o.write_timeout);
 		return 2;
-	return !pending && !atomic_load(&c->deferred) && !atomic_load(&c->frame_at) &&
-	       late(now, atomic_load(&c->rx_at), s->o.idle_timeout);
+	}
+	if (late(now, atomic_load(&c->rx_at), s->o.heartbeat_timeout)) {
+		snprintf(why, cap, "nothing received for %lld ms, not even a heartbeat "
+		         "(heartbeat_timeout)", (long long)s->o.heartbeat_timeout);
+		return 1;
+	}
+	if (!pending && !atomic_load(&c->deferred) && !atomic_load(&c->frame_at) &&
+	    late(now, atomic_load(&c->rx_at), s->o.idle_timeout)) {
+		snprintf(why, cap, "idle for %lld ms (idle_timeout)",
+		         (long long)s->o.idle_timeout);
+		return 1;
+	}
+	return 0;
+}
+
+/* The words of a connection's end (conn_read's error). */
+static const char *close_why(int rc)
+{
+	switch (rc) {
+	case DML_ECONNLOST: return "end of stream or reset";
+	case DML_EPROTO: return "a malformed frame";
+	case DML_ETOOBIG: return "a frame over max_frame";
+	case DML_EVERSION: return "another frame version";
+	case DML_ENOMEM: return "out of memory";
+	default: return dml_strerror(rc);
+	}
 }
 
 /* Serves a connection: after an event (`events`), or for a deferred reply
@@ -1113,15 +1188,14 @@ static void conn_serve(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events
 static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events)
 {
 	if (events == EV_SWEEP) {
-		int why = conn_expired(s, c, dml__now_ms());
+		char text[128];
+		int why = conn_expired(s, c, dml__now_ms(), text, sizeof text);
 		if (!why)
 			big_release(s, c);
 		if (why) {
-			if (why == 2) {
-				struct linger l = {1, 0}; /* close with a reset */
-				(void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-			}
-			conn_close(s, c);
+			if (why == 2)
+				dml__reset_on_close(c->fd); /* the kernel drops the unsent */
+			conn_close(s, c, DML_ETIMEDOUT, text);
 			return;
 		}
 		events = 0;
@@ -1134,7 +1208,7 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 		if (!rc && !backlog)
 			rc = conn_read(s, c, gen);
 		if (rc) {
-			conn_close(s, c);
+			conn_close(s, c, rc, close_why(rc));
 			return;
 		}
 		/* what it waits for next (the poll() backend arms it again;
@@ -1174,6 +1248,8 @@ static int64_t conn_deadline(dml_rpc_server *s, conn *c)
 	int pending = c->opos < c->out.len;
 	pthread_mutex_unlock(&c->omu);
 	int64_t frame = atomic_load(&c->frame_at), d = after(frame, s->o.frame_timeout);
+	int64_t hb = after(atomic_load(&c->rx_at), s->o.heartbeat_timeout);
+	d = hb < d ? hb : d;
 	if (pending) {
 		int64_t w = after(atomic_load(&c->tx_at), s->o.write_timeout);
 		d = w < d ? w : d;

@@ -33,6 +33,11 @@ static const dml_type rpcw_welcome_t = DML_TYPE(rpcw_welcome, rpcw_welcome_f);
 static const dml_rpc_method rpcw_m_hello = {"RPC.Hello", &rpcw_hello_t,
                                             &rpcw_welcome_t};
 
+/* RPC.Ping (0.4): no arguments, an empty reply; a client's heartbeat.
+ * Sent with sequence number 0, whose reply no call waits for; a server
+ * without it answers "no such method", as good a sign of life. */
+static const dml_rpc_method rpcw_m_ping = {"RPC.Ping", NULL, NULL};
+
 /* Method names with this prefix belong to the library. */
 #define RPCW_PREFIX "RPC."
 

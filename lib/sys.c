@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -29,6 +31,9 @@
 #endif
 #ifdef CLOCK_MONOTONIC_COARSE
 #define HAVE_COARSE 1
+#endif
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+#define HAVE_KEEPALIVE_TIMES 1
 #endif
 #ifdef __linux__
 #define HAVE_GETRANDOM 1
@@ -162,6 +167,44 @@ int dml__sys_stamp_slack_ms(void)
 #else
 	return 0;
 #endif
+}
+
+#ifdef HAVE_KEEPALIVE_TIMES
+static int secs(int64_t ms)
+{
+	int64_t s = (ms + 999) / 1000;
+	return s < 1 ? 1 : s > 32767 ? 32767 : (int)s;
+}
+#endif
+
+int dml__sys_keepalive(int fd, int64_t idle_ms, int64_t interval_ms, int count,
+                       int64_t user_timeout_ms)
+{
+	int on = idle_ms >= 0, rc = 0;
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0)
+		return -1;
+#ifdef HAVE_KEEPALIVE_TIMES
+	if (on) {
+		int idle = secs(idle_ms), intvl = secs(interval_ms), cnt = count;
+		if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) != 0 ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl) != 0 ||
+		    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt) != 0)
+			rc = -1;
+	}
+#else
+	(void)interval_ms;
+	(void)count;
+#endif
+#if defined(TCP_USER_TIMEOUT) && !defined(DML_PORTABLE)
+	unsigned ut = user_timeout_ms < 0 ? 0
+	              : user_timeout_ms > (int64_t)UINT32_MAX / 2 ? UINT32_MAX / 2
+	                                                          : (unsigned)user_timeout_ms;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof ut) != 0)
+		rc = -1;
+#else
+	(void)user_timeout_ms;
+#endif
+	return rc;
 }
 
 int dml__sys_poll_us(struct pollfd *fds, unsigned long n, int64_t timeout_us)
@@ -298,6 +341,11 @@ const char *dml__sys_kinds(void)
 	    " coarse-stamps"
 #else
 	    " precise-stamps"
+#endif
+#ifdef HAVE_KEEPALIVE_TIMES
+	    " tcp-keepalive"
+#else
+	    " so-keepalive"
 #endif
 	    ;
 }

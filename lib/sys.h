@@ -10,6 +10,8 @@
  *                                                           in the thread
  *                                                           and consumed
  *   dml__sys_stamp_ms    CLOCK_MONOTONIC_COARSE            CLOCK_MONOTONIC
+ *   dml__sys_keepalive   TCP_KEEPIDLE/INTVL/CNT,           SO_KEEPALIVE with
+ *                        TCP_USER_TIMEOUT (Linux)          the system's times
  *   dml__sys_random      getrandom                         /dev/urandom
  *   dml__sys_poll_us     ppoll (a timeout in ns)           poll (in ms,
  *                                                           rounded up)
@@ -55,6 +57,14 @@ void dml__sys_nosigpipe(int fd);
 int64_t dml__sys_stamp_ms(void);
 int dml__sys_stamp_slack_ms(void);
 
+/* TCP keepalive on a connected socket: probes after idle_ms of silence,
+ * interval_ms apart, count unanswered drop it (idle_ms < 0: off); and
+ * sent data unacknowledged for user_timeout_ms drops it (< 0: off). Where
+ * the platform has no such knobs, keepalive with its own times, and no
+ * user timeout. 0, or -1 (errno). Not for Unix-domain sockets. */
+int dml__sys_keepalive(int fd, int64_t idle_ms, int64_t interval_ms, int count,
+                       int64_t user_timeout_ms);
+
 /* poll() with a timeout in microseconds (-1: none): what poll returns. */
 struct pollfd;
 int dml__sys_poll_us(struct pollfd *fds, unsigned long n, int64_t timeout_us);
@@ -72,7 +82,8 @@ void dml__sys_wake_drain(const int fd[2]);
 void dml__sys_wake_close(int fd[2]);
 
 /* Which kind each call uses in this build, for the tests and the README:
- * "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps" or the fallbacks'
+ * "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps tcp-keepalive"
+ * or the fallbacks'
  * names. */
 const char *dml__sys_kinds(void);
 

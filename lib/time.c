@@ -70,6 +70,26 @@ int dml__opt_duration(dml_duration *v, dml_duration def)
 	return 0;
 }
 
+int dml__keepalive_opts(dml_duration *keepalive, dml_duration *interval, int *count,
+                        dml_duration *user_timeout)
+{
+	if (dml__opt_duration(keepalive, DML_RPC_DEFAULT_KEEPALIVE) ||
+	    dml__opt_duration(interval, DML_RPC_DEFAULT_KEEPALIVE_INTERVAL))
+		return DML_EINVAL;
+	if (*count < 0 || *count > 1000)
+		return dml__fail(DML_EINVAL, "keepalive_count is 0 (3) to 1000");
+	if (!*count)
+		*count = DML_RPC_DEFAULT_KEEPALIVE_COUNT;
+	if (*interval == DML_INFINITE)
+		*interval = DML_RPC_DEFAULT_KEEPALIVE_INTERVAL;
+	dml_duration ut_def = *keepalive == DML_INFINITE
+	                          ? DML_INFINITE
+	                          : *keepalive + *interval * *count;
+	if (dml__opt_duration(user_timeout, ut_def))
+		return DML_EINVAL;
+	return 0;
+}
+
 int dml__call_timeout(dml_duration t, dml_duration def, dml_duration *out)
 {
 	if (t == DML_DEFAULT)

@@ -309,6 +309,12 @@ int dml__unix_path(int fd, char *buf, size_t cap)
 	return 0;
 }
 
+void dml__reset_on_close(int fd)
+{
+	struct linger l = {1, 0};
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
 ssize_t dml__read(int fd, void *buf, size_t len)
 {
 	for (;;) {

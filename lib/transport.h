@@ -36,6 +36,10 @@ int dml__peer_addr(int fd, char *buf, size_t cap);
 /* If `fd` is a Unix-domain socket bound to a path, copies the path. */
 int dml__unix_path(int fd, char *buf, size_t cap);
 
+/* Makes the next close of fd reset the connection (SO_LINGER 0), so that
+ * the kernel drops unsent data at once. */
+void dml__reset_on_close(int fd);
+
 /* One read: bytes read (> 0), DML_EAGAIN, DML_ECONNLOST on EOF/reset. */
 ssize_t dml__read(int fd, void *buf, size_t len);
 

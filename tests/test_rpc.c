@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1563,6 +1564,181 @@ static void test_out_of_descriptors(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* ---- dead peers: heartbeats ------------------------------------------- */
+
+/* A method that parks every call (a deferred reply kept, never sent
+ * while the test runs): a worker waiting at a barrier. */
+static const dml_rpc_method m_park = {"Test.Park", NULL, NULL};
+
+typedef struct park {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	dml_rpc_deferred *d[8];
+	int n;
+	int closed;          /* CLOSED events seen */
+	int close_reason;
+	char close_why[128];
+} park;
+
+static int h_park(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)r;
+	park *p = u;
+	pthread_mutex_lock(&p->mu);
+	int rc = p->n < 8 ? dml_rpc_deferred_new(&p->d[p->n], ctx) : DML_EBUSY;
+	if (!rc)
+		p->n++;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return rc;
+}
+
+static void park_event(const dml_rpc_event *ev, void *user)
+{
+	park *p = user;
+	if (ev->kind != DML_RPC_EV_CLOSED)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->closed++;
+	p->close_reason = ev->reason;
+	snprintf(p->close_why, sizeof p->close_why, "%s", ev->why);
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* Waits up to ms for *what to reach n (under p->mu); whether it did. */
+static int park_wait(park *p, const int *what, int n, int64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	int rc = 0;
+	pthread_mutex_lock(&p->mu);
+	while (*what < n && rc == 0)
+		rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	int ok = *what >= n;
+	pthread_mutex_unlock(&p->mu);
+	return ok;
+}
+
+/* A child process serving Test.Park on 127.0.0.1; writes its port to
+ * `out` and serves until killed. */
+static void park_server_child(int out)
+{
+	static park p = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""};
+	dml_rpc_server *s;
+	if (dml_rpc_server_new(&s, NULL) || dml_rpc_server_register(s, &m_park, h_park, &p) ||
+	    dml_rpc_server_listen(s, "127.0.0.1:0"))
+		_exit(3);
+	int port = dml_rpc_server_port(s, 0);
+	if (write(out, &port, sizeof port) != (ssize_t)sizeof port)
+		_exit(4);
+	dml_rpc_server_run(s);
+	_exit(0);
+}
+
+/* A server that stops (SIGSTOP: its kernel still answers, keepalive sees
+ * nothing wrong) is noticed by the heartbeat within heartbeat_timeout,
+ * also by a call with no deadline; while it runs, the heartbeat keeps a
+ * parked call alive well past that time. */
+static void test_heartbeat_stopped_server(void **state)
+{
+	(void)state;
+	TEST_NOT_UNDER_VALGRIND();
+	int pfd[2];
+	assert_int_equal(pipe(pfd), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(pfd[0]);
+		park_server_child(pfd[1]);
+	}
+	close(pfd[1]);
+	int port = 0;
+	assert_int_equal(read(pfd[0], &port, sizeof port), (ssize_t)sizeof port);
+	close(pfd[0]);
+	char addr[64];
+	snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+	dml_rpc_client_opts o = {0};
+	o.heartbeat = 50;
+	o.heartbeat_timeout = 300;
+	dml_rpc_client *c;
+	assert_int_equal(dml_rpc_dial(&c, addr, &o), 0);
+	/* alive: parked for 900 ms, three heartbeat timeouts, and only the
+	 * call's own deadline ends it */
+	assert_int_equal(dml_rpc_call(c, &m_park, NULL, NULL, 900), DML_ETIMEDOUT);
+	/* stopped: a call without a deadline ends after heartbeat_timeout */
+	assert_int_equal(kill(pid, SIGSTOP), 0);
+	int64_t t0 = dml__now_ms();
+	int rc = dml_rpc_call(c, &m_park, NULL, NULL, 10000);
+	int64_t took = dml__now_ms() - t0;
+	kill(pid, SIGKILL); /* before any assertion: never leave it stopped */
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_int_equal(rc, DML_ECONNLOST);
+	print_message("stopped server noticed after %lld ms (heartbeat 50, timeout 300): %s\n",
+	              (long long)took, dml_error_detail());
+	assert_true(took >= 300 && took < 5000);
+	assert_non_null(strstr(dml_error_detail(), "heartbeat_timeout"));
+	dml_rpc_free(c);
+}
+
+/* The server's side: a client parked in a call that stops (SIGSTOP) is
+ * dropped after heartbeat_timeout although it is owed a deferred reply,
+ * and the reply is then refused (DML_ECLOSED); a parked client that
+ * sends heartbeats is kept. */
+static void test_heartbeat_timeout_server(void **state)
+{
+	(void)state;
+	TEST_NOT_UNDER_VALGRIND();
+	park p = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""};
+	dml_rpc_server_opts so = {0};
+	so.heartbeat_timeout = 300;
+	so.on_event = park_event;
+	so.event_user = &p;
+	fixture f;
+	memset(&f, 0, sizeof f);
+	assert_int_equal(dml_rpc_server_new(&f.srv, &so), 0);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_park, h_park, &p), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&f, 1);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) { /* a worker parked for good, with heartbeats */
+		dml_rpc_client_opts o = {0};
+		o.heartbeat = 50;
+		dml_rpc_client *c;
+		if (dml_rpc_dial(&c, f.addr, &o))
+			_exit(3);
+		dml_rpc_call(c, &m_park, NULL, NULL, DML_INFINITE);
+		_exit(0);
+	}
+	assert_true(park_wait(&p, &p.n, 1, 10000)); /* parked */
+	/* heartbeats keep it: no close in three heartbeat timeouts */
+	assert_false(park_wait(&p, &p.closed, 1, 900));
+	assert_int_equal(kill(pid, SIGSTOP), 0);
+	int64_t t0 = dml__now_ms();
+	int closed = park_wait(&p, &p.closed, 1, 10000);
+	int64_t took = dml__now_ms() - t0;
+	kill(pid, SIGKILL); /* before any assertion: never leave it stopped */
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(closed);
+	print_message("stopped client dropped after %lld ms: %s\n", (long long)took,
+	              p.close_why);
+	assert_true(took < 5000);
+	assert_int_equal(p.close_reason, DML_ETIMEDOUT);
+	assert_non_null(strstr(p.close_why, "heartbeat"));
+	assert_int_equal(dml_rpc_deferred_reply(p.d[0], 0, NULL, NULL), DML_ECLOSED);
+	fixture_stop(&f);
+}
+
 /* ---- deferred replies: a barrier -------------------------------------- */
 
 typedef struct barrier_args { int64_t parties; } barrier_args;
@@ -2310,6 +2486,8 @@ int main(void)
 		cmocka_unit_test(test_host_event_loop),
 		cmocka_unit_test(test_host_loop_timers),
 		cmocka_unit_test(test_out_of_descriptors),
+		cmocka_unit_test(test_heartbeat_stopped_server),
+		cmocka_unit_test(test_heartbeat_timeout_server),
 		cmocka_unit_test(test_stop_wakes_every_runner),
 		cmocka_unit_test(test_deferred_barrier),
 		cmocka_unit_test(test_deferred_out_of_order),

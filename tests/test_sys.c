@@ -26,9 +26,11 @@ static void test_kinds_match_the_build(void **state)
 	(void)state;
 	const char *k = dml__sys_kinds();
 #ifdef DML_PORTABLE
-	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask poll-ms precise-stamps");
+	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask poll-ms precise-stamps "
+	                       "so-keepalive");
 #elif defined(__linux__)
-	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps");
+	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps "
+	                       "tcp-keepalive");
 #else
 	assert_non_null(k);
 #endif

@@ -39,6 +39,15 @@ static inline long test_scaled(long n, long min)
 			skip();                                                \
 	} while (0)
 
+/* Tests whose bounds are a few hundred ms of wall time (heartbeats) skip
+ * under valgrind, which runs many times slower; they run everywhere else. */
+#define TEST_NOT_UNDER_VALGRIND()                                              \
+	do {                                                                   \
+		const char *pass_ = getenv("DML_TEST_PASS");                   \
+		if (pass_ && strcmp(pass_, "valgrind") == 0)                   \
+			skip();                                                \
+	} while (0)
+
 /* A server with its run-loop threads. */
 typedef struct fixture fixture;
 

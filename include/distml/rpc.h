@@ -52,6 +52,13 @@ extern "C" {
 #define DML_RPC_DEFAULT_CALL_TIMEOUT ((dml_duration)60000)   /* 60 s */
 #define DML_RPC_DEFAULT_BACKOFF_MIN ((dml_duration)50)       /* ms */
 #define DML_RPC_DEFAULT_BACKOFF_MAX ((dml_duration)5000)     /* ms */
+/* Dead peers (both sides): TCP keepalive probes after this much silence,
+ * this far apart, this many unanswered, and TCP_USER_TIMEOUT (sent data
+ * unacknowledged this long) = idle + interval x count: a peer that
+ * vanishes without a FIN is noticed within 5 s. */
+#define DML_RPC_DEFAULT_KEEPALIVE ((dml_duration)2000)          /* ms */
+#define DML_RPC_DEFAULT_KEEPALIVE_INTERVAL ((dml_duration)1000) /* ms */
+#define DML_RPC_DEFAULT_KEEPALIVE_COUNT 3
 /* Limits. */
 #define DML_RPC_MIN_FRAME 64                /* smallest max_frame accepted */
 #define DML_RPC_MAX_SPIN_US 10000          /* largest spin_us accepted */
@@ -79,6 +86,8 @@ typedef struct dml_rpc_ctx dml_rpc_ctx;
 
 /* Server options; zero-initialised means defaults (each field's 0 is the
  * DML_RPC_DEFAULT_* of its name). May grow at its end (docs/abi.md). */
+struct dml_rpc_event;
+
 typedef struct dml_rpc_server_opts {
 	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB;
 	                     64 B .. 4 GiB - 1, else DML_EINVAL */
@@ -110,7 +119,50 @@ typedef struct dml_rpc_server_opts {
 	                               microseconds before it sleeps; one thread
 	                               spins at a time (0 = never; at most
 	                               10000): less latency for more CPU */
+	/* 0.4: dead peers. TCP keepalive on every connection (0 = the
+	 * DML_RPC_DEFAULT_KEEPALIVE* values; keepalive DML_INFINITE = off),
+	 * and TCP_USER_TIMEOUT where the platform has it (0 = keepalive +
+	 * interval x count; DML_INFINITE = off): */
+	dml_duration keepalive;
+	dml_duration keepalive_interval;
+	int keepalive_count;
+	dml_duration user_timeout;
+	dml_duration heartbeat_timeout; /* nothing received for this long, not
+	                               even a client's heartbeat: the connection
+	                               is dropped, also while it is owed deferred
+	                               replies (a worker parked in a clock call
+	                               that went silent). 0 = off; clients must
+	                               then send heartbeats more often
+	                               (dml_rpc_client_opts.heartbeat) */
+	/* 0.4: what happens to connections, for a host's logs or counters
+	 * (the library prints nothing): called from the thread serving the
+	 * connection, which it must not block for long; NULL = none. */
+	void (*on_event)(const struct dml_rpc_event *ev, void *user);
+	void *event_user;
 } dml_rpc_server_opts;
+
+/* What on_event reports. */
+typedef enum dml_rpc_event_kind {
+	DML_RPC_EV_ACCEPTED = 1, /* a connection was accepted */
+	DML_RPC_EV_CLOSED = 2,   /* a connection was closed: reason, why */
+	DML_RPC_EV_SHED = 3,     /* accepted and closed at once: max_conns */
+	DML_RPC_EV_REST = 4,     /* out of descriptors (why): accepting rests
+	                            100 ms or until a connection closes */
+} dml_rpc_event_kind;
+
+/* An event; valid during the callback only. May grow at its end. */
+typedef struct dml_rpc_event {
+	dml_rpc_event_kind kind;
+	uint64_t conn;    /* the connection (dml_rpc_ctx_conn's number), or 0 */
+	int reason;       /* CLOSED: DML_ECONNLOST = the peer closed it, reset
+	                     it, or vanished (keepalive, user timeout);
+	                     DML_ETIMEDOUT = a frame, write, idle or heartbeat
+	                     timeout; DML_EPROTO, DML_ETOOBIG, DML_EVERSION =
+	                     a bad frame; DML_ENOMEM. SHED: DML_EBUSY. REST:
+	                     DML_ESYS (errno's words in why) */
+	const char *why;  /* what happened, in words ("idle for 600000 ms") */
+	const char *peer; /* the peer's address ("" if unknown) */
+} dml_rpc_event;
 
 /*
  * A handler. `args` points at a decoded argument struct (its views are valid
@@ -297,6 +349,22 @@ typedef struct dml_rpc_client_opts {
 	                              before it sleeps (0 = never; at most
 	                              10000): less latency for more CPU, when
 	                              client and server are on different cores */
+	/* 0.4: dead peers, as in dml_rpc_server_opts: */
+	dml_duration keepalive;
+	dml_duration keepalive_interval;
+	int keepalive_count;
+	dml_duration user_timeout;
+	dml_duration heartbeat;    /* while a call waits and nothing has come
+	                              from the server for this long, send a
+	                              heartbeat (RPC.Ping, answered by any
+	                              server, also one without it); 0 = none */
+	dml_duration heartbeat_timeout; /* ... and nothing for this long: the
+	                              connection is lost (DML_ECONNLOST), as for
+	                              a server stopped whose kernel still
+	                              answers; 0 = 4 x heartbeat. A server's
+	                              handler that runs longer than this on the
+	                              connection delays the heartbeat's answer:
+	                              make it longer than the slowest handler */
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
