@@ -96,6 +96,7 @@ struct conn {
 	dml__buf scratch; /* argument/reply structs, aligned payload copies */
 	method_ent *last; /* the method of the previous request */
 	int64_t big_at;   /* ms: in was last grown or used past BIG_IN; 0 = not */
+	char peer[64];    /* the peer's address, for events (with on_event) */
 };
 
 struct dml_rpc_ctx {
@@ -570,10 +571,7 @@ static void emit(dml_rpc_server *s, dml_rpc_event_kind kind, conn *c, int reason
 {
 	if (!s->o.on_event)
 		return;
-	char peer[64] = "";
-	if (c && c->fd >= 0)
-		(void)dml__peer_addr(c->fd, peer, sizeof peer);
-	dml_rpc_event ev = {kind, c ? c->id : 0, reason, why ? why : "", peer};
+	dml_rpc_event ev = {kind, c ? c->id : 0, reason, why ? why : "", c ? c->peer : ""};
 	s->o.on_event(&ev, s->o.event_user);
 }
 
@@ -730,6 +728,9 @@ static void accept_all(dml_rpc_server *s, listener *l)
 		atomic_store(&c->state, ((uint64_t)gen << 32) | 1);
 		c->fd = fd;
 		c->id = atomic_fetch_add(&s->next_id, 1);
+		c->peer[0] = 0;
+		if (s->o.on_event)
+			(void)dml__peer_addr(fd, c->peer, sizeof c->peer);
 		int64_t now = stamp();
 		atomic_store(&c->rx_at, now);
 		atomic_store(&c->tx_at, now);
