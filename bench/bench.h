@@ -1,7 +1,8 @@
 /*
  * bench.h - helpers shared by the benchmarks in bench/: a clock, the median
  * of a round's figures, and blocking whole-buffer socket I/O for the raw
- * TCP baselines. Header-only; every function is static.
+ * TCP baselines. Header-only; every function is static inline, so a
+ * benchmark includes it whole and uses what it needs.
  */
 #ifndef DML_BENCH_H
 #define DML_BENCH_H
@@ -13,34 +14,34 @@
 #include <time.h>
 
 /* Monotonic seconds. */
-static double now(void)
+static inline double now(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b)
+static inline int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
 	return (x > y) - (x < y);
 }
 
 /* The median of v[0..n) (sorts v). */
-static double median(double *v, int n)
+static inline double median(double *v, int n)
 {
 	qsort(v, (size_t)n, sizeof *v, cmp_double);
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void nodelay(int fd)
+static inline void nodelay(int fd)
 {
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 /* Sends all n bytes; 0 or -1. */
-static int write_all(int fd, const void *p, size_t n)
+static inline int write_all(int fd, const void *p, size_t n)
 {
 	while (n) {
 		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
@@ -53,7 +54,7 @@ static int write_all(int fd, const void *p, size_t n)
 }
 
 /* Receives exactly n bytes; 0 or -1. */
-static int read_all(int fd, void *p, size_t n)
+static inline int read_all(int fd, void *p, size_t n)
 {
 	while (n) {
 		ssize_t r = recv(fd, p, n, 0);

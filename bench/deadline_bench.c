@@ -33,6 +33,8 @@
 
 #include <distml.h>
 
+#include "bench.h"
+
 #define CALLS 21    /* per deadline and mode: nearest-rank p90 is the 19th */
 #define NDEADLINE 3
 #define NMODE 3     /* sync, async, poll */
@@ -55,29 +57,6 @@ _Noreturn static void die(const char *what, int rc)
 		fprintf(stderr, " (%s)", dml_error_detail());
 	fprintf(stderr, "\n");
 	exit(1);
-}
-
-/* Monotonic seconds (bench.h has the same, with socket helpers this program
- * does not use, which -Werror would reject as unused). */
-static double now(void)
-{
-	struct timespec ts;
-	if (clock_gettime(CLOCK_MONOTONIC, &ts))
-		die("clock_gettime", 1);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-/* The median of v[0..n) (sorts v). */
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof *v, cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* ---- the server: a method that never answers in time --------------- */

@@ -19,70 +19,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const dml_rpc_method m_park = {"Test.Park", NULL, NULL};
+static const dml_rpc_method m_park = PARK_METHOD;
 static const char *self; /* argv[0] */
 static char skip_why[256];
-
-typedef struct park {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	dml_rpc_deferred *d[8];
-	int n, closed, reason;
-	char why[128];
-} park;
-
-static int h_park(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
-{
-	(void)a;
-	(void)r;
-	park *p = u;
-	pthread_mutex_lock(&p->mu);
-	int rc = p->n < 8 ? dml_rpc_deferred_new(&p->d[p->n], ctx) : DML_EBUSY;
-	if (!rc)
-		p->n++;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	return rc;
-}
-
-static void on_event(const dml_rpc_event *ev, void *user)
-{
-	park *p = user;
-	if (ev->kind != DML_RPC_EV_CLOSED)
-		return;
-	pthread_mutex_lock(&p->mu);
-	p->closed++;
-	p->reason = ev->reason;
-	snprintf(p->why, sizeof p->why, "%s (%s)", ev->why, ev->peer);
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-}
-
-/* Waits up to ms for *v >= n; whether it came. */
-static int wait_for(park *p, const int *v, int n, int64_t ms)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (time_t)(ms / 1000);
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&p->mu);
-	int rc = 0;
-	while (*v < n && rc == 0)
-		rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-	int ok = *v >= n;
-	pthread_mutex_unlock(&p->mu);
-	return ok;
-}
 
 /* ---- the peer inside the namespace ----------------------------------- */
 
 static int serve_mode(const char *addr)
 {
-	static park p = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""};
+	static park p = PARK_INIT;
 	dml_rpc_server *s;
 	if (dml_rpc_server_new(&s, NULL) || dml_rpc_server_register(s, &m_park, h_park, &p) ||
 	    dml_rpc_server_listen(s, addr))
@@ -206,9 +151,9 @@ static void test_server_notices_vanished_client(void **state)
 	(void)state;
 	nslink l;
 	link_up(&l);
-	park p = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""};
+	park p = PARK_INIT;
 	dml_rpc_server_opts so = {0};
-	so.on_event = on_event;
+	so.on_event = park_event;
 	so.event_user = &p;
 	fixture f;
 	memset(&f, 0, sizeof f);
@@ -219,12 +164,12 @@ static void test_server_notices_vanished_client(void **state)
 	assert_int_equal(dml_rpc_server_listen(f.srv, a), 0);
 	fixture_start(&f, 1);
 	FILE *cli = peer_start(&l, "--park", f.addr, line, sizeof line);
-	int parked = wait_for(&p, &p.n, 1, 10000);
+	int parked = park_wait(&p, &p.n, 1, 10000);
 	int rc = sh("sh scripts/netns.sh drop %d", l.id);
 	int64_t t0 = dml__now_ms();
-	int closed = wait_for(&p, &p.closed, 1, 20000);
+	int closed = park_wait(&p, &p.closed, 1, 20000);
 	int64_t took = dml__now_ms() - t0;
-	print_message("vanished client dropped after %lld ms: %s\n", (long long)took, p.why);
+	print_message("vanished client dropped after %lld ms: %s\n", (long long)took, p.close_why);
 	int late_reply = parked ? dml_rpc_deferred_reply(p.d[0], 0, NULL, NULL) : 0;
 	link_down(&l);
 	pclose(cli);
@@ -232,7 +177,7 @@ static void test_server_notices_vanished_client(void **state)
 	assert_true(parked);
 	assert_int_equal(rc, 0);
 	assert_true(closed);
-	assert_int_equal(p.reason, DML_ECONNLOST);
+	assert_int_equal(p.close_reason, DML_ECONNLOST);
 	assert_true(took >= 2000 && took < 15000);
 	assert_int_equal(late_reply, DML_ECLOSED);
 }

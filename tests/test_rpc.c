@@ -1566,72 +1566,13 @@ static void test_out_of_descriptors(void **state)
 
 /* ---- dead peers: heartbeats ------------------------------------------- */
 
-/* A method that parks every call (a deferred reply kept, never sent
- * while the test runs): a worker waiting at a barrier. */
-static const dml_rpc_method m_park = {"Test.Park", NULL, NULL};
-
-typedef struct park {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	dml_rpc_deferred *d[8];
-	int n;
-	int closed;          /* CLOSED events seen */
-	int close_reason;
-	char close_why[128];
-} park;
-
-static int h_park(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
-{
-	(void)a;
-	(void)r;
-	park *p = u;
-	pthread_mutex_lock(&p->mu);
-	int rc = p->n < 8 ? dml_rpc_deferred_new(&p->d[p->n], ctx) : DML_EBUSY;
-	if (!rc)
-		p->n++;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	return rc;
-}
-
-static void park_event(const dml_rpc_event *ev, void *user)
-{
-	park *p = user;
-	if (ev->kind != DML_RPC_EV_CLOSED)
-		return;
-	pthread_mutex_lock(&p->mu);
-	p->closed++;
-	p->close_reason = ev->reason;
-	snprintf(p->close_why, sizeof p->close_why, "%s", ev->why);
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-}
-
-/* Waits up to ms for *what to reach n (under p->mu); whether it did. */
-static int park_wait(park *p, const int *what, int n, int64_t ms)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (time_t)(ms / 1000);
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	int rc = 0;
-	pthread_mutex_lock(&p->mu);
-	while (*what < n && rc == 0)
-		rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-	int ok = *what >= n;
-	pthread_mutex_unlock(&p->mu);
-	return ok;
-}
+static const dml_rpc_method m_park = PARK_METHOD;
 
 /* A child process serving Test.Park on 127.0.0.1; writes its port to
  * `out` and serves until killed. */
 static void park_server_child(int out)
 {
-	static park p = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""};
+	static park p = PARK_INIT;
 	dml_rpc_server *s;
 	if (dml_rpc_server_new(&s, NULL) || dml_rpc_server_register(s, &m_park, h_park, &p) ||
 	    dml_rpc_server_listen(s, "127.0.0.1:0"))
@@ -1697,7 +1638,7 @@ static void test_heartbeat_timeout_server(void **state)
 {
 	(void)state;
 	TEST_NOT_UNDER_VALGRIND();
-	park p = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""};
+	park p = PARK_INIT;
 	dml_rpc_server_opts so = {0};
 	so.heartbeat_timeout = 300;
 	so.on_event = park_event;

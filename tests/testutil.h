@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,72 @@ static inline long test_scaled(long n, long min)
 		if (pass_ && strcmp(pass_, "valgrind") == 0)                   \
 			skip();                                                \
 	} while (0)
+
+/* ---- a method that parks every call (tests of dead peers) -------------- */
+
+/* Each call's deferred reply is kept, never sent while the test runs (a
+ * worker waiting at a barrier); with park_event as the server's on_event,
+ * CLOSED events are counted too. */
+#define PARK_METHOD {"Test.Park", NULL, NULL}
+
+typedef struct park {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	dml_rpc_deferred *d[8];
+	int n;               /* calls parked */
+	int closed;          /* CLOSED events seen */
+	int close_reason;
+	char close_why[160];
+} park;
+
+#define PARK_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0, 0, ""}
+
+static inline int h_park(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)r;
+	park *p = u;
+	pthread_mutex_lock(&p->mu);
+	int rc = p->n < 8 ? dml_rpc_deferred_new(&p->d[p->n], ctx) : DML_EBUSY;
+	if (!rc)
+		p->n++;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return rc;
+}
+
+static inline void park_event(const dml_rpc_event *ev, void *user)
+{
+	park *p = user;
+	if (ev->kind != DML_RPC_EV_CLOSED)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->closed++;
+	p->close_reason = ev->reason;
+	snprintf(p->close_why, sizeof p->close_why, "%s (%s)", ev->why, ev->peer);
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* Waits up to ms for *what (a field of p) to reach n; whether it did. */
+static inline int park_wait(park *p, const int *what, int n, int64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	int rc = 0;
+	pthread_mutex_lock(&p->mu);
+	while (*what < n && rc == 0)
+		rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	int ok = *what >= n;
+	pthread_mutex_unlock(&p->mu);
+	return ok;
+}
 
 /* A server with its run-loop threads. */
 typedef struct fixture fixture;
