@@ -145,6 +145,17 @@ int dml__abi_check(int abi);
 
 /* The largest frame a server accepts, or a client sends and accepts. */
 size_t dml__rpc_server_max_frame(const dml_rpc_server *s);
+
+/* For the layers above (the parameter store): fn(user, s, conn) after a
+ * connection of s is closed, for any reason, in the thread that closed
+ * it; its deferred replies are refused by then. Up to 8; not
+ * thread-safe: register before the server runs. 0 or DML_EBUSY. */
+int dml__rpc_server_on_close(dml_rpc_server *s,
+                             void (*fn)(void *user, dml_rpc_server *s, uint64_t conn),
+                             void *user);
+
+/* The server and connection a deferred reply is owed on. */
+void dml__rpc_deferred_of(const dml_rpc_deferred *d, dml_rpc_server **s, uint64_t *conn);
 size_t dml__rpc_client_max_frame(const dml_rpc_client *c);
 
 /* ---- waiting between attempts ---------------------------------------- */

@@ -712,6 +712,34 @@ void dml__ps_check_workers(dml_ps *ps)
 	wake_all(done, min);
 }
 
+void dml__ps_drop_waiters(dml_ps *ps, int (*match)(void *arg, void *u), void *u)
+{
+	dml__ps_waiter *gone = NULL, **pp;
+	int64_t min = 0;
+	pthread_mutex_lock(&ps->cmu);
+	for (pp = &ps->waiters; *pp;) {
+		dml__ps_waiter *wt = *pp;
+		if (match(wt->arg, u)) {
+			*pp = wt->next;
+			wt->next = gone;
+			gone = wt;
+			ps->nwaiters--;
+			ps->dropped[wt->worker] = 1;
+		} else {
+			pp = &wt->next;
+		}
+	}
+	dml__ps_waiter *done = gone ? (min = min_clock(ps), release(ps, min)) : NULL;
+	pthread_mutex_unlock(&ps->cmu);
+	while (gone) {
+		dml__ps_waiter *next = gone->next;
+		gone->wake(gone->arg, DML_ECONNLOST, NULL);
+		free(gone);
+		gone = next;
+	}
+	wake_all(done, min);
+}
+
 int dml__ps_clock_async(dml_ps *ps, int w, dml_ps_clock_info *info,
                         dml__ps_wake_fn wake, void *arg)
 {

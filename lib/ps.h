@@ -199,6 +199,12 @@ int dml__all_finite(const float *v, size_t n, size_t *at);
  * them, and answers the waits that releases (the server's tick). */
 void dml__ps_check_workers(dml_ps *ps);
 
+/* Drops from the clocks the workers of the clock waits whose arg `match`
+ * accepts (their peer is gone: its connection closed), as worker_timeout
+ * drops a silent one, and ends those waits with DML_ECONNLOST; the
+ * waits this releases are woken. */
+void dml__ps_drop_waiters(dml_ps *ps, int (*match)(void *arg, void *u), void *u);
+
 /* Frees what dml_ps_serve allocated (ps_serve.c). */
 void dml__ps_serve_free(dml_ps *ps);
 

@@ -495,6 +495,31 @@ static int h_clock(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return 0;
 }
 
+/* A connection closed: the workers parked in clock calls on it have gone
+ * (their host died, their link was cut, keepalive or a heartbeat said so):
+ * drop them from the clocks, as worker_timeout drops a silent one, and
+ * end their waits (the replies, owed on a closed connection, are
+ * refused). */
+typedef struct gone_conn {
+	dml_rpc_server *s;
+	uint64_t conn;
+} gone_conn;
+
+static int on_conn(void *arg, void *u)
+{
+	const gone_conn *g = u;
+	dml_rpc_server *s;
+	uint64_t conn;
+	dml__rpc_deferred_of(arg, &s, &conn);
+	return s == g->s && conn == g->conn;
+}
+
+static void conn_closed(void *user, dml_rpc_server *s, uint64_t conn)
+{
+	gone_conn g = {s, conn};
+	dml__ps_drop_waiters(user, on_conn, &g);
+}
+
 static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
 	dml_ps *ps = u;
@@ -534,6 +559,11 @@ int dml_ps_serve(dml_ps *ps, dml_rpc_server *server)
 		int rc = dml_rpc_server_register(server, tab[i].m, tab[i].h, ps);
 		if (rc)
 			return rc; /* registrations so far stay; the server is unusable */
+	}
+	if (ps->workers) {
+		int rc = dml__rpc_server_on_close(server, conn_closed, ps);
+		if (rc)
+			return rc;
 	}
 	/* clock waits over RPC hold no thread: the server's tick drops dead
 	 * workers for them */

@@ -130,6 +130,7 @@ static void hub_unref(hub *h)
 struct dml_rpc_deferred {
 	hub *h;
 	dml_rpc_server *s;
+	uint64_t conn_id; /* c->id then: the slot may serve another later */
 	conn *c;
 	uint32_t gen;
 	uint64_t seq;
@@ -167,6 +168,11 @@ struct dml_rpc_server {
 		void *arg;
 	} ticks[MAX_TICKS];
 	int nticks;
+	struct {
+		void (*fn)(void *user, dml_rpc_server *s, uint64_t id);
+		void *user;
+	} on_close[MAX_TICKS];
+	int non_close;
 	atomic_uint_fast64_t next_id;
 	hub *hub;
 };
@@ -636,7 +642,9 @@ static void listeners_wake(dml_rpc_server *s, int64_t now)
  * events and deferred replies miss; the slot goes back to the free list. */
 static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 {
-	emit(s, DML_RPC_EV_CLOSED, c, reason, why);
+	uint64_t id = c->id;
+	char peer[sizeof c->peer]; /* the slot may be someone else's below */
+	memcpy(peer, c->peer, sizeof peer);
 	if (c->big_at)
 		atomic_fetch_sub(&s->nbig, 1);
 	pthread_mutex_lock(&c->omu);
@@ -654,6 +662,13 @@ static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 	pthread_mutex_unlock(&s->mu);
 	if (resting) /* a descriptor came back */
 		listeners_wake(s, -1);
+	/* closed for good now (its deferred replies are refused): tell */
+	if (s->o.on_event) {
+		dml_rpc_event ev = {DML_RPC_EV_CLOSED, id, reason, why ? why : "", peer};
+		s->o.on_event(&ev, s->o.event_user);
+	}
+	for (int i = 0; i < s->non_close; i++)
+		s->on_close[i].fn(s->on_close[i].user, s, id);
 }
 
 /* A free slot, under s->mu; NULL when max_conns are open or memory is out. */
@@ -1429,6 +1444,7 @@ int dml_rpc_deferred_new(dml_rpc_deferred **out, dml_rpc_ctx *ctx)
 	d->h = ctx->s->hub;
 	atomic_fetch_add(&d->h->refs, 1);
 	d->s = ctx->s;
+	d->conn_id = ctx->c->id;
 	d->c = ctx->c;
 	d->gen = ctx->gen;
 	d->seq = ctx->seq;
@@ -1486,6 +1502,24 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	hub_unref(h);
 	free(d);
 	return rc == DML_ECONNLOST ? DML_ECLOSED : rc;
+}
+
+int dml__rpc_server_on_close(dml_rpc_server *s,
+                             void (*fn)(void *user, dml_rpc_server *s, uint64_t id),
+                             void *user)
+{
+	if (s->non_close == MAX_TICKS)
+		return DML_EBUSY;
+	s->on_close[s->non_close].fn = fn;
+	s->on_close[s->non_close].user = user;
+	s->non_close++;
+	return 0;
+}
+
+void dml__rpc_deferred_of(const dml_rpc_deferred *d, dml_rpc_server **s, uint64_t *id)
+{
+	*s = d->s;
+	*id = d->conn_id;
 }
 
 size_t dml__rpc_server_max_frame(const dml_rpc_server *s)

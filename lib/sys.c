@@ -32,16 +32,20 @@
 #ifdef CLOCK_MONOTONIC_COARSE
 #define HAVE_COARSE 1
 #endif
-#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
-#define HAVE_KEEPALIVE_TIMES 1
-#endif
 #ifdef __linux__
 #define HAVE_GETRANDOM 1
 #define HAVE_EVENTFD 1
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #endif
+#ifdef TCP_USER_TIMEOUT
+#define HAVE_USER_TIMEOUT 1 /* Linux only */
+#endif
 #endif /* DML_PORTABLE */
+/* Not Linux's alone (the BSDs and macOS have them): no fallback needed */
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+#define HAVE_KEEPALIVE_TIMES 1
+#endif
 
 #if !defined(HAVE_SOCK_FLAGS) || !defined(HAVE_ACCEPT4) || !defined(HAVE_EVENTFD)
 /* Non-blocking and close-on-exec, after the fact. */
@@ -195,7 +199,7 @@ int dml__sys_keepalive(int fd, int64_t idle_ms, int64_t interval_ms, int count,
 	(void)interval_ms;
 	(void)count;
 #endif
-#if defined(TCP_USER_TIMEOUT) && !defined(DML_PORTABLE)
+#ifdef HAVE_USER_TIMEOUT
 	unsigned ut = user_timeout_ms < 0 ? 0
 	              : user_timeout_ms > (int64_t)UINT32_MAX / 2 ? UINT32_MAX / 2
 	                                                          : (unsigned)user_timeout_ms;
@@ -346,6 +350,11 @@ const char *dml__sys_kinds(void)
 	    " tcp-keepalive"
 #else
 	    " so-keepalive"
+#endif
+#ifdef HAVE_USER_TIMEOUT
+	    " user-timeout"
+#else
+	    " no-user-timeout"
 #endif
 	    ;
 }

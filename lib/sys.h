@@ -10,8 +10,9 @@
  *                                                           in the thread
  *                                                           and consumed
  *   dml__sys_stamp_ms    CLOCK_MONOTONIC_COARSE            CLOCK_MONOTONIC
- *   dml__sys_keepalive   TCP_KEEPIDLE/INTVL/CNT,           SO_KEEPALIVE with
- *                        TCP_USER_TIMEOUT (Linux)          the system's times
+ *   dml__sys_keepalive   TCP_USER_TIMEOUT (Linux)          none: keepalive
+ *                                                           (TCP_KEEPIDLE,
+ *                                                           ..., also BSD)
  *   dml__sys_random      getrandom                         /dev/urandom
  *   dml__sys_poll_us     ppoll (a timeout in ns)           poll (in ms,
  *                                                           rounded up)
@@ -82,8 +83,8 @@ void dml__sys_wake_drain(const int fd[2]);
 void dml__sys_wake_close(int fd[2]);
 
 /* Which kind each call uses in this build, for the tests and the README:
- * "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps tcp-keepalive"
- * or the fallbacks'
+ * "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps tcp-keepalive
+ * user-timeout" or the fallbacks'
  * names. */
 const char *dml__sys_kinds(void);
 

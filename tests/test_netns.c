@@ -12,6 +12,7 @@
 #include "testutil.h"
 
 #include "internal.h"
+#include "sys.h"
 
 #include <signal.h>
 #include <stdarg.h>
@@ -125,7 +126,7 @@ static void test_client_notices_vanished_server(void **state)
 	assert_int_equal(dml_rpc_flush(ka, 10000), 0);
 	assert_int_equal(sh("sh scripts/netns.sh drop %d", l.id), 0);
 	int64_t t0 = dml__now_ms();
-	int rc1 = dml_rpc_call(ut, &m_park, NULL, NULL, 30000); /* into the cut */
+	int rc1 = dml_rpc_call(ut, &m_park, NULL, NULL, 8000); /* into the cut */
 	int64_t t1 = dml__now_ms();
 	int rc2 = dml_rpc_pending_wait(k);
 	int64_t t2 = dml__now_ms();
@@ -137,8 +138,16 @@ static void test_client_notices_vanished_server(void **state)
 	dml_rpc_free(ka);
 	link_down(&l);
 	pclose(srv);
-	assert_int_equal(rc1, DML_ECONNLOST);
-	assert_true(t1 - t0 >= 2500 && t1 - t0 < 15000);
+	if (strstr(dml__sys_kinds(), "no-user-timeout")) {
+		/* without TCP_USER_TIMEOUT (make PORTABLE=1), data unacknowledged
+		 * waits for TCP's retransmissions (minutes): the call's own
+		 * deadline ended it */
+		print_message("no TCP_USER_TIMEOUT in this build: that case is skipped\n");
+		assert_int_equal(rc1, DML_ETIMEDOUT);
+	} else {
+		assert_int_equal(rc1, DML_ECONNLOST);
+		assert_true(t1 - t0 >= 2500 && t1 - t0 < 15000);
+	}
 	assert_int_equal(rc2, DML_ECONNLOST);
 	assert_true(t2 - t0 >= 2000 && t2 - t0 < 15000);
 }

@@ -508,6 +508,56 @@ static void test_dead_worker_dropped(void **state)
 	serve_stop(&sv);
 }
 
+/* A worker parked in a BSP clock call over RPC whose process dies (its
+ * connection closes: here SIGKILL; a cut link ends the same way once
+ * keepalive or a heartbeat says so) is dropped from the clocks at once,
+ * without a worker_timeout: the others do not wait for it later. */
+static void test_vanished_worker_dropped(void **state)
+{
+	(void)state;
+	dml_ps_opts o = {.workers = 2, .staleness = 0};
+	park ev = PARK_INIT; /* counts the server's CLOSED events */
+	dml_rpc_server_opts so = {0};
+	so.on_event = park_event;
+	so.event_user = &ev;
+	served sv;
+	assert_int_equal(dml_ps_new(&sv.ps, 4, &o), 0);
+	assert_int_equal(dml_rpc_server_new(&sv.f.srv, &so), 0);
+	assert_int_equal(dml_ps_serve(sv.ps, sv.f.srv), 0);
+	assert_int_equal(dml_rpc_server_listen(sv.f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&sv.f, 1);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) { /* worker 0, parked for good: worker 1 has not come */
+		dml_rpc_client *c;
+		dml_ps *r;
+		if (dml_rpc_dial(&c, sv.f.addr, NULL) || dml_ps_connect(&r, &c, 1, NULL))
+			_exit(3);
+		dml_ps_advance(r, 0, NULL, DML_INFINITE);
+		_exit(4);
+	}
+	/* worker 0's call has reached the store when its clock reads 1 */
+	int64_t clock = 0, min = 0, until = dml__now_ms() + 10000;
+	while (dml_ps_clock_get(sv.ps, 0, &clock, &min) == 0 && clock < 1 &&
+	       dml__now_ms() < until)
+		poll(NULL, 0, 1);
+	kill(pid, SIGKILL); /* while parked */
+	int st;
+	waitpid(pid, &st, 0);
+	int closed = park_wait(&ev, &ev.closed, 1, 10000);
+	/* worker 1 catches up (to 1) and runs ahead (to 2), where worker 0,
+	 * had it stayed, would hold it for ever (no worker_timeout) */
+	int rc1 = dml_ps_advance(sv.ps, 1, NULL, 0);
+	int rc2 = dml_ps_advance(sv.ps, 1, NULL, 0);
+	int rc3 = dml_ps_advance(sv.ps, 1, NULL, 0);
+	serve_stop(&sv);
+	assert_int_equal(clock, 1);
+	assert_true(closed);
+	assert_int_equal(rc1, 0);
+	assert_int_equal(rc2, 0);
+	assert_int_equal(rc3, 0);
+}
+
 /* ---- remote equals local; 3 shards equal 1 ---------------------------- */
 
 /* The same sequence of calls on any store; returns the final vector. */
@@ -953,6 +1003,7 @@ int main(void)
 		cmocka_unit_test(test_clocks_remote),
 		cmocka_unit_test(test_bsp_rounds_remote),
 		cmocka_unit_test(test_dead_worker_dropped),
+		cmocka_unit_test(test_vanished_worker_dropped),
 		cmocka_unit_test(test_remote_equals_local_and_shards),
 		cmocka_unit_test(test_remote_exact_threads),
 		cmocka_unit_test(test_remote_wider_than_window),

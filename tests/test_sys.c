@@ -27,10 +27,10 @@ static void test_kinds_match_the_build(void **state)
 	const char *k = dml__sys_kinds();
 #ifdef DML_PORTABLE
 	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask poll-ms precise-stamps "
-	                       "so-keepalive");
+	                       "tcp-keepalive no-user-timeout");
 #elif defined(__linux__)
 	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps "
-	                       "tcp-keepalive");
+	                       "tcp-keepalive user-timeout");
 #else
 	assert_non_null(k);
 #endif
