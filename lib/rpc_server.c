@@ -73,7 +73,6 @@ typedef struct listener {
 
 typedef struct conn conn;
 struct conn {
-	dml_rpc_server *s;
 	_Atomic uint64_t state; /* generation << 32 | busy */
 	uint32_t slot;
 	int fd;               /* -1 while the slot is free */
@@ -97,6 +96,7 @@ struct conn {
 	method_ent *last; /* the method of the previous request */
 	int64_t big_at;   /* ms: in was last grown or used past BIG_IN; 0 = not */
 	char peer[64];    /* the peer's address, for events (with on_event) */
+	dml_rpc_server *s;
 };
 
 struct dml_rpc_ctx {
