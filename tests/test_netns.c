@@ -6,14 +6,16 @@
  * test skips, saying why.
  *
  * The peer inside the namespace is this program again, started with
- * `--serve ADDR` (a server that parks Test.Park calls) or `--park ADDR` (a
- * client parked in a Test.Park call), by `netns.sh exec`. */
+ * `--serve ADDR` (a server that parks Test.Park calls), `--park ADDR` (a
+ * client parked in a Test.Park call) or `--clock ADDR` (worker 0 of a
+ * served BSP store, parked in its clock call), by `netns.sh exec`. */
 #define _GNU_SOURCE
 #include "testutil.h"
 
 #include "internal.h"
 #include "sys.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -48,6 +50,18 @@ static int park_mode(const char *addr)
 	fflush(stdout);
 	/* parked for good; its own keepalive ends it once the link is cut */
 	return dml_rpc_call(c, &m_park, NULL, NULL, DML_INFINITE) == DML_ECONNLOST ? 0 : 4;
+}
+
+static int clock_mode(const char *addr)
+{
+	dml_rpc_client *c;
+	dml_ps *r;
+	if (dml_rpc_dial(&c, addr, NULL) || dml_ps_connect(&r, &c, 1, NULL))
+		return 3;
+	printf("connected\n");
+	fflush(stdout);
+	/* worker 0, parked in a BSP clock call: worker 1 has not come */
+	return dml_ps_advance(r, 0, NULL, DML_INFINITE) == DML_ECONNLOST ? 0 : 4;
 }
 
 /* ---- the host's side ---------------------------------------------------- */
@@ -191,6 +205,54 @@ static void test_server_notices_vanished_client(void **state)
 	assert_int_equal(late_reply, DML_ECLOSED);
 }
 
+/* A worker inside the namespace parked in a BSP clock call on a store
+ * served here vanishes: keepalive closes its connection, the store drops
+ * it from the clocks and ends its wait, and the other worker goes on
+ * without waiting for it (no worker_timeout). */
+static void test_parked_clock_released(void **state)
+{
+	(void)state;
+	nslink l;
+	link_up(&l);
+	park ev = PARK_INIT; /* counts CLOSED events */
+	dml_ps *ps;
+	dml_ps_opts po = {.workers = 2, .staleness = 0};
+	assert_int_equal(dml_ps_new(&ps, 4, &po), 0);
+	dml_rpc_server_opts so = {0};
+	so.on_event = park_event;
+	so.event_user = &ev;
+	fixture f;
+	memset(&f, 0, sizeof f);
+	assert_int_equal(dml_rpc_server_new(&f.srv, &so), 0);
+	assert_int_equal(dml_ps_serve(ps, f.srv), 0);
+	char a[64], line[64];
+	snprintf(a, sizeof a, "%s:0", l.host);
+	assert_int_equal(dml_rpc_server_listen(f.srv, a), 0);
+	fixture_start(&f, 1);
+	FILE *cli = peer_start(&l, "--clock", f.addr, line, sizeof line);
+	int64_t clock = 0, min = 0, until = dml__now_ms() + 10000;
+	while (dml_ps_clock_get(ps, 0, &clock, &min) == 0 && clock < 1 &&
+	       dml__now_ms() < until)
+		poll(NULL, 0, 1);
+	int rc = sh("sh scripts/netns.sh drop %d", l.id);
+	int64_t t0 = dml__now_ms();
+	int closed = park_wait(&ev, &ev.closed, 1, 20000);
+	int64_t took = dml__now_ms() - t0;
+	int rc1 = dml_ps_advance(ps, 1, NULL, 0), rc2 = dml_ps_advance(ps, 1, NULL, 0);
+	print_message("parked worker's connection closed after %lld ms (%s); worker 1: %s, %s\n",
+	              (long long)took, ev.close_why, dml_strerror(rc1), dml_strerror(rc2));
+	link_down(&l);
+	pclose(cli);
+	fixture_stop(&f);
+	dml_ps_free(ps);
+	assert_int_equal(clock, 1);
+	assert_int_equal(rc, 0);
+	assert_true(closed);
+	assert_true(took >= 2000 && took < 15000);
+	assert_int_equal(rc1, 0);
+	assert_int_equal(rc2, 0); /* to clock 2: worker 0 would have held it */
+}
+
 int main(int argc, char **argv)
 {
 	self = argv[0];
@@ -198,6 +260,8 @@ int main(int argc, char **argv)
 		return serve_mode(argv[2]);
 	if (argc == 3 && !strcmp(argv[1], "--park"))
 		return park_mode(argv[2]);
+	if (argc == 3 && !strcmp(argv[1], "--clock"))
+		return clock_mode(argv[2]);
 	signal(SIGPIPE, SIG_IGN); /* popen'd peers may go first */
 	const char *pass = getenv("DML_TEST_PASS");
 	if (pass && !strcmp(pass, "valgrind")) {
@@ -216,6 +280,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_client_notices_vanished_server),
 		cmocka_unit_test(test_server_notices_vanished_client),
+		cmocka_unit_test(test_parked_clock_released),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
