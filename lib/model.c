@@ -217,6 +217,31 @@ static void sparse_scores(const dml_batch *b, const float *w, size_t d,
 	}
 }
 
+/* The batch's mean loss from the scores in s->z, which become
+ * dloss/dz / n (for the gradient); *gb their sum (the bias's gradient). */
+static double scores_to_dz(lin_model *s, const dml_batch *b, float *gb)
+{
+	size_t n = b->n;
+	double l = 0;
+	float inv = n ? 1.0f / (float)n : 0.0f;
+	*gb = 0;
+	for (size_t i = 0; i < n; i++) {
+		float dz;
+		l += row_loss(s->kind, s->z[i], b->y[i], &dz);
+		s->z[i] = dz * inv;
+		*gb += s->z[i];
+	}
+	return n ? l / (double)n : l;
+}
+
+/* grad[col] += z[row] * x[row, col] over a CSR batch's non-zeros. */
+static void scatter_csr(const dml_batch *b, const float *z, float *grad)
+{
+	for (size_t i = 0; i < b->n; i++)
+		for (uint64_t p = b->indptr[i]; p < b->indptr[i + 1]; p++)
+			grad[b->idx[p]] += z[i] * b->val[p];
+}
+
 static int lin_loss_grad_(lin_model *s, const float *w, const dml_batch *b,
                           float *grad, double *loss)
 {
@@ -237,16 +262,8 @@ static int lin_loss_grad_(lin_model *s, const float *w, const dml_batch *b,
 		sparse_scores(b, w, d, s->z);
 	}
 	/* the scores become dloss/dz / n, for the gradient */
-	double l = 0;
-	float inv = n ? 1.0f / (float)n : 0.0f, gb = 0;
-	for (size_t i = 0; i < n; i++) {
-		float dz;
-		l += row_loss(s->kind, s->z[i], b->y[i], &dz);
-		s->z[i] = dz * inv;
-		gb += s->z[i];
-	}
-	if (n)
-		l /= (double)n;
+	float gb;
+	double l = scores_to_dz(s, b, &gb);
 	if (s->l2 != 0)
 		l += 0.5 * s->l2 * s->kr.sumsq(w, d);
 	if (grad) {
@@ -256,9 +273,7 @@ static int lin_loss_grad_(lin_model *s, const float *w, const dml_batch *b,
 		} else {
 			for (size_t j = 0; j < d; j++)
 				grad[j] = wl ? s->l2 * w[j] : 0.0f;
-			for (size_t i = 0; i < n; i++)
-				for (uint64_t p = b->indptr[i]; p < b->indptr[i + 1]; p++)
-					grad[b->idx[p]] += s->z[i] * b->val[p];
+			scatter_csr(b, s->z, grad);
 		}
 		grad[d] = gb;
 	}
@@ -278,16 +293,8 @@ static int lin_rows_grad_(lin_model *s, const float *rows, const dml_batch *b,
 	if (rc || (rc = dml__scratch(&s->z, &s->zcap, n ? n : 1)))
 		return rc;
 	sparse_scores(b, rows, u, s->z);
-	double l = 0;
-	float inv = n ? 1.0f / (float)n : 0.0f, gb = 0;
-	for (size_t i = 0; i < n; i++) {
-		float dz;
-		l += row_loss(s->kind, s->z[i], b->y[i], &dz);
-		s->z[i] = dz * inv;
-		gb += s->z[i];
-	}
-	if (n)
-		l /= (double)n;
+	float gb;
+	double l = scores_to_dz(s, b, &gb);
 	double sq = 0;
 	for (size_t j = 0; j < u; j++)
 		sq += (double)rows[j] * rows[j];
@@ -295,9 +302,7 @@ static int lin_rows_grad_(lin_model *s, const float *rows, const dml_batch *b,
 	if (grad) {
 		for (size_t j = 0; j < u; j++)
 			grad[j] = s->l2 * rows[j];
-		for (size_t i = 0; i < n; i++)
-			for (uint64_t p = b->indptr[i]; p < b->indptr[i + 1]; p++)
-				grad[b->idx[p]] += s->z[i] * b->val[p];
+		scatter_csr(b, s->z, grad);
 		grad[u] = gb;
 	}
 	if (loss)
