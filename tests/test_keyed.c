@@ -52,17 +52,9 @@ static dml_ps *keyed(size_t width, const dml_ps_opts *o)
 	return ps;
 }
 
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 static float frand(uint64_t *s)
 {
-	return (float)((double)(rng(s) >> 40) / 16777216.0 - 0.5);
+	return (float)((double)(splitmix(s) >> 40) / 16777216.0 - 0.5);
 }
 
 /* ---- local --------------------------------------------------------- */
@@ -93,7 +85,7 @@ static void test_keyed_equals_dense(void **state)
 			for (size_t i = 0; i < dim; i++)
 				idx[i] = (uint32_t)i;
 			for (size_t i = dim - 1; i > 0; i--) {
-				size_t j = rng(&seed) % (i + 1);
+				size_t j = splitmix(&seed) % (i + 1);
 				uint32_t t = idx[i];
 				idx[i] = idx[j];
 				idx[j] = t;
@@ -120,9 +112,9 @@ static void test_keyed_equals_dense(void **state)
 		/* sparse steps on a few keys: lazy, the same as the dense store's
 		 * sparse steps */
 		for (int step = 0; step < 20; step++) {
-			size_t n = 1 + rng(&seed) % 5;
+			size_t n = 1 + splitmix(&seed) % 5;
 			for (size_t i = 0; i < n; i++) {
-				idx[i] = (uint32_t)(rng(&seed) % dim);
+				idx[i] = (uint32_t)(splitmix(&seed) % dim);
 				keys[i] = idx[i];
 				g[i] = frand(&seed);
 			}
@@ -215,7 +207,7 @@ static void test_seeded_init(void **state)
 	uint64_t keys[200];
 	uint64_t s = 3;
 	for (int i = 0; i < 200; i++)
-		keys[i] = rng(&s);
+		keys[i] = splitmix(&s);
 	float *ra = malloc(200 * 8 * sizeof *ra), *rb = malloc(200 * 8 * sizeof *rb);
 	float *rc = malloc(200 * 8 * sizeof *rc);
 	assert_int_equal(dml_ps_pull_rows(a, keys, 200, ra), 0);
@@ -373,16 +365,16 @@ static void test_remote_and_sharded_keyed(void **state)
 	uint64_t *keys = malloc(N * sizeof *keys);
 	float *g = malloc(N * 4 * sizeof *g);
 	for (int step = 0; step < 10; step++) {
-		size_t n = 1 + rng(&s) % N;
+		size_t n = 1 + splitmix(&s) % N;
 		for (size_t i = 0; i < n; i++)
-			keys[i] = rng(&s) % 500 + (step % 2 ? UINT64_MAX - 600 : 0);
+			keys[i] = splitmix(&s) % 500 + (step % 2 ? UINT64_MAX - 600 : 0);
 		for (size_t i = 0; i < n * 4; i++)
 			g[i] = frand(&s);
 		for (int a = 0; a < 3; a++)
 			assert_int_equal(dml_ps_push_rows(all[a], keys, n, g), 0);
 	}
 	for (size_t i = 0; i < N; i++)
-		keys[i] = i % 2 ? rng(&s) % 500 : UINT64_MAX - 600 + rng(&s) % 700;
+		keys[i] = i % 2 ? splitmix(&s) % 500 : UINT64_MAX - 600 + splitmix(&s) % 700;
 	float *out[3];
 	for (int a = 0; a < 3; a++) {
 		out[a] = malloc(N * 4 * sizeof(float));
@@ -793,7 +785,7 @@ static void test_keyed_checkpoint(void **state)
 	float g[300], ra[300], rb[300];
 	for (int step = 0; step < 20; step++) {
 		for (int i = 0; i < 100; i++) {
-			keys[i] = rng(&s) % 1000 * 0x100000001ULL;
+			keys[i] = splitmix(&s) % 1000 * 0x100000001ULL;
 			for (int c = 0; c < 3; c++)
 				g[i * 3 + c] = frand(&s);
 		}

@@ -44,14 +44,6 @@ static dml_rpc_client *dial(const char *addr)
 	return c;
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 /* ---- local: exact under threads ---------------------------------------- */
 
 enum { T = 8, M_MAX = 400, DIM = 5000 };
@@ -253,7 +245,7 @@ static void test_push_optimizers(void **state)
 		uint64_t seed = 7;
 		for (int step = 0; step < 5; step++) {
 			for (int i = 0; i < D; i++)
-				g[i] = (float)(rng_next(&seed) % 1000) / 250 - 2;
+				g[i] = (float)(splitmix(&seed) % 1000) / 250 - 2;
 			if (step % 2 == 0) {
 				assert_int_equal(dml_ps_push(ps, g), 0);
 				dml_optim_step(opt, w, g);
@@ -568,7 +560,7 @@ static void script(dml_ps *ps, size_t dim, float *final)
 	uint64_t seed = 42;
 	for (int round = 0; round < 6; round++) {
 		for (size_t i = 0; i < dim; i++)
-			v[i] = (float)(rng_next(&seed) % 200) / 50 - 2;
+			v[i] = (float)(splitmix(&seed) % 200) / 50 - 2;
 		assert_int_equal(round % 2 ? dml_ps_push(ps, v) : dml_ps_update(ps, v), 0);
 		size_t n = 0;
 		for (size_t i = (size_t)round; i < dim; i += 5)
@@ -863,7 +855,7 @@ static void test_checkpoint_roundtrip(void **state)
 	uint64_t seed = 3;
 	for (int step = 0; step < 3; step++) {
 		for (int i = 0; i < D; i++)
-			g[i] = (float)(rng_next(&seed) % 100) / 10 - 5;
+			g[i] = (float)(splitmix(&seed) % 100) / 10 - 5;
 		assert_int_equal(dml_ps_push(a, g), 0);
 	}
 	assert_int_equal(dml_ps_save(a, path), 0);

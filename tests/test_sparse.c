@@ -8,14 +8,6 @@
 
 enum { FEAT = 5000, ROWS = 3000, NNZ = 12 };
 
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 /* A sparse problem: `classes` classes, each row NNZ columns (Zipf-ish:
  * small columns more often), the label from a hidden sparse separator. */
 static dml_dataset *sparse_set(size_t rows, int classes, uint64_t seed)
@@ -31,7 +23,7 @@ static dml_dataset *sparse_set(size_t rows, int classes, uint64_t seed)
 		size_t n = 0;
 		double score[8] = {0};
 		while (n < NNZ) {
-			double u = (double)(rng(&s) >> 11) / 9007199254740992.0;
+			double u = (double)(splitmix(&s) >> 11) / 9007199254740992.0;
 			uint32_t c = (uint32_t)(FEAT * u * u * u);
 			int dup = 0;
 			for (size_t k = 0; k < n; k++)
@@ -86,7 +78,7 @@ static void test_rows_grad_matches_loss_grad(void **state)
 		float *w = malloc(m.dim * sizeof *w), *g = malloc(m.dim * sizeof *g);
 		uint64_t s = 9;
 		for (size_t i = 0; i < m.dim; i++)
-			w[i] = (float)((double)(rng(&s) >> 40) / 16777216.0 - 0.5);
+			w[i] = (float)((double)(splitmix(&s) >> 40) / 16777216.0 - 0.5);
 		dml_batch b;
 		assert_int_equal(dml_dataset_batch(ds, 10, 64, &b), 0);
 		double ld, lr;
@@ -354,7 +346,7 @@ static void test_host_fm_on_keyed_store(void **state)
 	uint64_t s = 5;
 	indptr[0] = 0;
 	for (int r = 0; r < NR; r++) {
-		uint32_t a = (uint32_t)(rng(&s) % FF), c = (uint32_t)(rng(&s) % FF);
+		uint32_t a = (uint32_t)(splitmix(&s) % FF), c = (uint32_t)(splitmix(&s) % FF);
 		if (a == c)
 			c = (c + 1) % FF;
 		idx[2 * r] = a < c ? a : c;

@@ -14,22 +14,14 @@
 
 enum { F = 8, K = 4, NTRAIN = 2000, NTEST = 500 };
 
-static uint64_t rng(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-static double unif(uint64_t *s) { return (double)(rng(s) >> 11) / 9007199254740992.0; }
+static double unif(uint64_t *s) { return (double)(splitmix(s) >> 11) / 9007199254740992.0; }
 
 static dml_dataset *blobs(size_t n, uint64_t seed)
 {
 	float *x = malloc(n * F * sizeof *x), *y = malloc(n * sizeof *y);
 	uint64_t s = seed;
 	for (size_t r = 0; r < n; r++) {
-		int c = (int)(rng(&s) % K);
+		int c = (int)(splitmix(&s) % K);
 		y[r] = (float)c;
 		for (int j = 0; j < F; j++) /* class c: centre 2 on axis c */
 			x[r * F + j] = (float)((j == c ? 2.0 : 0.0) + (unif(&s) - 0.5));

@@ -115,6 +115,15 @@ static inline int park_wait(park *p, const int *what, int n, int64_t ms)
 	return ok;
 }
 
+/* splitmix64: the tests' seeded stream of 64-bit numbers. */
+static inline uint64_t splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
 /* A server with its run-loop threads. */
 typedef struct fixture fixture;
 
