@@ -112,8 +112,8 @@ struct dml_rpc_client {
 	dml__buf in;
 	size_t rpos;
 	big bg;
-	int64_t rx_at;   /* ms (stamp): bytes last received; the heartbeat's */
-	int64_t ping_at; /* ms (stamp): a heartbeat last sent */
+	int64_t rx_at;   /* ms : bytes last received; the heartbeat's */
+	int64_t ping_at; /* ms : a heartbeat last sent */
 	int hb_lost;     /* the connection was given up for silence */
 	/* write side */
 	pthread_mutex_t wmu;
@@ -506,22 +506,16 @@ static void release_abandoned(dml_rpc_client *c)
 static int heartbeat(dml_rpc_client *c);
 static void conn_setup(dml_rpc_client *c, int fd);
 
-/* Whether the deadline (us) is more than `margin_ms` away, by the cheap
- * clock alone (which never runs ahead of the precise one), or -1 when
- * the precise clock must say. */
+/* Whether the deadline (us) is more than `margin_ms` away (none is). */
 static int far_from(int64_t deadline_us, int64_t margin_ms)
 {
-	if (deadline_us < 0)
-		return 1;
-	int64_t soonest = dml__sys_stamp_ms() + dml__sys_stamp_slack_ms() + 1 + margin_ms;
-	return soonest * 1000 < deadline_us ? 1 : -1;
+	return deadline_us < 0 || dml__now_us() + margin_ms * 1000 < deadline_us;
 }
 
-/* Whether a call's deadline (us) has passed; a precise clock read only
- * when it may have. */
+/* Whether a call's deadline (us) has passed. */
 static int expired(int64_t deadline_us)
 {
-	return far_from(deadline_us, 0) < 0 && dml__now_us() >= deadline_us;
+	return deadline_us >= 0 && dml__now_us() >= deadline_us;
 }
 
 static int read_step(dml_rpc_client *c, int64_t deadline_us)
@@ -529,7 +523,7 @@ static int read_step(dml_rpc_client *c, int64_t deadline_us)
 	int hb = heartbeat(c);
 	if (hb)
 		return hb;
-	int64_t left_us = far_from(deadline_us, READER_TICK_MS) > 0
+	int64_t left_us = far_from(deadline_us, READER_TICK_MS)
 	                      ? (deadline_us < 0 ? -1 : INT64_MAX / 2) /* a tick at least */
 	                      : dml__remaining_us(deadline_us);
 	if (left_us == 0)
@@ -579,7 +573,7 @@ static int read_step(dml_rpc_client *c, int64_t deadline_us)
 		return 0;
 	if (rc)
 		return rc;
-	c->rx_at = dml__sys_stamp_ms(); /* bytes came: the server lives */
+	c->rx_at = dml__now_ms(); /* bytes came: the server lives */
 	return parse_buffered(c);
 }
 
@@ -1143,7 +1137,7 @@ static void conn_setup(dml_rpc_client *c, int fd)
 	if (strncmp(c->addr, "unix:", 5) != 0)
 		(void)dml__sys_keepalive(fd, c->o.keepalive, c->o.keepalive_interval,
 		                         c->o.keepalive_count, c->o.user_timeout);
-	c->rx_at = dml__sys_stamp_ms();
+	c->rx_at = dml__now_ms();
 	c->ping_at = 0;
 	c->hb_lost = 0;
 }
@@ -1155,7 +1149,7 @@ static int heartbeat(dml_rpc_client *c)
 {
 	if (!c->o.heartbeat)
 		return 0;
-	int64_t now = dml__sys_stamp_ms(), quiet = now - c->rx_at;
+	int64_t now = dml__now_ms(), quiet = now - c->rx_at;
 	if (quiet > c->o.heartbeat_timeout) {
 		c->hb_lost = 1;
 		return DML_ECONNLOST;

@@ -592,13 +592,14 @@ static void sweep_by(dml_rpc_server *s, int64_t at)
 /* A deadline `limit` ms after `since`, or NEVER (no limit, or not timing). */
 static int64_t after(int64_t since, dml_duration limit)
 {
-	return limit < 0 || !since ? NEVER : since + limit + 1 + dml__sys_stamp_slack_ms();
+	return limit < 0 || !since ? NEVER : since + limit + 1;
 }
 
-/* The stamp of an activity: the cheap clock, read several times per
- * request (it may lag by dml__sys_stamp_slack_ms, which after() and
- * late() add, so that no timeout fires early). */
-static int64_t stamp(void) { return dml__sys_stamp_ms(); }
+/* The stamp of an activity: the precise clock in ms (a vDSO read of tens
+ * of ns, a few times per request). Not the coarse clock: on a tickless
+ * kernel in a VM it was measured lagging by 7 ms at a 4 ms resolution, so
+ * no slack added to it could promise that a timeout never fires early. */
+static int64_t stamp(void) { return dml__now_ms(); }
 
 /* ---- listeners resting while descriptors run out ------------------- */
 
@@ -662,13 +663,15 @@ static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 	pthread_mutex_unlock(&s->mu);
 	if (resting) /* a descriptor came back */
 		listeners_wake(s, -1);
-	/* closed for good now (its deferred replies are refused): tell */
+	/* closed for good now (its deferred replies are refused): the layers
+	 * above (a served store drops its parked workers) finish with it
+	 * first, so a host told CLOSED sees their effects */
+	for (int i = 0; i < s->non_close; i++)
+		s->on_close[i].fn(s->on_close[i].user, s, id);
 	if (s->o.on_event) {
 		dml_rpc_event ev = {DML_RPC_EV_CLOSED, id, reason, why ? why : "", peer};
 		s->o.on_event(&ev, s->o.event_user);
 	}
-	for (int i = 0; i < s->non_close; i++)
-		s->on_close[i].fn(s->on_close[i].user, s, id);
 }
 
 /* A free slot, under s->mu; NULL when max_conns are open or memory is out. */
@@ -1132,7 +1135,7 @@ static int conn_acquire(conn *c, uint32_t gen)
 
 static int late(int64_t now, int64_t since, dml_duration limit)
 {
-	return limit >= 0 && since && now - since > limit + dml__sys_stamp_slack_ms();
+	return limit >= 0 && since && now - since > limit;
 }
 
 /* Whether a connection has outstayed a timeout (its owner asks): 0 no,
@@ -1284,8 +1287,8 @@ static int64_t conn_deadline(dml_rpc_server *s, conn *c)
 static void sweep(dml_rpc_server *s)
 {
 	int64_t next = atomic_load(&s->next_sweep);
-	if (next == NEVER || stamp() + dml__sys_stamp_slack_ms() + 1 < next)
-		return; /* not due, by the cheap clock alone */
+	if (next == NEVER)
+		return;
 	int64_t now = dml__now_ms();
 	if (now < next)
 		return;
@@ -1335,12 +1338,7 @@ static int64_t timer_wait_ms(dml_rpc_server *s)
 	int64_t next = atomic_load(&s->next_sweep);
 	if (next == NEVER)
 		return -1;
-	/* a far timer by the cheap clock (waking up to its slack early, to
-	 * look again), a near one by the precise */
-	int64_t slack = dml__sys_stamp_slack_ms(), left = next - stamp() - slack;
-	if (left > 100)
-		return left;
-	left = next - dml__now_ms();
+	int64_t left = next - dml__now_ms();
 	return left < 0 ? 0 : left;
 }
 

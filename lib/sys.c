@@ -29,9 +29,6 @@
     defined(__OpenBSD__) || defined(__DragonFly__)
 #define HAVE_PPOLL 1
 #endif
-#ifdef CLOCK_MONOTONIC_COARSE
-#define HAVE_COARSE 1
-#endif
 #ifdef __linux__
 #define HAVE_GETRANDOM 1
 #define HAVE_EVENTFD 1
@@ -141,35 +138,6 @@ ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	errno = e;
 	return w;
-#endif
-}
-
-int64_t dml__sys_stamp_ms(void)
-{
-	struct timespec ts;
-#ifdef HAVE_COARSE
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-#else
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-#endif
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int dml__sys_stamp_slack_ms(void)
-{
-#ifdef HAVE_COARSE
-	static _Atomic int slack = -1;
-	int v = slack;
-	if (v < 0) {
-		struct timespec res;
-		v = clock_getres(CLOCK_MONOTONIC_COARSE, &res) != 0 || res.tv_sec > 0
-		        ? 1000
-		        : (int)((res.tv_nsec + 999999) / 1000000) + 1;
-		slack = v;
-	}
-	return v;
-#else
-	return 0;
 #endif
 }
 
@@ -340,11 +308,6 @@ const char *dml__sys_kinds(void)
 	    " ppoll"
 #else
 	    " poll-ms"
-#endif
-#ifdef HAVE_COARSE
-	    " coarse-stamps"
-#else
-	    " precise-stamps"
 #endif
 #ifdef HAVE_KEEPALIVE_TIMES
 	    " tcp-keepalive"

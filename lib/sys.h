@@ -9,7 +9,6 @@
  *   dml__sys_sendmsg     MSG_NOSIGNAL (SO_NOSIGPIPE)       SIGPIPE blocked
  *                                                           in the thread
  *                                                           and consumed
- *   dml__sys_stamp_ms    CLOCK_MONOTONIC_COARSE            CLOCK_MONOTONIC
  *   dml__sys_keepalive   TCP_USER_TIMEOUT (Linux)          none: keepalive
  *                                                           (TCP_KEEPIDLE,
  *                                                           ..., also BSD)
@@ -18,9 +17,9 @@
  *                                                           rounded up)
  *   dml__sys_wake_*      eventfd                           a pipe
  *
- * (Deadlines use POSIX's CLOCK_MONOTONIC; the coarse clock only stamps
- * activity, read several times per request, and whoever compares a stamp
- * adds its resolution so that no timeout fires early.)
+ * (Every time is POSIX's CLOCK_MONOTONIC, also activity stamps: Linux's
+ * CLOCK_MONOTONIC_COARSE is 4x cheaper but was measured lagging by 7 ms at
+ * a 4 ms resolution on a tickless VM kernel, so timeouts fired early.)
  *
  * Building with -DDML_PORTABLE (make PORTABLE=1) takes every fallback, so
  * that CI proves them on Linux. The fallbacks of socket and accept leave a
@@ -52,12 +51,6 @@ ssize_t dml__sys_sendmsg(int fd, const struct msghdr *m);
  * call it. */
 void dml__sys_nosigpipe(int fd);
 
-/* A cheap monotonic clock in ms for stamps (a few ms of resolution where
- * it is the coarse one), and by how many ms a stamp may lag the precise
- * clock (0 where it is the precise one). */
-int64_t dml__sys_stamp_ms(void);
-int dml__sys_stamp_slack_ms(void);
-
 /* TCP keepalive on a connected socket: probes after idle_ms of silence,
  * interval_ms apart, count unanswered drop it (idle_ms < 0: off); and
  * sent data unacknowledged for user_timeout_ms drops it (< 0: off). Where
@@ -83,9 +76,8 @@ void dml__sys_wake_drain(const int fd[2]);
 void dml__sys_wake_close(int fd[2]);
 
 /* Which kind each call uses in this build, for the tests and the README:
- * "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps tcp-keepalive
- * user-timeout" or the fallbacks'
- * names. */
+ * "accept4 eventfd getrandom msg-nosignal ppoll tcp-keepalive user-timeout"
+ * or the fallbacks' names. */
 const char *dml__sys_kinds(void);
 
 #endif

@@ -26,10 +26,10 @@ static void test_kinds_match_the_build(void **state)
 	(void)state;
 	const char *k = dml__sys_kinds();
 #ifdef DML_PORTABLE
-	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask poll-ms precise-stamps "
+	assert_string_equal(k, "accept+fcntl pipe urandom sigpipe-mask poll-ms "
 	                       "tcp-keepalive no-user-timeout");
 #elif defined(__linux__)
-	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal ppoll coarse-stamps "
+	assert_string_equal(k, "accept4 eventfd getrandom msg-nosignal ppoll "
 	                       "tcp-keepalive user-timeout");
 #else
 	assert_non_null(k);
@@ -142,20 +142,6 @@ static void test_poll_us(void **state)
 	dml__sys_wake_close(w);
 }
 
-/* A stamp never runs ahead of the precise clock, nor lags it by more than
- * its slack. */
-static void test_stamps(void **state)
-{
-	(void)state;
-	int slack = dml__sys_stamp_slack_ms();
-	assert_true(slack >= 0 && slack <= 1000);
-	for (int i = 0; i < 100000; i++) {
-		int64_t st = dml__sys_stamp_ms(), now = dml__now_ms();
-		assert_true(st <= now);
-		assert_true(now - st <= slack + 1);
-	}
-}
-
 static void test_wake_descriptor(void **state)
 {
 	(void)state;
@@ -187,7 +173,6 @@ int main(void)
 		cmocka_unit_test(test_random_bytes),
 		cmocka_unit_test(test_wake_descriptor),
 		cmocka_unit_test(test_poll_us),
-		cmocka_unit_test(test_stamps),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

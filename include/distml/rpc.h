@@ -144,7 +144,8 @@ typedef struct dml_rpc_server_opts {
 /* What on_event reports. */
 typedef enum dml_rpc_event_kind {
 	DML_RPC_EV_ACCEPTED = 1, /* a connection was accepted */
-	DML_RPC_EV_CLOSED = 2,   /* a connection was closed: reason, why */
+	DML_RPC_EV_CLOSED = 2,   /* a connection was closed: reason, why;
+	                            after the library is done with it */
 	DML_RPC_EV_SHED = 3,     /* accepted and closed at once: max_conns */
 	DML_RPC_EV_REST = 4,     /* out of descriptors (why): accepting rests
 	                            100 ms or until a connection closes */
