@@ -67,6 +67,13 @@ void dml__poller_del(dml__poller *p, int fd);
  * DML__EV_OUT; a hang-up is always reported). */
 void dml__poller_want(dml__poller *p, int fd, unsigned events);
 
+/* Makes a connection (watched with `data`) reported again soon, though no
+ * new edge may come: a stream holds input its descriptor does not show
+ * (stream.h), read by a thread that is not its owner. It is reported once
+ * it is writable or readable (epoll re-arms it: EPOLL_CTL_MOD; poll()
+ * waits for output too). */
+void dml__poller_kick(dml__poller *p, int fd, uint64_t data);
+
 /* Waits up to timeout_ms (-1: no limit, 0: do not wait) for events, fills
  * up to `max` of them: their count, 0 on a timeout or an interruption,
  * DML_ESYS. */

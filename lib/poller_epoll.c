@@ -41,11 +41,11 @@ void dml__poller_free(dml__poller *p)
 	free(p);
 }
 
+#define CONN_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+
 int dml__poller_add(dml__poller *p, int fd, int kind, uint64_t data)
 {
-	struct epoll_event ev = {.events = kind == DML__POLL_CONN
-	                                       ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-	                                       : EPOLLIN,
+	struct epoll_event ev = {.events = kind == DML__POLL_CONN ? CONN_EVENTS : EPOLLIN,
 	                         .data.u64 = data};
 	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) == 0)
 		return 0;
@@ -64,6 +64,14 @@ void dml__poller_want(dml__poller *p, int fd, unsigned events)
 	(void)p; /* edge-triggered: the kernel reports every new edge */
 	(void)fd;
 	(void)events;
+}
+
+void dml__poller_kick(dml__poller *p, int fd, uint64_t data)
+{
+	int e = errno;
+	struct epoll_event ev = {.events = CONN_EVENTS, .data.u64 = data};
+	(void)epoll_ctl(p->epfd, EPOLL_CTL_MOD, fd, &ev); /* reports what is ready */
+	errno = e;
 }
 
 int dml__poller_wait(dml__poller *p, dml__poll_event *ev, int max, int timeout_ms)

@@ -144,13 +144,20 @@ void dml__poller_want(dml__poller *p, int fd, unsigned events)
 	pthread_mutex_lock(&p->mu);
 	entry *x = find(p, fd);
 	if (x) {
+		unsigned old = x->want;
 		x->want = events & (DML__EV_IN | DML__EV_OUT);
-		if (!x->armed) {
+		if (!x->armed || x->want != old) {
 			x->armed = 1;
 			changed(p);
 		}
 	}
 	pthread_mutex_unlock(&p->mu);
+}
+
+void dml__poller_kick(dml__poller *p, int fd, uint64_t data)
+{
+	(void)data;
+	dml__poller_want(p, fd, DML__EV_IN | DML__EV_OUT);
 }
 
 static short poll_events(const entry *x)

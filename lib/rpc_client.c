@@ -15,6 +15,15 @@
  * lets go (it looks at the flag after every read, and a read blocks at most
  * READER_TICK_MS), so no caller buffer is written after its call ended.
  *
+ * The connection is a stream (stream.h). A plain socket is DUPLEX: its
+ * descriptor is made blocking, the reader blocks in recv() while writers
+ * write. Any other stream (TLS) serves one thread at a time: reads and
+ * writes then take `smu`, the descriptor stays non-blocking, and both
+ * wait in poll() without the lock: a writer whose write took input in (a
+ * stream's write may read) wakes the reader through `wake`, and a reader
+ * whose read took in what a waiting writer waited for (a TLS key update)
+ * wakes it through `wwake`.
+ *
  * A failed call keeps a message in its handle (errmsg: the peer's, escaped,
  * or what went wrong here), which dml_rpc_pending_wait copies into the
  * calling thread's error detail.
@@ -25,19 +34,17 @@
 #include "codec.h"
 #include "frame.h"
 #include "rpc_wire.h"
+#include "stream.h"
 #include "transport.h"
 
 #include <stdio.h>
 
 #include <errno.h>
-#include <fcntl.h>
-#include <stdatomic.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #define READ_BUF (64 * 1024)
 #define QUEUE_FLUSH (64 * 1024) /* flush queued requests beyond this */
@@ -86,7 +93,13 @@ typedef struct big {
 } big;
 
 struct dml_rpc_client {
-	int fd;
+	dml__stream *st;
+	int fd;       /* st->fd */
+	int locked;   /* the stream is not DUPLEX: smu, wake */
+	pthread_mutex_t smu; /* a locked stream's reads and writes */
+	int wake[2];  /* a locked stream: wakes the reader waiting in poll() */
+	int wwake[2]; /* ... and writers waiting in poll() */
+	int wwaiting; /* writers wait for wwake (under smu) */
 	int rcvtimeo; /* SO_RCVTIMEO now set on fd, ms */
 	atomic_int abandon_req; /* a waiter wants the reader to let go */
 	atomic_int queued;      /* requests wait in `out` */
@@ -229,10 +242,93 @@ static void conn_break(dml_rpc_client *c, int err)
 {
 	if (!c->broken) {
 		c->broken = err;
-		shutdown(c->fd, SHUT_RDWR); /* wakes a reader blocked in recv */
+		dml__stream_shutdown(c->st); /* wakes a reader blocked in recv */
 	}
 	if (!c->reader)
 		fail_all(c, err);
+}
+
+/* ---- the stream ---------------------------------------------------- */
+
+/* One read (under smu for a locked stream). */
+static ssize_t c_read(dml_rpc_client *c, void *buf, size_t len)
+{
+	if (!c->locked)
+		return dml__stream_read(c->st, buf, len);
+	pthread_mutex_lock(&c->smu);
+	ssize_t n = dml__stream_read(c->st, buf, len);
+	int wake_writers = c->wwaiting; /* the read may have taken their input */
+	c->wwaiting = 0;
+	pthread_mutex_unlock(&c->smu);
+	if (wake_writers)
+		dml__sys_wake_signal(c->wwake);
+	return n;
+}
+
+/* A locked stream's reader, after DML_EAGAIN: waits up to timeout_us for
+ * what the stream wants, or a writer's wake-up. 0, or DML_ECONNLOST. */
+static int c_wait_input(dml_rpc_client *c, int64_t timeout_us)
+{
+	pthread_mutex_lock(&c->smu);
+	size_t held = dml__stream_pending(c->st);
+	unsigned w = dml__stream_wants(c->st, DML__EV_IN);
+	pthread_mutex_unlock(&c->smu);
+	if (held)
+		return 0;
+	short ev = (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+	int n = dml__wait_us(c->fd, ev, c->wake[0], timeout_us);
+	dml__sys_wake_drain(c->wake);
+	return n < 0 ? DML_ECONNLOST : 0;
+}
+
+/* Writes all of iov and flushes, before `deadline` (ms). */
+static int c_write_all(dml_rpc_client *c, struct iovec *iov, int n, int64_t deadline)
+{
+	if (!c->locked)
+		return dml__stream_write_all(c->st, iov, n, deadline);
+	for (;;) {
+		pthread_mutex_lock(&c->smu);
+		int rc = dml__stream_write_step(c->st, &iov, &n);
+		size_t held = dml__stream_pending(c->st);
+		unsigned w = dml__stream_wants(c->st, DML__EV_OUT);
+		if (rc == DML_EAGAIN)
+			c->wwaiting = 1;
+		pthread_mutex_unlock(&c->smu);
+		if (held) /* the write took input in: the reader must see it */
+			dml__sys_wake_signal(c->wake);
+		if (rc != DML_EAGAIN)
+			return rc;
+		short ev = (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+		int left = dml__remaining_ms(deadline);
+		if (left == 0)
+			return DML_ETIMEDOUT;
+		/* the reader may take what the stream waits for: it wakes us */
+		if (dml__wait_us(c->fd, ev, c->wwake[0], left < 0 ? -1 : (int64_t)left * 1000) < 0)
+			return DML_ESYS;
+		dml__sys_wake_drain(c->wwake);
+	}
+}
+
+/* Takes a dialed socket as the connection's stream (closing fd on failure). */
+static int c_open(dml_rpc_client *c, int fd, dml__stream **out)
+{
+	int rc = dml__stream_open(out, fd, 0);
+	if (rc)
+		return rc;
+	int locked = !((*out)->flags & DML__STREAM_DUPLEX);
+	if (locked && c->wake[0] < 0 && dml__sys_wake_new(c->wake))
+		rc = DML_ESYS;
+	if (!rc && locked && c->wwake[0] < 0 && dml__sys_wake_new(c->wwake))
+		rc = DML_ESYS;
+	/* a plain socket's reads block (bounded by SO_RCVTIMEO); writes pass
+	 * MSG_DONTWAIT */
+	if (!rc && !locked)
+		rc = dml__set_blocking(fd, 1);
+	if (rc) {
+		dml__stream_close(*out);
+		return rc;
+	}
+	return 0;
 }
 
 /* ---- large frames (reader role; takes mu briefly) ----------------- */
@@ -405,7 +501,7 @@ static int big_read(dml_rpc_client *c)
 	uint8_t *dst = b->dst ? b->dst + b->got : c->in.data;
 	if (!b->dst && want > c->in.cap)
 		want = c->in.cap;
-	ssize_t n = dml__read(c->fd, dst, want);
+	ssize_t n = c_read(c, dst, want);
 	if (n < 0)
 		return (int)n;
 	b->got += (size_t)n;
@@ -530,38 +626,39 @@ static int read_step(dml_rpc_client *c, int64_t deadline_us)
 		return DML_ETIMEDOUT;
 	int left = left_us < 0 ? -1 : (int)((left_us + 999) / 1000 > DML__MAX_WAIT_MS
 	                                        ? DML__MAX_WAIT_MS : (left_us + 999) / 1000);
-	if (left > 0 && left <= READER_TICK_MS) {
-		struct pollfd p = {c->fd, POLLIN, 0};
-		int n = dml__sys_poll_us(&p, 1, left_us);
+	if (!c->locked && left > 0 && left <= READER_TICK_MS) {
+		int n = dml__wait_us(c->fd, POLLIN, -1, left_us);
 		if (n == 0)
-			return 0; /* the deadline: the caller sees it */
-		if (n < 0 && errno != EINTR)
-			return DML_ECONNLOST;
+			return 0; /* the deadline (or a signal): the caller sees it */
 		if (n < 0)
-			return 0;
+			return DML_ECONNLOST;
 	}
 	int tmo = (left < 0 || left > READER_TICK_MS) ? READER_TICK_MS : left;
-	if (tmo != c->rcvtimeo) {
-		struct timeval tv = {tmo / 1000, (tmo % 1000) * 1000};
-		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	if (!c->locked && tmo != c->rcvtimeo) {
+		dml__set_recv_timeout(c->fd, tmo);
 		c->rcvtimeo = tmo;
 	}
 	int rc;
 	if (c->bg.active) {
 		rc = big_read(c);
 	} else {
-		if (c->o.spin_us) { /* busy-poll first, bounded (the deadline may
-		                       pass by up to spin_us); poll() does not
-		                       lock the socket against arriving data */
+		if (c->o.spin_us && !c->locked) { /* busy-poll first, bounded (the
+		                       deadline may pass by up to spin_us); poll()
+		                       does not lock the socket against arriving data */
 			int64_t until = dml__now_us() + c->o.spin_us;
-			struct pollfd p = {c->fd, POLLIN, 0};
-			while (poll(&p, 1, 0) == 0 && dml__now_us() < until)
+			while (dml__wait_us(c->fd, POLLIN, -1, 0) == 0 && dml__now_us() < until)
 				;
 		}
-		ssize_t r = dml__read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
+		ssize_t r = c_read(c, c->in.data + c->in.len, c->in.cap - c->in.len);
 		if (r > 0)
 			c->in.len += (size_t)r;
 		rc = r > 0 ? 0 : (int)r;
+	}
+	if (rc == DML_EAGAIN && c->locked) { /* non-blocking: wait a tick at most */
+		int w = c_wait_input(c, left_us < 0 || left_us > READER_TICK_MS * 1000
+		                            ? READER_TICK_MS * 1000 : left_us);
+		if (w)
+			rc = w;
 	}
 	if (atomic_load_explicit(&c->abandon_req, memory_order_relaxed)) {
 		pthread_mutex_lock(&c->mu);
@@ -647,7 +744,7 @@ static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
 		from = at;
 	}
 	iov[niov++] = (struct iovec){c->out.data + from, c->out.len - from};
-	int rc = dml__writev_all(c->fd, iov, niov, deadline);
+	int rc = c_write_all(c, iov, niov, deadline);
 	c->out.len = 0;
 	atomic_store_explicit(&c->queued, 0, memory_order_relaxed);
 	return rc;
@@ -728,12 +825,6 @@ static int method_check(dml_rpc_client *c, const dml_rpc_method *m)
 	return 0;
 }
 
-static int make_blocking(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-	return fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 ? DML_ESYS : 0;
-}
-
 /* Under mu, with the connection lost: dials again if the backoff allows
  * (mu is released meanwhile, and other calls fail fast). 0 when connected
  * again, else the error the call gets. */
@@ -748,10 +839,11 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	if (deadline >= 0 && (dl < 0 || deadline < dl))
 		dl = deadline;
 	int fd = -1;
+	dml__stream *st = NULL;
 	int rc = dml__dial(c->addr, dl, &fd);
-	if (!rc && (rc = make_blocking(fd))) {
-		close(fd);
-		fd = -1;
+	if (!rc) {
+		conn_setup(c, fd);
+		rc = c_open(c, fd, &st);
 	}
 	pthread_mutex_lock(&c->wmu); /* order: wmu, then mu */
 	pthread_mutex_lock(&c->mu);
@@ -763,9 +855,10 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	}
 	/* nobody reads or writes the old socket: no reader (checked above,
 	 * and none starts while broken), writers wait for wmu */
-	close(c->fd);
+	dml__stream_close(c->st);
+	c->st = st;
 	c->fd = fd;
-	conn_setup(c, fd);
+	c->locked = !(st->flags & DML__STREAM_DUPLEX);
 	c->rcvtimeo = 0;
 	c->out.len = 0; /* may end in a partial frame of the old stream */
 	atomic_store(&c->queued, 0);
@@ -1195,20 +1288,23 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 		free(c);
 		return DML_ENOMEM;
 	}
+	c->wake[0] = c->wake[1] = c->wwake[0] = c->wwake[1] = -1;
 	rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
-	if (rc) { /* the detail names the addresses tried */
+	if (!rc) { /* else the detail names the addresses tried */
+		conn_setup(c, c->fd);
+		rc = c_open(c, c->fd, &c->st);
+	}
+	if (rc) {
+		if (c->wake[0] >= 0)
+			dml__sys_wake_close(c->wake);
+		if (c->wwake[0] >= 0)
+			dml__sys_wake_close(c->wwake);
 		dml__buf_free(&c->in);
 		free(c);
 		return rc;
 	}
-	conn_setup(c, c->fd);
-	/* Reads block (bounded by SO_RCVTIMEO); writes pass MSG_DONTWAIT. */
-	if (make_blocking(c->fd)) {
-		close(c->fd);
-		dml__buf_free(&c->in);
-		free(c);
-		return DML_ESYS;
-	}
+	c->locked = !(c->st->flags & DML__STREAM_DUPLEX);
+	pthread_mutex_init(&c->smu, NULL);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->wmu, NULL);
 	*out = c;
@@ -1239,7 +1335,12 @@ void dml_rpc_free(dml_rpc_client *c)
 		c->freelist = k->hnext;
 		call_destroy(k);
 	}
-	close(c->fd);
+	dml__stream_close(c->st);
+	if (c->wake[0] >= 0)
+		dml__sys_wake_close(c->wake);
+	if (c->wwake[0] >= 0)
+		dml__sys_wake_close(c->wwake);
+	pthread_mutex_destroy(&c->smu);
 	pthread_mutex_destroy(&c->mu);
 	pthread_mutex_destroy(&c->wmu);
 	dml__buf_free(&c->in);

@@ -25,6 +25,7 @@
 #include "frame.h"
 #include "poller.h"
 #include "rpc_wire.h"
+#include "stream.h"
 #include "sys.h"
 #include "transport.h"
 
@@ -75,14 +76,17 @@ typedef struct conn conn;
 struct conn {
 	_Atomic uint64_t state; /* generation << 32 | busy */
 	uint32_t slot;
-	int fd;               /* -1 while the slot is free */
+	int fd;               /* st->fd; -1 while the slot is free */
+	dml__stream *st;      /* the connection's bytes (stream.h) */
 	uint64_t id;
 	conn *next_free;
 	dml__buf in; /* bytes [rpos, in.len) are unparsed */
 	size_t rpos;
-	pthread_mutex_t omu; /* guards out, opos and writes to fd */
+	pthread_mutex_t omu; /* guards out, opos, held and writes to st (and
+	                        its reads, unless the stream is DUPLEX) */
 	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
+	int held;            /* the stream holds written bytes unflushed */
 	atomic_int over;     /* unsent bytes > OUT_HIGH (set under omu) */
 	atomic_int hup;      /* the peer's end of stream (or an error) was
 	                        reported: read on past short reads to see it */
@@ -478,8 +482,10 @@ void dml_rpc_server_stop(dml_rpc_server *s)
 /* Releases a connection's socket and buffers; the slot stays. */
 static void conn_release_io(conn *c)
 {
-	close(c->fd);
+	dml__stream_close(c->st);
+	c->st = NULL;
 	c->fd = -1;
+	c->held = 0;
 	dml__buf_free(&c->in);
 	dml__buf_free(&c->out);
 	dml__buf_free(&c->scratch);
@@ -556,7 +562,7 @@ int dml_rpc_ctx_peer(const dml_rpc_ctx *ctx, char *buf, size_t cap)
 	dml__detail_clear();
 	if (!ctx || !buf || !cap)
 		return DML_EINVAL;
-	int rc = dml__peer_addr(ctx->c->fd, buf, cap);
+	int rc = dml__stream_peer(ctx->c->st, buf, cap);
 	if (rc)
 		buf[0] = 0;
 	return rc;
@@ -720,35 +726,40 @@ static void accept_all(dml_rpc_server *s, listener *l)
 			listeners_rest(s);
 			return;
 		}
+		if (!l->unix_path[0] && s->o.keepalive >= 0) /* TCP: dead peers */
+			(void)dml__sys_keepalive(fd, s->o.keepalive, s->o.keepalive_interval,
+			                         s->o.keepalive_count, s->o.user_timeout);
+		else if (!l->unix_path[0])
+			(void)dml__sys_keepalive(fd, -1, 0, 0, s->o.user_timeout);
+		dml__stream *st;
+		if (dml__stream_open(&st, fd, 1)) /* closes fd */
+			continue;
 		pthread_mutex_lock(&s->mu);
 		conn *c = slot_take(s);
 		pthread_mutex_unlock(&s->mu);
 		if (!c) {
 			if (s->o.on_event) {
 				char peer[64] = "", why[96];
-				(void)dml__peer_addr(fd, peer, sizeof peer);
+				(void)dml__stream_peer(st, peer, sizeof peer);
 				snprintf(why, sizeof why, "%d connections open (max_conns)",
 				         s->o.max_conns);
 				dml_rpc_event ev = {DML_RPC_EV_SHED, 0, DML_EBUSY, why, peer};
 				s->o.on_event(&ev, s->o.event_user);
 			}
-			close(fd);
+			dml__stream_close(st);
 			continue;
 		}
-		if (!l->unix_path[0] && s->o.keepalive >= 0) /* TCP: dead peers */
-			(void)dml__sys_keepalive(fd, s->o.keepalive, s->o.keepalive_interval,
-			                         s->o.keepalive_count, s->o.user_timeout);
-		else if (!l->unix_path[0])
-			(void)dml__sys_keepalive(fd, -1, 0, 0, s->o.user_timeout);
 		/* ours until added and set up: a sweep that sees `open` first
 		 * finds it busy */
 		uint32_t gen = conn_gen(c);
 		atomic_store(&c->state, ((uint64_t)gen << 32) | 1);
+		c->st = st;
 		c->fd = fd;
+		c->held = 0;
 		c->id = atomic_fetch_add(&s->next_id, 1);
 		c->peer[0] = 0;
 		if (s->o.on_event)
-			(void)dml__peer_addr(fd, c->peer, sizeof c->peer);
+			(void)dml__stream_peer(st, c->peer, sizeof c->peer);
 		int64_t now = stamp();
 		atomic_store(&c->rx_at, now);
 		atomic_store(&c->tx_at, now);
@@ -896,12 +907,13 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 	return send_ok(s, c, fr->seq, rt, reply);
 }
 
-/* Writes what it can of c->out, under c->omu. 0, or DML_ECONNLOST. */
+/* Writes what it can of c->out, and pushes out what the stream holds,
+ * under c->omu. 0, or DML_ECONNLOST. */
 static int conn_flush_locked(conn *c)
 {
 	while (c->opos < c->out.len) {
 		struct iovec iov = {c->out.data + c->opos, c->out.len - c->opos};
-		ssize_t w = dml__writev(c->fd, &iov, 1);
+		ssize_t w = dml__stream_writev(c->st, &iov, 1);
 		if (w == DML_EAGAIN)
 			return 0;
 		if (w < 0)
@@ -910,6 +922,10 @@ static int conn_flush_locked(conn *c)
 		atomic_store(&c->tx_at, stamp());
 	}
 	c->opos = c->out.len = 0;
+	int rc = dml__stream_flush(c->st); /* also what its reads left to send */
+	if (rc && rc != DML_EAGAIN)
+		return rc;
+	c->held = rc == DML_EAGAIN;
 	return 0;
 }
 
@@ -918,7 +934,7 @@ static int conn_flush_locked(conn *c)
 static int note_backlog(conn *c)
 {
 	dml_rpc_server *s = c->s;
-	if (c->opos == c->out.len) {
+	if (c->opos == c->out.len && !c->held) {
 		atomic_store(&c->tx_at, stamp()); /* nothing owed: not stalled */
 		if (!atomic_load(&c->deferred)) /* idle again, maybe since long */
 			sweep_by(s, after(atomic_load(&c->rx_at), s->o.idle_timeout));
@@ -931,11 +947,39 @@ static int note_backlog(conn *c)
 }
 
 /* Under omu: what a connection waits for when its owner lets go: output
- * room while replies are unsent, input unless they are over the limit. */
+ * room while replies are unsent, input unless they are over the limit,
+ * and whatever the stream needs to go on. */
 static unsigned wants_locked(conn *c)
 {
-	return (c->opos < c->out.len ? DML__EV_OUT : 0) |
-	       (atomic_load(&c->over) ? 0 : DML__EV_IN);
+	return dml__stream_wants(c->st, (c->opos < c->out.len || c->held ? DML__EV_OUT : 0) |
+	                                    (atomic_load(&c->over) ? 0 : DML__EV_IN));
+}
+
+/* Whether a stream that is not DUPLEX holds input (a write may take
+ * input in, which no event then reports). */
+static int conn_held_input(conn *c)
+{
+	if (c->st->flags & DML__STREAM_DUPLEX)
+		return 0;
+	pthread_mutex_lock(&c->omu);
+	int held = dml__stream_pending(c->st) > 0;
+	pthread_mutex_unlock(&c->omu);
+	return held;
+}
+
+/* One read from the stream (under omu unless it is DUPLEX: a deferred
+ * reply may write meanwhile); *more: a short read does not mean that the
+ * input is drained (the stream holds more, or cannot tell). */
+static ssize_t conn_recv(conn *c, void *buf, size_t len, int *more)
+{
+	*more = !(c->st->flags & DML__STREAM_SHORT_DRAINS);
+	if (c->st->flags & DML__STREAM_DUPLEX)
+		return dml__stream_read(c->st, buf, len);
+	pthread_mutex_lock(&c->omu);
+	ssize_t n = dml__stream_read(c->st, buf, len);
+	*more = *more || dml__stream_pending(c->st) > 0;
+	pthread_mutex_unlock(&c->omu);
+	return n;
 }
 
 static unsigned conn_wants(conn *c)
@@ -1096,14 +1140,15 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if (!partial && c->in.len - c->rpos >= DML__FRAME_HDR)
 			continue; /* frames left when serving stopped: serve them */
 		size_t room = c->in.cap - c->in.len;
-		ssize_t n = dml__read(c->fd, c->in.data + c->in.len, room);
+		int more;
+		ssize_t n = conn_recv(c, c->in.data + c->in.len, room, &more);
 		if (n == DML_EAGAIN)
 			return 0;
 		if (n < 0)
 			return (int)n;
 		c->in.len += (size_t)n;
 		atomic_store(&c->rx_at, stamp());
-		if ((size_t)n < room && !atomic_load(&c->hup)) {
+		if ((size_t)n < room && !atomic_load(&c->hup) && !more) {
 			/* Drained for now (a short read): serve what came; more
 			 * input raises a new edge, so no read for EAGAIN. */
 			if ((rc = serve_frames(s, c, gen, &fr, &partial)) ||
@@ -1111,8 +1156,10 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 				return rc;
 			note_frame(s, c, partial);
 			/* serving may have stopped over the reply limit with
-			 * whole frames left: no event would bring them back */
-			if (backlog || partial || c->in.len - c->rpos < DML__FRAME_HDR)
+			 * whole frames left: no event would bring them back;
+			 * nor would one bring input a stream's write took in */
+			if (backlog ||
+			    ((partial || c->in.len - c->rpos < DML__FRAME_HDR) && !conn_held_input(c)))
 				return 0;
 		}
 	}
@@ -1221,11 +1268,19 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 	}
 	for (;;) {
 		uint64_t seen = atomic_load(&c->state);
-		int backlog = 0, rc = 0;
-		if (events & DML__EV_OUT || !(events & DML__EV_IN))
-			rc = conn_flush(c, &backlog);
+		/* flush first, whatever the event: a stream's write may have
+		 * waited for input */
+		int backlog = 0, rc = conn_flush(c, &backlog);
 		if (!rc && !backlog)
 			rc = conn_read(s, c, gen);
+		/* a stream that is not DUPLEX: the read may have let a write
+		 * that waited go on (no event will say so), and that write may
+		 * take input in */
+		while (!rc && !(c->st->flags & DML__STREAM_DUPLEX)) {
+			if ((rc = conn_flush(c, &backlog)) || backlog || !conn_held_input(c))
+				break;
+			rc = conn_read(s, c, gen);
+		}
 		if (rc) {
 			conn_close(s, c, rc, close_why(rc));
 			return;
@@ -1482,7 +1537,7 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 		else
 			rc = reply_ok(d->s, c, d->seq, d->rt, reply);
 		if (rc) /* no reply at all would leave the caller waiting */
-			shutdown(c->fd, SHUT_RDWR);
+			dml__stream_shutdown(c->st);
 		/* Write at once: the owner may be waiting in the poller for
 		 * input. What does not fit waits for the output event that the full
 		 * socket raises when the peer reads, and a failed connection
@@ -1492,8 +1547,12 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 		if (!rc)
 			rc = conn_flush_locked(c);
 		note_backlog(c);
-		if (DML__POLLER_ONESHOT && c->opos < c->out.len) /* wait for output too */
-			dml__poller_want(d->s->poller, c->fd, wants_locked(c));
+		if (!(c->st->flags & DML__STREAM_DUPLEX) && dml__stream_pending(c->st))
+			/* the write took input in (a stream's write may read):
+			 * no edge will report it, so the owner must be called */
+			dml__poller_kick(d->s->poller, c->fd, conn_cookie(c, d->gen));
+		else if (DML__POLLER_ONESHOT && (c->opos < c->out.len || c->held))
+			dml__poller_want(d->s->poller, c->fd, wants_locked(c)); /* output too */
 	}
 	pthread_mutex_unlock(&c->omu);
 	pthread_rwlock_unlock(&h->lock);

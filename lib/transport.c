@@ -198,6 +198,29 @@ int dml__wait_fd(int fd, short events, int64_t deadline)
 	}
 }
 
+int dml__wait_us(int fd, short events, int wake_fd, int64_t timeout_us)
+{
+	struct pollfd p[2] = {{fd, events, 0}, {wake_fd, POLLIN, 0}};
+	int n = dml__sys_poll_us(p, wake_fd >= 0 ? 2 : 1, timeout_us);
+	if (n > 0)
+		return 1; /* an error too: the next read or write reports it */
+	return n == 0 || errno == EINTR ? 0 : DML_ESYS;
+}
+
+int dml__set_blocking(int fd, int on)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, on ? fl & ~O_NONBLOCK : fl | O_NONBLOCK) < 0)
+		return DML_ESYS;
+	return 0;
+}
+
+void dml__set_recv_timeout(int fd, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
 /* One address: a connected socket before `deadline`, or an error. */
 static int dial_one(const addr *a, int64_t deadline, int *out)
 {
@@ -347,35 +370,4 @@ ssize_t dml__writev(int fd, const struct iovec *iov, int n)
 			return DML_EAGAIN;
 		return DML_ECONNLOST;
 	}
-}
-
-int dml__writev_all(int fd, struct iovec *iov, int n, int64_t deadline)
-{
-	while (n > 0) {
-		if (iov->iov_len == 0) {
-			iov++;
-			n--;
-			continue;
-		}
-		ssize_t w = dml__writev(fd, iov, n > 64 ? 64 : n);
-		if (w == DML_EAGAIN) {
-			int rc = dml__wait_fd(fd, POLLOUT, deadline);
-			if (rc)
-				return rc;
-			continue;
-		}
-		if (w < 0)
-			return (int)w;
-		size_t left = (size_t)w;
-		while (n > 0 && left >= iov->iov_len) {
-			left -= iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + left;
-			iov->iov_len -= left;
-		}
-	}
-	return 0;
 }

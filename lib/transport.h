@@ -1,8 +1,9 @@
 /*
  * transport.h - byte streams: address parsing, listen/accept/dial and
  * deadline-bounded I/O on non-blocking sockets (TCP over IPv4/IPv6, Unix
- * domain). The RPC layer reaches the network only through these functions,
- * so another transport (TLS) can be slotted in here. Not installed.
+ * domain). The RPC layer reaches the network only through these functions
+ * and the streams over them (stream.h), where another transport (TLS)
+ * slots in. Not installed.
  */
 #ifndef DISTML_TRANSPORT_H
 #define DISTML_TRANSPORT_H
@@ -47,11 +48,19 @@ ssize_t dml__read(int fd, void *buf, size_t len);
  * Never raises SIGPIPE. */
 ssize_t dml__writev(int fd, const struct iovec *iov, int n);
 
-/* Writes all of iov (modified as it goes) before `deadline`. */
-int dml__writev_all(int fd, struct iovec *iov, int n, int64_t deadline);
-
 /* Waits until fd has `events` (POLLIN/POLLOUT) or the deadline passes:
  * 0, DML_ETIMEDOUT, or DML_ESYS. */
 int dml__wait_fd(int fd, short events, int64_t deadline);
+
+/* Waits up to timeout_us (-1: no limit, 0: not at all) until fd has
+ * `events` (POLLIN/POLLOUT) or wake_fd (-1: none) is readable: 1, 0 on a
+ * timeout or an interruption, DML_ESYS. An error on fd counts as ready. */
+int dml__wait_us(int fd, short events, int wake_fd, int64_t timeout_us);
+
+/* Makes fd blocking (on) or non-blocking. 0 or DML_ESYS. */
+int dml__set_blocking(int fd, int on);
+
+/* Bounds a blocking receive on fd (SO_RCVTIMEO) to ms (> 0). */
+void dml__set_recv_timeout(int fd, int ms);
 
 #endif

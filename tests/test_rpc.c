@@ -1342,7 +1342,12 @@ static void test_host_event_loop(void **state)
 	dml_rpc_server_stop(f.srv);
 	pthread_join(t, NULL);
 	assert_int_equal(l.rc, DML_ESTOPPED);
+#ifndef RPC_OVER_BUFSTREAM
 	assert_true(l.events >= 101); /* an accept and at least one read per call */
+#else /* the server reads a buffering stream until EAGAIN, and so may find
+         the next call before it waits again */
+	assert_true(l.events >= 2);
+#endif
 	dml_rpc_free(c);
 	dml_rpc_server_free(f.srv);
 }
@@ -2390,8 +2395,24 @@ static void test_stop_wakes_every_runner(void **state)
 	dml_rpc_free(c);
 }
 
+/* Over the buffering stream (test_rpc_stream.c), the tests that speak
+ * plain frames to a raw socket are left out. */
+#ifdef RPC_OVER_BUFSTREAM
+static void plain_only(void **state)
+{
+	(void)state;
+	skip();
+}
+#define PLAIN_ONLY(t) {#t " (plain frames)", plain_only, NULL, NULL, NULL},
+#else
+#define PLAIN_ONLY(t) cmocka_unit_test(t),
+#endif
+
 int main(void)
 {
+#ifdef RPC_OVER_BUFSTREAM
+	dml__stream_set_wrap(bs_wrap);
+#endif
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip_and_errors),
 		cmocka_unit_test(test_unix_socket),
@@ -2406,26 +2427,26 @@ int main(void)
 		cmocka_unit_test(test_pipelined),
 		cmocka_unit_test(test_large_arrays),
 		cmocka_unit_test(test_large_reply_layouts),
-		cmocka_unit_test(test_unread_replies_bounded),
+		PLAIN_ONLY(test_unread_replies_bounded)
 		cmocka_unit_test(test_large_buffer_released),
-		cmocka_unit_test(test_small_requests_large_replies_bounded),
-		cmocka_unit_test(test_server_timeouts),
-		cmocka_unit_test(test_max_conns),
-		cmocka_unit_test(test_data_then_eof),
-		cmocka_unit_test(test_deferred_reply_runs_no_handler),
+		PLAIN_ONLY(test_small_requests_large_replies_bounded)
+		PLAIN_ONLY(test_server_timeouts)
+		PLAIN_ONLY(test_max_conns)
+		PLAIN_ONLY(test_data_then_eof)
+		PLAIN_ONLY(test_deferred_reply_runs_no_handler)
 		cmocka_unit_test(test_client_reconnect),
 		cmocka_unit_test(test_deadline),
 		cmocka_unit_test(test_spin),
 		cmocka_unit_test(test_stop_in_flight),
 		cmocka_unit_test(test_close_pending),
-		cmocka_unit_test(test_hostile_frames),
-		cmocka_unit_test(test_version_refused),
-		cmocka_unit_test(test_version_client),
+		PLAIN_ONLY(test_hostile_frames)
+		PLAIN_ONLY(test_version_refused)
+		PLAIN_ONLY(test_version_client)
 		cmocka_unit_test(test_has_method),
 		cmocka_unit_test(test_frame_limits),
 		cmocka_unit_test(test_1000_connections),
 		cmocka_unit_test(test_host_event_loop),
-		cmocka_unit_test(test_host_loop_timers),
+		PLAIN_ONLY(test_host_loop_timers)
 		cmocka_unit_test(test_out_of_descriptors),
 		cmocka_unit_test(test_heartbeat_stopped_server),
 		cmocka_unit_test(test_heartbeat_timeout_server),
@@ -2434,5 +2455,15 @@ int main(void)
 		cmocka_unit_test(test_deferred_out_of_order),
 		cmocka_unit_test(test_in_flight_limits),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	if (getenv("DML_TEST_ONLY")) /* e.g. DML_TEST_ONLY='test_pipe*' */
+		cmocka_set_test_filter(getenv("DML_TEST_ONLY"));
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+#ifdef RPC_OVER_BUFSTREAM
+	if (!getenv("DML_TEST_ONLY") && bs_streams < 40) { /* the suite did run over the stream */
+		fprintf(stderr, "only %llu buffering streams made\n",
+		        (unsigned long long)bs_streams);
+		failed++;
+	}
+#endif
+	return failed;
 }
