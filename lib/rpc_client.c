@@ -72,6 +72,10 @@ struct dml_rpc_pending {
 	int in_use;  /* the reader is writing into this call unlocked */
 	int abandon; /* its waiter gave up: reader must let go */
 	pthread_cond_t cv;
+	dml_rpc_done_fn cb;  /* dml_rpc_pending_on_done, run by dml_rpc_client_poll */
+	void *cb_user;
+	dml_rpc_pending *dnext; /* finished calls whose callbacks are due */
+	int in_done;            /* on that list */
 	dml__buf payload; /* reply payload: views point here */
 	char errmsg[DML_RPC_ERRMSG_MAX];
 };
@@ -128,9 +132,19 @@ struct dml_rpc_client {
 	int64_t rx_at;   /* ms : bytes last received; the heartbeat's */
 	int64_t ping_at; /* ms : a heartbeat last sent */
 	int hb_lost;     /* the connection was given up for silence */
+	int reader_hb;   /* the event loop's reader role: heartbeats are due */
+	/* a host's event loop (dml_rpc_client_poll; under mu) */
+	atomic_int hosted;       /* it drives the client: requests are queued,
+	                            written by the loop without waiting */
+	uint64_t finished;       /* calls finished so far */
+	int64_t next_expiry_us;  /* no pending deadline before (INT64_MAX: none) */
+	dml_rpc_pending *done_head, *done_tail; /* callbacks due */
+	int in_callbacks;        /* dml_rpc_client_poll is running them */
 	/* write side */
 	pthread_mutex_t wmu;
-	dml__buf out;
+	dml__buf out;    /* bytes [opos, len) are unwritten */
+	size_t opos;
+	int out_held;    /* the stream holds written bytes it could not flush */
 };
 
 /* ---- pending-call table (under mu) -------------------------------- */
@@ -161,12 +175,45 @@ static void table_remove(dml_rpc_client *c, dml_rpc_pending *k)
 		}
 }
 
+/* Puts a finished call with a callback on the list dml_rpc_client_poll
+ * runs (under mu). */
+static void done_push(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	k->dnext = NULL;
+	k->in_done = 1;
+	if (c->done_tail)
+		c->done_tail->dnext = k;
+	else
+		c->done_head = k;
+	c->done_tail = k;
+}
+
+static void done_remove(dml_rpc_client *c, dml_rpc_pending *k)
+{
+	dml_rpc_pending *prev = NULL;
+	for (dml_rpc_pending *p = c->done_head; p; prev = p, p = p->dnext)
+		if (p == k) {
+			if (prev)
+				prev->dnext = k->dnext;
+			else
+				c->done_head = k->dnext;
+			if (c->done_tail == k)
+				c->done_tail = prev;
+			break;
+		}
+	k->in_done = 0;
+	k->dnext = NULL;
+}
+
 /* Marks a pending call finished and wakes its waiter (under mu). */
 static void call_finish(dml_rpc_client *c, dml_rpc_pending *k, int result)
 {
 	table_remove(c, k);
 	k->result = result;
 	atomic_store_explicit(&k->state, CALL_DONE, memory_order_release);
+	c->finished++;
+	if (k->cb)
+		done_push(c, k);
 	pthread_cond_signal(&k->cv);
 }
 
@@ -686,7 +733,7 @@ static int flush(dml_rpc_client *c, int64_t deadline)
 	if (!atomic_load_explicit(&c->queued, memory_order_acquire))
 		return 0;
 	pthread_mutex_lock(&c->wmu);
-	int rc = c->out.len ? write_queue(c, NULL, 0, deadline) : 0;
+	int rc = c->out.len || c->out_held ? write_queue(c, NULL, 0, deadline) : 0;
 	pthread_mutex_unlock(&c->wmu);
 	if (rc) {
 		pthread_mutex_lock(&c->mu);
@@ -711,7 +758,10 @@ static int queue_request(dml_rpc_client *c, uint64_t seq, const dml_rpc_method *
 		memset(w, 0, sizeof *w);
 		w->p = c->out.data + c->out.len + hdr;
 		w->cap = guess;
-		w->ext_min = EXT_MIN;
+		/* an event loop's requests are copied: nothing is written
+		 * before dml_rpc_start returns */
+		w->ext_min = atomic_load_explicit(&c->hosted, memory_order_relaxed) ? SIZE_MAX
+		                                                                  : EXT_MIN;
 		rc = dml__encode_w(t, args, w);
 		if (rc != DML_ETOOBIG || w->pos <= guess)
 			break;
@@ -736,7 +786,7 @@ static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
 {
 	struct iovec iov[2 * DML__MAX_EXT + 1];
 	int niov = 0;
-	size_t from = 0;
+	size_t from = c->opos; /* what an event loop's write left */
 	for (int i = 0; w && i < w->next; i++) {
 		size_t at = base + w->ext[i].at;
 		iov[niov++] = (struct iovec){c->out.data + from, at - from};
@@ -745,9 +795,34 @@ static int write_queue(dml_rpc_client *c, const dml__writer *w, size_t base,
 	}
 	iov[niov++] = (struct iovec){c->out.data + from, c->out.len - from};
 	int rc = c_write_all(c, iov, niov, deadline);
-	c->out.len = 0;
+	c->out.len = c->opos = 0;
+	c->out_held = 0;
 	atomic_store_explicit(&c->queued, 0, memory_order_relaxed);
 	return rc;
+}
+
+/* Writes what the stream takes of the queue now, without waiting (an event
+ * loop's write; under wmu). 0 (the rest, if any, waits for the stream's
+ * readiness), or a connection error. */
+static int write_some(dml_rpc_client *c)
+{
+	struct iovec v = {c->out.data + c->opos, c->out.len - c->opos}, *iov = &v;
+	int n = v.iov_len ? 1 : 0;
+	if (c->locked)
+		pthread_mutex_lock(&c->smu);
+	int rc = dml__stream_write_step(c->st, &iov, &n);
+	if (c->locked)
+		pthread_mutex_unlock(&c->smu);
+	if (rc && rc != DML_EAGAIN)
+		return rc;
+	c->opos = n ? c->out.len - iov->iov_len : c->out.len;
+	c->out_held = rc == DML_EAGAIN && !n;
+	if (c->opos == c->out.len) {
+		c->out.len = c->opos = 0;
+		if (!c->out_held)
+			atomic_store_explicit(&c->queued, 0, memory_order_relaxed);
+	}
+	return 0;
 }
 
 /* ---- calls -------------------------------------------------------- */
@@ -778,6 +853,10 @@ static dml_rpc_pending *call_alloc(dml_rpc_client *c)
 	k->state = CALL_PENDING;
 	k->result = 0;
 	k->in_use = k->abandon = 0;
+	k->cb = NULL;
+	k->cb_user = NULL;
+	k->dnext = NULL;
+	k->in_done = 0;
 	k->errmsg[0] = 0;
 	return k;
 }
@@ -792,6 +871,8 @@ static void call_destroy(dml_rpc_pending *k)
 /* Returns a handle to the free list (under mu). */
 static void call_release(dml_rpc_client *c, dml_rpc_pending *k)
 {
+	if (k->in_done)
+		done_remove(c, k);
 	if (k->all_prev)
 		k->all_prev->all_next = k->all_next;
 	else
@@ -860,7 +941,8 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	c->fd = fd;
 	c->locked = !(st->flags & DML__STREAM_DUPLEX);
 	c->rcvtimeo = 0;
-	c->out.len = 0; /* may end in a partial frame of the old stream */
+	c->out.len = c->opos = 0; /* may end in a partial frame of the old stream */
+	c->out_held = 0;
 	atomic_store(&c->queued, 0);
 	c->in.len = c->rpos = 0;
 	c->broken = 0;
@@ -950,6 +1032,8 @@ int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
 	k->deadline_us = deadline_us;
 	k->timeout = tmo;
 	table_add(c, k);
+	if (deadline_us >= 0 && deadline_us < c->next_expiry_us)
+		c->next_expiry_us = deadline_us;
 	pthread_mutex_unlock(&c->mu);
 
 	dml__writer w;
@@ -957,7 +1041,7 @@ int dml_rpc_start(dml_rpc_pending **out, dml_rpc_client *c,
 	int wrc = 0;
 	pthread_mutex_lock(&c->wmu);
 	rc = queue_request(c, k->seq, m, name_len, args, &w, &base);
-	if (!rc && (w.next || c->out.len >= QUEUE_FLUSH))
+	if (!rc && (w.next || c->out.len >= QUEUE_FLUSH) && !atomic_load(&c->hosted))
 		wrc = write_queue(c, &w, base, k->deadline);
 	else if (!rc)
 		atomic_store_explicit(&c->queued, 1, memory_order_release);
@@ -1119,6 +1203,10 @@ int dml_rpc_pending_wait(dml_rpc_pending *k)
 		wait_locked(c, k);
 		describe(c, k);
 		pthread_mutex_unlock(&c->mu);
+	} else if (k->result && !k->errmsg[0]) { /* finished in an event loop */
+		pthread_mutex_lock(&c->mu);
+		describe(c, k);
+		pthread_mutex_unlock(&c->mu);
 	}
 	if (k->result)
 		dml__detail_set("%s", k->errmsg);
@@ -1254,7 +1342,9 @@ static int heartbeat(dml_rpc_client *c)
 	size_t base;
 	pthread_mutex_lock(&c->wmu);
 	int rc = queue_request(c, 0, &rpcw_m_ping, strlen(rpcw_m_ping.name), NULL, &w, &base);
-	if (!rc)
+	if (!rc && atomic_load(&c->hosted)) /* the loop writes it */
+		atomic_store_explicit(&c->queued, 1, memory_order_release);
+	else if (!rc)
 		rc = write_queue(c, &w, base, dml__deadline(c->o.heartbeat));
 	pthread_mutex_unlock(&c->wmu);
 	/* nothing queued for want of memory: try at the next tick; a write
@@ -1289,6 +1379,7 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 		return DML_ENOMEM;
 	}
 	c->wake[0] = c->wake[1] = c->wwake[0] = c->wwake[1] = -1;
+	c->next_expiry_us = INT64_MAX;
 	rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
 	if (!rc) { /* else the detail names the addresses tried */
 		conn_setup(c, c->fd);
@@ -1346,6 +1437,251 @@ void dml_rpc_free(dml_rpc_client *c)
 	dml__buf_free(&c->in);
 	dml__buf_free(&c->out);
 	free(c);
+}
+
+/* ---- a host's event loop ------------------------------------------ */
+
+/* What the stream needs to go on with the loop's reads and queued writes
+ * (under mu), as poll() events. */
+static short loop_events(dml_rpc_client *c)
+{
+	unsigned asked = DML__EV_IN;
+	if (atomic_load_explicit(&c->queued, memory_order_acquire))
+		asked |= DML__EV_OUT;
+	if (c->locked)
+		pthread_mutex_lock(&c->smu);
+	unsigned w = dml__stream_wants(c->st, asked);
+	if (c->locked)
+		pthread_mutex_unlock(&c->smu);
+	return (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+}
+
+/* Writes what the stream takes now (an event loop's, so never waits). */
+static int loop_write(dml_rpc_client *c)
+{
+	if (!atomic_load_explicit(&c->queued, memory_order_acquire))
+		return 0;
+	if (pthread_mutex_trylock(&c->wmu)) /* another thread writes: it finishes */
+		return 0;
+	int rc = write_some(c);
+	pthread_mutex_unlock(&c->wmu);
+	return rc;
+}
+
+/* Whether the stream has input to read without waiting. */
+static int loop_readable(dml_rpc_client *c)
+{
+	if (c->locked) { /* non-blocking: a read says EAGAIN */
+		pthread_mutex_lock(&c->smu);
+		int held = dml__stream_pending(c->st) > 0;
+		pthread_mutex_unlock(&c->smu);
+		return held || dml__wait_us(c->fd, POLLIN, -1, 0) > 0;
+	}
+	return dml__wait_us(c->fd, POLLIN, -1, 0) > 0; /* blocking reads */
+}
+
+#define LOOP_READS 64 /* reads in one dml_rpc_client_poll at most */
+
+/* The loop's step in the reader role: waits up to `wait_us` (-1: no limit)
+ * for the stream, writes what it can, reads what has come. 0 or a
+ * connection error. */
+static int loop_step(dml_rpc_client *c, int64_t wait_us)
+{
+	int rc = loop_write(c);
+	if (rc)
+		return rc;
+	if (c->reader_hb && (rc = heartbeat(c)))
+		return rc;
+	if (wait_us != 0 && !loop_readable(c)) {
+		pthread_mutex_lock(&c->mu);
+		short ev = loop_events(c);
+		pthread_mutex_unlock(&c->mu);
+		if (dml__wait_us(c->fd, ev, -1, wait_us) < 0)
+			return DML_ESYS;
+		if ((rc = loop_write(c)))
+			return rc;
+	}
+	for (int i = 0; i < LOOP_READS; i++) {
+		/* a large reply's empty segment goes on without input */
+		if (!(c->bg.active && c->bg.need == c->bg.got) && !loop_readable(c))
+			break;
+		if (c->bg.active) {
+			rc = big_read(c);
+		} else {
+			ssize_t r = c_read(c, c->in.data + c->in.len, c->in.cap - c->in.len);
+			if (r > 0)
+				c->in.len += (size_t)r;
+			rc = r > 0 ? 0 : (int)r;
+		}
+		if (rc == DML_EAGAIN)
+			break;
+		if (rc)
+			return rc;
+		c->rx_at = dml__now_ms();
+		if ((rc = parse_buffered(c)))
+			return rc;
+	}
+	return loop_write(c); /* a read may have let a held write go on */
+}
+
+/* Fails the calls whose deadline passed (under mu, nobody in the reader
+ * role), and notes when the next one passes. */
+static void loop_expire(dml_rpc_client *c)
+{
+	int64_t now = dml__now_us();
+	if (now < c->next_expiry_us)
+		return;
+	int64_t next = INT64_MAX;
+	for (dml_rpc_pending *k = c->all; k; k = k->all_next) {
+		if (k->state != CALL_PENDING || k->deadline_us < 0)
+			continue;
+		if (k->deadline_us > now) {
+			if (k->deadline_us < next)
+				next = k->deadline_us;
+			continue;
+		}
+		if (k->in_use) { /* a large reply was coming into it */
+			k->abandon = 1;
+			release_abandoned(c);
+		}
+		call_finish(c, k, DML_ETIMEDOUT);
+	}
+	c->next_expiry_us = next;
+}
+
+/* Runs the callbacks due (under mu, released around each). */
+static void loop_callbacks(dml_rpc_client *c)
+{
+	c->in_callbacks = 1;
+	while (c->done_head) {
+		dml_rpc_pending *k = c->done_head;
+		done_remove(c, k);
+		describe(c, k);
+		dml_rpc_done_fn fn = k->cb;
+		void *user = k->cb_user;
+		int result = k->result;
+		pthread_mutex_unlock(&c->mu);
+		fn(k, result, user); /* may free k, or start calls */
+		pthread_mutex_lock(&c->mu);
+	}
+	c->in_callbacks = 0;
+}
+
+int dml_rpc_client_poll(dml_rpc_client *c, dml_duration timeout)
+{
+	dml__detail_clear();
+	if (!c)
+		return DML_EINVAL;
+	if (timeout < 0 && timeout != DML_INFINITE)
+		return dml__fail(DML_EINVAL, "poll: timeout 0, DML_INFINITE or a "
+		                 "positive number of ms");
+	atomic_store(&c->hosted, 1);
+	pthread_mutex_lock(&c->mu);
+	if (c->in_callbacks) {
+		pthread_mutex_unlock(&c->mu);
+		return dml__fail(DML_EBUSY, "dml_rpc_client_poll called from a callback");
+	}
+	uint64_t before = c->finished;
+	if (!c->broken && !c->reader) {
+		/* wait no longer than the next deadline, or a heartbeat's */
+		int64_t wait_us = timeout == DML_INFINITE ? -1 : (int64_t)timeout * 1000;
+		int64_t now = dml__now_us(), due = c->next_expiry_us;
+		if (c->o.heartbeat && c->inflight) {
+			int64_t hb = (c->rx_at + c->o.heartbeat) * 1000;
+			due = hb < due ? hb : due;
+		}
+		if (c->done_head)
+			due = now;
+		if (due != INT64_MAX && (wait_us < 0 || due - now < wait_us))
+			wait_us = due > now ? due - now : 0;
+		c->reader = 1;
+		c->reader_hb = c->inflight > 0;
+		pthread_mutex_unlock(&c->mu);
+		int rc = loop_step(c, wait_us);
+		pthread_mutex_lock(&c->mu);
+		c->reader = 0;
+		atomic_store(&c->abandon_req, 0);
+		release_abandoned(c);
+		if (rc && rc != DML_ETIMEDOUT)
+			conn_break(c, rc);
+		if (c->waiters) /* a thread waits in dml_rpc_pending_wait: it reads */
+			pthread_cond_signal(&c->waiters->cv);
+	} else if (c->broken && !c->reader) {
+		fail_all(c, c->broken);
+	}
+	if (!c->reader)
+		loop_expire(c);
+	int finished = (int)(c->finished - before);
+	int broken = c->broken;
+	loop_callbacks(c);
+	pthread_mutex_unlock(&c->mu);
+	if (finished)
+		return finished;
+	if (broken)
+		return start_failed(c, broken);
+	return 0;
+}
+
+int dml_rpc_client_pollfds(dml_rpc_client *c, struct pollfd *fds, size_t cap)
+{
+	dml__detail_clear();
+	if (!c || !fds || !cap)
+		return DML_EINVAL;
+	atomic_store(&c->hosted, 1);
+	pthread_mutex_lock(&c->mu);
+	if (c->broken) {
+		pthread_mutex_unlock(&c->mu);
+		return 0;
+	}
+	fds[0] = (struct pollfd){c->fd, loop_events(c), 0};
+	pthread_mutex_unlock(&c->mu);
+	return 1;
+}
+
+int dml_rpc_client_next_timeout(dml_rpc_client *c, dml_duration *ms)
+{
+	dml__detail_clear();
+	if (!c || !ms)
+		return DML_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	int64_t now = dml__now_us(), due = c->next_expiry_us;
+	if (c->o.heartbeat && c->inflight && !c->broken) {
+		int64_t hb = (c->rx_at + c->o.heartbeat) * 1000;
+		due = hb < due ? hb : due;
+	}
+	if (c->done_head || (c->broken && c->inflight))
+		due = now;
+	pthread_mutex_unlock(&c->mu);
+	if (due == INT64_MAX)
+		*ms = DML_INFINITE;
+	else
+		*ms = due <= now ? 0 : (dml_duration)((due - now + 999) / 1000);
+	return 0;
+}
+
+int dml_rpc_pending_done(const dml_rpc_pending *k)
+{
+	dml__detail_clear();
+	if (!k)
+		return DML_EINVAL;
+	return atomic_load_explicit(&k->state, memory_order_acquire) == CALL_DONE;
+}
+
+int dml_rpc_pending_on_done(dml_rpc_pending *k, dml_rpc_done_fn fn, void *user)
+{
+	dml__detail_clear();
+	if (!k)
+		return DML_EINVAL;
+	dml_rpc_client *c = k->c;
+	pthread_mutex_lock(&c->mu);
+	if (k->in_done && !fn)
+		done_remove(c, k);
+	k->cb = fn;
+	k->cb_user = user;
+	if (fn && k->state == CALL_DONE && !k->in_done)
+		done_push(c, k); /* finished already: the next poll runs it */
+	pthread_mutex_unlock(&c->mu);
+	return 0;
 }
 
 /* ---- deprecated names (0.2; docs/api.md) -------------------------- */

@@ -36,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_LISTENERS 8
@@ -53,11 +52,19 @@
 #define ACCEPTS_PER_EVENT 64
 #define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
 #define CHUNK 64            /* connection slots per chunk */
-#define ID_CONN0 16         /* event ids: 0 stop, 1..8 listeners, 16.. slots */
+#define ID_KICK 9           /* event ids: 0 stop, 1..8 listeners, 9 kick, */
+#define ID_CONN0 16         /* 16.. slots */
 /* Out of descriptors (EMFILE, ENFILE), the listeners rest this long (or
  * until a connection closes) instead of failing to accept in a loop. */
 #define ACCEPT_REST_MS 100
 #define NEVER INT64_MAX     /* no timer */
+
+/* A server's or a method's counters (dml_rpc_server_stats), relaxed
+ * atomics: each is exact, a snapshot of several is not. */
+typedef struct counters {
+	_Atomic uint64_t calls, errors, bytes_in, bytes_out;
+	_Atomic uint64_t latency[DML_RPC_LATENCY_BUCKETS];
+} counters;
 
 typedef struct method_ent {
 	const dml_rpc_method *m;
@@ -65,6 +72,7 @@ typedef struct method_ent {
 	void *user;
 	size_t name_len;
 	int has_arrays;
+	counters *cnt; /* its own allocation: the table may move */
 } method_ent;
 
 typedef struct listener {
@@ -87,6 +95,8 @@ struct conn {
 	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
 	int held;            /* the stream holds written bytes unflushed */
+	int64_t rx_us;       /* us: the last read (its owner's): when the
+	                        requests it completed were taken */
 	atomic_int over;     /* unsent bytes > OUT_HIGH (set under omu) */
 	atomic_int hup;      /* the peer's end of stream (or an error) was
 	                        reported: read on past short reads to see it */
@@ -109,6 +119,9 @@ struct dml_rpc_ctx {
 	uint32_t gen;
 	uint64_t seq;
 	const dml_type *rt;
+	counters *cnt;     /* the method's */
+	uint64_t in_bytes; /* the request frame's */
+	int64_t t0;        /* us: the request was taken */
 	int deferred;
 	int has_msg;
 	char msg[DML_RPC_ERRMSG_MAX];
@@ -139,12 +152,19 @@ struct dml_rpc_deferred {
 	uint32_t gen;
 	uint64_t seq;
 	const dml_type *rt;
+	counters *cnt;
+	uint64_t in_bytes;
+	int64_t t0;
 };
 
 struct dml_rpc_server {
 	dml_rpc_server_opts o;
 	dml__poller *poller;
 	int evfd[2]; /* stop: readable once stopped, for good */
+	int kick[2]; /* a timer moved forward from outside: sweep now */
+	pthread_mutex_t lmu; /* the listeners' descriptors: accepting, closing */
+	atomic_int draining;           /* dml_rpc_server_drain was called */
+	_Atomic int64_t drain_at;      /* ms: the rest is closed then; NEVER */
 	listener ls[MAX_LISTENERS];
 	int nls;
 	method_ent *methods;
@@ -179,7 +199,11 @@ struct dml_rpc_server {
 	int non_close;
 	atomic_uint_fast64_t next_id;
 	hub *hub;
+	counters cnt; /* calls to no method (the rest count in theirs) */
+	_Atomic uint64_t accepted, closed, shed;
 };
+
+static void listener_close(listener *l);
 
 /* ---- method table ------------------------------------------------- */
 
@@ -233,7 +257,10 @@ static int method_add(dml_rpc_server *s, const dml_rpc_method *m,
 	if (!ms)
 		return DML_ENOMEM;
 	s->methods = ms;
-	ms[s->nmethods] = (method_ent){m, h, user, n, dml__type_has_arrays(m->args)};
+	counters *cnt = calloc(1, sizeof *cnt);
+	if (!cnt)
+		return DML_ENOMEM;
+	ms[s->nmethods] = (method_ent){m, h, user, n, dml__type_has_arrays(m->args), cnt};
 	s->nmethods++;
 	if (s->nmethods * 2 > s->index_cap) {
 		size_t cap = s->index_cap ? s->index_cap : 16;
@@ -241,6 +268,7 @@ static int method_add(dml_rpc_server *s, const dml_rpc_method *m,
 			cap *= 2;
 		if (index_rebuild(s, cap)) {
 			s->nmethods--;
+			free(cnt);
 			return DML_ENOMEM;
 		}
 	} else {
@@ -250,6 +278,13 @@ static int method_add(dml_rpc_server *s, const dml_rpc_method *m,
 		s->index[i] = (uint32_t)s->nmethods;
 	}
 	return 0;
+}
+
+static void methods_free(dml_rpc_server *s)
+{
+	for (size_t i = 0; i < s->nmethods; i++)
+		free(s->methods[i].cnt);
+	free(s->methods);
 }
 
 int dml_rpc_server_register(dml_rpc_server *s, const dml_rpc_method *m,
@@ -365,7 +400,7 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	    method_add(s, &rpcw_m_ping, h_ping, s)) {
 		free(s->chunks);
 		free(s->hub);
-		free(s->methods);
+		methods_free(s);
 		free(s->index);
 		free(s);
 		return DML_ENOMEM;
@@ -373,15 +408,17 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	pthread_rwlock_init(&s->hub->lock, NULL);
 	s->hub->alive = 1;
 	atomic_init(&s->hub->refs, 1);
-	s->evfd[0] = s->evfd[1] = -1;
+	s->evfd[0] = s->evfd[1] = s->kick[0] = s->kick[1] = -1;
 	int prc = dml__poller_new(&s->poller);
-	if (prc || dml__sys_wake_new(s->evfd) != 0 ||
-	    (prc = dml__poller_add(s->poller, s->evfd[0], DML__POLL_LEVEL, 0))) {
+	if (prc || dml__sys_wake_new(s->evfd) != 0 || dml__sys_wake_new(s->kick) != 0 ||
+	    (prc = dml__poller_add(s->poller, s->evfd[0], DML__POLL_LEVEL, 0)) ||
+	    (prc = dml__poller_add(s->poller, s->kick[0], DML__POLL_LEVEL, ID_KICK))) {
 		int e = errno;
 		dml__poller_free(s->poller);
 		dml__sys_wake_close(s->evfd);
+		dml__sys_wake_close(s->kick);
 		free(s->chunks);
-		free(s->methods);
+		methods_free(s);
 		free(s->index);
 		hub_unref(s->hub);
 		free(s);
@@ -392,6 +429,7 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 		                 dml__poller_backend(), strerror(e));
 	}
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->lmu, NULL);
 	atomic_init(&s->stopped, 0);
 	atomic_init(&s->next_id, 1);
 	atomic_init(&s->next_sweep, NEVER);
@@ -434,7 +472,11 @@ int dml_rpc_server_addr(dml_rpc_server *s, int i, char *buf, size_t cap)
 		return DML_EINVAL;
 	if (i >= s->nls)
 		return DML_ENOTFOUND;
-	return dml__local_addr(s->ls[i].fd, buf, cap);
+	pthread_mutex_lock(&s->lmu);
+	int rc = s->ls[i].fd < 0 ? dml__fail(DML_ECLOSED, "listener %d closed by a drain", i)
+	                         : dml__local_addr(s->ls[i].fd, buf, cap);
+	pthread_mutex_unlock(&s->lmu);
+	return rc;
 }
 
 int dml_rpc_server_port(dml_rpc_server *s, int i)
@@ -512,15 +554,14 @@ void dml_rpc_server_free(dml_rpc_server *s)
 		free(s->chunks[k]);
 	}
 	free(s->chunks);
-	for (int i = 0; i < s->nls; i++) {
-		if (s->ls[i].unix_path[0])
-			unlink(s->ls[i].unix_path);
-		close(s->ls[i].fd);
-	}
+	for (int i = 0; i < s->nls; i++)
+		listener_close(&s->ls[i]);
 	dml__poller_free(s->poller);
 	dml__sys_wake_close(s->evfd);
+	dml__sys_wake_close(s->kick);
+	pthread_mutex_destroy(&s->lmu);
 	pthread_mutex_destroy(&s->mu);
-	free(s->methods);
+	methods_free(s);
 	free(s->index);
 	free(s);
 }
@@ -607,6 +648,17 @@ static int64_t after(int64_t since, dml_duration limit)
  * no slack added to it could promise that a timeout never fires early. */
 static int64_t stamp(void) { return dml__now_ms(); }
 
+/* Closes a listener (its Unix-domain path removed); idempotent. */
+static void listener_close(listener *l)
+{
+	if (l->fd < 0)
+		return;
+	if (l->unix_path[0])
+		unlink(l->unix_path);
+	dml__listen_close(l->fd);
+	l->fd = -1;
+}
+
 /* ---- listeners resting while descriptors run out ------------------- */
 
 static void listeners_rest(dml_rpc_server *s)
@@ -615,7 +667,8 @@ static void listeners_rest(dml_rpc_server *s)
 	if (!s->resting) {
 		emit(s, DML_RPC_EV_REST, NULL, DML_ESYS, strerror(errno));
 		for (int i = 0; i < s->nls; i++)
-			dml__poller_del(s->poller, s->ls[i].fd);
+			if (s->ls[i].fd >= 0)
+				dml__poller_del(s->poller, s->ls[i].fd);
 		s->resting = 1;
 		s->rest_until = dml__now_ms() + ACCEPT_REST_MS;
 		sweep_by(s, s->rest_until);
@@ -631,10 +684,11 @@ static void listeners_wake(dml_rpc_server *s, int64_t now)
 	if (s->resting && (now < 0 || now >= s->rest_until)) {
 		s->resting = 0;
 		for (int i = 0; i < s->nls; i++)
-			if (dml__poller_add(s->poller, s->ls[i].fd, DML__POLL_LEVEL,
+			if (s->ls[i].fd >= 0 && dml__poller_add(s->poller, s->ls[i].fd, DML__POLL_LEVEL,
 			                    (uint64_t)i + 1)) { /* try again later */
 				for (int k = 0; k < i; k++)
-					dml__poller_del(s->poller, s->ls[k].fd);
+					if (s->ls[k].fd >= 0)
+						dml__poller_del(s->poller, s->ls[k].fd);
 				s->resting = 1;
 				s->rest_until = dml__now_ms() + ACCEPT_REST_MS;
 				break;
@@ -650,6 +704,7 @@ static void listeners_wake(dml_rpc_server *s, int64_t now)
 static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 {
 	uint64_t id = c->id;
+	atomic_fetch_add_explicit(&s->closed, 1, memory_order_relaxed);
 	char peer[sizeof c->peer]; /* the slot may be someone else's below */
 	memcpy(peer, c->peer, sizeof peer);
 	if (c->big_at)
@@ -716,7 +771,17 @@ static conn *slot_at(dml_rpc_server *s, uint32_t slot)
 
 static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t events);
 
+static void accept_some(dml_rpc_server *s, listener *l);
+
 static void accept_all(dml_rpc_server *s, listener *l)
+{
+	pthread_mutex_lock(&s->lmu); /* a drain may close the listener */
+	if (l->fd >= 0)
+		accept_some(s, l);
+	pthread_mutex_unlock(&s->lmu);
+}
+
+static void accept_some(dml_rpc_server *s, listener *l)
 {
 	for (int k = 0; k < ACCEPTS_PER_EVENT; k++) {
 		int fd, rc = dml__accept(l->fd, &fd);
@@ -747,8 +812,10 @@ static void accept_all(dml_rpc_server *s, listener *l)
 				s->o.on_event(&ev, s->o.event_user);
 			}
 			dml__stream_close(st);
+			atomic_fetch_add_explicit(&s->shed, 1, memory_order_relaxed);
 			continue;
 		}
+		atomic_fetch_add_explicit(&s->accepted, 1, memory_order_relaxed);
 		/* ours until added and set up: a sweep that sees `open` first
 		 * finds it busy */
 		uint32_t gen = conn_gen(c);
@@ -782,6 +849,30 @@ static void accept_all(dml_rpc_server *s, listener *l)
 	}
 }
 
+static void count_add(counters *k, int err, uint64_t in, uint64_t out, int64_t us)
+{
+	atomic_fetch_add_explicit(&k->calls, 1, memory_order_relaxed);
+	if (err)
+		atomic_fetch_add_explicit(&k->errors, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&k->bytes_in, in, memory_order_relaxed);
+	atomic_fetch_add_explicit(&k->bytes_out, out, memory_order_relaxed);
+	int b = 0; /* [0]: under 1 us; [i]: 2^(i-1) .. 2^i - 1 us; the last: more */
+	if (us > 0)
+		b = 64 - __builtin_clzll((unsigned long long)us);
+	if (b >= DML_RPC_LATENCY_BUCKETS)
+		b = DML_RPC_LATENCY_BUCKETS - 1;
+	atomic_fetch_add_explicit(&k->latency[b], 1, memory_order_relaxed);
+}
+
+/* Counts a call answered, at `now` (us), in its method's counters (NULL:
+ * the server's for unknown methods; the server's totals are their sum, so
+ * a call costs no clock read and four atomic adds). */
+static void count_call(dml_rpc_server *s, counters *m, int err, uint64_t in,
+                       uint64_t out, int64_t t0, int64_t now)
+{
+	count_add(m ? m : &s->cnt, err, in, out, t0 && now > t0 ? now - t0 : 0);
+}
+
 /* Appends a reply frame with an error status and message. */
 static int reply_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
 {
@@ -798,9 +889,10 @@ static int reply_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
 	return 0;
 }
 
-/* Appends an OK reply encoding `reply` of type t. */
+/* Appends an OK reply encoding `reply` of type t, or an error reply if it
+ * cannot be encoded (*err = 1). */
 static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
-                    const void *reply)
+                    const void *reply, int *err)
 {
 	t = dml__type_or_empty(t);
 	dml__writer w;
@@ -817,12 +909,16 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 		rc = dml__encode_w(t, reply, &w);
 		if (rc != DML_ETOOBIG || w.pos <= guess)
 			break;
-		if (w.pos > limit)
+		if (w.pos > limit) {
+			*err = 1;
 			return reply_error(c, seq, DML__ST_TOOBIG, "reply larger than the frame limit");
+		}
 		guess = w.pos;
 	}
-	if (rc)
+	if (rc) {
+		*err = 1;
 		return reply_error(c, seq, DML__ST_HANDLER, "reply could not be encoded");
+	}
 	dml__frame_header(c->out.data + c->out.len, DML__KIND_REPLY, seq, 0, 0, w.pos);
 	c->out.len += DML__FRAME_HDR + w.pos;
 	return 0;
@@ -831,22 +927,38 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 static size_t align_up(size_t n) { return (n + 15) & ~(size_t)15; }
 
 static int note_backlog(conn *c);
+static int note_backlog_at(conn *c, int64_t now);
 
-static int send_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
+/* The bytes a reply appended to c->out (under omu), from its length before. */
+static uint64_t appended(const conn *c, size_t before)
+{
+	return c->out.len >= before ? c->out.len - before : 0;
+}
+
+static int send_error(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, uint32_t status,
+                      const char *msg)
 {
 	pthread_mutex_lock(&c->omu);
-	int rc = reply_error(c, seq, status, msg);
-	note_backlog(c);
+	size_t before = c->out.len;
+	int rc = reply_error(c, x->seq, status, msg);
+	/* counted before anyone may write the reply: a peer that has it
+	 * finds it counted */
+	int64_t now = dml__now_us();
+	count_call(s, x->cnt, 1, x->in_bytes, appended(c, before), x->t0, now);
+	note_backlog_at(c, now / 1000);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
 }
 
-static int send_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
-                   const void *reply)
+static int send_ok(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, const void *reply)
 {
 	pthread_mutex_lock(&c->omu);
-	int rc = reply_ok(s, c, seq, t, reply);
-	note_backlog(c);
+	size_t before = c->out.len;
+	int err = 0;
+	int rc = reply_ok(s, c, x->seq, x->rt, reply, &err);
+	int64_t now = dml__now_us();
+	count_call(s, x->cnt, err || rc, x->in_bytes, appended(c, before), x->t0, now);
+	note_backlog_at(c, now / 1000);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
 }
@@ -865,12 +977,23 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 			? method_find(s, name, fr->name_len) : NULL;
 		c->last = e;
 	}
+	dml_rpc_ctx ctx;
+	ctx.s = s;
+	ctx.c = c;
+	ctx.gen = gen;
+	ctx.seq = fr->seq;
+	ctx.rt = e ? e->m->reply : NULL;
+	ctx.cnt = e ? e->cnt : NULL;
+	ctx.in_bytes = fr->total;
+	ctx.t0 = c->rx_us;
+	ctx.deferred = 0;
+	ctx.has_msg = 0;
 	char msg[DML_RPC_ERRMSG_MAX];
 	if (!e) {
 		char shown[65]; /* what a peer sent: escaped, at most 64 bytes */
 		dml__escape(shown, sizeof shown, name, fr->name_len);
 		dml__set_msg(msg, sizeof msg, "rpc: can't find method %s", shown);
-		return send_error(c, fr->seq, DML__ST_NOMETHOD, msg);
+		return send_error(s, c, &ctx, DML__ST_NOMETHOD, msg);
 	}
 	const dml_type *at = e->m->args, *rt = e->m->reply;
 	size_t asz = at ? align_up(at->size) : 0, rsz = rt ? align_up(rt->size) : 0;
@@ -888,23 +1011,15 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 	if (rc) {
 		dml__set_msg(msg, sizeof msg, "rpc: bad arguments for %s: %s",
 		             e->m->name, dml_strerror(rc));
-		return send_error(c, fr->seq, DML__ST_BADARGS, msg);
+		return send_error(s, c, &ctx, DML__ST_BADARGS, msg);
 	}
-	dml_rpc_ctx ctx;
-	ctx.s = s;
-	ctx.c = c;
-	ctx.gen = gen;
-	ctx.seq = fr->seq;
-	ctx.rt = rt;
-	ctx.deferred = 0;
-	ctx.has_msg = 0;
 	rc = e->h(&ctx, args, reply, e->user);
 	if (ctx.deferred)
 		return 0;
 	if (rc)
-		return send_error(c, fr->seq, DML__ST_HANDLER,
+		return send_error(s, c, &ctx, DML__ST_HANDLER,
 		                  ctx.has_msg ? ctx.msg : dml_strerror(rc));
-	return send_ok(s, c, fr->seq, rt, reply);
+	return send_ok(s, c, &ctx, reply);
 }
 
 /* Writes what it can of c->out, and pushes out what the stream holds,
@@ -931,13 +1046,25 @@ static int conn_flush_locked(conn *c)
 
 /* Under omu: records whether unsent replies are over the limit; the owner
  * then stops serving requests until the peer reads them. */
-static int note_backlog(conn *c)
+/* Brings the next sweep forward to now, from any thread: a poller's
+ * wait ends. */
+static void kick(dml_rpc_server *s)
+{
+	sweep_by(s, 0);
+	dml__sys_wake_signal(s->kick);
+}
+
+/* After queueing or writing replies (under omu, `now` ms): notes whether
+ * the connection owes output and is over the limit of unsent replies. */
+static int note_backlog_at(conn *c, int64_t now)
 {
 	dml_rpc_server *s = c->s;
 	if (c->opos == c->out.len && !c->held) {
-		atomic_store(&c->tx_at, stamp()); /* nothing owed: not stalled */
+		atomic_store(&c->tx_at, now); /* nothing owed: not stalled */
 		if (!atomic_load(&c->deferred)) /* idle again, maybe since long */
 			sweep_by(s, after(atomic_load(&c->rx_at), s->o.idle_timeout));
+		if (atomic_load(&s->draining)) /* maybe done: close it soon */
+			kick(s);
 	} else {
 		sweep_by(s, after(atomic_load(&c->tx_at), s->o.write_timeout));
 	}
@@ -945,6 +1072,8 @@ static int note_backlog(conn *c)
 	atomic_store(&c->over, over);
 	return over;
 }
+
+static int note_backlog(conn *c) { return note_backlog_at(c, stamp()); }
 
 /* Under omu: what a connection waits for when its owner lets go: output
  * room while replies are unsent, input unless they are over the limit,
@@ -1057,7 +1186,11 @@ static int refuse_version(conn *c, const uint8_t *f, uint64_t seq)
 	dml__set_msg(msg, sizeof msg, "rpc: frame version %u not spoken here "
 	             "(this server speaks %d)", (unsigned)f[4], DML__FRAME_VERSION);
 	int backlog;
-	if (!send_error(c, seq, DML__ST_VERSION, msg))
+	dml_rpc_ctx x;
+	memset(&x, 0, sizeof x);
+	x.seq = seq;
+	x.t0 = dml__now_us();
+	if (!send_error(c->s, c, &x, DML__ST_VERSION, msg))
 		conn_flush(c, &backlog);
 	return DML_EVERSION;
 }
@@ -1147,7 +1280,8 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if (n < 0)
 			return (int)n;
 		c->in.len += (size_t)n;
-		atomic_store(&c->rx_at, stamp());
+		c->rx_us = dml__now_us(); /* one clock read: both stamps */
+		atomic_store(&c->rx_at, c->rx_us / 1000);
 		if ((size_t)n < room && !atomic_load(&c->hup) && !more) {
 			/* Drained for now (a short read): serve what came; more
 			 * input raises a new edge, so no read for EAGAIN. */
@@ -1188,8 +1322,30 @@ static int late(int64_t now, int64_t since, dml_duration limit)
 /* Whether a connection has outstayed a timeout (its owner asks): 0 no,
  * 1 yes, 2 its peer stopped reading (it is then reset, so that the kernel
  * does not go on holding the unsent replies). */
+/* Whether a draining server may close the connection: every request it
+ * read answered and written, no deferred reply owed, no frame begun (its
+ * owner's). */
+static int conn_quiet(conn *c)
+{
+	pthread_mutex_lock(&c->omu);
+	int owed = c->opos < c->out.len || c->held;
+	pthread_mutex_unlock(&c->omu);
+	return !owed && !atomic_load(&c->deferred) && !atomic_load(&c->frame_at) &&
+	       c->rpos == c->in.len;
+}
+
 static int conn_expired(dml_rpc_server *s, conn *c, int64_t now, char *why, size_t cap)
 {
+	if (atomic_load(&s->draining)) {
+		if (now >= atomic_load(&s->drain_at)) {
+			snprintf(why, cap, "the server's drain deadline passed");
+			return 1;
+		}
+		if (conn_quiet(c)) {
+			snprintf(why, cap, "the server drains");
+			return 1;
+		}
+	}
 	pthread_mutex_lock(&c->omu);
 	int pending = c->opos < c->out.len;
 	pthread_mutex_unlock(&c->omu);
@@ -1268,9 +1424,12 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 	}
 	for (;;) {
 		uint64_t seen = atomic_load(&c->state);
-		/* flush first, whatever the event: a stream's write may have
-		 * waited for input */
-		int backlog = 0, rc = conn_flush(c, &backlog);
+		/* flush first on output, or whatever the event for a stream
+		 * whose write may have waited for input */
+		int backlog = 0, rc = 0;
+		if (events & DML__EV_OUT || !(events & DML__EV_IN) ||
+		    !(c->st->flags & DML__STREAM_DUPLEX))
+			rc = conn_flush(c, &backlog);
 		if (!rc && !backlog)
 			rc = conn_read(s, c, gen);
 		/* a stream that is not DUPLEX: the read may have let a write
@@ -1331,6 +1490,12 @@ static int64_t conn_deadline(dml_rpc_server *s, conn *c)
 		int64_t i = after(atomic_load(&c->rx_at), s->o.idle_timeout);
 		d = i < d ? i : d;
 	}
+	if (atomic_load(&s->draining)) {
+		int64_t at = atomic_load(&s->drain_at);
+		d = at < d ? at : d;
+		if (!pending && !atomic_load(&c->deferred) && !atomic_load(&c->frame_at))
+			d = 0; /* maybe quiet: look now */
+	}
 	return d;
 }
 
@@ -1384,6 +1549,15 @@ static void sweep(dml_rpc_server *s)
 			}
 			sweep_by(s, d);
 		}
+	if (atomic_load(&s->draining)) {
+		pthread_mutex_lock(&s->mu);
+		int left = s->nconns;
+		pthread_mutex_unlock(&s->mu);
+		if (!left) /* drained */
+			dml_rpc_server_stop(s);
+		else
+			sweep_by(s, atomic_load(&s->drain_at));
+	}
 	atomic_store(&s->sweeping, 0);
 }
 
@@ -1439,7 +1613,10 @@ int dml_rpc_server_poll(dml_rpc_server *s, dml_duration timeout)
 		uint32_t gen = (uint32_t)(evs[i].data >> 32);
 		if (id == 0)
 			return DML_ESTOPPED;
-		if (id < ID_CONN0)
+		if (id == ID_KICK) {
+			dml__sys_wake_drain(s->kick);
+			sweep(s);
+		} else if (id < ID_CONN0)
 			accept_all(s, &s->ls[id - 1]);
 		else
 			conn_serve(s, slot_at(s, id - ID_CONN0), gen, evs[i].events);
@@ -1502,6 +1679,9 @@ int dml_rpc_deferred_new(dml_rpc_deferred **out, dml_rpc_ctx *ctx)
 	d->gen = ctx->gen;
 	d->seq = ctx->seq;
 	d->rt = ctx->rt;
+	d->cnt = ctx->cnt;
+	d->in_bytes = ctx->in_bytes;
+	d->t0 = ctx->t0;
 	ctx->deferred = 1;
 	*out = d;
 	return 0;
@@ -1531,11 +1711,15 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	int rc = DML_ECLOSED;
 	if (conn_gen(c) == d->gen && c->fd >= 0) {
 		atomic_fetch_sub(&c->deferred, 1);
+		size_t before = c->out.len;
+		int failed = err != 0;
 		if (err)
 			rc = reply_error(c, d->seq, DML__ST_HANDLER,
 			                 msg ? msg : dml_strerror(err));
 		else
-			rc = reply_ok(d->s, c, d->seq, d->rt, reply);
+			rc = reply_ok(d->s, c, d->seq, d->rt, reply, &failed);
+		count_call(d->s, d->cnt, failed || rc, d->in_bytes, appended(c, before), d->t0,
+		           dml__now_us());
 		if (rc) /* no reply at all would leave the caller waiting */
 			dml__stream_shutdown(c->st);
 		/* Write at once: the owner may be waiting in the poller for
@@ -1559,6 +1743,74 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	hub_unref(h);
 	free(d);
 	return rc == DML_ECONNLOST ? DML_ECLOSED : rc;
+}
+
+int dml_rpc_server_drain(dml_rpc_server *s, dml_duration timeout)
+{
+	dml__detail_clear();
+	if (!s)
+		return DML_EINVAL;
+	if (timeout < 0 && timeout != DML_INFINITE)
+		return dml__fail(DML_EINVAL, "drain: timeout 0, DML_INFINITE or a "
+		                 "positive number of ms");
+	int64_t at = timeout == DML_INFINITE ? NEVER : dml__now_ms() + timeout;
+	int64_t was = atomic_load(&s->drain_at);
+	while ((!atomic_load(&s->draining) || at < was) &&
+	       !atomic_compare_exchange_weak(&s->drain_at, &was, at))
+		;
+	atomic_store(&s->draining, 1);
+	pthread_mutex_lock(&s->lmu); /* new connections are refused */
+	pthread_mutex_lock(&s->mu);  /* the listeners' rest looks at them too */
+	for (int i = 0; i < s->nls; i++)
+		if (s->ls[i].fd >= 0) {
+			if (!s->resting)
+				dml__poller_del(s->poller, s->ls[i].fd);
+			listener_close(&s->ls[i]);
+		}
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->lmu);
+	kick(s);
+	return 0;
+}
+
+int dml_rpc_server_stats_abi(dml_rpc_stats *out, dml_rpc_server *s, const char *method,
+                             int abi)
+{
+	dml__detail_clear();
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	if (!out || !s)
+		return DML_EINVAL;
+	method_ent *e = NULL;
+	if (method) {
+		size_t n = strnlen(method, DML_RPC_MAX_METHOD + 1);
+		e = n <= DML_RPC_MAX_METHOD ? method_find(s, method, n) : NULL;
+		if (!e)
+			return dml__fail(DML_ENOTFOUND, "no method %.64s registered", method);
+	}
+	dml_rpc_stats st;
+	memset(&st, 0, sizeof st);
+	/* one method's, or the server's: every method's and the unknown's */
+	for (size_t m = 0; m <= s->nmethods; m++) {
+		const counters *k = e ? e->cnt : m < s->nmethods ? s->methods[m].cnt : &s->cnt;
+		st.calls += atomic_load_explicit(&k->calls, memory_order_relaxed);
+		st.errors += atomic_load_explicit(&k->errors, memory_order_relaxed);
+		st.bytes_in += atomic_load_explicit(&k->bytes_in, memory_order_relaxed);
+		st.bytes_out += atomic_load_explicit(&k->bytes_out, memory_order_relaxed);
+		for (int i = 0; i < DML_RPC_LATENCY_BUCKETS; i++)
+			st.latency[i] += atomic_load_explicit(&k->latency[i], memory_order_relaxed);
+		if (e)
+			break;
+	}
+	if (!method) {
+		st.accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
+		st.closed = atomic_load_explicit(&s->closed, memory_order_relaxed);
+		st.shed = atomic_load_explicit(&s->shed, memory_order_relaxed);
+		st.open = st.accepted > st.closed ? st.accepted - st.closed : 0;
+	}
+	dml__abi_out(out, &st, DML__L_RPC_STATS, abi);
+	return 0;
 }
 
 int dml__rpc_server_on_close(dml_rpc_server *s,

@@ -207,6 +207,12 @@ int dml__wait_us(int fd, short events, int wake_fd, int64_t timeout_us)
 	return n == 0 || errno == EINTR ? 0 : DML_ESYS;
 }
 
+void dml__listen_close(int fd)
+{
+	(void)shutdown(fd, SHUT_RDWR);
+	close(fd);
+}
+
 int dml__set_blocking(int fd, int on)
 {
 	int fl = fcntl(fd, F_GETFL);

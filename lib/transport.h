@@ -17,6 +17,11 @@
  * "[v6]:port", "unix:/path"). Port 0 picks an ephemeral port. */
 int dml__listen(const char *addr, int *fd);
 
+/* Closes a listening socket so that it refuses connections at once, even
+ * while another thread's poll() still holds it (Linux: shutdown() ends
+ * the listen; elsewhere it may take until that poll() returns). */
+void dml__listen_close(int fd);
+
 /* Accepts one connection (non-blocking, close-on-exec, TCP_NODELAY).
  * DML_EAGAIN when none is pending. */
 int dml__accept(int lfd, int *fd);

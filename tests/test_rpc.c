@@ -18,6 +18,7 @@
 
 #include "../examples/arith.h"
 #include "internal.h"
+#include "frame.h"
 
 /* ---- the test service --------------------------------------------- */
 
@@ -1352,6 +1353,298 @@ static void test_host_event_loop(void **state)
 	dml_rpc_server_free(f.srv);
 }
 
+/* ---- counters and a graceful drain -------------------------------------- */
+
+static uint64_t latency_total(const dml_rpc_stats *st)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < DML_RPC_LATENCY_BUCKETS; i++)
+		n += st->latency[i];
+	return n;
+}
+
+static void test_server_stats(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	dml_rpc_stats st;
+	assert_int_equal(dml_rpc_server_stats(&st, f.srv, NULL), 0);
+	assert_int_equal(st.calls, 0);
+	dml_rpc_client *c = dial(f.addr);
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(mul(c, i, 2), 2 * i);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(dml_rpc_call(c, &m_fail, NULL, NULL, 10000), DML_EHANDLER);
+	assert_int_equal(dml_rpc_call(c, &m_nope, NULL, NULL, 10000), DML_ENOMETHOD);
+	assert_int_equal(dml_rpc_server_stats(&st, f.srv, "Arith.Multiply"), 0);
+	assert_int_equal(st.calls, 10);
+	assert_int_equal(st.errors, 0);
+	assert_int_equal(latency_total(&st), 10);
+	assert_true(st.bytes_in > 10 * (DML__FRAME_HDR + strlen("Arith.Multiply")));
+	assert_true(st.bytes_out >= 10 * DML__FRAME_HDR);
+	assert_int_equal(st.accepted, 0); /* the server's only */
+	uint64_t mul_in = st.bytes_in, mul_out = st.bytes_out;
+	assert_int_equal(dml_rpc_server_stats(&st, f.srv, "Test.Fail"), 0);
+	assert_int_equal(st.calls, 3);
+	assert_int_equal(st.errors, 3);
+	assert_int_equal(dml_rpc_server_stats(&st, f.srv, NULL), 0);
+	assert_int_equal(st.calls, 14); /* the unknown method too */
+	assert_int_equal(st.errors, 4);
+	assert_int_equal(latency_total(&st), 14);
+	assert_true(st.bytes_in > mul_in && st.bytes_out > mul_out);
+	assert_int_equal(st.accepted, 1);
+	assert_int_equal(st.open, 1);
+	assert_int_equal(st.shed, 0);
+	assert_int_equal(dml_rpc_server_stats(&st, f.srv, "Nope.Method"), DML_ENOTFOUND);
+	assert_int_equal(dml_rpc_server_stats(NULL, f.srv, NULL), DML_EINVAL);
+	dml_rpc_free(c);
+	fixture_stop(&f);
+}
+
+static dml_rpc_deferred *drain_owed; /* a deferred reply never sent */
+static sem_t owe_sem;
+
+static int h_owe(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)r;
+	(void)u;
+	int rc = dml_rpc_deferred_new(&drain_owed, ctx);
+	sem_post(&owe_sem);
+	return rc;
+}
+
+static const dml_rpc_method m_owe = {"Test.Owe", NULL, NULL};
+
+static void join_runners(fixture *f)
+{
+	for (int i = 0; i < f->nrunners; i++) {
+		pthread_join(f->runners[i], NULL);
+		assert_int_equal(f->run_rc[i], 0);
+	}
+}
+
+static void test_drain(void **state)
+{
+	(void)state;
+	gate_init(&the_gate);
+	fixture f;
+	serve(&f, "127.0.0.1:0", NULL, 2);
+	dml_rpc_client *busy = dial(f.addr), *idle = dial(f.addr);
+	assert_int_equal(mul(idle, 2, 3), 6);
+	dml_rpc_pending *k;
+	assert_int_equal(dml_rpc_start(&k, busy, &m_gate, NULL, NULL, 30000), 0);
+	assert_int_equal(dml_rpc_flush(busy, 10000), 0);
+	sem_wait(&the_gate.entered); /* a call in flight */
+	assert_int_equal(dml_rpc_server_drain(f.srv, DML_INFINITE), 0);
+	/* the listener is closed at once: new connections are refused */
+	dml_rpc_client *late = NULL;
+	assert_int_equal(dml_rpc_dial(&late, f.addr, NULL), DML_ECONNREFUSED);
+	char buf[64];
+	assert_int_equal(dml_rpc_server_addr(f.srv, 0, buf, sizeof buf), DML_ECLOSED);
+	/* the call in flight finishes; then the server stops by itself */
+	gate_open(&the_gate);
+	assert_int_equal(dml_rpc_pending_wait(k), 0);
+	dml_rpc_pending_free(k);
+	join_runners(&f); /* run returned 0: drained */
+	dml_rpc_stats st;
+	assert_int_equal(dml_rpc_server_stats(&st, f.srv, NULL), 0);
+	assert_int_equal(st.open, 0);
+	assert_int_equal(st.accepted, 2);
+	/* both connections were closed: the idle one's next call fails */
+	assert_int_equal(dml_rpc_call(idle, &arith_multiply, &(Args){1, 2}, &(Reply){0}, 10000),
+	                 DML_ECONNLOST);
+	dml_rpc_free(idle);
+	dml_rpc_free(busy);
+	assert_int_equal(dml_rpc_server_drain(f.srv, 0), 0); /* again: nothing left */
+	dml_rpc_server_free(f.srv);
+	gate_destroy(&the_gate);
+
+	/* a connection owed a reply that never comes is closed at the deadline */
+	serve(&f, "127.0.0.1:0", NULL, 1);
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_owe, h_owe, NULL), 0);
+	dml_rpc_client *c = dial(f.addr);
+	drain_owed = NULL;
+	sem_init(&owe_sem, 0, 0);
+	assert_int_equal(dml_rpc_start(&k, c, &m_owe, NULL, NULL, 30000), 0);
+	assert_int_equal(dml_rpc_flush(c, 10000), 0);
+	sem_wait(&owe_sem); /* the reply is owed */
+	assert_non_null(drain_owed);
+	int64_t t0 = dml__now_us();
+	assert_int_equal(dml_rpc_server_drain(f.srv, 50), 0);
+	assert_int_equal(dml_rpc_pending_wait(k), DML_ECONNLOST);
+	assert_true(dml__now_us() - t0 >= 50000); /* not before the deadline */
+	join_runners(&f);
+	assert_int_equal(dml_rpc_deferred_reply(drain_owed, 0, NULL, NULL), DML_ECLOSED);
+	sem_destroy(&owe_sem);
+	dml_rpc_pending_free(k);
+	dml_rpc_free(c);
+	dml_rpc_server_free(f.srv);
+}
+
+/* ---- one host thread drives a server and 100 clients ------------------ */
+
+typedef struct loop_call {
+	dml_rpc_client *c;
+	dml_rpc_pending *k;
+	Args a;
+	Reply r;
+	int calls, result, reentry;
+	int free_it; /* the callback frees the handle */
+} loop_call;
+
+static void loop_done(dml_rpc_pending *k, int result, void *user)
+{
+	loop_call *l = user;
+	l->calls++;
+	l->result = result;
+	l->reentry = dml_rpc_client_poll(l->c, 0); /* not from a callback */
+	if (l->free_it) {
+		dml_rpc_pending_free(k);
+		l->k = NULL;
+	}
+}
+
+enum { LOOP_NC = 100 };
+
+/* One round of the loop: the server's and every client's descriptors in one
+ * poll(), for no longer than the earliest of their timeouts, then a step of
+ * each, until `done` says so. */
+static void loop_until(dml_rpc_server *s, dml_rpc_client **c, int nc,
+                       int (*done)(void *), void *arg)
+{
+	enum { SRV_MAX = LOOP_NC + 16 }; /* the poll() backend: one per connection */
+	static struct pollfd pf[SRV_MAX + LOOP_NC + 1];
+	for (int round = 0; !done(arg); round++) {
+		assert_true(round < 200000); /* bounded */
+		int n = dml_rpc_server_pollfds(s, pf, SRV_MAX);
+		assert_true(n >= 1 && n <= SRV_MAX);
+		dml_duration tmo, t;
+		assert_int_equal(dml_rpc_server_next_timeout(s, &tmo), 0);
+		for (int i = 0; i < nc; i++) {
+			int m = dml_rpc_client_pollfds(c[i], pf + n, 1);
+			assert_true(m == 0 || m == 1);
+			n += m;
+			assert_int_equal(dml_rpc_client_next_timeout(c[i], &t), 0);
+			if (t != DML_INFINITE && (tmo == DML_INFINITE || t < tmo))
+				tmo = t;
+		}
+		assert_true(tmo != DML_INFINITE); /* every call has a deadline */
+		assert_true(poll(pf, (nfds_t)n, (int)tmo) >= 0);
+		assert_true(dml_rpc_server_poll(s, 0) >= 0);
+		for (int i = 0; i < nc; i++)
+			assert_true(dml_rpc_client_poll(c[i], 0) >= 0);
+	}
+}
+
+typedef struct loop_state {
+	loop_call *l;
+	int n, want;  /* callbacks wanted per call */
+	dml_rpc_pending *big, *mute;
+} loop_state;
+
+static int loop_all_done(void *p)
+{
+	loop_state *st = p;
+	for (int i = 0; i < st->n; i++)
+		if (i % 2 ? st->l[i].k && !dml_rpc_pending_done(st->l[i].k)
+		          : st->l[i].calls < st->want)
+			return 0;
+	return (!st->big || dml_rpc_pending_done(st->big)) &&
+	       (!st->mute || dml_rpc_pending_done(st->mute));
+}
+
+static void test_event_loop_clients(void **state)
+{
+	(void)state;
+	fixture f, mute;
+	serve(&f, "127.0.0.1:0", NULL, 0);
+	serve(&mute, "127.0.0.1:0", NULL, 0); /* accepts, never polled: silent */
+	static dml_rpc_client *c[LOOP_NC + 1];
+	static loop_call l[LOOP_NC];
+	struct pollfd p;
+	for (int i = 0; i < LOOP_NC; i++) {
+		c[i] = dial(f.addr); /* the kernel accepts: nobody polls yet */
+		/* the loop's from now on: dml_rpc_start only queues */
+		assert_int_equal(dml_rpc_client_pollfds(c[i], &p, 1), 1);
+		assert_true(p.fd >= 0 && p.events & POLLIN);
+	}
+	dml_rpc_client *cm = dial(mute.addr);
+	assert_int_equal(dml_rpc_client_pollfds(cm, &p, 1), 1);
+	/* a 4 MB request: more than the socket takes, so the loop writes it
+	 * in pieces as the server (in this same thread) reads */
+	enum { BIG = 1 << 20 };
+	float *v = malloc(BIG * sizeof *v);
+	assert_non_null(v);
+	for (int i = 0; i < BIG; i++)
+		v[i] = (float)(i % 3);
+	sum_args big_args = {{v, BIG, 0}};
+	sum_reply big_reply = {0};
+	const int rounds = (int)test_scaled(5, 2);
+	for (int round = 0; round < rounds; round++) {
+		loop_state st = {l, LOOP_NC, round + 1, NULL, NULL};
+		for (int i = 0; i < LOOP_NC; i++) {
+			l[i].c = c[i];
+			l[i].a = (Args){i, round + 2};
+			l[i].r.C = -1;
+			l[i].free_it = i % 4 == 0;
+			assert_int_equal(dml_rpc_start(&l[i].k, c[i], &arith_multiply, &l[i].a,
+			                               &l[i].r, 10000), 0);
+			if (i % 2 == 0) /* even: a callback; odd: asked with pending_done */
+				assert_int_equal(dml_rpc_pending_on_done(l[i].k, loop_done, &l[i]), 0);
+			if (round == 0 && i == 0) /* started before the loop owned it */
+				assert_int_equal(dml_rpc_pending_done(l[i].k), 0);
+		}
+		int64_t t0 = dml__now_us();
+		if (round == 0) {
+			assert_int_equal(dml_rpc_start(&st.big, c[1], &m_sum, &big_args,
+			                               &big_reply, 10000), 0);
+			assert_int_equal(dml_rpc_start(&st.mute, cm, &arith_multiply, &l[0].a,
+			                               &l[0].r, 30), 0);
+		}
+		c[LOOP_NC] = cm;
+		loop_until(f.srv, c, LOOP_NC + (round == 0), loop_all_done, &st);
+		for (int i = 0; i < LOOP_NC; i++) {
+			assert_int_equal(l[i].r.C, (int64_t)i * (round + 2));
+			if (i % 2 == 0) {
+				assert_int_equal(l[i].calls, round + 1); /* once per call */
+				assert_int_equal(l[i].result, 0);
+				assert_int_equal(l[i].reentry, DML_EBUSY);
+			}
+			if (l[i].k) {
+				assert_int_equal(dml_rpc_pending_wait(l[i].k), 0); /* at once */
+				dml_rpc_pending_free(l[i].k);
+			}
+		}
+		if (round == 0) {
+			assert_int_equal(dml_rpc_pending_wait(st.big), 0);
+			assert_int_equal(big_reply.n, BIG);
+			assert_true(big_reply.sum == (double)(BIG / 3) * 3);
+			dml_rpc_pending_free(st.big);
+			/* the silent server's call failed at its deadline, not before */
+			assert_int_equal(dml_rpc_pending_wait(st.mute), DML_ETIMEDOUT);
+			assert_true(dml__now_us() - t0 >= 30000);
+			dml_rpc_pending_free(st.mute);
+		}
+	}
+	/* the client of a server that went away reports it */
+	dml_rpc_server_free(mute.srv);
+	int rc = 0;
+	for (int i = 0; i < 1000 && rc == 0; i++) {
+		if (dml_rpc_client_pollfds(cm, &p, 1) == 1)
+			assert_true(poll(&p, 1, 10000) == 1);
+		rc = dml_rpc_client_poll(cm, 0);
+	}
+	assert_int_equal(rc, DML_ECONNLOST);
+	assert_int_equal(dml_rpc_client_pollfds(cm, &p, 1), 0);
+	for (int i = 0; i < LOOP_NC; i++)
+		dml_rpc_free(c[i]);
+	dml_rpc_free(cm);
+	dml_rpc_server_free(f.srv);
+	free(v);
+}
+
 /* ---- a host loop that blocks in its own poll() ------------------------- */
 
 typedef struct timer_loop {
@@ -2447,6 +2740,9 @@ int main(void)
 		cmocka_unit_test(test_1000_connections),
 		cmocka_unit_test(test_host_event_loop),
 		PLAIN_ONLY(test_host_loop_timers)
+		cmocka_unit_test(test_event_loop_clients),
+		cmocka_unit_test(test_server_stats),
+		cmocka_unit_test(test_drain),
 		cmocka_unit_test(test_out_of_descriptors),
 		cmocka_unit_test(test_heartbeat_stopped_server),
 		cmocka_unit_test(test_heartbeat_timeout_server),

@@ -253,12 +253,63 @@ DML_API int dml_rpc_server_pollfds(dml_rpc_server *s, struct pollfd *fds, size_t
  * Like libuv's uv_backend_timeout. Thread-safe. */
 DML_API int dml_rpc_server_next_timeout(dml_rpc_server *s, dml_duration *ms);
 
+#define DML_RPC_LATENCY_BUCKETS 32
+
+/* Counters of a server, or of one of its methods (dml_rpc_server_stats),
+ * since the library never prints. Each counter is exact; a snapshot of
+ * several taken while calls run need not be consistent. May grow at its
+ * end (docs/abi.md). */
+typedef struct dml_rpc_stats {
+	uint64_t calls;     /* requests answered (a deferred one when its reply
+	                       is sent); the server's also counts unknown
+	                       methods and refused frame versions */
+	uint64_t errors;    /* ... with an error status: the handler's error,
+	                       bad arguments, no such method, reply too big */
+	uint64_t bytes_in;  /* request frames, headers included */
+	uint64_t bytes_out; /* reply frames, headers included */
+	uint64_t latency[DML_RPC_LATENCY_BUCKETS]; /* calls by the time from
+	                       taking the request to queueing its reply:
+	                       [0] under 1 us, [i] 2^(i-1) us to 2^i - 1 us,
+	                       the last one also everything longer */
+	/* the server's only (0 for a method): */
+	uint64_t accepted;  /* connections accepted */
+	uint64_t closed;    /* ... closed, for any reason (events say which) */
+	uint64_t shed;      /* connections refused at max_conns */
+	uint64_t open;      /* open now: accepted - closed */
+} dml_rpc_stats;
+
+/* The counters of the server (method NULL) or of its method `method` into
+ * *out, which the caller owns. 0, DML_ENOTFOUND (no such method),
+ * DML_EINVAL, DML_EVERSION. Thread-safe, and cheap: relaxed atomic loads,
+ * no lock. */
+DML_API int dml_rpc_server_stats_abi(dml_rpc_stats *out, dml_rpc_server *s,
+                                     const char *method, int abi);
+#define dml_rpc_server_stats(out, s, method) \
+	dml_rpc_server_stats_abi(out, s, method, DML_ABI)
+
 /* Stops the server: every thread in dml_rpc_server_run returns, every later
  * or current dml_rpc_server_poll returns DML_ESTOPPED. Handlers already
  * running complete. Connections stay open until dml_rpc_server_free (their
  * pending calls then fail with DML_ECONNLOST). Thread-safe, async-signal-
  * safe (one write to a wake-up descriptor), idempotent. */
 DML_API void dml_rpc_server_stop(dml_rpc_server *s);
+
+/* Drains the server, as a rolling restart needs: closes its listeners at
+ * once (new connections are refused, and the port is free for a new
+ * server), then closes each connection as soon as it is quiet (every
+ * request read from it answered and written, no deferred reply owed, no
+ * frame half received), so the calls in flight finish and idle clients
+ * see DML_ECONNLOST (with opts.reconnect, their next call dials the new
+ * server). When no connection is left, or `timeout` has passed (those
+ * left are then closed, their pending calls failing), the server stops as
+ * by dml_rpc_server_stop: dml_rpc_server_run returns 0. Does not wait
+ * itself: the threads that run or poll the server do the work, so keep
+ * them running (dml_rpc_server_stats says how many connections are open).
+ * timeout: 0 closes at once what is not quiet; DML_INFINITE waits for
+ * every connection. Requests a peer sends meanwhile are still served; a
+ * connection kept busy closes at the deadline. A second call may bring the
+ * deadline forward, never back. 0 or DML_EINVAL. Thread-safe. */
+DML_API int dml_rpc_server_drain(dml_rpc_server *s, dml_duration timeout);
 
 /* Closes every connection and listener and frees the server. No thread may
  * be running or polling it. NULL is ignored. */
@@ -465,6 +516,71 @@ DML_API void dml_rpc_free(dml_rpc_client *c);
  */
 DML_API int dml_rpc_has_method(dml_rpc_client *c, const char *name,
                                dml_duration timeout);
+
+/* ------------------------------------------------------------------ */
+/* A host's event loop (0.4): one thread drives many clients           */
+/* ------------------------------------------------------------------ */
+/*
+ * A host that runs its own poll() loop (and no thread per connection)
+ * drives a client with these three calls, as it drives a server with
+ * dml_rpc_server_pollfds / dml_rpc_server_next_timeout /
+ * dml_rpc_server_poll: it polls the descriptor dml_rpc_client_pollfds
+ * gives, no longer than dml_rpc_client_next_timeout says, then calls
+ * dml_rpc_client_poll(c, 0), which never waits. Calls are started with
+ * dml_rpc_start as usual, and learnt finished with dml_rpc_pending_done or
+ * a callback (dml_rpc_pending_on_done); dml_rpc_pending_wait on a finished
+ * call returns its result at once.
+ *
+ * From the first dml_rpc_client_poll or dml_rpc_client_pollfds on, the
+ * client is the loop's: dml_rpc_start only queues a request (its arrays
+ * are copied, however large) and the loop writes it as the socket takes
+ * it, so no call waits for the network. Other threads may still use the
+ * client (dml_rpc_call, dml_rpc_pending_wait block as before); a blocking
+ * waiter may then read replies in the loop's place, and the callbacks of
+ * calls it finished run at the loop's next step.
+ */
+
+/* The descriptor to poll and its events (POLLIN, and POLLOUT while
+ * requests wait for room or the stream needs it), in fds[0]: returns 1,
+ * or 0 when the connection is lost or closed (dml_rpc_client_poll then
+ * fails what was pending and returns the error). The descriptor changes
+ * when the client reconnects: ask again before every poll(). DML_EINVAL
+ * if cap is 0. Thread-safe. */
+DML_API int dml_rpc_client_pollfds(dml_rpc_client *c, struct pollfd *fds, size_t cap);
+
+/* How long the host may wait before the next dml_rpc_client_poll is due
+ * (the earliest deadline of a pending call, a heartbeat, a callback to
+ * run), in *ms: DML_INFINITE when nothing is timing, 0 when it is due now.
+ * 0 or DML_EINVAL. Thread-safe. */
+DML_API int dml_rpc_client_next_timeout(dml_rpc_client *c, dml_duration *ms);
+
+/* Processes what is ready: writes queued requests as far as the socket
+ * takes them, reads and delivers the replies that have come (LOOP_READS
+ * reads at most, so one busy client cannot starve the loop), fails the
+ * calls whose deadline passed (DML_ETIMEDOUT), then runs the callbacks of
+ * finished calls, in this thread. Waits up to `timeout` for the socket
+ * first (0: not at all; DML_INFINITE; never past the next deadline).
+ * Returns the number of calls that finished (>= 0), or, when none did and
+ * the connection is lost or closed, that error (DML_ECONNLOST,
+ * DML_ECLOSED, with a detail; pending calls have failed with it).
+ * DML_EBUSY from inside a callback. One thread at a time. */
+DML_API int dml_rpc_client_poll(dml_rpc_client *c, dml_duration timeout);
+
+/* 1 if the call has finished (dml_rpc_pending_wait returns at once), 0 if
+ * not; DML_EINVAL for NULL. Never waits. Thread-safe. */
+DML_API int dml_rpc_pending_done(const dml_rpc_pending *call);
+
+/* A finished call's callback: result as dml_rpc_pending_wait returns it
+ * (and dml_rpc_pending_errmsg has its message). It runs in the thread of
+ * dml_rpc_client_poll, without the client's locks: it may start calls and
+ * free this handle (or keep it), but not call dml_rpc_client_poll. */
+typedef void (*dml_rpc_done_fn)(dml_rpc_pending *call, int result, void *user);
+
+/* Sets the callback that dml_rpc_client_poll runs once the call has
+ * finished (at its next step if it has already); NULL removes it. 0 or
+ * DML_EINVAL. One thread per call handle. */
+DML_API int dml_rpc_pending_on_done(dml_rpc_pending *call, dml_rpc_done_fn fn,
+                                    void *user);
 
 /* ------------------------------------------------------------------ */
 /* Deprecated in 0.2 (kept for one release; docs/api.md)              */
