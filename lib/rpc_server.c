@@ -85,7 +85,6 @@ struct conn {
 	_Atomic uint64_t state; /* generation << 32 | busy */
 	uint32_t slot;
 	int fd;               /* st->fd; -1 while the slot is free */
-	dml__stream *st;      /* the connection's bytes (stream.h) */
 	uint64_t id;
 	conn *next_free;
 	dml__buf in; /* bytes [rpos, in.len) are unparsed */
@@ -94,9 +93,6 @@ struct conn {
 	                        its reads, unless the stream is DUPLEX) */
 	dml__buf out;        /* bytes [opos, out.len) are unsent */
 	size_t opos;
-	int held;            /* the stream holds written bytes unflushed */
-	int64_t rx_us;       /* us: the last read (its owner's): when the
-	                        requests it completed were taken */
 	atomic_int over;     /* unsent bytes > OUT_HIGH (set under omu) */
 	atomic_int hup;      /* the peer's end of stream (or an error) was
 	                        reported: read on past short reads to see it */
@@ -110,6 +106,12 @@ struct conn {
 	method_ent *last; /* the method of the previous request */
 	int64_t big_at;   /* ms: in was last grown or used past BIG_IN; 0 = not */
 	char peer[64];    /* the peer's address, for events (with on_event) */
+	/* here, not among the fields above: their cache lines are as they
+	 * were before these came (pipelined calls measured 5% slower so) */
+	dml__stream *st;  /* the connection's bytes (stream.h) */
+	int held;         /* the stream holds written bytes unflushed (omu) */
+	int64_t rx_us;    /* us: the last read (its owner's): when the
+	                     requests it completed were taken */
 	dml_rpc_server *s;
 };
 
