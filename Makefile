@@ -5,7 +5,8 @@
 # directory: build, or build/san with SANITIZE), WERROR=0 (warnings stay
 # warnings), DML_NO_DEPS=1 (never install packages; say what is missing),
 # PORTABLE=1 (the POSIX fallbacks of lib/sys.h instead of Linux's calls,
-# and poll() for epoll), POLLER=poll (poll() alone).
+# and poll() for epoll), POLLER=poll (poll() alone), TLS=0 (no TLS even
+# where OpenSSL's headers are; by default TLS is built when they are).
 
 VERSION_H := include/distml/common.h
 MAJOR := $(shell sed -n 's/^\#define DML_VERSION_MAJOR \([0-9]*\)/\1/p' $(VERSION_H))
@@ -84,6 +85,18 @@ endif
 # -fno-math-errno: sqrtf without errno, so the optimizer loops vectorise.
 LIB_CFLAGS := $(ALL_CFLAGS) -fPIC -fvisibility=hidden -fno-math-errno
 LIB_CPPFLAGS := $(ALL_CPPFLAGS) -DDML_BUILDING_LIBRARY -Ilib
+# TLS (lib/stream_tls.c) with OpenSSL 3 (Debian libssl-dev, which `make
+# deps` installs when it may); without it the TLS calls say DML_ENOTSUP.
+ifneq ($(TLS),0)
+HAVE_TLS := $(shell printf '\043include <openssl/ssl.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo 1)
+endif
+ifeq ($(HAVE_TLS),1)
+LIB_CPPFLAGS += -DDML_HAVE_TLS
+LDLIBS += -lssl -lcrypto
+PC_REQUIRES := zlib, libssl, libcrypto
+else
+PC_REQUIRES := zlib
+endif
 MAPFILE := lib/distml.map
 
 LIB_SRC := $(wildcard lib/*.c)
@@ -135,7 +148,7 @@ $(B)/bench/%: bench/%.c $(STATIC) | $(B)/bench
 examples: $(EXAMPLES)
 
 deps:
-	@sh scripts/deps.sh
+	@sh scripts/deps.sh --optional libssl-dev openssl
 
 check: deps
 	@$(MAKE) --no-print-directory lib examples $(TESTS)
@@ -184,7 +197,8 @@ abi-baseline: lib
 .PHONY: FORCE
 $(B)/distml.pc: pkgconfig/distml.pc.in $(VERSION_H) FORCE | $(B)/obj
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@REQUIRES@|$(PC_REQUIRES)|' $< > $@
 
 install: lib $(B)/distml.pc
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/distml $(DESTDIR)$(PKGCONFIGDIR)

@@ -11,6 +11,7 @@
 #include "distml/common.h"
 #include "distml/codec.h"
 #include "distml/rpc.h"
+#include "distml/tls.h"
 #include "distml/optim.h"
 #include "distml/ps.h"
 #include "distml/data.h"

@@ -16,6 +16,7 @@ static const size_t sizes[DML__L_COUNT][DML_ABI] = {
 	[DML__L_DSGD_OPTS] = {sizeof(dml_dsgd_opts)},
 	[DML__L_TRAIN_STATS] = {sizeof(dml_train_stats)},
 	[DML__L_RPC_STATS] = {sizeof(dml_rpc_stats)},
+	[DML__L_TLS_OPTS] = {sizeof(dml_tls_opts)},
 };
 
 size_t dml__abi_size(enum dml__layout l, int abi)

@@ -28,6 +28,7 @@ enum dml__layout {
 	DML__L_DSGD_OPTS,
 	DML__L_TRAIN_STATS,
 	DML__L_RPC_STATS,
+	DML__L_TLS_OPTS,
 	DML__L_COUNT
 };
 

@@ -40,6 +40,8 @@ const char *dml_strerror(int err)
 	case DML_ENONFINITE: return "non-finite value";
 	case DML_EFULL: return "capacity reached";
 	case DML_EDIVERGED: return "training diverged";
+	case DML_ETLS: return "TLS failure";
+	case DML_ENOTSUP: return "not supported by this build";
 	default: return "unknown error";
 	}
 }

@@ -356,12 +356,41 @@ static int c_write_all(dml_rpc_client *c, struct iovec *iov, int n, int64_t dead
 	}
 }
 
-/* Takes a dialed socket as the connection's stream (closing fd on failure). */
-static int c_open(dml_rpc_client *c, int fd, dml__stream **out)
+/* The host of a dialed address, for TLS to verify ("" over unix:). */
+static void addr_host(const char *addr, char *buf, size_t cap)
+{
+	buf[0] = 0;
+	if (!strncmp(addr, "unix:", 5))
+		return;
+	const char *p = addr, *end;
+	if (*p == '[') {
+		p++;
+		end = strchr(p, ']');
+	} else {
+		end = strrchr(p, ':');
+	}
+	size_t n = end ? (size_t)(end - p) : strlen(p);
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(buf, p, n);
+	buf[n] = 0;
+}
+
+/* Takes a dialed socket as the connection's stream (closing fd on
+ * failure); with TLS, its handshake before `deadline` (ms). */
+static int c_open(dml_rpc_client *c, int fd, dml__stream **out, int64_t deadline)
 {
 	int rc = dml__stream_open(out, fd, 0);
 	if (rc)
 		return rc;
+	if (c->o.tls) {
+		char host[256];
+		addr_host(c->addr, host, sizeof host);
+		if ((rc = dml__stream_tls(out, c->o.tls, host, deadline))) {
+			dml__stream_close(*out);
+			return rc;
+		}
+	}
 	int locked = !((*out)->flags & DML__STREAM_DUPLEX);
 	if (locked && c->wake[0] < 0 && dml__sys_wake_new(c->wake))
 		rc = DML_ESYS;
@@ -924,7 +953,7 @@ static int reconnect(dml_rpc_client *c, int64_t deadline)
 	int rc = dml__dial(c->addr, dl, &fd);
 	if (!rc) {
 		conn_setup(c, fd);
-		rc = c_open(c, fd, &st);
+		rc = c_open(c, fd, &st, dl);
 	}
 	pthread_mutex_lock(&c->wmu); /* order: wmu, then mu */
 	pthread_mutex_lock(&c->mu);
@@ -1283,6 +1312,8 @@ int dml_rpc_has_method(dml_rpc_client *c, const char *name, dml_duration timeout
  * wrong. */
 static int client_opts(dml_rpc_client_opts *o)
 {
+	if (o->tls && dml__tls_role(o->tls) != DML_TLS_CLIENT)
+		return dml__fail(DML_EINVAL, "opts.tls: a DML_TLS_CLIENT configuration");
 	if (o->codec != DML_CODEC_BINARY)
 		return dml__fail(DML_EINVAL, "codec %d unknown", (int)o->codec);
 	if (dml__frame_limit(&o->max_frame))
@@ -1380,10 +1411,11 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 	}
 	c->wake[0] = c->wake[1] = c->wwake[0] = c->wwake[1] = -1;
 	c->next_expiry_us = INT64_MAX;
-	rc = dml__dial(addr, dml__deadline(o.dial_timeout), &c->fd);
+	int64_t dl = dml__deadline(o.dial_timeout);
+	rc = dml__dial(addr, dl, &c->fd);
 	if (!rc) { /* else the detail names the addresses tried */
 		conn_setup(c, c->fd);
-		rc = c_open(c, c->fd, &c->st);
+		rc = c_open(c, c->fd, &c->st, dl);
 	}
 	if (rc) {
 		if (c->wake[0] >= 0)

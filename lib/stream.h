@@ -31,6 +31,7 @@
 #define DISTML_STREAM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -96,6 +97,17 @@ int dml__stream_open(dml__stream **out, int fd, int server);
 /* Frees a plain stream without closing its descriptor (for a wrapper
  * taking it over). */
 void dml__stream_release(dml__stream *st);
+
+/* TLS (stream_tls.c): replaces the plain stream *st by a TLS one over its
+ * descriptor, configured by cfg (distml/tls.h). A server's handshake runs
+ * in its first reads and writes; a client's runs now, before `deadline`
+ * (ms), verifying the certificate's chain and `host` (NULL or "": the
+ * chain only). 0, or DML_ETLS, DML_ETIMEDOUT, DML_ENOMEM, DML_ENOTSUP,
+ * with a detail; on failure *st is as it was (the caller closes it). */
+struct dml_tls;
+int dml__stream_tls(dml__stream **st, const struct dml_tls *cfg, const char *host,
+                    int64_t deadline);
+int dml__tls_role(const struct dml_tls *t); /* DML_TLS_CLIENT or _SERVER */
 
 static inline ssize_t dml__stream_read(dml__stream *st, void *buf, size_t len)
 {

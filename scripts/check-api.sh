@@ -36,7 +36,7 @@ decide {
 		next
 	}
 	name = pending; pending = ""
-	if (name ~ /^(dml_rpc_ctx_errorf|dml_rpc_errorf|dml_version_number|dml_dataset_is_sparse)$/) next
+	if (name ~ /^(dml_rpc_ctx_errorf|dml_rpc_errorf|dml_version_number|dml_dataset_is_sparse|dml_tls_available)$/) next
 	if (first ~ /^dml__detail_clear\(\);/) next
 	if (first ~ /^return [a-z_0-9]+\(/) {
 		rest = first; sub(/^return /, "", rest)

@@ -90,6 +90,8 @@ enum {
 	DML_ENONFINITE = -25,  /* a NaN or an infinity where a finite value is needed */
 	DML_EFULL = -26,       /* a configured capacity is reached (e.g. max_rows) */
 	DML_EDIVERGED = -27,   /* training diverged: a loss or parameter became non-finite */
+	DML_ETLS = -28,        /* TLS handshake or certificate verification failed */
+	DML_ENOTSUP = -29,     /* not supported by this build (e.g. TLS without OpenSSL) */
 };
 
 /* dml_strerror: a static, human-readable name for an error code. Never NULL.

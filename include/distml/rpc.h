@@ -139,6 +139,9 @@ typedef struct dml_rpc_server_opts {
 	 * connection, which it must not block for long; NULL = none. */
 	void (*on_event)(const struct dml_rpc_event *ev, void *user);
 	void *event_user;
+	/* 0.4: TLS (distml/tls.h): a DML_TLS_SERVER configuration every
+	 * connection speaks, which must outlive the server; NULL = plain */
+	const struct dml_tls *tls;
 } dml_rpc_server_opts;
 
 /* What on_event reports. */
@@ -417,6 +420,12 @@ typedef struct dml_rpc_client_opts {
 	                              handler that runs longer than this on the
 	                              connection delays the heartbeat's answer:
 	                              make it longer than the slowest handler */
+	const struct dml_tls *tls; /* 0.4: a DML_TLS_CLIENT configuration
+	                              (distml/tls.h): the dial, and every
+	                              reconnect, completes a TLS handshake and
+	                              verifies the server within dial_timeout
+	                              (DML_ETLS says why not); it must outlive
+	                              the client; NULL = plain */
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).

@@ -1,0 +1,416 @@
+/*
+ * stream_tls.c - the TLS stream (stream.h) over OpenSSL 3, and the public
+ * configuration of distml/tls.h. Without OpenSSL (DML_HAVE_TLS unset) the
+ * public functions say DML_ENOTSUP.
+ *
+ * OpenSSL reads and writes the socket through a BIO of our own, which
+ * uses transport.c's calls (so no SIGPIPE, as everywhere else). Plaintext
+ * a write takes is copied into the stream (at most one record's worth) and
+ * handed to SSL_write until it is accepted: retries pass the same bytes,
+ * as OpenSSL requires, and the stream holds them only once the socket took
+ * no more. SSL_pending is the input held. What a read or a write waits for
+ * (a write may need a read, during a handshake) is what wants() reports.
+ */
+#include "abi.h"
+#include "internal.h"
+#include "stream.h"
+#include "transport.h"
+
+#include "distml/tls.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef DML_HAVE_TLS
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <arpa/inet.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct dml_tls {
+	SSL_CTX *ctx;
+	int role;
+	char *server_name; /* a client's, or NULL: the dialed host */
+};
+
+/* ---- the BIO: transport.c's calls on the descriptor ----------------- */
+
+static BIO_METHOD *bio_meth;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static int bio_write(BIO *b, const char *p, int n)
+{
+	struct iovec v = {(void *)(uintptr_t)p, (size_t)n};
+	BIO_clear_retry_flags(b);
+	ssize_t w = dml__writev((int)(intptr_t)BIO_get_data(b), &v, 1);
+	if (w >= 0)
+		return (int)w;
+	if (w == DML_EAGAIN)
+		BIO_set_retry_write(b);
+	return -1;
+}
+
+static int bio_read(BIO *b, char *p, int n)
+{
+	BIO_clear_retry_flags(b);
+	ssize_t r = dml__read((int)(intptr_t)BIO_get_data(b), p, (size_t)n);
+	if (r > 0)
+		return (int)r;
+	if (r == DML_EAGAIN) {
+		BIO_set_retry_read(b);
+		return -1;
+	}
+	return r == DML_ECONNLOST ? 0 : -1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	(void)b;
+	(void)num;
+	(void)ptr;
+	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static void bio_meth_make(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "distml");
+	if (m && BIO_meth_set_write(m, bio_write) && BIO_meth_set_read(m, bio_read) &&
+	    BIO_meth_set_ctrl(m, bio_ctrl) && BIO_meth_set_create(m, bio_create))
+		bio_meth = m;
+	else
+		BIO_meth_free(m);
+}
+
+/* ---- the stream ----------------------------------------------------- */
+
+#define TLS_WBUF 16384 /* one record of plaintext */
+
+typedef struct tls_stream {
+	dml__stream base;
+	SSL *ssl;
+	unsigned rwant, wwant; /* what the last read / write waits for */
+	size_t wlen;           /* plaintext taken, not yet accepted by SSL */
+	uint8_t wbuf[TLS_WBUF];
+} tls_stream;
+
+/* An SSL call's result as a stream result: DML_EAGAIN with *want set, or
+ * DML_ECONNLOST. */
+static int ssl_fail(tls_stream *t, int ret, unsigned *want)
+{
+	switch (SSL_get_error(t->ssl, ret)) {
+	case SSL_ERROR_WANT_READ:
+		*want = DML__EV_IN;
+		return DML_EAGAIN;
+	case SSL_ERROR_WANT_WRITE:
+		*want = DML__EV_OUT;
+		return DML_EAGAIN;
+	default: /* end of stream, a reset, a bad record or alert */
+		ERR_clear_error();
+		return DML_ECONNLOST;
+	}
+}
+
+static ssize_t tls_read(dml__stream *st, void *buf, size_t len)
+{
+	tls_stream *t = (tls_stream *)st;
+	size_t n = 0;
+	int ret = SSL_read_ex(t->ssl, buf, len, &n);
+	if (ret > 0) {
+		t->rwant = DML__EV_IN;
+		return (ssize_t)n;
+	}
+	return ssl_fail(t, ret, &t->rwant);
+}
+
+/* Hands the held plaintext to SSL: 0 when it is accepted (and written). */
+static int tls_flush(dml__stream *st)
+{
+	tls_stream *t = (tls_stream *)st;
+	if (!t->wlen)
+		return 0;
+	size_t n = 0;
+	int ret = SSL_write_ex(t->ssl, t->wbuf, t->wlen, &n);
+	if (ret > 0) {
+		t->wlen = 0;
+		t->wwant = DML__EV_OUT;
+		return 0;
+	}
+	return ssl_fail(t, ret, &t->wwant);
+}
+
+static ssize_t tls_writev(dml__stream *st, const struct iovec *iov, int niov)
+{
+	tls_stream *t = (tls_stream *)st;
+	int rc = tls_flush(st);
+	if (rc)
+		return rc;
+	size_t take = 0;
+	for (int i = 0; i < niov && take < TLS_WBUF; i++) {
+		size_t k = iov[i].iov_len < TLS_WBUF - take ? iov[i].iov_len : TLS_WBUF - take;
+		memcpy(t->wbuf + take, iov[i].iov_base, k);
+		take += k;
+	}
+	if (!take)
+		return 0;
+	t->wlen = take;
+	rc = tls_flush(st);
+	return rc && rc != DML_EAGAIN ? rc : (ssize_t)take; /* held until a flush */
+}
+
+static size_t tls_pending(const dml__stream *st)
+{
+	return (size_t)SSL_pending(((const tls_stream *)st)->ssl);
+}
+
+static unsigned tls_wants(const dml__stream *st, unsigned asked)
+{
+	const tls_stream *t = (const tls_stream *)st;
+	unsigned w = 0;
+	if (asked & DML__EV_IN)
+		w |= t->rwant;
+	if (asked & DML__EV_OUT || t->wlen)
+		w |= t->wwant;
+	return w;
+}
+
+static void tls_shutdown(dml__stream *st) { (void)shutdown(st->fd, SHUT_RDWR); }
+
+static void tls_close(dml__stream *st)
+{
+	tls_stream *t = (tls_stream *)st;
+	if (SSL_is_init_finished(t->ssl))
+		(void)SSL_shutdown(t->ssl); /* close_notify, if the socket takes it */
+	ERR_clear_error();
+	SSL_free(t->ssl);
+	close(st->fd);
+	free(t);
+}
+
+static const dml__stream_ops tls_ops = {
+	.read = tls_read,
+	.writev = tls_writev,
+	.flush = tls_flush,
+	.pending = tls_pending,
+	.wants = tls_wants,
+	.shutdown = tls_shutdown,
+	.close = tls_close,
+};
+
+/* The reason of the last failure, for a detail. */
+static void why(SSL *ssl, char *buf, size_t cap)
+{
+	long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+	unsigned long e = ERR_peek_last_error();
+	if (v != X509_V_OK)
+		snprintf(buf, cap, "certificate: %s", X509_verify_cert_error_string(v));
+	else if (e)
+		ERR_error_string_n(e, buf, cap);
+	else
+		snprintf(buf, cap, "the peer closed the connection");
+	ERR_clear_error();
+}
+
+/* The client's handshake, before `deadline` (ms). */
+static int handshake(tls_stream *t, const char *host, int64_t deadline)
+{
+	for (;;) {
+		int ret = SSL_connect(t->ssl);
+		if (ret == 1)
+			return 0;
+		unsigned want = 0;
+		if (ssl_fail(t, ret, &want) != DML_EAGAIN) {
+			char msg[160];
+			why(t->ssl, msg, sizeof msg);
+			return dml__fail(DML_ETLS, "TLS handshake with %s failed: %s", host, msg);
+		}
+		int rc = dml__wait_fd(t->base.fd, want & DML__EV_IN ? POLLIN : POLLOUT, deadline);
+		if (rc)
+			return rc == DML_ETIMEDOUT
+				? dml__fail(rc, "TLS handshake with %s: no answer in time", host)
+				: rc;
+	}
+}
+
+/* Whether s is a literal IP address (v4 or v6). */
+static int is_ip(const char *s)
+{
+	unsigned char b[16];
+	return inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
+}
+
+int dml__stream_tls(dml__stream **stp, const dml_tls *cfg, const char *host, int64_t deadline)
+{
+	dml__stream *plain = *stp;
+	pthread_once(&bio_once, bio_meth_make);
+	if (!bio_meth)
+		return DML_ENOMEM;
+	tls_stream *t = calloc(1, sizeof *t);
+	SSL *ssl = t ? SSL_new(cfg->ctx) : NULL;
+	BIO *bio = ssl ? BIO_new(bio_meth) : NULL;
+	if (!bio) {
+		SSL_free(ssl);
+		free(t);
+		ERR_clear_error();
+		return DML_ENOMEM;
+	}
+	BIO_set_data(bio, (void *)(intptr_t)plain->fd);
+	SSL_set_bio(ssl, bio, bio);
+	t->base.ops = &tls_ops;
+	t->base.fd = plain->fd;
+	t->base.flags = 0; /* one thread at a time; a short read proves nothing */
+	t->ssl = ssl;
+	t->rwant = DML__EV_IN;
+	t->wwant = DML__EV_OUT;
+	if (cfg->role == DML_TLS_SERVER) {
+		SSL_set_accept_state(ssl); /* the handshake runs in the first reads */
+	} else {
+		if (cfg->server_name)
+			host = cfg->server_name;
+		int ok = 1;
+		if (host && host[0] && is_ip(host))
+			ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
+		else if (host && host[0])
+			ok = SSL_set1_host(ssl, host) && SSL_set_tlsext_host_name(ssl, host);
+		if (!ok) {
+			SSL_free(ssl);
+			free(t);
+			ERR_clear_error();
+			return dml__fail(DML_EINVAL, "TLS: cannot verify the name %.64s", host);
+		}
+		SSL_set_connect_state(ssl);
+		int rc = handshake(t, host && host[0] ? host : "the server", deadline);
+		if (rc) {
+			SSL_free(ssl);
+			free(t);
+			return rc;
+		}
+	}
+	dml__stream_release(plain);
+	*stp = &t->base;
+	return 0;
+}
+
+/* ---- the configuration ---------------------------------------------- */
+
+static int load_fail(SSL_CTX *ctx, const char *what, const char *path)
+{
+	char msg[160];
+	why(NULL, msg, sizeof msg);
+	SSL_CTX_free(ctx);
+	return dml__fail(DML_ETLS, "TLS: %s %.128s: %s", what, path, msg);
+}
+
+int dml_tls_new_abi(dml_tls **out, int role, const dml_tls_opts *opts, int abi)
+{
+	dml__detail_clear();
+	dml_tls_opts o;
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_TLS_OPTS, abi);
+	if (rc)
+		return rc;
+	if (!out || (role != DML_TLS_CLIENT && role != DML_TLS_SERVER))
+		return DML_EINVAL;
+	if (role == DML_TLS_SERVER && (!o.cert_file || !o.key_file))
+		return dml__fail(DML_EINVAL, "TLS: a server needs cert_file and key_file");
+	if (role == DML_TLS_CLIENT && !o.ca_file)
+		return dml__fail(DML_EINVAL, "TLS: a client needs ca_file to verify the server");
+	if (!o.cert_file != !o.key_file)
+		return dml__fail(DML_EINVAL, "TLS: cert_file and key_file go together");
+	SSL_CTX *ctx = SSL_CTX_new(role == DML_TLS_SERVER ? TLS_server_method() : TLS_client_method());
+	if (!ctx) {
+		ERR_clear_error();
+		return DML_ENOMEM;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+	if (o.cert_file && SSL_CTX_use_certificate_chain_file(ctx, o.cert_file) != 1)
+		return load_fail(ctx, "cannot load the certificate", o.cert_file);
+	if (o.key_file && SSL_CTX_use_PrivateKey_file(ctx, o.key_file, SSL_FILETYPE_PEM) != 1)
+		return load_fail(ctx, "cannot load the key", o.key_file);
+	if (o.cert_file && SSL_CTX_check_private_key(ctx) != 1)
+		return load_fail(ctx, "the key does not match", o.cert_file);
+	if (o.ca_file) {
+		if (SSL_CTX_load_verify_locations(ctx, o.ca_file, NULL) != 1)
+			return load_fail(ctx, "cannot load the CAs", o.ca_file);
+		SSL_CTX_set_verify(ctx, role == DML_TLS_SERVER
+		                            ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+		                            : SSL_VERIFY_PEER,
+		                   NULL);
+	}
+	dml_tls *t = malloc(sizeof *t);
+	if (!t) {
+		SSL_CTX_free(ctx);
+		return DML_ENOMEM;
+	}
+	t->ctx = ctx;
+	t->role = role;
+	t->server_name = NULL;
+	if (role == DML_TLS_CLIENT && o.server_name && !(t->server_name = strdup(o.server_name))) {
+		SSL_CTX_free(ctx);
+		free(t);
+		return DML_ENOMEM;
+	}
+	*out = t;
+	return 0;
+}
+
+void dml_tls_free(dml_tls *t)
+{
+	if (!t)
+		return;
+	SSL_CTX_free(t->ctx);
+	free(t->server_name);
+	free(t);
+}
+
+int dml_tls_available(void) { return 1; }
+
+int dml__tls_role(const dml_tls *t) { return t->role; }
+
+#else /* no OpenSSL */
+
+struct dml_tls {
+	int role;
+};
+
+int dml__stream_tls(dml__stream **st, const dml_tls *cfg, const char *host, int64_t deadline)
+{
+	(void)st;
+	(void)cfg;
+	(void)host;
+	(void)deadline;
+	return DML_ENOTSUP;
+}
+
+int dml_tls_new_abi(dml_tls **out, int role, const dml_tls_opts *opts, int abi)
+{
+	dml__detail_clear();
+	(void)out;
+	(void)role;
+	(void)opts;
+	int rc = dml__abi_check(abi);
+	if (rc)
+		return rc;
+	return dml__fail(DML_ENOTSUP, "this libdistml was built without OpenSSL: no TLS");
+}
+
+void dml_tls_free(dml_tls *t) { (void)t; }
+
+int dml_tls_available(void) { return 0; }
+
+int dml__tls_role(const dml_tls *t) { return t->role; }
+
+#endif
