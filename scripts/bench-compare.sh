@@ -9,7 +9,9 @@
 # against the FMA peak), for both builds and new/old. The machines are
 # shared and noisy: the ratios, not the raw figures, are what compares.
 # The soak's calls/s and the DSGD times have no baseline; their medians are
-# shown for information.
+# shown for information. BENCH_ONLY=rpc runs rpc_bench alone (about 21 s a
+# build and round, against 2 min for all), so that the RPC ratios can have
+# the 9 to 15 rounds this noise needs.
 set -u
 OLD=${1:?usage: bench-compare.sh OLD_BUILD NEW_BUILD [ROUNDS]}
 NEW=${2:?usage: bench-compare.sh OLD_BUILD NEW_BUILD [ROUNDS]}
@@ -24,6 +26,7 @@ ratios() {
 		/^RESULT distml/ { for (i = 3; i <= NF; i++) { split($i, kv, "="); d[kv[1]] = kv[2] } }
 		/^RESULT raw/ { for (i = 3; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] } }
 		END { for (k in d) if (r[k] > 0) printf "rpc_%s %.4f\n", k, d[k] / r[k] }'
+	[ "${BENCH_ONLY:-}" = rpc ] && return # the RPC figures alone: more rounds in the time
 	"$b/bench/ps_bench" 2>/dev/null | awk '/^RESULT ps/ {
 		for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
 		printf "ps_local1_vs_plain %.4f\n", v["local1_per_s"] / v["plain_per_s"]
