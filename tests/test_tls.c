@@ -1,6 +1,7 @@
 /*
  * test_tls.c - RPC over TLS (distml/tls.h): calls one at a time, pipelined
  * and bulk; a server the client cannot verify (another CA, another name);
+ * an expired certificate;
  * a plain client to a TLS server and a TLS client to a plain server (clear
  * errors, no hang); mutual TLS with and without a client certificate; bad
  * configurations. Certificates (EC P-256) are made once per run with the
@@ -66,7 +67,17 @@ static int make_certs(void)
 	         "ca ca; ca other; "
 	         "leaf server ca 'IP:127.0.0.1,DNS:localhost'; "
 	         "leaf client ca 'DNS:worker1'; "
-	         "leaf stranger other 'IP:127.0.0.1'",
+	         "leaf stranger other 'IP:127.0.0.1'; "
+	         /* valid on 1 January 2020 only: signed with openssl ca, whose
+	          * dates may lie in the past */
+	         "printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=index.txt\\nnew_certs_dir=.\\n"
+	         "serial=serial\\ndefault_md=sha256\\npolicy=p\\n[p]\\ncommonName=supplied\\n' > ca.cnf; "
+	         ": > index.txt; echo 01 > serial; "
+	         "key expired.key; openssl req -new -key expired.key -subj /CN=expired -out expired.csr 2>/dev/null; "
+	         "printf 'subjectAltName=IP:127.0.0.1\\n' > expired.ext; "
+	         "openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr "
+	         "-out expired.pem -startdate 20200101000000Z -enddate 20200102000000Z "
+	         "-extfile expired.ext >/dev/null 2>&1",
 	         dir);
 	return system(cmd) == 0 ? 0 : -1;
 }
@@ -230,6 +241,17 @@ static void test_tls_refused(void **state)
 	assert_int_equal(dml_tls_new(&named, DML_TLS_CLIENT, &o), 0);
 	assert_int_equal(dial(&c, f.addr, named), DML_ETLS);
 	assert_non_null(strstr(dml_error_detail(), "certificate"));
+	fixture_stop(&f);
+	/* a certificate that has expired */
+	dml_tls *old = tls_new(DML_TLS_SERVER, "expired", NULL);
+	dml_tls *ct0 = tls_new(DML_TLS_CLIENT, NULL, "ca");
+	serve(&f, old);
+	assert_int_equal(dial(&c, f.addr, ct0), DML_ETLS);
+	assert_non_null(strstr(dml_error_detail(), "expired"));
+	fixture_stop(&f);
+	dml_tls_free(ct0);
+	dml_tls_free(old);
+	serve(&f, st);
 	/* a plain client to the TLS server: its call fails, it does not hang */
 	assert_int_equal(dial(&c, f.addr, NULL), 0);
 	int64_t v;
