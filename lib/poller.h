@@ -34,6 +34,12 @@
 
 #define DML__EV_IN 1u   /* readable (a listener: a connection waits) */
 #define DML__EV_OUT 2u  /* writable */
+
+/* The poll() events of DML__EV_* bits. */
+static inline short dml__poll_events(unsigned ev)
+{
+	return (short)((ev & DML__EV_IN ? POLLIN : 0) | (ev & DML__EV_OUT ? POLLOUT : 0));
+}
 #define DML__EV_HUP 4u  /* the peer's end of stream, a hang-up or an error */
 
 /* What a descriptor is to the poller. */

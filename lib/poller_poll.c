@@ -162,8 +162,7 @@ void dml__poller_kick(dml__poller *p, int fd, uint64_t data)
 
 static short poll_events(const entry *x)
 {
-	return (short)((x->want & DML__EV_IN ? POLLIN : 0) |
-	               (x->want & DML__EV_OUT ? POLLOUT : 0));
+	return dml__poll_events(x->want);
 }
 
 /* Under mu: the table to poll (the wake-up first) into fds/data. */

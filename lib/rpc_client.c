@@ -322,7 +322,7 @@ static int c_wait_input(dml_rpc_client *c, int64_t timeout_us)
 	pthread_mutex_unlock(&c->smu);
 	if (held)
 		return 0;
-	short ev = (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+	short ev = dml__poll_events(w);
 	int n = dml__wait_us(c->fd, ev, c->wake[0], timeout_us);
 	dml__sys_wake_drain(c->wake);
 	return n < 0 ? DML_ECONNLOST : 0;
@@ -345,7 +345,7 @@ static int c_write_all(dml_rpc_client *c, struct iovec *iov, int n, int64_t dead
 			dml__sys_wake_signal(c->wake);
 		if (rc != DML_EAGAIN)
 			return rc;
-		short ev = (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+		short ev = dml__poll_events(w);
 		int left = dml__remaining_ms(deadline);
 		if (left == 0)
 			return DML_ETIMEDOUT;
@@ -1163,6 +1163,17 @@ static int abandon(dml_rpc_client *c, dml_rpc_pending *k)
 	return k->result;
 }
 
+/* Gives the reader role back after a step that returned rc (under mu). */
+static void reader_done(dml_rpc_client *c, int rc)
+{
+	c->reader = 0;
+	/* a waiter may have given up after the read: let go now */
+	atomic_store(&c->abandon_req, 0);
+	release_abandoned(c);
+	if (rc && rc != DML_ETIMEDOUT)
+		conn_break(c, rc);
+}
+
 /* Waits for k under mu, reading for everyone when nobody else does. */
 static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 {
@@ -1180,12 +1191,7 @@ static int wait_locked(dml_rpc_client *c, dml_rpc_pending *k)
 			pthread_mutex_unlock(&c->mu);
 			int rc = read_step(c, k->deadline_us);
 			pthread_mutex_lock(&c->mu);
-			c->reader = 0;
-			/* a waiter may have given up after the read: let go now */
-			atomic_store(&c->abandon_req, 0);
-			release_abandoned(c);
-			if (rc && rc != DML_ETIMEDOUT)
-				conn_break(c, rc);
+			reader_done(c, rc);
 			continue;
 		}
 		waiter_add(c, k);
@@ -1485,7 +1491,7 @@ static short loop_events(dml_rpc_client *c)
 	unsigned w = dml__stream_wants(c->st, asked);
 	if (c->locked)
 		pthread_mutex_unlock(&c->smu);
-	return (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+	return dml__poll_events(w);
 }
 
 /* Writes what the stream takes now (an event loop's, so never waits). */
@@ -1581,6 +1587,21 @@ static void loop_expire(dml_rpc_client *c)
 	c->next_expiry_us = next;
 }
 
+/* When the loop's next step is due (us; INT64_MAX: nothing is timing;
+ * under mu): the earliest call deadline, a heartbeat, callbacks to run or
+ * calls a lost connection has yet to fail (now). */
+static int64_t loop_due_us(const dml_rpc_client *c, int64_t now)
+{
+	int64_t due = c->next_expiry_us;
+	if (c->o.heartbeat && c->inflight && !c->broken) {
+		int64_t hb = (c->rx_at + c->o.heartbeat) * 1000;
+		due = hb < due ? hb : due;
+	}
+	if (c->done_head || (c->broken && c->inflight))
+		due = now;
+	return due;
+}
+
 /* Runs the callbacks due (under mu, released around each). */
 static void loop_callbacks(dml_rpc_client *c)
 {
@@ -1617,13 +1638,7 @@ int dml_rpc_client_poll(dml_rpc_client *c, dml_duration timeout)
 	if (!c->broken && !c->reader) {
 		/* wait no longer than the next deadline, or a heartbeat's */
 		int64_t wait_us = timeout == DML_INFINITE ? -1 : (int64_t)timeout * 1000;
-		int64_t now = dml__now_us(), due = c->next_expiry_us;
-		if (c->o.heartbeat && c->inflight) {
-			int64_t hb = (c->rx_at + c->o.heartbeat) * 1000;
-			due = hb < due ? hb : due;
-		}
-		if (c->done_head)
-			due = now;
+		int64_t now = dml__now_us(), due = loop_due_us(c, now);
 		if (due != INT64_MAX && (wait_us < 0 || due - now < wait_us))
 			wait_us = due > now ? due - now : 0;
 		c->reader = 1;
@@ -1631,11 +1646,7 @@ int dml_rpc_client_poll(dml_rpc_client *c, dml_duration timeout)
 		pthread_mutex_unlock(&c->mu);
 		int rc = loop_step(c, wait_us);
 		pthread_mutex_lock(&c->mu);
-		c->reader = 0;
-		atomic_store(&c->abandon_req, 0);
-		release_abandoned(c);
-		if (rc && rc != DML_ETIMEDOUT)
-			conn_break(c, rc);
+		reader_done(c, rc);
 		if (c->waiters) /* a thread waits in dml_rpc_pending_wait: it reads */
 			pthread_cond_signal(&c->waiters->cv);
 	} else if (c->broken && !c->reader) {
@@ -1676,13 +1687,7 @@ int dml_rpc_client_next_timeout(dml_rpc_client *c, dml_duration *ms)
 	if (!c || !ms)
 		return DML_EINVAL;
 	pthread_mutex_lock(&c->mu);
-	int64_t now = dml__now_us(), due = c->next_expiry_us;
-	if (c->o.heartbeat && c->inflight && !c->broken) {
-		int64_t hb = (c->rx_at + c->o.heartbeat) * 1000;
-		due = hb < due ? hb : due;
-	}
-	if (c->done_head || (c->broken && c->inflight))
-		due = now;
+	int64_t now = dml__now_us(), due = loop_due_us(c, now);
 	pthread_mutex_unlock(&c->mu);
 	if (due == INT64_MAX)
 		*ms = DML_INFINITE;

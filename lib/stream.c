@@ -80,7 +80,7 @@ int dml__stream_peer(const dml__stream *st, char *buf, size_t cap)
 static int wait_for(dml__stream *st, unsigned asked, int64_t deadline)
 {
 	unsigned w = dml__stream_wants(st, asked);
-	short ev = (short)((w & DML__EV_IN ? POLLIN : 0) | (w & DML__EV_OUT ? POLLOUT : 0));
+	short ev = dml__poll_events(w);
 	return dml__wait_fd(st->fd, ev, deadline);
 }
 
