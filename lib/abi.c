@@ -7,6 +7,7 @@ static const size_t sizes[DML__L_COUNT][DML_ABI] = {
 	[DML__L_RPC_SERVER_OPTS] = {sizeof(dml_rpc_server_opts)},
 	[DML__L_RPC_CLIENT_OPTS] = {sizeof(dml_rpc_client_opts)},
 	[DML__L_PS_OPTS] = {sizeof(dml_ps_opts)},
+	[DML__L_PS_SERVE_OPTS] = {sizeof(dml_ps_serve_opts)},
 	[DML__L_PS_REMOTE_OPTS] = {sizeof(dml_ps_remote_opts)},
 	[DML__L_PS_CLOCK_INFO] = {sizeof(dml_ps_clock_info)},
 	[DML__L_OPTIM_OPTS] = {sizeof(dml_optim_opts)},

@@ -5,14 +5,17 @@
  * sections (each a 16-byte section header and its bytes), and a 28-byte
  * trailer. The header gives the total file length, so a reader learns at
  * open whether the file was cut, and knows exactly where the compressed data
- * must end; it is written last, once that length is known.
+ * must end; it is written last, once that length is known. Format version
+ * 2 is version 1 with a 32-byte HMAC-SHA256 after the trailer (of every
+ * byte after the header, then of the header), written under a key.
  */
 #include "ckpt.h"
+#include "file.h"
+#include "mac.h"
 
 #define ZLIB_CONST
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -108,6 +111,7 @@ typedef struct writer {
 	int zinit;
 	z_stream zs;
 	uint32_t crc; /* of every byte after the header, so far */
+	dml__mac *mac; /* ... and its MAC, under a key (else NULL) */
 	uint64_t off; /* bytes handed to write() */
 	size_t used;  /* bytes waiting in out */
 	uint8_t out[IO_CHUNK];
@@ -116,6 +120,8 @@ typedef struct writer {
 static int w_flush(writer *w)
 {
 	w->crc = crc(w->crc, w->out, w->used);
+	if (w->mac)
+		dml__mac_update(w->mac, w->out, w->used);
 	int rc = write_all(w->fd, w->out, w->used);
 	w->off += w->used;
 	w->used = 0;
@@ -202,9 +208,17 @@ static int w_body(writer *w, uint32_t kind, const void *meta, uint32_t meta_len,
 	dml__put_u32(t + 24, crc(crc(w->crc, w->out, w->used), t, 24));
 	if ((rc = w_put(w, t, sizeof t)) || (rc = w_flush(w)))
 		return rc;
-	header f = {DML__CKPT_VERSION, kind, meta_len, nsec, w->off,
+	header f = {w->mac ? DML__CKPT_VERSION_MAC : DML__CKPT_VERSION, kind,
+	            meta_len, nsec, w->off + (w->mac ? DML__MAC_LEN : 0),
 	            crc(0, meta, meta_len)};
 	header_put(h, &f);
+	if (w->mac) { /* the MAC covers the header too: it ends the file */
+		uint8_t tag[DML__MAC_LEN];
+		dml__mac_update(w->mac, h, sizeof h);
+		if ((rc = dml__mac_final(w->mac, tag)) ||
+		    (rc = write_all(w->fd, tag, sizeof tag)))
+			return rc;
+	}
 	ssize_t k;
 	do
 		k = pwrite(w->fd, h, sizeof h, 0);
@@ -212,27 +226,6 @@ static int w_body(writer *w, uint32_t kind, const void *meta, uint32_t meta_len,
 	if (k != (ssize_t)sizeof h)
 		return DML_EIO;
 	return 0;
-}
-
-/*
- * Temporary names must differ between threads saving the same path at once:
- * a process-wide counter does that (O_EXCL catches anything else, such as a
- * stray file left by a killed process whose pid was reused).
- */
-#define TMP_TRIES 100 /* names tried before giving up */
-
-static atomic_uint tmp_counter;
-
-static int open_tmp(const char *path, char *tmp, size_t cap)
-{
-	for (int tries = 0; tries < TMP_TRIES; tries++) {
-		snprintf(tmp, cap, "%s.tmp.%ld.%u", path, (long)getpid(),
-		         atomic_fetch_add(&tmp_counter, 1u));
-		int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-		if (fd >= 0 || errno != EEXIST)
-			return fd;
-	}
-	return -1; /* errno is EEXIST */
 }
 
 /* The directory holding `path`, for its fsync. */
@@ -277,16 +270,33 @@ int dml__ckpt_save(const char *path, uint32_t kind, const void *meta,
                    uint32_t meta_len, const dml__ckpt_sec *secs, uint32_t nsec,
                    int level)
 {
+	return dml__ckpt_save_with(path, kind, meta, meta_len, secs, nsec, level,
+	                           NULL);
+}
+
+int dml__ckpt_save_with(const char *path, uint32_t kind, const void *meta,
+                        uint32_t meta_len, const dml__ckpt_sec *secs,
+                        uint32_t nsec, int level, const dml__ckpt_opts *o)
+{
+	static const dml__ckpt_opts none;
+	if (!o)
+		o = &none;
 	uint64_t raw_len;
 	int rc = check_save_args(path, meta, meta_len, secs, nsec, level, &raw_len);
 	if (rc)
 		return rc;
-	size_t cap = strlen(path) + 48;
+	if (o->mode > 0777)
+		return DML_EINVAL;
+	dml__mac *mac = NULL;
+	if (o->key_len && (rc = dml__mac_new(&mac, o->key, o->key_len)))
+		return rc;
+	size_t cap = strlen(path) + DML__FILE_TMP_EXTRA;
 	char *names = malloc(2 * cap);
 	writer *w = malloc(sizeof *w);
 	if (!names || !w) {
 		free(names);
 		free(w);
+		dml__mac_free(mac);
 		return DML_ENOMEM;
 	}
 	char *tmp = names, *dir = names + cap;
@@ -294,11 +304,13 @@ int dml__ckpt_save(const char *path, uint32_t kind, const void *meta,
 	w->fd = -1;
 	w->zinit = 0;
 	w->crc = 0;
+	w->mac = mac;
 	w->used = 0;
 	memset(&w->zs, 0, sizeof w->zs);
 
 	rc = DML_EIO;
-	if ((dfd = open_dir(path, dir)) < 0 || (w->fd = open_tmp(path, tmp, cap)) < 0)
+	if ((dfd = open_dir(path, dir)) < 0 ||
+	    (w->fd = dml__file_create_tmp(path, o->mode, tmp)) < 0)
 		goto out;
 	created = 1;
 	/* The default: run-length matches only, then Huffman coding. On float
@@ -335,6 +347,7 @@ out:;
 		unlink(tmp);
 	if (dfd >= 0)
 		close(dfd);
+	dml__mac_free(w->mac);
 	free(w);
 	free(names);
 	errno = err;
@@ -357,6 +370,9 @@ struct dml__ckpt_reader {
 	uint64_t comp_left; /* compressed bytes not read from the file yet */
 	uint64_t raw_len;   /* uncompressed bytes produced so far */
 	uint32_t crc;       /* of every byte after the header read so far */
+	uint32_t version;
+	dml__mac *mac;      /* under a key: the MAC of the same bytes */
+	uint8_t hdr[HDR_LEN];
 	z_stream zs;
 	uint8_t in[IO_CHUNK];
 	uint8_t scratch[4096];
@@ -371,6 +387,7 @@ void dml__ckpt_abort(dml__ckpt_reader *r)
 		inflateEnd(&r->zs);
 	if (r->fd >= 0)
 		close(r->fd);
+	dml__mac_free(r->mac);
 	free(r);
 	errno = err;
 }
@@ -382,12 +399,17 @@ static int short_header(const uint8_t *h, size_t n)
 	return memcmp(h, ckpt_magic, n < 8 ? n : 8) ? DML_EFORMAT : DML_ETRUNC;
 }
 
+static uint32_t mac_len(uint32_t version)
+{
+	return version == DML__CKPT_VERSION_MAC ? DML__MAC_LEN : 0;
+}
+
 static int parse_header(const uint8_t *h, header *f)
 {
 	if (memcmp(h, ckpt_magic, 8))
 		return DML_EFORMAT;
 	f->version = dml__get_u32(h + 8);
-	if (f->version != DML__CKPT_VERSION)
+	if (f->version != DML__CKPT_VERSION && f->version != DML__CKPT_VERSION_MAC)
 		return DML_EVERSION;
 	if (crc(0, h, 36) != dml__get_u32(h + 36))
 		return DML_ECORRUPT;
@@ -398,7 +420,8 @@ static int parse_header(const uint8_t *h, header *f)
 	f->meta_crc = dml__get_u32(h + 32);
 	/* A zlib stream takes at least 8 bytes. */
 	if (f->meta_len > DML__CKPT_META_MAX ||
-	    f->file_len < (uint64_t)HDR_LEN + f->meta_len + 8 + TRAILER_LEN)
+	    f->file_len < (uint64_t)HDR_LEN + f->meta_len + 8 + TRAILER_LEN +
+	                  mac_len(f->version))
 		return DML_EFORMAT;
 	return 0;
 }
@@ -418,22 +441,25 @@ static int check_size(int fd, uint64_t file_len)
 }
 
 static int open_body(dml__ckpt_reader *r, const char *path, uint32_t *kind,
-                     void *meta, uint32_t meta_cap, uint32_t *meta_len)
+                     void *meta, uint32_t meta_cap, uint32_t *meta_len,
+                     const dml__ckpt_opts *o)
 {
-	uint8_t h[HDR_LEN];
+	uint8_t *h = r->hdr;
 	header f;
-	do
-		r->fd = open(path, O_RDONLY | O_CLOEXEC);
-	while (r->fd < 0 && errno == EINTR);
-	if (r->fd < 0)
-		return DML_EIO;
-	ssize_t n = read_full(r->fd, h, sizeof h);
+	int rc;
+	const char *why;
+	if ((rc = dml__file_open_read(path, DML__FILE_NOFOLLOW, &r->fd, &why))) {
+		int err = errno;
+		dml__fail(rc, "%s: cannot open: %s", path, why);
+		errno = err;
+		return rc;
+	}
+	ssize_t n = read_full(r->fd, h, HDR_LEN);
 	if (n < 0)
 		return DML_EIO;
-	if (n < (ssize_t)sizeof h)
+	if (n < HDR_LEN)
 		return short_header(h, (size_t)n);
-	int rc = parse_header(h, &f);
-	if (rc)
+	if ((rc = parse_header(h, &f)))
 		return rc;
 	if (kind)
 		*kind = f.kind;
@@ -451,18 +477,38 @@ static int open_body(dml__ckpt_reader *r, const char *path, uint32_t *kind,
 	r->crc = crc(0, meta, f.meta_len);
 	if (r->crc != f.meta_crc)
 		return DML_ECORRUPT;
+	r->version = f.version;
+	if (o->key_len) {
+		if (f.version != DML__CKPT_VERSION_MAC)
+			return dml__fail(DML_EAUTH, "%s: not signed (a key was given, "
+			                 "and the file has no MAC)", path);
+		if ((rc = dml__mac_new(&r->mac, o->key, o->key_len)))
+			return rc;
+		dml__mac_update(r->mac, meta, f.meta_len);
+	}
 	int zr = inflateInit(&r->zs);
 	if (zr != Z_OK)
 		return zr == Z_MEM_ERROR ? DML_ENOMEM : DML_EINVAL;
 	r->zinit = 1;
 	r->nsec = f.nsec;
-	r->comp_len = r->comp_left = f.file_len - HDR_LEN - f.meta_len - TRAILER_LEN;
+	r->comp_len = r->comp_left = f.file_len - HDR_LEN - f.meta_len -
+	                             TRAILER_LEN - mac_len(f.version);
 	return 0;
 }
 
 int dml__ckpt_open(dml__ckpt_reader **out, const char *path, uint32_t *kind,
                    void *meta, uint32_t meta_cap, uint32_t *meta_len)
 {
+	return dml__ckpt_open_with(out, path, kind, meta, meta_cap, meta_len, NULL);
+}
+
+int dml__ckpt_open_with(dml__ckpt_reader **out, const char *path,
+                        uint32_t *kind, void *meta, uint32_t meta_cap,
+                        uint32_t *meta_len, const dml__ckpt_opts *o)
+{
+	static const dml__ckpt_opts none;
+	if (!o)
+		o = &none;
 	if (!out)
 		return DML_EINVAL;
 	*out = NULL;
@@ -475,8 +521,9 @@ int dml__ckpt_open(dml__ckpt_reader **out, const char *path, uint32_t *kind,
 	r->err = r->zinit = r->ended = r->peeked = 0;
 	r->next = 0;
 	r->raw_len = 0;
+	r->mac = NULL;
 	memset(&r->zs, 0, sizeof r->zs);
-	int rc = open_body(r, path, kind, meta, meta_cap, meta_len);
+	int rc = open_body(r, path, kind, meta, meta_cap, meta_len, o);
 	if (rc) {
 		dml__ckpt_abort(r);
 		return rc;
@@ -497,6 +544,8 @@ static int refill(dml__ckpt_reader *r)
 	if (n == 0)
 		return DML_ETRUNC; /* shrank since open */
 	r->crc = crc(r->crc, r->in, (size_t)n);
+	if (r->mac)
+		dml__mac_update(r->mac, r->in, (size_t)n);
 	r->comp_left -= (uint64_t)n;
 	r->zs.next_in = r->in;
 	r->zs.avail_in = (uInt)n;
@@ -644,18 +693,30 @@ static int finish_stream(dml__ckpt_reader *r)
 
 static int check_trailer(dml__ckpt_reader *r)
 {
-	uint8_t t[TRAILER_LEN + 1];
-	ssize_t n = read_full(r->fd, t, sizeof t);
+	uint8_t t[TRAILER_LEN + DML__MAC_LEN + 1];
+	ssize_t want = TRAILER_LEN + (ssize_t)mac_len(r->version);
+	ssize_t n = read_full(r->fd, t, (size_t)want + 1);
 	if (n < 0)
 		return DML_EIO;
-	if (n < TRAILER_LEN)
+	if (n < want)
 		return DML_ETRUNC; /* shrank since open */
-	if (n > TRAILER_LEN)
+	if (n > want)
 		return DML_ECORRUPT; /* grew since open */
 	uint32_t c = crc(r->crc, t, 24);
 	if (memcmp(t, end_magic, 8) || dml__get_u64(t + 8) != r->raw_len ||
 	    dml__get_u64(t + 16) != r->comp_len || dml__get_u32(t + 24) != c)
 		return DML_ECORRUPT;
+	if (!r->mac) /* no key: the MAC (if any) cannot be checked */
+		return 0;
+	uint8_t tag[DML__MAC_LEN];
+	dml__mac_update(r->mac, t, TRAILER_LEN);
+	dml__mac_update(r->mac, r->hdr, HDR_LEN);
+	int rc = dml__mac_final(r->mac, tag);
+	if (rc)
+		return rc;
+	if (!dml__ct_equal(tag, t + TRAILER_LEN, DML__MAC_LEN))
+		return dml__fail(DML_EAUTH, "the checkpoint's MAC does not match "
+		                 "this key: forged, or signed with another key");
 	return 0;
 }
 

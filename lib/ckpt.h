@@ -25,6 +25,7 @@
 #include "internal.h"
 
 #define DML__CKPT_VERSION 1
+#define DML__CKPT_VERSION_MAC 2 /* version 1 with an HMAC-SHA256 at the end */
 #define DML__CKPT_META_MAX 65536u   /* largest meta, in bytes */
 #define DML__CKPT_LEVEL_DEFAULT (-1) /* fast: zlib level 1, Z_RLE strategy */
 
@@ -43,8 +44,11 @@ typedef struct dml__ckpt_sec {
  * runs and Huffman coding, which on float vectors compresses as well as
  * level 1 at about three times its speed.
  *
- * The data goes to "<path>.tmp.<pid>.<n>" in the same directory, which is
- * fsynced and renamed over `path`; then the directory is fsynced. A crash at
+ * The data goes to "<path>.tmp.<16 random hex digits>" in the same
+ * directory, created with O_EXCL and mode 0600 (a name planted there in
+ * advance is never used: another is tried), fsynced and renamed over
+ * `path` (a symbolic link there is replaced, not followed); then the
+ * directory is fsynced. A crash at
  * any moment leaves `path` holding the old checkpoint or the new one, whole
  * (and possibly a stray temporary file). Memory use is fixed (about 350 KiB),
  * whatever the section sizes. The caller's buffers are only read.
@@ -59,11 +63,33 @@ int dml__ckpt_save(const char *path, uint32_t kind, const void *meta,
                    uint32_t meta_len, const dml__ckpt_sec *secs, uint32_t nsec,
                    int level);
 
+/*
+ * Options of a save or a load (NULL = defaults): `key` (key_len bytes, at
+ * most DML__MAC_MAX_KEY; 0 = none) turns the CRC into a MAC: a save writes
+ * format version 2 with an HMAC-SHA256 of the whole file, and a load
+ * refuses any file without one (DML_EAUTH, "not signed") or whose MAC does
+ * not match (DML_EAUTH at dml__ckpt_close: as for the CRC, commit nothing
+ * before it). Without a key a load checks the CRC only, also of a signed
+ * file. A key needs OpenSSL (DML_ENOTSUP without). `mode`: the new file's
+ * permissions (0 = 0600; the umask still applies).
+ */
+typedef struct dml__ckpt_opts {
+	const void *key;
+	size_t key_len;
+	unsigned mode;
+} dml__ckpt_opts;
+
+int dml__ckpt_save_with(const char *path, uint32_t kind, const void *meta,
+                        uint32_t meta_len, const dml__ckpt_sec *secs,
+                        uint32_t nsec, int level, const dml__ckpt_opts *o);
+
 /* A checkpoint being read: fixed-size buffers, whatever the file claims. */
 typedef struct dml__ckpt_reader dml__ckpt_reader;
 
 /*
- * Opens `path` and checks its header, its length and its meta. Sets *kind
+ * Opens `path` (never following a symbolic link there, never blocking on a
+ * FIFO; anything but a regular file is DML_EIO, the detail says what) and
+ * checks its header, its length and its meta. Sets *kind
  * and *meta_len (either may be NULL) and copies the meta into `meta` (which
  * holds `meta_cap` bytes; NULL if 0). On success *out owns the open file:
  * finish with dml__ckpt_close or dml__ckpt_abort. *kind and *meta_len are
@@ -82,6 +108,9 @@ typedef struct dml__ckpt_reader dml__ckpt_reader;
  */
 int dml__ckpt_open(dml__ckpt_reader **out, const char *path, uint32_t *kind,
                    void *meta, uint32_t meta_cap, uint32_t *meta_len);
+int dml__ckpt_open_with(dml__ckpt_reader **out, const char *path,
+                        uint32_t *kind, void *meta, uint32_t meta_cap,
+                        uint32_t *meta_len, const dml__ckpt_opts *o);
 
 /*
  * Reads the next section into `dst` (`len` bytes; NULL if 0), which must

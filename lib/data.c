@@ -24,6 +24,8 @@ struct dml_dataset {
 	float *y;          /* n labels */
 	size_t classes;    /* k, or 0 */
 	float *class_values; /* k labels that the classes stood for, or NULL */
+	uint64_t limit;    /* the max_bytes it was loaded under, which later
+	                      steps sized by its dimension obey (0 = none) */
 };
 
 struct dml_scaler {
@@ -85,6 +87,8 @@ int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
 	*out = ds;
 	return 0;
 }
+
+void dml__dataset_set_limit(dml_dataset *ds, uint64_t limit) { ds->limit = limit; }
 
 int dml__data_fail(int code, const char *path, unsigned long long line,
                    int offset, const char *fmt, ...)
@@ -298,6 +302,7 @@ static void replace_csr(dml_dataset *ds, uint64_t *indptr, uint32_t *idx,
 
 static int copy_class_info(dml_dataset *dst, const dml_dataset *src)
 {
+	dst->limit = src->limit;
 	if (!src->classes)
 		return 0;
 	dst->class_values = dup_array(src->class_values, src->classes,
@@ -345,6 +350,12 @@ int dml_dataset_to_dense(dml_dataset *ds)
 		return 0;
 	if (ds->dim && ds->n > SIZE_MAX / sizeof(float) / ds->dim)
 		return DML_ETOOBIG;
+	uint64_t q = ds->limit / sizeof(float); /* floats allowed, labels too */
+	if (ds->limit && ds->dim && (ds->n > q || ds->n * (uint64_t)ds->dim > q - ds->n))
+		return dml__fail(DML_ETOOBIG, "%zu rows x %zu features stored dense "
+		                 "exceed the max_bytes the data were loaded with "
+		                 "(%llu bytes)", ds->n, ds->dim,
+		                 (unsigned long long)ds->limit);
 	float *x = alloc_array(ds->n * ds->dim, sizeof *x);
 	if (!x)
 		return DML_ENOMEM;
@@ -713,6 +724,11 @@ int dml_scaler_new_fit(dml_scaler **out, const dml_dataset *ds,
 	    (ds->indptr && kind != DML_SCALE_MAXABS))
 		return DML_EINVAL;
 	size_t dim = ds->dim;
+	/* two doubles of statistics and two floats per feature */
+	if (ds->limit && dim > ds->limit / (2 * sizeof(double) + 2 * sizeof(float)))
+		return dml__fail(DML_ETOOBIG, "a scaler of %zu features exceeds the "
+		                 "max_bytes the data were loaded with (%llu bytes)",
+		                 dim, (unsigned long long)ds->limit);
 	double *a = alloc_array(dim, sizeof *a), *b = alloc_array(dim, sizeof *b);
 	dml_scaler *sc = NULL;
 	int rc = a && b ? scaler_alloc(&sc, dim) : DML_ENOMEM;

@@ -7,11 +7,13 @@
  * against max_bytes, and memory then grows with the data actually read.
  */
 #include "dataset.h"
+#include "file.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define IDX_U8 0x08
 #define IDX_F32 0x0D
@@ -70,12 +72,16 @@ static int idx_open(idx_file *f, const char *path, int images)
 {
 	memset(f, 0, sizeof *f);
 	f->path = path;
-	errno = 0;
-	f->gz = gzopen(path, "rb");
-	if (!f->gz)
-		return dml__data_fail(errno ? DML_EIO : DML_ENOMEM, path, 0, 1,
-		               "cannot open: %s",
-		               errno ? strerror(errno) : "out of memory");
+	int fd;
+	const char *why;
+	if (dml__file_open_read(path, 0, &fd, &why))
+		return dml__data_fail(DML_EIO, path, 0, 1, "cannot open: %s", why);
+	f->gz = gzdopen(fd, "rb");
+	if (!f->gz) {
+		close(fd);
+		return dml__data_fail(DML_ENOMEM, path, 0, 1,
+		                      "cannot open: out of memory");
+	}
 	gzbuffer(f->gz, DML__GZ_BUFFER);
 	uint8_t magic[4];
 	int rc = read_exact(f, magic, 4, "header");
@@ -296,6 +302,7 @@ static int load(dml_dataset **out, idx_file *img, idx_file *lab,
 	dml_dataset *ds;
 	if ((rc = dml__dataset_adopt(&ds, n, dim, x, NULL, NULL, NULL, y)))
 		return rc;
+	dml__dataset_set_limit(ds, limit);
 	if (labels_path && (o->classes || n))
 		rc = dml__dataset_set_class_info(ds, o->classes ? o->classes
 		                                                : (size_t)max_label + 1);

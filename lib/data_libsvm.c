@@ -7,12 +7,14 @@
  * arrive, and no array may exceed max_bytes.
  */
 #include "dataset.h"
+#include "file.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define CHUNK ((size_t)1 << 16)
 #define FIRST_CAP 1024 /* elements of an array's first allocation */
@@ -70,8 +72,8 @@ static int field_len(const char *s)
 	return k;
 }
 
-/* New capacity for `need` items of `size` bytes, doubling from `cap`, with
- * no array above `limit` bytes. 0 if need itself is over the limit. */
+/* New capacity for `need` items of `size` bytes, doubling from `cap`,
+ * within `limit` bytes. 0 if need itself is over the limit. */
 static size_t next_cap(size_t cap, size_t need, size_t size, uint64_t limit)
 {
 	uint64_t most = limit / size;
@@ -91,9 +93,17 @@ static int too_big(parser *p)
 	            (unsigned long long)p->limit);
 }
 
+/* Bytes of the row arrays (indptr, y) and of the entry arrays (idx, val)
+ * per element: max_bytes bounds all four together. */
+#define ROW_BYTES (sizeof(uint64_t) + sizeof(float))
+#define ENT_BYTES (sizeof(uint32_t) + sizeof(float))
+
 static int grow_entries(parser *p)
 {
-	size_t nc = next_cap(p->ent_cap, p->nnz + 1, 2 * sizeof(float), p->limit);
+	uint64_t rows = (uint64_t)p->rows_cap * ROW_BYTES;
+	if (rows > p->limit)
+		return too_big(p);
+	size_t nc = next_cap(p->ent_cap, p->nnz + 1, ENT_BYTES, p->limit - rows);
 	if (!nc)
 		return too_big(p);
 	uint32_t *i = realloc(p->idx, nc * sizeof *i);
@@ -111,7 +121,10 @@ static int grow_entries(parser *p)
 static int grow_rows(parser *p)
 {
 	/* indptr needs n+2 slots after this row: rows_cap counts indptr */
-	size_t nc = next_cap(p->rows_cap, p->n + 2, sizeof(uint64_t), p->limit);
+	uint64_t ents = (uint64_t)p->ent_cap * ENT_BYTES;
+	if (ents > p->limit)
+		return too_big(p);
+	size_t nc = next_cap(p->rows_cap, p->n + 2, ROW_BYTES, p->limit - ents);
 	if (!nc)
 		return too_big(p);
 	uint64_t *ip = realloc(p->indptr, nc * sizeof *ip);
@@ -340,6 +353,14 @@ static int build(parser *p, dml_dataset **out)
 {
 	size_t dim = p->dim ? p->dim : (size_t)p->max_col;
 	int rc;
+	/* A model or a scaler holds at least a float per feature: an index
+	 * alone must not declare more than max_bytes allows. */
+	if (dim > p->limit / sizeof(float)) {
+		p->line = 0;
+		return fail(p, DML_ETOOBIG, "dimension %zu (from the largest "
+		            "index): one float per feature would exceed max_bytes "
+		            "(%llu bytes)", dim, (unsigned long long)p->limit);
+	}
 	if (!p->indptr && (rc = grow_rows(p)))
 		return rc;
 	p->indptr[0] = 0;
@@ -353,6 +374,8 @@ static int build(parser *p, dml_dataset **out)
 		return DML_ENOMEM;
 	rc = dml__dataset_adopt(out, p->n, dim, NULL, p->indptr, p->idx,
 	                            p->val, p->y);
+	if (!rc)
+		dml__dataset_set_limit(*out, p->limit);
 	p->indptr = NULL;
 	p->idx = NULL;
 	p->val = NULL;
@@ -401,11 +424,15 @@ int dml__load_libsvm(dml_dataset **out, const char *path,
 	p.dim = o->dim;
 	p.zero_based = o->zero_based;
 	p.classes = o->classes;
-	errno = 0;
-	gzFile gz = gzopen(path, "rb");
-	if (!gz)
-		return fail(&p, errno ? DML_EIO : DML_ENOMEM, "cannot open: %s",
-		            errno ? strerror(errno) : "out of memory");
+	int fd;
+	const char *why;
+	if (dml__file_open_read(path, 0, &fd, &why))
+		return fail(&p, DML_EIO, "cannot open: %s", why);
+	gzFile gz = gzdopen(fd, "rb");
+	if (!gz) {
+		close(fd);
+		return fail(&p, DML_ENOMEM, "cannot open: out of memory");
+	}
 	gzbuffer(gz, DML__GZ_BUFFER);
 	int rc = read_lines(&p, gz, max_line);
 	gzclose(gz);

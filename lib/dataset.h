@@ -15,6 +15,11 @@
 int dml__dataset_adopt(dml_dataset **out, size_t n, size_t dim, float *x,
                        uint64_t *indptr, uint32_t *idx, float *val, float *y);
 
+/* Records the max_bytes a load ran under: dml_dataset_to_dense and
+ * dml_scaler_new_fit refuse to allocate beyond it (DML_ETOOBIG), so a large
+ * index declared in a small file cannot make them allocate without bound. */
+void dml__dataset_set_limit(dml_dataset *ds, uint64_t limit);
+
 /* Records that the labels are class indices 0..k-1 (they were checked). */
 int dml__dataset_set_class_info(dml_dataset *ds, size_t k);
 

@@ -42,6 +42,8 @@ const char *dml_strerror(int err)
 	case DML_EDIVERGED: return "training diverged";
 	case DML_ETLS: return "TLS failure";
 	case DML_ENOTSUP: return "not supported by this build";
+	case DML_EAUTH: return "authentication failed";
+	case DML_EPERM: return "not permitted";
 	default: return "unknown error";
 	}
 }

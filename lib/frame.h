@@ -21,7 +21,9 @@ enum {
 	DML__ST_BADARGS = 3,  /* arguments did not decode */
 	DML__ST_TOOBIG = 4,   /* reply too large to send */
 	DML__ST_VERSION = 5,  /* the request's frame version is not spoken here */
-	DML__ST_MAX = 5       /* the last status this library knows */
+	DML__ST_AUTH = 6,     /* 0.4: not authenticated (name: why) */
+	DML__ST_PERM = 7,     /* 0.4: this identity may not (name: why) */
+	DML__ST_MAX = 7       /* the last status this library knows */
 };
 
 typedef struct dml__frame {

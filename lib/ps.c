@@ -7,6 +7,7 @@
 
 #include "abi.h"
 #include "ckpt.h"
+#include "mac.h"
 #include "optim.h"
 
 #include <errno.h>
@@ -36,6 +37,18 @@ int dml__ps_opts_check(dml_ps_opts *o)
 	if (dml__opt_duration(&o->worker_timeout, DML_PS_DEFAULT_WORKER_TIMEOUT) ||
 	    dml__opt_duration(&o->clock_timeout, DML_PS_DEFAULT_CLOCK_TIMEOUT))
 		return DML_EINVAL;
+	if ((o->ckpt_key_len && !o->ckpt_key) || o->ckpt_key_len > DML__MAC_MAX_KEY ||
+	    o->ckpt_mode > 0777)
+		return dml__fail(DML_EINVAL, "ckpt_key_len %zu (1 to %d, with a key) "
+		                 "or ckpt_mode %o (at most 0777)", o->ckpt_key_len,
+		                 DML__MAC_MAX_KEY, o->ckpt_mode);
+	if (o->ckpt_key_len) { /* say now, not at the first save, if it cannot be */
+		dml__mac *m;
+		int rc = dml__mac_new(&m, o->ckpt_key, o->ckpt_key_len);
+		dml__mac_free(m);
+		if (rc)
+			return rc;
+	}
 	return dml__optim_valid(&o->optim);
 }
 
@@ -50,6 +63,17 @@ int dml__ps_local_new(dml_ps **out, const dml_ps_opts *o, const dml__ps_ops *ops
 	ps->staleness = o->staleness;
 	ps->worker_timeout = o->worker_timeout;
 	ps->clock_timeout = o->clock_timeout;
+	ps->ckpt.mode = o->ckpt_mode;
+	if (o->ckpt_key_len) {
+		void *key = malloc(o->ckpt_key_len);
+		if (!key) {
+			free(ps);
+			return DML_ENOMEM;
+		}
+		memcpy(key, o->ckpt_key, o->ckpt_key_len);
+		ps->ckpt.key = key;
+		ps->ckpt.key_len = o->ckpt_key_len;
+	}
 	if (o->workers) {
 		ps->clock = calloc((size_t)o->workers, sizeof *ps->clock);
 		ps->clock_at = calloc((size_t)o->workers, sizeof *ps->clock_at);
@@ -58,6 +82,7 @@ int dml__ps_local_new(dml_ps **out, const dml_ps_opts *o, const dml__ps_ops *ops
 			free(ps->clock);
 			free(ps->clock_at);
 			free(ps->dropped);
+			free((void *)ps->ckpt.key);
 			free(ps);
 			return DML_ENOMEM;
 		}
@@ -97,6 +122,11 @@ void dml__ps_local_free(dml_ps *ps)
 	free(ps->clock);
 	free(ps->clock_at);
 	free(ps->dropped);
+	if (ps->ckpt.key) { /* a secret: do not leave it in freed memory */
+		memset((void *)ps->ckpt.key, 0, ps->ckpt.key_len);
+		__asm__ __volatile__("" : : "r"(ps->ckpt.key) : "memory");
+		free((void *)ps->ckpt.key);
+	}
 	free(ps);
 }
 
@@ -1018,8 +1048,8 @@ static int dense_save(dml_ps *ps, const char *path)
 	if (dd)
 		secs[nsec++] = (dml__ckpt_sec){DML__PS_TAG_DEDUP, dd, ddlen};
 	errno = 0;
-	int rc = dml__ckpt_save(path, CKPT_KIND, meta, META_LEN, secs, nsec,
-	                        DML__CKPT_LEVEL_DEFAULT);
+	int rc = dml__ckpt_save_with(path, CKPT_KIND, meta, META_LEN, secs, nsec,
+	                             DML__CKPT_LEVEL_DEFAULT, &ps->ckpt);
 	rc = dml__ps_ckpt_failed(path, rc);
 	free(copy);
 	free(dd);
@@ -1032,7 +1062,8 @@ static int dense_load(dml_ps *ps, const char *path)
 	uint32_t kind, mlen;
 	dml__ckpt_reader *r;
 	errno = 0;
-	int rc = dml__ckpt_open(&r, path, &kind, meta, sizeof meta, &mlen);
+	int rc = dml__ckpt_open_with(&r, path, &kind, meta, sizeof meta, &mlen,
+	                             &ps->ckpt);
 	if (rc)
 		return dml__ps_ckpt_failed(path, rc);
 	if (kind != CKPT_KIND || (mlen != META_LEN && mlen != DML__PS_META_LEN_0_2)) {

@@ -6,6 +6,7 @@
 #ifndef DISTML_PS_INTERNAL_H
 #define DISTML_PS_INTERNAL_H
 
+#include "ckpt.h"
 #include "internal.h"
 
 #include <pthread.h>
@@ -107,6 +108,7 @@ struct dml_ps {
 	dml_duration clock_timeout; /* dml_ps_advance's DML_DEFAULT */
 
 	dml__ps_dedup *dedup; /* set by dml_ps_serve */
+	dml__ckpt_opts ckpt;  /* key (an owned copy) and mode of checkpoints */
 };
 
 /* Stripe k holds parameters [*off, *off + *n). */
@@ -182,7 +184,7 @@ int dml__ps_dedup_valid(const uint8_t *p, size_t len);
 #define DML__PS_META_LEN (8 + 8 + 8 + 4 + 4 + 4 * 6 + 8 + 4 + 8 + 4 * 3 + 4 * 2)
 #define DML__PS_META_LEN_0_2 (DML__PS_META_LEN - 8) /* without l1, beta */
 #define DML__PS_TAG_DEDUP 4u
-#define DML__PS_DEDUP_MAX_BYTES (8 + 4096 * 32)
+#define DML__PS_DEDUP_MAX_BYTES (8 + 4096 * 40)
 void dml__ps_meta_put(const dml_ps *ps, uint64_t steps, uint64_t updates,
                       uint8_t *m);
 int dml__ps_ckpt_failed(const char *path, int rc);

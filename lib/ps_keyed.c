@@ -526,8 +526,8 @@ static int kv_save(dml_ps *ps, const char *path)
 	                         {TAG_ROWS, rows, n * kv->rl * sizeof *rows},
 	                         {DML__PS_TAG_DEDUP, dd, ddlen}};
 	errno = 0;
-	rc = dml__ckpt_save(path, KV_KIND, meta, KV_META_LEN, secs, dd ? 3 : 2,
-	                    DML__CKPT_LEVEL_DEFAULT);
+	rc = dml__ckpt_save_with(path, KV_KIND, meta, KV_META_LEN, secs,
+	                         dd ? 3 : 2, DML__CKPT_LEVEL_DEFAULT, &ps->ckpt);
 	rc = dml__ps_ckpt_failed(path, rc);
 	free(keys);
 	free(rows);
@@ -587,7 +587,8 @@ static int kv_load(dml_ps *ps, const char *path)
 	uint32_t kind, mlen;
 	dml__ckpt_reader *r;
 	errno = 0;
-	int rc = dml__ckpt_open(&r, path, &kind, meta, sizeof meta, &mlen);
+	int rc = dml__ckpt_open_with(&r, path, &kind, meta, sizeof meta, &mlen,
+	                             &ps->ckpt);
 	if (rc)
 		return dml__ps_ckpt_failed(path, rc);
 	if (kind != KV_KIND || mlen != KV_META_LEN) {

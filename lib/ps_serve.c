@@ -3,6 +3,7 @@
  * exactly-once deduplication), assign, info and clocks (deferred replies,
  * so waiting workers hold no server thread).
  */
+#include "abi.h"
 #include "ps.h"
 #include "ps_wire.h"
 
@@ -18,6 +19,13 @@
  * numbers its pushes in the order it sends them on its connection, so a
  * number below the window arrived earlier and was handled then: it is a
  * late retry, answered without applying it again.
+ * A client id is a claim: entries belong to the identity that pushed
+ * (dml_rpc_ctx_identity, as a 64-bit hash), so a peer naming another's id
+ * gets an entry of its own and cannot touch the other's; a number more
+ * than `window` beyond its client's highest is refused (it would make a
+ * window of later numbers look old); and one identity holds at most
+ * max_per_peer clients: a new one beyond that replaces its own least
+ * recently used, so no peer can fill the table.
  * The table holds DEDUP_CAP clients. A client is forgotten only after
  * DEDUP_TTL_MS without pushes (far beyond any retry); when the table is
  * full of active clients, pushes from new ones are refused.
@@ -27,9 +35,18 @@
 
 typedef struct dd_ent {
 	uint64_t client; /* 0 = empty */
+	uint64_t owner;  /* the identity's hash (0: from a 0.3 checkpoint) */
 	uint64_t max, bits;
 	uint64_t used; /* ms, monotonic */
 } dd_ent;
+
+/* A worker slot: who may advance that clock. */
+typedef struct ws_ent {
+	uint64_t owner;  /* identity hash; 0 = free */
+	uint64_t conn;   /* the holder's connection, while open */
+	int64_t free_at; /* ms: the holder's connection closed then (0: open) */
+	int pinned;      /* opts.worker_ids named the owner: for good */
+} ws_ent;
 
 struct dml__ps_dedup {
 	pthread_mutex_t mu;
@@ -37,9 +54,26 @@ struct dml__ps_dedup {
 	dd_ent e[DEDUP_CAP * 2]; /* open addressing, at most half full */
 	dd_ent keep[DEDUP_CAP];  /* scratch for dd_evict */
 	size_t n;
+	/* access (dml_ps_serve_with) */
+	char **writers, **readers; /* NULL-terminated copies, or NULL */
+	int max_per_peer;
+	uint64_t window;
+	dml_duration grace;
+	int nslots;
+	ws_ent *slots; /* per worker, under mu */
 };
 
-enum { DD_NEW = 0, DD_DUP = 1, DD_FULL = 2 };
+enum { DD_NEW = 0, DD_DUP = 1, DD_FULL = 2, DD_AHEAD = 3 };
+
+/* An identity's 64-bit name in the tables (FNV-1a: stable across
+ * restarts, so a checkpoint's table still matches). Never 0. */
+static uint64_t ident_hash(const char *s)
+{
+	uint64_t h = 14695981039346656037ULL;
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	return h ? h : 1;
+}
 
 static size_t dd_hash(uint64_t x)
 {
@@ -49,52 +83,75 @@ static size_t dd_hash(uint64_t x)
 	return (size_t)(x % (DEDUP_CAP * 2));
 }
 
-static dd_ent *dd_slot(dml__ps_dedup *d, uint64_t client)
+static dd_ent *dd_slot(dml__ps_dedup *d, uint64_t owner, uint64_t client)
 {
-	size_t i = dd_hash(client);
-	while (d->e[i].client && d->e[i].client != client)
+	size_t i = dd_hash(client ^ (owner * 0x9e3779b97f4a7c15ULL));
+	while (d->e[i].client && (d->e[i].client != client || d->e[i].owner != owner))
 		i = (i + 1) % (DEDUP_CAP * 2);
 	return &d->e[i];
 }
 
-/* Forgets the clients idle for longer than DEDUP_TTL_MS. */
-static void dd_evict(dml__ps_dedup *d, uint64_t now)
+/* Forgets the clients idle for longer than DEDUP_TTL_MS, and `drop`. */
+static void dd_evict(dml__ps_dedup *d, uint64_t now, const dd_ent *drop)
 {
 	dd_ent *keep = d->keep; /* d->n <= DEDUP_CAP entries */
 	size_t k = 0;
 	for (size_t i = 0; i < DEDUP_CAP * 2; i++)
-		if (d->e[i].client && now - d->e[i].used < DEDUP_TTL_MS)
+		if (d->e[i].client && now - d->e[i].used < DEDUP_TTL_MS && &d->e[i] != drop)
 			keep[k++] = d->e[i];
 	memset(d->e, 0, sizeof d->e);
 	d->n = 0;
 	for (size_t i = 0; i < k; i++) {
-		*dd_slot(d, keep[i].client) = keep[i];
+		*dd_slot(d, keep[i].owner, keep[i].client) = keep[i];
 		d->n++;
 	}
 }
 
-static int dd_check(dml__ps_dedup *d, uint64_t client, uint64_t seq)
+/* Makes room for a new client of `owner`: its own least recently used
+ * goes when it holds max_per_peer; idle ones when the table is full. */
+static void dd_room(dml__ps_dedup *d, uint64_t owner, uint64_t now)
+{
+	int mine = 0;
+	const dd_ent *old = NULL;
+	for (size_t i = 0; i < DEDUP_CAP * 2; i++) {
+		const dd_ent *x = &d->e[i];
+		if (x->client && x->owner == owner) {
+			mine++;
+			if (!old || x->used < old->used)
+				old = x;
+		}
+	}
+	if (mine >= d->max_per_peer)
+		dd_evict(d, now, old);
+	else if (d->n >= DEDUP_CAP)
+		dd_evict(d, now, NULL);
+}
+
+static int dd_check(dml__ps_dedup *d, uint64_t owner, uint64_t client, uint64_t seq)
 {
 	if (!client) /* no id: the client asked for at-least-once */
 		return DD_NEW;
 	uint64_t now = (uint64_t)dml__now_ms();
 	pthread_mutex_lock(&d->mu);
-	dd_ent *e = dd_slot(d, client);
+	dd_ent *e = dd_slot(d, owner, client);
 	if (!e->client) {
-		if (d->n >= DEDUP_CAP) {
-			dd_evict(d, now);
-			e = dd_slot(d, client);
-		}
+		dd_room(d, owner, now);
+		e = dd_slot(d, owner, client);
 		if (d->n >= DEDUP_CAP) {
 			pthread_mutex_unlock(&d->mu);
 			return DD_FULL;
 		}
 		e->client = client;
+		e->owner = owner;
 		e->max = 0;
 		e->bits = 0;
 		d->n++;
 	}
 	e->used = now;
+	if (seq > e->max && seq - e->max > d->window) {
+		pthread_mutex_unlock(&d->mu);
+		return DD_AHEAD;
+	}
 	int r = DD_NEW;
 	if (seq > e->max) {
 		uint64_t shift = seq - e->max;
@@ -116,12 +173,12 @@ static int dd_check(dml__ps_dedup *d, uint64_t client, uint64_t seq)
 
 /* Forgets that seq was seen (its push was refused: a resend of it must
  * be applied, not taken for a duplicate). */
-static void dd_undo(dml__ps_dedup *d, uint64_t client, uint64_t seq)
+static void dd_undo(dml__ps_dedup *d, uint64_t owner, uint64_t client, uint64_t seq)
 {
 	if (!client)
 		return;
 	pthread_mutex_lock(&d->mu);
-	dd_ent *e = dd_slot(d, client);
+	dd_ent *e = dd_slot(d, owner, client);
 	if (e->client && seq <= e->max && e->max - seq < PSW_WINDOW)
 		e->bits &= ~((uint64_t)1 << (e->max - seq));
 	pthread_mutex_unlock(&d->mu);
@@ -130,14 +187,21 @@ static void dd_undo(dml__ps_dedup *d, uint64_t client, uint64_t seq)
 static dml__ps_dedup *dd_new(void)
 {
 	dml__ps_dedup *d = calloc(1, sizeof *d);
-	if (d)
+	if (d) {
 		pthread_mutex_init(&d->mu, NULL);
+		d->max_per_peer = DML_PS_DEFAULT_CLIENTS_PER_PEER;
+		d->window = DML_PS_DEFAULT_SEQ_WINDOW;
+		d->grace = DML_PS_DEFAULT_WORKER_GRACE;
+	}
 	return d;
 }
 
-/* The table on disk: a count, then per client its id, max, bits, and
- * how long ago it last pushed (ms), all u64 little-endian. */
-#define DD_REC 32
+/* The table on disk: a count (its top bit set: records of 0.4, with the
+ * owner), then per client its id, max, bits, how long ago it last pushed
+ * (ms) and (0.4) its owner, all u64 little-endian. */
+#define DD_REC 40
+#define DD_REC_0_3 32
+#define DD_V2 ((uint64_t)1 << 63)
 
 int dml__ps_dedup_export(dml_ps *ps, uint8_t **out, size_t *len)
 {
@@ -160,24 +224,34 @@ int dml__ps_dedup_export(dml_ps *ps, uint8_t **out, size_t *len)
 		dml__put_u64(q + 8, e->max);
 		dml__put_u64(q + 16, e->bits);
 		dml__put_u64(q + 24, now - e->used);
+		dml__put_u64(q + 32, e->owner);
 		n++;
 	}
 	pthread_mutex_unlock(&d->mu);
-	dml__put_u64(p, n);
+	dml__put_u64(p, n | DD_V2);
 	*out = p;
 	*len = 8 + n * DD_REC;
 	return 0;
+}
+
+/* The record size of a table on disk, and its count. */
+static size_t dd_rec(const uint8_t *p, uint64_t *n)
+{
+	uint64_t h = dml__get_u64(p);
+	*n = h & ~DD_V2;
+	return h & DD_V2 ? DD_REC : DD_REC_0_3;
 }
 
 int dml__ps_dedup_valid(const uint8_t *p, size_t len)
 {
 	if (len < 8)
 		return DML_EFORMAT;
-	uint64_t n = dml__get_u64(p);
-	if (n > DEDUP_CAP || len != 8 + n * DD_REC)
+	uint64_t n;
+	size_t rec = dd_rec(p, &n);
+	if (n > DEDUP_CAP || len != 8 + n * rec)
 		return DML_EFORMAT;
 	for (uint64_t k = 0; k < n; k++)
-		if (!dml__get_u64(p + 8 + k * DD_REC))
+		if (!dml__get_u64(p + 8 + k * rec))
 			return DML_EFORMAT;
 	return 0;
 }
@@ -190,17 +264,20 @@ int dml__ps_dedup_import(dml_ps *ps, const uint8_t *p, size_t len)
 	if (!ps->dedup && !(ps->dedup = dd_new()))
 		return DML_ENOMEM;
 	dml__ps_dedup *d = ps->dedup;
-	uint64_t n = dml__get_u64(p), now = (uint64_t)dml__now_ms();
+	uint64_t n, now = (uint64_t)dml__now_ms();
+	size_t rec = dd_rec(p, &n);
 	pthread_mutex_lock(&d->mu);
 	memset(d->e, 0, sizeof d->e);
 	d->n = 0;
 	for (uint64_t k = 0; k < n; k++) {
-		const uint8_t *q = p + 8 + k * DD_REC;
+		const uint8_t *q = p + 8 + k * rec;
 		uint64_t client = dml__get_u64(q), age = dml__get_u64(q + 24);
-		dd_ent *e = dd_slot(d, client);
+		uint64_t owner = rec == DD_REC ? dml__get_u64(q + 32) : 0;
+		dd_ent *e = dd_slot(d, owner, client);
 		if (e->client)
 			continue; /* a repeated id: keep the first */
 		e->client = client;
+		e->owner = owner;
 		e->max = dml__get_u64(q + 8);
 		e->bits = dml__get_u64(q + 16);
 		e->used = age < now ? now - age : 0;
@@ -210,9 +287,19 @@ int dml__ps_dedup_import(dml_ps *ps, const uint8_t *p, size_t len)
 	return 0;
 }
 
+static void strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
+}
+
 void dml__ps_serve_free(dml_ps *ps)
 {
 	if (ps->dedup) {
+		strv_free(ps->dedup->writers);
+		strv_free(ps->dedup->readers);
+		free(ps->dedup->slots);
 		pthread_mutex_destroy(&ps->dedup->mu);
 		free(ps->dedup);
 		ps->dedup = NULL;
@@ -234,6 +321,66 @@ static int refuse(psw_status *st, int code, const char *fmt, ...)
 	return 0;
 }
 
+/* ---- access: who may read, write, and hold a worker's clock -------- */
+
+static int in_list(char *const *v, const char *id)
+{
+	for (; v && *v; v++)
+		if (!strcmp(*v, id))
+			return 1;
+	return 0;
+}
+
+/* Whether the caller may change the store (`write`) or read it: 0, or
+ * DML_EPERM with the reason in msg. *owner gets the identity's hash. */
+static int may(dml_rpc_ctx *ctx, const dml__ps_dedup *d, int write,
+               const char *what, uint64_t *owner, char *msg, size_t cap)
+{
+	const char *id = dml_rpc_ctx_identity(ctx, NULL);
+	if (owner)
+		*owner = ident_hash(id);
+	if (!d->writers && !d->readers)
+		return 0;
+	int w = d->writers ? in_list(d->writers, id) : !in_list(d->readers, id);
+	if (write ? w : w || in_list(d->readers, id))
+		return 0;
+	char shown[80];
+	dml__escape(shown, sizeof shown, id, strlen(id));
+	snprintf(msg, cap, "%s: %s may not %s this store", what, shown,
+	         write ? "change" : "read");
+	return DML_EPERM;
+}
+
+/* may() for handlers that answer with the message (ctx_errorf). */
+static int may_call(dml_rpc_ctx *ctx, const dml_ps *ps, int write, const char *what,
+                    uint64_t *owner)
+{
+	char msg[160];
+	int rc = may(ctx, ps->dedup, write, what, owner, msg, sizeof msg);
+	if (rc)
+		dml_rpc_ctx_errorf(ctx, "%s", msg);
+	return rc;
+}
+
+/* The caller (identity `owner`, on connection `conn`) takes or holds
+ * worker w's slot: 0, or DML_EPERM while another identity holds it (its
+ * connection open, or closed less than `grace` ago). */
+static int slot_claim(dml__ps_dedup *d, int w, uint64_t owner, uint64_t conn)
+{
+	int64_t now = dml__now_ms();
+	pthread_mutex_lock(&d->mu);
+	ws_ent *s = &d->slots[w];
+	int held = s->owner && s->owner != owner &&
+	           (s->pinned || !s->free_at || now - s->free_at < d->grace);
+	if (!held) {
+		s->owner = owner;
+		s->conn = conn;
+		s->free_at = 0;
+	}
+	pthread_mutex_unlock(&d->mu);
+	return held ? DML_EPERM : 0;
+}
+
 /* The first non-finite value of a peer's array, or -1. */
 static long long bad_value(const float *v, size_t n)
 {
@@ -243,9 +390,11 @@ static long long bad_value(const float *v, size_t n)
 
 static int h_describe(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
-	(void)ctx;
 	(void)a;
 	dml_ps *ps = u;
+	int rc = may_call(ctx, ps, 0, "PS.Describe", NULL);
+	if (rc)
+		return rc;
 	psw_desc *rep = r;
 	rep->kind = ps->kv ? PSW_KIND_KEYED : PSW_KIND_DENSE;
 	rep->dim = ps->dim;
@@ -262,9 +411,11 @@ static int h_describe(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 
 static int h_info(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
-	(void)ctx;
 	(void)a;
 	dml_ps *ps = u;
+	int rc = may_call(ctx, ps, 0, "PS.Info", NULL);
+	if (rc)
+		return rc;
 	psw_info *rep = r;
 	rep->dim = ps->dim;
 	rep->optim = ps->optim.kind;
@@ -282,6 +433,9 @@ static int h_pull(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)r;
 	dml_ps *ps = u;
 	const psw_range *q = a;
+	int rc = may_call(ctx, ps, 0, "PS.Pull", NULL);
+	if (rc)
+		return rc;
 	if (ps->kv)
 		return dml_rpc_ctx_errorf(ctx, "PS.Pull: a keyed store (PS.PullRows, PS.PushRows)");
 	if (q->off > ps->dim || q->n > ps->dim - q->off)
@@ -289,8 +443,7 @@ static int h_pull(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 		                      (unsigned long long)q->off,
 		                      (unsigned long long)q->n, ps->dim);
 	dml_rpc_deferred *d;
-	int rc = dml_rpc_deferred_new(&d, ctx);
-	if (rc)
+	if ((rc = dml_rpc_deferred_new(&d, ctx)))
 		return rc;
 	size_t k0, k1;
 	dml__ps_lock(ps, q->off, q->n, &k0, &k1);
@@ -305,6 +458,10 @@ static int h_push(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)r;
 	dml_ps *ps = u;
 	const psw_push *q = a;
+	uint64_t owner;
+	int rc = may_call(ctx, ps, 1, "PS.Push", &owner);
+	if (rc)
+		return rc;
 	if (ps->kv)
 		return dml_rpc_ctx_errorf(ctx, "PS.Push: a keyed store (PS.PullRows, PS.PushRows)");
 	if (q->v.n != ps->dim)
@@ -316,11 +473,14 @@ static int h_push(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	if (bad >= 0)
 		return dml_rpc_ctx_errorf(ctx, "PS.Push: value %lld is not finite; "
 		                          "nothing changed", bad);
-	switch (dd_check(ps->dedup, q->client, q->seq)) {
+	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
 	case DD_FULL:
 		return dml_rpc_ctx_errorf(ctx, "PS.Push: too many active clients");
+	case DD_AHEAD:
+		return dml_rpc_ctx_errorf(ctx, "PS.Push: sequence number %llu too far "
+		                          "ahead of its client's", (unsigned long long)q->seq);
 	}
 	dml__ps_apply_dense(ps, q->op, q->v.data);
 	return 0;
@@ -331,6 +491,10 @@ static int h_spush(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)r;
 	dml_ps *ps = u;
 	const psw_spush *q = a;
+	uint64_t owner;
+	int rc = may_call(ctx, ps, 1, "PS.PushSparse", &owner);
+	if (rc)
+		return rc;
 	if (ps->kv)
 		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: a keyed store (PS.PullRows, PS.PushRows)");
 	if (q->idx.n != q->v.n)
@@ -346,11 +510,14 @@ static int h_spush(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	if (bad >= 0)
 		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: value %lld is not "
 		                          "finite; nothing changed", bad);
-	switch (dd_check(ps->dedup, q->client, q->seq)) {
+	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
 	case DD_FULL:
 		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: too many active clients");
+	case DD_AHEAD:
+		return dml_rpc_ctx_errorf(ctx, "PS.PushSparse: sequence number %llu too "
+		                          "far ahead of its client's", (unsigned long long)q->seq);
 	}
 	dml__ps_apply_sparse(ps, q->op, q->idx.data, q->v.data, q->v.n);
 	return 0;
@@ -361,6 +528,9 @@ static int h_assign(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)r;
 	dml_ps *ps = u;
 	const psw_vec *q = a;
+	int rc = may_call(ctx, ps, 1, "PS.Assign", NULL);
+	if (rc)
+		return rc;
 	if (q->v.n != ps->dim)
 		return dml_rpc_ctx_errorf(ctx, "PS.Assign: %zu values for dimension %zu",
 		                      q->v.n, ps->dim);
@@ -379,6 +549,9 @@ static int h_push_range(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_xpush *q = a;
 	psw_status *st = r;
+	uint64_t owner;
+	if (may(ctx, ps->dedup, 1, "PS.PushRange", &owner, st->buf, sizeof st->buf))
+		return refuse(st, DML_EPERM, "%s", st->buf);
 	if (ps->kv)
 		return refuse(st, DML_EINVAL, "PS.PushRange: a keyed store");
 	if (q->op < PSW_OP_UPDATE || q->op > PSW_OP_ASSIGN)
@@ -392,11 +565,14 @@ static int h_push_range(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 		return refuse(st, DML_ENONFINITE, "PS.PushRange: value %lld of the "
 		              "frame at %llu is not finite; this frame changed nothing",
 		              bad, (unsigned long long)q->off);
-	switch (dd_check(ps->dedup, q->client, q->seq)) {
+	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
 	case DD_FULL:
 		return refuse(st, DML_EBUSY, "PS.PushRange: too many active clients");
+	case DD_AHEAD:
+		return refuse(st, DML_EINVAL, "PS.PushRange: sequence number %llu too "
+		              "far ahead of its client's", (unsigned long long)q->seq);
 	}
 	dml__ps_apply_range(ps, frame_op(q->op, q->start), (size_t)q->off,
 	                    q->v.data, q->v.n);
@@ -408,6 +584,9 @@ static int h_pull_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)r;
 	dml_ps *ps = u;
 	const psw_keys *q = a;
+	int rc = may_call(ctx, ps, 0, "PS.PullRows", NULL);
+	if (rc)
+		return rc;
 	if (!ps->kv)
 		return dml_rpc_ctx_errorf(ctx, "PS.PullRows: a dense store");
 	size_t n = q->keys.n, w = ps->width;
@@ -419,8 +598,7 @@ static int h_pull_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	if (!out)
 		return DML_ENOMEM;
 	dml_rpc_deferred *d;
-	int rc = dml_rpc_deferred_new(&d, ctx);
-	if (rc) {
+	if ((rc = dml_rpc_deferred_new(&d, ctx))) {
 		free(out);
 		return rc;
 	}
@@ -437,6 +615,9 @@ static int h_push_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	dml_ps *ps = u;
 	const psw_rpush *q = a;
 	psw_status *st = r;
+	uint64_t owner;
+	if (may(ctx, ps->dedup, 1, "PS.PushRows", &owner, st->buf, sizeof st->buf))
+		return refuse(st, DML_EPERM, "%s", st->buf);
 	if (!ps->kv)
 		return refuse(st, DML_EINVAL, "PS.PushRows: a dense store");
 	if (q->op < PSW_OP_UPDATE || q->op > PSW_OP_ASSIGN)
@@ -448,17 +629,20 @@ static int h_push_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	if (bad >= 0)
 		return refuse(st, DML_ENONFINITE, "PS.PushRows: value %lld is not "
 		              "finite; nothing changed", bad);
-	switch (dd_check(ps->dedup, q->client, q->seq)) {
+	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
 	case DD_DUP:
 		return 0;
 	case DD_FULL:
 		return refuse(st, DML_EBUSY, "PS.PushRows: too many active clients");
+	case DD_AHEAD:
+		return refuse(st, DML_EINVAL, "PS.PushRows: sequence number %llu too "
+		              "far ahead of its client's", (unsigned long long)q->seq);
 	}
 	int rc = ps->ops->apply_rows(ps, frame_op(q->op, q->start),
 	                             (const uint64_t *)q->keys.data, q->keys.n,
 	                             q->v.data);
 	if (rc) {
-		dd_undo(ps->dedup, q->client, q->seq);
+		dd_undo(ps->dedup, owner, q->client, q->seq);
 		return refuse(st, rc, "PS.PushRows: %s", dml_error_detail()[0]
 		              ? dml_error_detail() : dml_strerror(rc));
 	}
@@ -478,12 +662,21 @@ static int h_clock(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	(void)r;
 	dml_ps *ps = u;
 	const psw_worker *q = a;
+	uint64_t owner;
+	int rc = may_call(ctx, ps, 1, "PS.Clock", &owner);
+	if (rc)
+		return rc;
 	if (!ps->workers || q->worker < 0 || q->worker >= ps->workers)
 		return dml_rpc_ctx_errorf(ctx, "PS.Clock: no worker %d (store has %d)",
 		                      (int)q->worker, ps->workers);
+	if (slot_claim(ps->dedup, q->worker, owner, dml_rpc_ctx_conn(ctx))) {
+		dml_rpc_ctx_errorf(ctx, "PS.Clock: worker %d is another identity's "
+		                   "(until %lld ms after its connection closes)",
+		                   (int)q->worker, (long long)ps->dedup->grace);
+		return DML_EPERM;
+	}
 	dml_rpc_deferred *d;
-	int rc = dml_rpc_deferred_new(&d, ctx);
-	if (rc)
+	if ((rc = dml_rpc_deferred_new(&d, ctx)))
 		return rc;
 	dml_ps_clock_info info;
 	rc = dml__ps_clock_async(ps, q->worker, &info, clock_wake, d);
@@ -516,8 +709,16 @@ static int on_conn(void *arg, void *u)
 
 static void conn_closed(void *user, dml_rpc_server *s, uint64_t conn)
 {
+	dml_ps *ps = user;
+	dml__ps_dedup *d = ps->dedup;
+	int64_t now = dml__now_ms();
+	pthread_mutex_lock(&d->mu); /* its slots are kept for `grace` */
+	for (int w = 0; w < d->nslots; w++)
+		if (d->slots[w].owner && d->slots[w].conn == conn && !d->slots[w].free_at)
+			d->slots[w].free_at = now;
+	pthread_mutex_unlock(&d->mu);
 	gone_conn g = {s, conn};
-	dml__ps_drop_waiters(user, on_conn, &g);
+	dml__ps_drop_waiters(ps, on_conn, &g);
 }
 
 static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
@@ -526,7 +727,10 @@ static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	const psw_worker *q = a;
 	psw_clock *rep = r;
 	rep->waited = 0;
-	int rc = dml_ps_clock_get(ps, q->worker, &rep->clock, &rep->min);
+	int rc = may_call(ctx, ps, 0, "PS.ClockGet", NULL);
+	if (rc)
+		return rc;
+	rc = dml_ps_clock_get(ps, q->worker, &rep->clock, &rep->min);
 	if (rc)
 		return dml_rpc_ctx_errorf(ctx, "PS.ClockGet: no worker %d (store has %d)",
 		                      (int)q->worker, ps->workers);
@@ -535,16 +739,91 @@ static int h_clock_get(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 
 static void tick(void *arg) { dml__ps_check_workers(arg); }
 
+/* A NULL-terminated copy of v (NULL: NULL); *rc = DML_ENOMEM or
+ * DML_EINVAL (more than 4096 names, an empty one, or one too long). */
+static char **strv_copy(const char *const *v, int *rc)
+{
+	if (!v)
+		return NULL;
+	size_t n = 0;
+	while (v[n] && n <= 4096)
+		n++;
+	char **c = n > 4096 ? NULL : calloc(n + 1, sizeof *c);
+	*rc = n > 4096 ? DML_EINVAL : c ? 0 : DML_ENOMEM;
+	for (size_t i = 0; c && i < n && !*rc; i++) {
+		size_t len = strlen(v[i]);
+		if (!len || len >= DML_RPC_MAX_IDENTITY)
+			*rc = DML_EINVAL;
+		else if (!(c[i] = strdup(v[i])))
+			*rc = DML_ENOMEM;
+	}
+	if (*rc) {
+		strv_free(c);
+		return NULL;
+	}
+	return c;
+}
+
 int dml_ps_serve(dml_ps *ps, dml_rpc_server *server)
 {
+	return dml_ps_serve_with_abi(ps, server, NULL, DML_ABI);
+}
+
+int dml_ps_serve_with_abi(dml_ps *ps, dml_rpc_server *server,
+                          const dml_ps_serve_opts *opts, int abi)
+{
 	dml__detail_clear();
+	dml_ps_serve_opts o;
+	int rc = dml__abi_in(&o, sizeof o, opts, DML__L_PS_SERVE_OPTS, abi);
+	if (rc)
+		return rc;
 	if (!ps || !server)
 		return DML_EINVAL;
 	if (ps->remote)
 		return dml__fail(DML_EINVAL, "a remote store cannot be served");
+	if (ps->dedup && ps->dedup->max_frame)
+		return dml__fail(DML_EEXIST, "the store is served already");
+	if (o.max_clients_per_peer < 0 || o.max_clients_per_peer > 4096 ||
+	    (o.worker_grace < 0 && o.worker_grace != DML_INFINITE))
+		return dml__fail(DML_EINVAL, "max_clients_per_peer 0 to 4096, "
+		                 "worker_grace >= 0 or DML_INFINITE");
 	if (!ps->dedup && !(ps->dedup = dd_new()))
 		return DML_ENOMEM;
-	ps->dedup->max_frame = dml__rpc_server_max_frame(server);
+	dml__ps_dedup *d = ps->dedup;
+	int rw = 0, rr = 0;
+	char **writers = strv_copy(o.writers, &rw), **readers = strv_copy(o.readers, &rr);
+	ws_ent *slots = ps->workers ? calloc((size_t)ps->workers, sizeof *slots) : NULL;
+	if (rw || rr || (ps->workers && !slots)) {
+		strv_free(writers);
+		strv_free(readers);
+		free(slots);
+		return rw == DML_EINVAL || rr == DML_EINVAL
+			? dml__fail(DML_EINVAL, "writers, readers: at most 4096 names of "
+			            "1 to %d bytes", DML_RPC_MAX_IDENTITY - 1)
+			: DML_ENOMEM;
+	}
+	for (int w = 0; o.worker_ids && w < ps->workers; w++) {
+		if (!o.worker_ids[w] || !*o.worker_ids[w]) {
+			strv_free(writers);
+			strv_free(readers);
+			free(slots);
+			return dml__fail(DML_EINVAL, "worker_ids: an identity for each "
+			                 "of the %d workers (%d is missing)", ps->workers, w);
+		}
+		slots[w].owner = ident_hash(o.worker_ids[w]);
+		slots[w].pinned = 1;
+	}
+	d->writers = writers;
+	d->readers = readers;
+	d->slots = slots;
+	d->nslots = ps->workers;
+	if (o.max_clients_per_peer)
+		d->max_per_peer = o.max_clients_per_peer;
+	if (o.seq_window)
+		d->window = o.seq_window;
+	if (o.worker_grace)
+		d->grace = o.worker_grace == DML_INFINITE ? INT64_MAX / 2 : o.worker_grace;
+	d->max_frame = dml__rpc_server_max_frame(server);
 	static const struct {
 		const dml_rpc_method *m;
 		dml_rpc_handler h;
@@ -556,15 +835,12 @@ int dml_ps_serve(dml_ps *ps, dml_rpc_server *server)
 	           {&psw_m_push_rows, h_push_rows},
 	           {&psw_m_push_range, h_push_range}};
 	for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++) {
-		int rc = dml_rpc_server_register(server, tab[i].m, tab[i].h, ps);
+		rc = dml_rpc_server_register(server, tab[i].m, tab[i].h, ps);
 		if (rc)
 			return rc; /* registrations so far stay; the server is unusable */
 	}
-	if (ps->workers) {
-		int rc = dml__rpc_server_on_close(server, conn_closed, ps);
-		if (rc)
-			return rc;
-	}
+	if (ps->workers && (rc = dml__rpc_server_on_close(server, conn_closed, ps)))
+		return rc;
 	/* clock waits over RPC hold no thread: the server's tick drops dead
 	 * workers for them */
 	if (ps->worker_timeout > 0)

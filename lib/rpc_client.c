@@ -145,6 +145,7 @@ struct dml_rpc_client {
 	dml__buf out;    /* bytes [opos, len) are unwritten */
 	size_t opos;
 	int out_held;    /* the stream holds written bytes it could not flush */
+	char *token;     /* opts.token's copy (o.token points here) */
 };
 
 /* ---- pending-call table (under mu) -------------------------------- */
@@ -226,6 +227,8 @@ static int status_error(uint32_t st)
 	case DML__ST_HANDLER: return DML_EHANDLER;
 	case DML__ST_BADARGS: return DML_EPROTO;
 	case DML__ST_TOOBIG: return DML_ETOOBIG;
+	case DML__ST_AUTH: return DML_EAUTH;
+	case DML__ST_PERM: return DML_EPERM;
 	default: return DML_EVERSION;
 	}
 }
@@ -378,6 +381,49 @@ static void addr_host(const char *addr, char *buf, size_t cap)
 
 /* Takes a dialed socket as the connection's stream (closing fd on
  * failure); with TLS, its handshake before `deadline` (ms). */
+/* Presents the token on a new stream, before anything else is sent: one
+ * RPC.Auth request (sequence number 0) and its reply, read here. */
+static int present_token(dml_rpc_client *c, dml__stream *st, int64_t deadline)
+{
+	const char *name = rpcw_m_auth.name;
+	size_t nl = strlen(name);
+	rpcw_auth q = {{c->o.token, strlen(c->o.token), 0}};
+	uint8_t buf[DML__FRAME_HDR + 32 + DML_RPC_MAX_TOKEN + 32];
+	dml__writer w;
+	memset(&w, 0, sizeof w);
+	w.p = buf + DML__FRAME_HDR + nl;
+	w.cap = sizeof buf - DML__FRAME_HDR - nl;
+	w.ext_min = SIZE_MAX;
+	int rc = dml__encode_w(&rpcw_auth_t, &q, &w);
+	if (rc)
+		return rc;
+	dml__frame_header(buf, DML__KIND_REQUEST, 0, 0, nl, w.pos);
+	memcpy(buf + DML__FRAME_HDR, name, nl);
+	struct iovec iov = {buf, DML__FRAME_HDR + nl + w.pos};
+	rc = dml__stream_write_all(st, &iov, 1, deadline);
+	uint8_t r[DML__FRAME_HDR + DML_RPC_ERRMSG_MAX + 64];
+	dml__frame fr;
+	if (!rc)
+		rc = dml__stream_read_all(st, r, DML__FRAME_HDR, deadline);
+	if (!rc && (dml__frame_parse(r, DML__FRAME_HDR, sizeof r, &fr) ||
+	            fr.kind != DML__KIND_REPLY || fr.seq != 0))
+		rc = DML_EPROTO;
+	if (!rc)
+		rc = dml__stream_read_all(st, r + DML__FRAME_HDR, fr.total - DML__FRAME_HDR,
+		                          deadline);
+	memset(buf, 0, sizeof buf); /* the secret */
+	if (rc)
+		return dml__fail(rc, "%s: presenting the token: %s", c->addr,
+		                 dml_strerror(rc));
+	if (fr.status == DML__ST_OK)
+		return 0;
+	char msg[DML_RPC_ERRMSG_MAX];
+	dml__escape(msg, sizeof msg, r + DML__FRAME_HDR, fr.name_len);
+	if (fr.status == DML__ST_NOMETHOD)
+		return dml__fail(DML_EAUTH, "%s takes no tokens", c->addr);
+	return dml__fail(DML_EAUTH, "%s refused the token: %s", c->addr, msg);
+}
+
 static int c_open(dml_rpc_client *c, int fd, dml__stream **out, int64_t deadline)
 {
 	int rc = dml__stream_open(out, fd, 0);
@@ -396,6 +442,8 @@ static int c_open(dml_rpc_client *c, int fd, dml__stream **out, int64_t deadline
 		rc = DML_ESYS;
 	if (!rc && locked && c->wwake[0] < 0 && dml__sys_wake_new(c->wwake))
 		rc = DML_ESYS;
+	if (!rc && c->o.token)
+		rc = present_token(c, *out, deadline);
 	/* a plain socket's reads block (bounded by SO_RCVTIMEO); writes pass
 	 * MSG_DONTWAIT */
 	if (!rc && !locked)
@@ -1345,6 +1393,10 @@ static int client_opts(dml_rpc_client_opts *o)
 	if (o->heartbeat && !o->heartbeat_timeout)
 		o->heartbeat_timeout = o->heartbeat > INT64_MAX / 8 ? INT64_MAX / 2
 		                                                     : 4 * o->heartbeat;
+	if (o->token && (strlen(o->token) < DML_RPC_MIN_TOKEN ||
+	                 strlen(o->token) > DML_RPC_MAX_TOKEN))
+		return dml__fail(DML_EINVAL, "token: %d to %d bytes", DML_RPC_MIN_TOKEN,
+		                 DML_RPC_MAX_TOKEN);
 	return dml__keepalive_opts(&o->keepalive, &o->keepalive_interval,
 	                           &o->keepalive_count, &o->user_timeout);
 }
@@ -1408,10 +1460,16 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 	if (!c)
 		return DML_ENOMEM;
 	c->o = o;
+	if (o.token && !(c->token = strdup(o.token))) {
+		free(c);
+		return DML_ENOMEM;
+	}
+	c->o.token = c->token;
 	c->next_seq = 1;
 	strcpy(c->addr, addr);
 	dml__backoff_init(&c->backoff, o.backoff_min, o.backoff_max);
 	if (dml__buf_grow(&c->in, READ_BUF)) {
+		free(c->token);
 		free(c);
 		return DML_ENOMEM;
 	}
@@ -1429,6 +1487,7 @@ int dml_rpc_dial_abi(dml_rpc_client **out, const char *addr,
 		if (c->wwake[0] >= 0)
 			dml__sys_wake_close(c->wwake);
 		dml__buf_free(&c->in);
+		free(c->token);
 		free(c);
 		return rc;
 	}
@@ -1474,6 +1533,10 @@ void dml_rpc_free(dml_rpc_client *c)
 	pthread_mutex_destroy(&c->wmu);
 	dml__buf_free(&c->in);
 	dml__buf_free(&c->out);
+	if (c->token) {
+		memset(c->token, 0, strlen(c->token));
+		free(c->token);
+	}
 	free(c);
 }
 

@@ -73,7 +73,17 @@ typedef struct method_ent {
 	size_t name_len;
 	int has_arrays;
 	counters *cnt; /* its own allocation: the table may move */
+	int builtin;   /* RPC.Hello, RPC.Ping, RPC.Auth: no access checks */
 } method_ent;
+
+/* Open connections per address ("a" keys) and per authenticated identity
+ * ("c" certificate, "t" token keys), for the per-peer budgets; a hash
+ * table with linear probing, under the server's mu. */
+typedef struct peer_ent {
+	char *key;  /* kind letter, then the address or identity; NULL = empty */
+	int conns;  /* open connections counted here */
+	int unauth; /* address keys: those not authenticated */
+} peer_ent;
 
 typedef struct listener {
 	int fd;
@@ -113,6 +123,17 @@ struct conn {
 	int64_t rx_us;    /* us: the last read (its owner's): when the
 	                     requests it completed were taken */
 	dml_rpc_server *s;
+	/* who the peer is (its owner's, set at accept and on the first
+	 * request or RPC.Auth) */
+	uint64_t acl_known, acl_ok; /* the authorize hook's answers so far,
+	                               per method index below 64 */
+	unsigned char auth;         /* dml_rpc_auth */
+	unsigned char ident_known;  /* identity settled (certificate looked at) */
+	unsigned char authed;       /* by certificate or token */
+	unsigned char auth_tried;   /* an RPC.Auth came: no second one */
+	unsigned char refused;      /* the hook refused the connection */
+	char addr[48];              /* the peer's address alone, counted */
+	char ident[DML_RPC_MAX_IDENTITY];
 };
 
 struct dml_rpc_ctx {
@@ -201,6 +222,11 @@ struct dml_rpc_server {
 	int non_close;
 	atomic_uint_fast64_t next_id;
 	hub *hub;
+	int gated;          /* require_auth or an authorize hook: check calls */
+	dml_rpc_token *tokens; /* copies of opts.tokens (o.tokens points here) */
+	size_t *token_len;
+	peer_ent *peers;    /* per-peer counts (under mu) */
+	size_t peers_cap;   /* a power of two, at least 4 x max_conns */
 	counters cnt; /* calls to no method (the rest count in theirs) */
 	_Atomic uint64_t accepted, closed, shed;
 };
@@ -262,7 +288,7 @@ static int method_add(dml_rpc_server *s, const dml_rpc_method *m,
 	counters *cnt = calloc(1, sizeof *cnt);
 	if (!cnt)
 		return DML_ENOMEM;
-	ms[s->nmethods] = (method_ent){m, h, user, n, dml__type_has_arrays(m->args), cnt};
+	ms[s->nmethods] = (method_ent){m, h, user, n, dml__type_has_arrays(m->args), cnt, 0};
 	s->nmethods++;
 	if (s->nmethods * 2 > s->index_cap) {
 		size_t cap = s->index_cap ? s->index_cap : 16;
@@ -343,6 +369,293 @@ static int default_max_conns(void)
 	return n > DML_RPC_DEFAULT_MAX_CONNS ? DML_RPC_DEFAULT_MAX_CONNS : (int)n;
 }
 
+/* ---- identities, tokens and per-peer counts ------------------------ */
+
+static uint64_t str_hash(const char *k)
+{
+	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+	while (*k)
+		h = (h ^ (unsigned char)*k++) * 1099511628211ULL;
+	return h;
+}
+
+/* The entry of `kind` + `name`, created (count 0) if `create`; NULL when
+ * absent, or out of memory. Under mu. */
+static peer_ent *peer_get(dml_rpc_server *s, char kind, const char *name, int create)
+{
+	char key[DML_RPC_MAX_IDENTITY + 2];
+	snprintf(key, sizeof key, "%c%s", kind, name);
+	size_t mask = s->peers_cap - 1, i = (size_t)str_hash(key) & mask;
+	while (s->peers[i].key) {
+		if (!strcmp(s->peers[i].key, key))
+			return &s->peers[i];
+		i = (i + 1) & mask;
+	}
+	if (!create || !(s->peers[i].key = strdup(key)))
+		return NULL;
+	s->peers[i].conns = s->peers[i].unauth = 0;
+	return &s->peers[i];
+}
+
+/* Removes an entry whose count fell to 0 (backward-shift deletion, so
+ * that every other key stays reachable). Under mu. */
+static void peer_put(dml_rpc_server *s, peer_ent *e)
+{
+	if (!e || e->conns)
+		return;
+	size_t mask = s->peers_cap - 1, i = (size_t)(e - s->peers), j = i;
+	free(e->key);
+	e->key = NULL;
+	for (;;) {
+		j = (j + 1) & mask;
+		if (!s->peers[j].key)
+			return;
+		size_t h = (size_t)str_hash(s->peers[j].key) & mask;
+		/* j stays if its home h lies cyclically in (i, j] */
+		if (i <= j ? (h > i && h <= j) : (h > i || h <= j))
+			continue;
+		s->peers[i] = s->peers[j];
+		s->peers[j].key = NULL;
+		i = j;
+	}
+}
+
+/* The address part of a peer's name: "1.2.3.4:5" -> "1.2.3.4",
+ * "[::1]:5" -> "::1", "unix:..." -> "unix". */
+static void addr_only(const char *peer, char *out, size_t cap)
+{
+	size_t n;
+	if (!strncmp(peer, "unix:", 5) || !*peer) {
+		snprintf(out, cap, "unix");
+		return;
+	}
+	if (peer[0] == '[') {
+		const char *e = strchr(peer, ']');
+		n = e ? (size_t)(e - peer - 1) : strlen(peer + 1);
+		peer++;
+	} else {
+		const char *e = strrchr(peer, ':');
+		n = e ? (size_t)(e - peer) : strlen(peer);
+	}
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(out, peer, n);
+	out[n] = 0;
+}
+
+/* Asks the hook about c (method NULL: the connection): 0 = allowed. */
+static int ask_hook(dml_rpc_server *s, conn *c, const char *method)
+{
+	dml_rpc_peer p = {(dml_rpc_auth)c->auth, c->ident, c->peer, c->id};
+	return s->o.authorize(&p, method, s->o.authorize_user);
+}
+
+/* c's identity is known from here on: the hook says whether it may call
+ * anything; later answers per method start afresh. */
+static void conn_admit(dml_rpc_server *s, conn *c)
+{
+	c->ident_known = 1;
+	c->acl_known = c->acl_ok = 0;
+	c->refused = s->o.authorize && ask_hook(s, c, NULL) != 0;
+}
+
+/* c authenticated as `ident` (a certificate's subject or a token's name):
+ * counted under it (DML_EBUSY past max_conns_per_peer), and no longer
+ * among its address's unauthenticated connections. */
+static int conn_authenticate(dml_rpc_server *s, conn *c, dml_rpc_auth auth,
+                             const char *ident)
+{
+	char kind = auth == DML_RPC_AUTH_CERT ? 'c' : 't';
+	pthread_mutex_lock(&s->mu);
+	peer_ent *pi = peer_get(s, kind, ident, 1);
+	int rc = !pi ? DML_ENOMEM : pi->conns >= s->o.max_conns_per_peer ? DML_EBUSY : 0;
+	if (!rc) {
+		pi->conns++;
+		peer_ent *pa = peer_get(s, 'a', c->addr, 0);
+		if (pa)
+			pa->unauth--;
+	} else {
+		peer_put(s, pi);
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc)
+		return rc;
+	snprintf(c->ident, sizeof c->ident, "%s", ident);
+	c->auth = (unsigned char)auth;
+	c->authed = 1;
+	return 0;
+}
+
+/* On the first request: a verified client certificate makes the identity
+ * (over the per-identity budget the connection is refused); without one
+ * the identity stays the address. */
+static void conn_identify(dml_rpc_server *s, conn *c)
+{
+	char subj[DML_RPC_MAX_IDENTITY];
+	if (s->o.tls && !dml__stream_tls_subject(c->st, subj, sizeof subj) &&
+	    conn_authenticate(s, c, DML_RPC_AUTH_CERT, subj)) {
+		c->ident_known = 1;
+		c->refused = 1;
+		return;
+	}
+	conn_admit(s, c);
+}
+
+/* Whether c may call e: 0, or the status to refuse it with (msg says
+ * why). */
+static uint32_t conn_gate(dml_rpc_server *s, conn *c, const method_ent *e,
+                          char *msg, size_t cap)
+{
+	if (!c->ident_known)
+		conn_identify(s, c);
+	if (c->refused) {
+		dml__set_msg(msg, cap, "rpc: %s may not call this server", c->ident);
+		return DML__ST_PERM;
+	}
+	if (s->o.require_auth && !c->authed) {
+		dml__set_msg(msg, cap, "rpc: not authenticated (%s): this server "
+		             "requires a client certificate or a token", c->ident);
+		return DML__ST_AUTH;
+	}
+	if (!s->o.authorize)
+		return 0;
+	size_t i = (size_t)(e - s->methods);
+	uint64_t bit = i < 64 ? (uint64_t)1 << i : 0;
+	int ok;
+	if (c->acl_known & bit) {
+		ok = (c->acl_ok & bit) != 0;
+	} else {
+		ok = ask_hook(s, c, e->m->name) == 0;
+		c->acl_known |= bit;
+		if (ok)
+			c->acl_ok |= bit;
+	}
+	if (ok)
+		return 0;
+	dml__set_msg(msg, cap, "rpc: %s may not call %s", c->ident, e->m->name);
+	return DML__ST_PERM;
+}
+
+/* The token whose secret is p (n bytes), or NULL; the time taken depends
+ * on the tokens' lengths and n only, not on the bytes. */
+static const dml_rpc_token *token_match(const dml_rpc_server *s, const char *p, size_t n)
+{
+	const dml_rpc_token *hit = NULL;
+	for (size_t i = 0; i < s->o.ntokens; i++) {
+		const volatile char *sec = s->tokens[i].secret;
+		size_t m = s->token_len[i];
+		unsigned d = m != n;
+		for (size_t k = 0; k < m; k++)
+			d |= (unsigned char)(sec[k] ^ (n ? p[k % n] : 0));
+		if (!d)
+			hit = &s->tokens[i];
+	}
+	return hit;
+}
+
+/* RPC.Auth: a token, once per connection, before it has an identity of
+ * its own. */
+static int h_auth(dml_rpc_ctx *ctx, const void *a, void *r, void *user)
+{
+	(void)r;
+	dml_rpc_server *s = user;
+	conn *c = ctx->c;
+	const rpcw_auth *q = a;
+	if (c->authed)
+		return dml_rpc_ctx_errorf(ctx, "rpc: already authenticated as %s", c->ident);
+	if (c->auth_tried) {
+		dml_rpc_ctx_errorf(ctx, "rpc: one token per connection");
+		return DML_EAUTH;
+	}
+	c->auth_tried = 1;
+	const dml_rpc_token *t = token_match(s, q->token.data, q->token.n);
+	if (!t) {
+		dml_rpc_ctx_errorf(ctx, "rpc: unknown token");
+		return DML_EAUTH;
+	}
+	int rc = conn_authenticate(s, c, DML_RPC_AUTH_TOKEN, t->name);
+	if (rc == DML_EBUSY) {
+		dml_rpc_ctx_errorf(ctx, "rpc: %d connections of %s open already "
+		                   "(max_conns_per_peer)", s->o.max_conns_per_peer, t->name);
+		return DML_EAUTH;
+	}
+	if (rc)
+		return rc;
+	conn_admit(s, c);
+	return 0;
+}
+
+/* The options' tokens, checked and copied in one block. */
+static int tokens_copy(dml_rpc_server *s)
+{
+	const dml_rpc_server_opts *o = &s->o;
+	if (!o->ntokens)
+		return 0;
+	if (!o->tokens || o->ntokens > 4096)
+		return dml__fail(DML_EINVAL, "tokens: %zu of them (1 .. 4096, with "
+		                 "an array)", o->ntokens);
+	size_t bytes = o->ntokens * (sizeof(dml_rpc_token) + sizeof(size_t));
+	for (size_t i = 0; i < o->ntokens; i++) {
+		const dml_rpc_token *t = &o->tokens[i];
+		size_t nl = t->name ? strlen(t->name) : 0, sl = t->secret ? strlen(t->secret) : 0;
+		if (!nl || nl >= DML_RPC_MAX_IDENTITY || sl < DML_RPC_MIN_TOKEN ||
+		    sl > DML_RPC_MAX_TOKEN)
+			return dml__fail(DML_EINVAL, "tokens[%zu]: a name of 1 to %d "
+			                 "bytes and a secret of %d to %d", i,
+			                 DML_RPC_MAX_IDENTITY - 1, DML_RPC_MIN_TOKEN,
+			                 DML_RPC_MAX_TOKEN);
+		for (size_t j = 0; j < i; j++)
+			if (!strcmp(o->tokens[j].secret, t->secret))
+				return dml__fail(DML_EINVAL, "tokens[%zu] and tokens[%zu] "
+				                 "have one secret", j, i);
+		bytes += nl + sl + 2;
+	}
+	char *block = malloc(bytes);
+	if (!block)
+		return DML_ENOMEM;
+	s->tokens = (dml_rpc_token *)block;
+	s->token_len = (size_t *)(s->tokens + o->ntokens);
+	char *p = (char *)(s->token_len + o->ntokens);
+	for (size_t i = 0; i < o->ntokens; i++) {
+		size_t nl = strlen(o->tokens[i].name) + 1, sl = strlen(o->tokens[i].secret);
+		memcpy(p, o->tokens[i].name, nl);
+		s->tokens[i].name = p;
+		p += nl;
+		memcpy(p, o->tokens[i].secret, sl + 1);
+		s->tokens[i].secret = p;
+		s->token_len[i] = sl;
+		p += sl + 1;
+	}
+	s->o.tokens = s->tokens;
+	return 0;
+}
+
+static void tokens_free(dml_rpc_server *s)
+{
+	if (!s->tokens)
+		return;
+	for (size_t i = 0; i < s->o.ntokens; i++) /* secrets: not left in freed memory */
+		memset((char *)s->tokens[i].secret, 0, s->token_len[i]);
+	__asm__ __volatile__("" : : "r"(s->tokens) : "memory");
+	free(s->tokens);
+	s->tokens = NULL;
+}
+
+const char *dml_rpc_ctx_identity(const dml_rpc_ctx *ctx, dml_rpc_auth *auth)
+{
+	if (!ctx) {
+		if (auth)
+			*auth = DML_RPC_AUTH_ADDR;
+		return "";
+	}
+	conn *c = ctx->c;
+	if (!c->ident_known)
+		conn_identify(ctx->s, c);
+	if (auth)
+		*auth = (dml_rpc_auth)c->auth;
+	return c->ident;
+}
+
 /* RPC.Ping: a client's heartbeat; receiving it was the point. */
 static int h_ping(dml_rpc_ctx *ctx, const void *a, void *r, void *user)
 {
@@ -373,6 +686,12 @@ static int server_opts(dml_rpc_server_opts *o)
 	    dml__opt_duration(&o->write_timeout, DML_RPC_DEFAULT_WRITE_TIMEOUT) ||
 	    dml__opt_duration(&o->idle_timeout, DML_RPC_DEFAULT_IDLE_TIMEOUT))
 		return DML_EINVAL;
+	if (o->max_conns_per_peer < 0 || o->max_unauth_conns < 0)
+		return dml__fail(DML_EINVAL, "max_conns_per_peer, max_unauth_conns >= 0");
+	if (!o->max_conns_per_peer)
+		o->max_conns_per_peer = DML_RPC_DEFAULT_MAX_CONNS_PER_PEER;
+	if (!o->max_unauth_conns)
+		o->max_unauth_conns = DML_RPC_DEFAULT_MAX_UNAUTH_CONNS;
 	if (!o->heartbeat_timeout)
 		o->heartbeat_timeout = DML_INFINITE; /* off */
 	if (dml__opt_duration(&o->heartbeat_timeout, DML_INFINITE))
@@ -397,18 +716,31 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 	if (!s)
 		return DML_ENOMEM;
 	s->o = o;
+	if ((rc = tokens_copy(s))) {
+		free(s);
+		return rc;
+	}
+	s->gated = o.require_auth || o.authorize;
 	s->nchunks_cap = ((size_t)s->o.max_conns + CHUNK - 1) / CHUNK;
 	s->chunks = calloc(s->nchunks_cap, sizeof *s->chunks);
 	s->hub = malloc(sizeof *s->hub);
-	if (!s->chunks || !s->hub || method_add(s, &rpcw_m_hello, h_hello, s) ||
-	    method_add(s, &rpcw_m_ping, h_ping, s)) {
+	for (s->peers_cap = 16; s->peers_cap < 4 * (size_t)o.max_conns;)
+		s->peers_cap *= 2;
+	s->peers = calloc(s->peers_cap, sizeof *s->peers);
+	if (!s->chunks || !s->hub || !s->peers || method_add(s, &rpcw_m_hello, h_hello, s) ||
+	    method_add(s, &rpcw_m_ping, h_ping, s) ||
+	    (o.ntokens && method_add(s, &rpcw_m_auth, h_auth, s))) {
 		free(s->chunks);
 		free(s->hub);
+		free(s->peers);
 		methods_free(s);
 		free(s->index);
+		tokens_free(s);
 		free(s);
 		return DML_ENOMEM;
 	}
+	for (size_t i = 0; i < s->nmethods; i++)
+		s->methods[i].builtin = 1;
 	pthread_rwlock_init(&s->hub->lock, NULL);
 	s->hub->alive = 1;
 	atomic_init(&s->hub->refs, 1);
@@ -422,8 +754,10 @@ int dml_rpc_server_new_abi(dml_rpc_server **out, const dml_rpc_server_opts *opts
 		dml__sys_wake_close(s->evfd);
 		dml__sys_wake_close(s->kick);
 		free(s->chunks);
+		free(s->peers);
 		methods_free(s);
 		free(s->index);
+		tokens_free(s);
 		hub_unref(s->hub);
 		free(s);
 		errno = e;
@@ -567,6 +901,10 @@ void dml_rpc_server_free(dml_rpc_server *s)
 	pthread_mutex_destroy(&s->mu);
 	methods_free(s);
 	free(s->index);
+	for (size_t i = 0; i < s->peers_cap; i++)
+		free(s->peers[i].key);
+	free(s->peers);
+	tokens_free(s);
 	free(s);
 }
 
@@ -721,6 +1059,18 @@ static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 	conn_release_io(c);
 	pthread_mutex_unlock(&c->omu);
 	pthread_mutex_lock(&s->mu);
+	peer_ent *pa = peer_get(s, 'a', c->addr, 0);
+	if (pa) {
+		pa->conns--;
+		pa->unauth -= !c->authed;
+		peer_put(s, pa);
+	}
+	peer_ent *pi = c->authed ? peer_get(s, c->auth == DML_RPC_AUTH_CERT ? 'c' : 't',
+	                                    c->ident, 0) : NULL;
+	if (pi) {
+		pi->conns--;
+		peer_put(s, pi);
+	}
 	s->nconns--;
 	c->next_free = s->free_slots;
 	s->free_slots = c;
@@ -807,15 +1157,36 @@ static void accept_some(dml_rpc_server *s, listener *l)
 			dml__stream_close(st);
 			continue;
 		}
+		char peer[64] = "", addr[48];
+		(void)dml__stream_peer(st, peer, sizeof peer);
+		addr_only(peer, addr, sizeof addr);
+		/* the budgets: max_conns in all, max_conns_per_peer from one
+		 * address, and max_unauth_conns not yet authenticated */
 		pthread_mutex_lock(&s->mu);
-		conn *c = slot_take(s);
+		peer_ent *pa = peer_get(s, 'a', addr, 1);
+		int over = !pa ? 1 : pa->conns >= s->o.max_conns_per_peer ? 2
+		         : s->o.require_auth && pa->unauth >= s->o.max_unauth_conns ? 3 : 0;
+		conn *c = over ? NULL : slot_take(s);
+		if (c) {
+			pa->conns++;
+			pa->unauth++;
+		} else {
+			peer_put(s, pa);
+		}
 		pthread_mutex_unlock(&s->mu);
 		if (!c) {
 			if (s->o.on_event) {
-				char peer[64] = "", why[96];
-				(void)dml__stream_peer(st, peer, sizeof peer);
-				snprintf(why, sizeof why, "%d connections open (max_conns)",
-				         s->o.max_conns);
+				char why[128];
+				if (over == 2)
+					snprintf(why, sizeof why, "%d connections from %s open "
+					         "(max_conns_per_peer)", s->o.max_conns_per_peer, addr);
+				else if (over == 3)
+					snprintf(why, sizeof why, "%d connections from %s not "
+					         "authenticated (max_unauth_conns)",
+					         s->o.max_unauth_conns, addr);
+				else
+					snprintf(why, sizeof why, "%d connections open (max_conns)",
+					         s->o.max_conns);
 				dml_rpc_event ev = {DML_RPC_EV_SHED, 0, DML_EBUSY, why, peer};
 				s->o.on_event(&ev, s->o.event_user);
 			}
@@ -832,9 +1203,12 @@ static void accept_some(dml_rpc_server *s, listener *l)
 		c->fd = fd;
 		c->held = 0;
 		c->id = atomic_fetch_add(&s->next_id, 1);
-		c->peer[0] = 0;
-		if (s->o.on_event)
-			(void)dml__stream_peer(st, c->peer, sizeof c->peer);
+		memcpy(c->peer, peer, sizeof c->peer);
+		memcpy(c->addr, addr, sizeof c->addr);
+		memcpy(c->ident, addr, sizeof addr);
+		c->auth = DML_RPC_AUTH_ADDR;
+		c->ident_known = c->authed = c->auth_tried = c->refused = 0;
+		c->acl_known = c->acl_ok = 0;
 		int64_t now = stamp();
 		atomic_store(&c->rx_at, now);
 		atomic_store(&c->tx_at, now);
@@ -1003,6 +1377,11 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 		dml__set_msg(msg, sizeof msg, "rpc: can't find method %s", shown);
 		return send_error(s, c, &ctx, DML__ST_NOMETHOD, msg);
 	}
+	if (s->gated && !e->builtin) {
+		uint32_t st = conn_gate(s, c, e, msg, sizeof msg);
+		if (st)
+			return send_error(s, c, &ctx, st, msg);
+	}
 	const dml_type *at = e->m->args, *rt = e->m->reply;
 	size_t asz = at ? align_up(at->size) : 0, rsz = rt ? align_up(rt->size) : 0;
 	int copy = e->has_arrays && ((uintptr_t)payload % 8) != 0;
@@ -1024,8 +1403,9 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 	rc = e->h(&ctx, args, reply, e->user);
 	if (ctx.deferred)
 		return 0;
-	if (rc)
-		return send_error(s, c, &ctx, DML__ST_HANDLER,
+	if (rc) /* DML_EAUTH and DML_EPERM reach the client as themselves */
+		return send_error(s, c, &ctx, rc == DML_EPERM ? DML__ST_PERM
+		                  : rc == DML_EAUTH ? DML__ST_AUTH : DML__ST_HANDLER,
 		                  ctx.has_msg ? ctx.msg : dml_strerror(rc));
 	return send_ok(s, c, &ctx, reply);
 }

@@ -38,6 +38,16 @@ static const dml_rpc_method rpcw_m_hello = {"RPC.Hello", &rpcw_hello_t,
  * without it answers "no such method", as good a sign of life. */
 static const dml_rpc_method rpcw_m_ping = {"RPC.Ping", NULL, NULL};
 
+/* RPC.Auth (0.4): a client presents a token (dml_rpc_client_opts.token)
+ * on a new connection, before any call, with sequence number 0; the reply
+ * is read before anything else is sent. Served by servers with tokens. */
+typedef struct rpcw_auth {
+	dml_str token;
+} rpcw_auth;
+static const dml_field rpcw_auth_f[] = {DML_FIELD(rpcw_auth, token, DML_STR)};
+static const dml_type rpcw_auth_t = DML_TYPE(rpcw_auth, rpcw_auth_f);
+static const dml_rpc_method rpcw_m_auth = {"RPC.Auth", &rpcw_auth_t, NULL};
+
 /* Method names with this prefix belong to the library. */
 #define RPCW_PREFIX "RPC."
 

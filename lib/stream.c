@@ -115,6 +115,25 @@ int dml__stream_write_step(dml__stream *st, struct iovec **iovp, int *np)
 	return rc ? rc : dml__stream_flush(st);
 }
 
+int dml__stream_read_all(dml__stream *st, void *buf, size_t n, int64_t deadline)
+{
+	uint8_t *p = buf;
+	while (n) {
+		ssize_t k = dml__stream_read(st, p, n);
+		if (k > 0) {
+			p += k;
+			n -= (size_t)k;
+			continue;
+		}
+		if (k != DML_EAGAIN)
+			return DML_ECONNLOST;
+		int rc = wait_for(st, DML__EV_IN, deadline);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 int dml__stream_write_all(dml__stream *st, struct iovec *iov, int n, int64_t deadline)
 {
 	for (;;) {

@@ -109,6 +109,12 @@ int dml__stream_tls(dml__stream **st, const struct dml_tls *cfg, const char *hos
                     int64_t deadline);
 int dml__tls_role(const struct dml_tls *t); /* DML_TLS_CLIENT or _SERVER */
 
+/* The subject of the certificate a TLS stream's peer presented and that
+ * was verified (mutual TLS), in RFC 2253 form ("CN=worker1,O=job"), into
+ * buf: 0; DML_ENOTFOUND (not TLS, no certificate, handshake unfinished);
+ * DML_ETOOBIG (does not fit cap); DML_ENOMEM. */
+int dml__stream_tls_subject(const dml__stream *st, char *buf, size_t cap);
+
 static inline ssize_t dml__stream_read(dml__stream *st, void *buf, size_t len)
 {
 	return st->ops->read(st, buf, len);
@@ -150,5 +156,10 @@ int dml__stream_write_step(dml__stream *st, struct iovec **iovp, int *np);
  * (dml__deadline, ms), waiting on the descriptor for what the stream
  * wants. 0, DML_ETIMEDOUT, DML_ECONNLOST or DML_ESYS. */
 int dml__stream_write_all(dml__stream *st, struct iovec *iov, int n, int64_t deadline);
+
+/* Reads exactly n bytes into buf before `deadline` (ms), waiting on the
+ * descriptor (non-blocking) for what the stream wants. 0, DML_ETIMEDOUT,
+ * DML_ECONNLOST or DML_ESYS. */
+int dml__stream_read_all(dml__stream *st, void *buf, size_t n, int64_t deadline);
 
 #endif

@@ -380,6 +380,35 @@ int dml_tls_available(void) { return 1; }
 
 int dml__tls_role(const dml_tls *t) { return t->role; }
 
+int dml__stream_tls_subject(const dml__stream *st, char *buf, size_t cap)
+{
+	if (st->ops != &tls_ops || !cap)
+		return DML_ENOTFOUND;
+	SSL *ssl = ((const tls_stream *)st)->ssl;
+	if (!SSL_is_init_finished(ssl) || SSL_get_verify_result(ssl) != X509_V_OK)
+		return DML_ENOTFOUND;
+	X509 *cert = SSL_get1_peer_certificate(ssl);
+	if (!cert)
+		return DML_ENOTFOUND;
+	BIO *b = BIO_new(BIO_s_mem());
+	int rc = DML_ENOMEM;
+	if (b && X509_NAME_print_ex(b, X509_get_subject_name(cert), 0,
+	                            XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+		char *p;
+		long n = BIO_get_mem_data(b, &p);
+		if (n >= 0 && (size_t)n < cap) {
+			memcpy(buf, p, (size_t)n);
+			buf[n] = 0;
+			rc = 0;
+		} else {
+			rc = DML_ETOOBIG;
+		}
+	}
+	BIO_free(b);
+	X509_free(cert);
+	return rc;
+}
+
 #else /* no OpenSSL */
 
 struct dml_tls {
@@ -412,5 +441,13 @@ void dml_tls_free(dml_tls *t) { (void)t; }
 int dml_tls_available(void) { return 0; }
 
 int dml__tls_role(const dml_tls *t) { return t->role; }
+
+int dml__stream_tls_subject(const dml__stream *st, char *buf, size_t cap)
+{
+	(void)st;
+	(void)buf;
+	(void)cap;
+	return DML_ENOTFOUND;
+}
 
 #endif

@@ -191,7 +191,7 @@ static void test_roundtrip(void **state)
 	assert_int_equal(stat(path, &st), 0);
 	/* random floats barely shrink; the compressible section nearly vanishes */
 	assert_true((size_t)st.st_size < nf * sizeof(float) + nz / 50);
-	assert_int_equal(st.st_mode & 0777 & ~0022, 0644 & ~0022);
+	assert_int_equal(st.st_mode & 0777, 0600); /* the owner's alone */
 
 	dml__ckpt_reader *r;
 	uint32_t kind = 0, mlen = 0, tag;
@@ -554,7 +554,7 @@ static void test_hand_built(void **state)
 	assert_int_equal(dml__ckpt_open(&r, p, NULL, m, sizeof m, NULL), DML_EFORMAT);
 	/* a future version; a meta length over the limit */
 	h2 = h;
-	h2.version = 2;
+	h2.version = 3;
 	spit(p, file, hand_build(file, sizeof file, &h2));
 	assert_int_equal(dml__ckpt_open(&r, p, NULL, m, sizeof m, NULL), DML_EVERSION);
 	h2 = h;
@@ -837,6 +837,177 @@ static void test_sigkill_mid_save(void **state)
 	free(buf);
 }
 
+/* ---- shared directories: planted names, links, FIFOs, forgeries ---- */
+
+/* Another user who creates the names a save would use in advance (the
+ * pid-and-counter names of 0.3) cannot make it fail: the names are random. */
+static void test_planted_temporaries(void **state)
+{
+	(void)state;
+	const char *p = in_dir("plant.ckpt");
+	char name[600];
+	for (int i = 0; i < 2000; i++) { /* beyond this process's saves so far */
+		snprintf(name, sizeof name, "%s.tmp.%ld.%d", p, (long)getpid(), i);
+		spit(name, "x", 1);
+	}
+	save_small(p);
+	assert_int_equal(load_small(p), 0);
+	assert_int_equal(count_entries(dir), 2001); /* no temporary left */
+}
+
+/* New checkpoints are the owner's alone, whatever the umask allows. */
+static void test_private_mode(void **state)
+{
+	(void)state;
+	mode_t old = umask(022);
+	const char *p = in_dir("mode.ckpt");
+	save_small(p);
+	struct stat st;
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	dml__ckpt_opts o = {.mode = 0640};
+	assert_int_equal(dml__ckpt_save_with(p, 7, small_meta, sizeof small_meta,
+	                                     small_secs, 3, 1, &o), 0);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0640);
+	o.mode = 01000;
+	assert_int_equal(dml__ckpt_save_with(p, 7, NULL, 0, small_secs, 3, 1, &o),
+	                 DML_EINVAL);
+	umask(old);
+}
+
+/* A symbolic link at the checkpoint path is refused on load (it could
+ * point at another user's file), and a save replaces the link itself. */
+static void test_symlink_refused(void **state)
+{
+	(void)state;
+	const char *real = in_dir("real.ckpt"), *link = in_dir("link.ckpt");
+	save_small(real);
+	assert_int_equal(symlink(real, link), 0);
+	errno = 0;
+	assert_int_equal(load_small(link), DML_EIO);
+	assert_int_equal(errno, ELOOP);
+	assert_non_null(strstr(dml_error_detail(), "symbolic link"));
+	const dml__ckpt_sec s = {1, "new", 3};
+	assert_int_equal(dml__ckpt_save(link, 1, NULL, 0, &s, 1, 1), 0);
+	struct stat st;
+	assert_int_equal(lstat(link, &st), 0);
+	assert_true(S_ISREG(st.st_mode)); /* the link was replaced ... */
+	assert_int_equal(load_small(real), 0); /* ... and its target untouched */
+}
+
+/* A FIFO at the path fails the load at once instead of hanging it (an
+ * alarm ends the test if it hangs). */
+static void test_fifo_refused(void **state)
+{
+	(void)state;
+	const char *p = in_dir("fifo.ckpt");
+	assert_int_equal(mkfifo(p, 0600), 0);
+	alarm(20);
+	errno = 0;
+	assert_int_equal(load_small(p), DML_EIO);
+	alarm(0);
+	assert_int_equal(errno, EINVAL);
+	assert_non_null(strstr(dml_error_detail(), "FIFO"));
+}
+
+static const char key1[] = "a key of the training job, 32 B.";
+static const char key2[] = "another key, of somebody else...";
+
+static int save_keyed(const char *path, const char *key)
+{
+	dml__ckpt_opts o = {key, key ? strlen(key) : 0, 0};
+	return dml__ckpt_save_with(path, 7, small_meta, sizeof small_meta,
+	                           small_secs, 3, DML__CKPT_LEVEL_DEFAULT, &o);
+}
+
+/* load_small under a key (NULL: none), without checking the contents: 0
+ * or the first error. */
+static int load_keyed(const char *path, const char *key)
+{
+	dml__ckpt_opts o = {key, key ? strlen(key) : 0, 0};
+	dml__ckpt_reader *r;
+	char meta[64], abc[3];
+	float f[40];
+	int rc = dml__ckpt_open_with(&r, path, NULL, meta, sizeof meta, NULL, &o);
+	if (rc)
+		return rc;
+	if ((rc = dml__ckpt_read(r, 1, abc, 3)) || (rc = dml__ckpt_read(r, 2, NULL, 0)) ||
+	    (rc = dml__ckpt_read(r, 3, f, sizeof f))) {
+		dml__ckpt_abort(r);
+		return rc;
+	}
+	return dml__ckpt_close(r);
+}
+
+/* Rewrites the header's and the trailer's checksums of a file in b, as a
+ * forger who knows the format would after changing bytes. */
+static void fix_crcs(uint8_t *b, size_t n, size_t mac_len)
+{
+	uint32_t meta_len;
+	memcpy(&meta_len, b + 16, 4);
+	uint32_t mc = (uint32_t)crc32(0, b + 40, meta_len);
+	memcpy(b + 32, &mc, 4);
+	uint32_t hc = (uint32_t)crc32(0, b, 36);
+	memcpy(b + 36, &hc, 4);
+	uint8_t *t = b + n - mac_len - 28;
+	uint32_t c = (uint32_t)crc32(0, b + 40, (uInt)(t + 24 - (b + 40)));
+	memcpy(t + 24, &c, 4);
+}
+
+/* Under a key, only files signed with it load: a planted unsigned file,
+ * one signed with another key, and one whose bytes were changed with
+ * every checksum fixed up are refused with DML_EAUTH. */
+static void test_mac(void **state)
+{
+	(void)state;
+	const char *p = in_dir("mac.ckpt"), *q = in_dir("forged.ckpt");
+	if (!dml_tls_available()) { /* no OpenSSL: keys are refused */
+		assert_int_equal(save_keyed(p, key1), DML_ENOTSUP);
+		return;
+	}
+	assert_int_equal(save_keyed(p, key1), 0);
+	assert_int_equal(load_keyed(p, key1), 0);
+	assert_int_equal(load_small(p), 0); /* no key: the CRC alone */
+	size_t n;
+	uint8_t *b = slurp(p, &n);
+	uint32_t version;
+	memcpy(&version, b + 8, 4);
+	assert_int_equal(version, DML__CKPT_VERSION_MAC);
+
+	assert_int_equal(load_keyed(p, key2), DML_EAUTH);
+	assert_non_null(strstr(dml_error_detail(), "MAC"));
+	save_small(q); /* planted: a sound file without a MAC */
+	assert_int_equal(load_keyed(q, key1), DML_EAUTH);
+	assert_non_null(strstr(dml_error_detail(), "not signed"));
+	assert_int_equal(save_keyed(q, key2), 0); /* signed by someone else */
+	assert_int_equal(load_keyed(q, key1), DML_EAUTH);
+
+	/* the meta changed, every CRC fixed: only the MAC can tell */
+	b[40] ^= 1;
+	fix_crcs(b, n, 32);
+	spit(q, b, n);
+	assert_int_equal(load_keyed(q, NULL), 0); /* the CRCs are sound */
+	assert_int_equal(load_keyed(q, key1), DML_EAUTH);
+	b[40] ^= 1;
+	fix_crcs(b, n, 32);
+	/* a forged MAC byte, and every flipped bit anywhere */
+	for (size_t i = 0; i < n; i++) {
+		for (int bit = 0; bit < 8; bit += 7) {
+			b[i] ^= (uint8_t)(1u << bit);
+			spit(q, b, n);
+			int rc = load_keyed(q, key1);
+			if (rc != DML_EAUTH && rc != DML_ECORRUPT && rc != DML_EFORMAT &&
+			    rc != DML_EVERSION && rc != DML_ETRUNC)
+				fail_msg("flip of bit %d at %zu of %zu: %d", bit, i, n, rc);
+			b[i] ^= (uint8_t)(1u << bit);
+		}
+	}
+	spit(q, b, n);
+	assert_int_equal(load_keyed(q, key1), 0);
+	free(b);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
@@ -857,6 +1028,11 @@ int main(void)
 		T(test_failed_save_keeps_old),
 		T(test_concurrent_saves),
 		T(test_sigkill_mid_save),
+		T(test_planted_temporaries),
+		T(test_private_mode),
+		T(test_symlink_refused),
+		T(test_fifo_refused),
+		T(test_mac),
 	};
 #undef T
 	return cmocka_run_group_tests(tests, NULL, NULL);

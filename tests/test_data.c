@@ -4,6 +4,8 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <math.h> /* NAN, INFINITY (no libm needed) */
 #include <unistd.h>
 #include <zlib.h>
@@ -550,7 +552,7 @@ static void test_libsvm_malformed(void **state)
 	/* dense would be too big */
 	o.dense = 1;
 	o.max_bytes = 1 << 20;
-	p = put_text("wide.svm", "1 1:1 1000000:1\n1 1:1\n", 0);
+	p = put_text("wide.svm", "1 1:1 200000:1\n1 1:1\n", 0);
 	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_ETOOBIG);
 	assert_err(dml_error_detail(), "wide.svm", "dense exceed max_bytes");
 	o.dense = 0;
@@ -992,6 +994,93 @@ static void test_scaling(void **state)
 	dml_dataset_free(tr);
 }
 
+/* ---- hostile paths and bounds --------------------------------------- */
+
+/* A FIFO (or a directory) given to either loader fails at once instead of
+ * hanging it; a symbolic link to a data file is followed (data folders
+ * are often links). An alarm ends the test if a load hangs. */
+static void test_hostile_paths(void **state)
+{
+	(void)state;
+	dml_dataset *ds = NULL;
+	const char *fifo = tpath("fifo");
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	char fp[512];
+	snprintf(fp, sizeof fp, "%s", fifo);
+	alarm(20);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, fp, NULL), DML_EIO);
+	assert_err(dml_error_detail(), fp, "not a regular file (a FIFO)");
+	assert_int_equal(dml_dataset_new_idx(&ds, fp, NULL, NULL), DML_EIO);
+	assert_err(dml_error_detail(), fp, "FIFO");
+	uint8_t b[256];
+	size_t n = make_images(b);
+	char ip[512];
+	snprintf(ip, sizeof ip, "%s", put_file("img", b, n, 0));
+	assert_int_equal(dml_dataset_new_idx(&ds, ip, fp, NULL), DML_EIO);
+	alarm(0);
+	assert_null(ds);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, tmpdir, NULL), DML_EIO);
+	assert_err(dml_error_detail(), tmpdir, "a directory");
+
+	char lp[512];
+	snprintf(lp, sizeof lp, "%s", tpath("link.svm"));
+	const char *real = put_text("real.svm", svm_text, 1);
+	assert_int_equal(symlink(real, lp), 0);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, lp, NULL), 0);
+	assert_int_equal(dml_dataset_rows(ds), 4);
+	dml_dataset_free(ds);
+}
+
+/* max_bytes bounds every array of a load together, and what the declared
+ * dimension can make later steps allocate. */
+static void test_loader_bounds(void **state)
+{
+	(void)state;
+	dml_dataset *ds = NULL;
+	/* 15 bytes declaring a dimension of 4e9 (16 GB as one float each) */
+	const char *p = put_text("huge_index.svm", "1 4000000000:1\n", 0);
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, NULL), DML_ETOOBIG);
+	assert_err(dml_error_detail(), p, "dimension 4000000000");
+	assert_null(ds);
+
+	/* 500 rows of one entry: the rows' arrays (12 B a row) and the
+	 * entries' (8 B each) fit 8 KiB one by one, not together */
+	char text[500 * 8 + 1], *t = text;
+	for (int i = 0; i < 500; i++)
+		t += sprintf(t, "1 %d:1\n", 1 + i % 9);
+	p = put_text("many.svm", text, 0);
+	dml_data_opts o = {.max_bytes = 8192};
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), DML_ETOOBIG);
+	assert_err(dml_error_detail(), p, "max_bytes (8192 bytes)");
+	o.max_bytes = 16384;
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
+	assert_int_equal(dml_dataset_rows(ds), 500);
+	dml_dataset_free(ds);
+
+	/* a dimension of 100000 fits 1 MiB sparse; a dense view of 10 rows
+	 * (4 MB) or a fitted scaler (2.4 MB) would not */
+	t = text;
+	for (int i = 0; i < 10; i++)
+		t += sprintf(t, "1 %d:2\n", i ? 1 + i : 100000);
+	p = put_text("wide.svm", text, 0);
+	o.max_bytes = 1 << 20;
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
+	assert_int_equal(dml_dataset_dim(ds), 100000);
+	dml_scaler *sc = NULL;
+	assert_int_equal(dml_scaler_new_fit(&sc, ds, DML_SCALE_MAXABS), DML_ETOOBIG);
+	assert_non_null(strstr(dml_error_detail(), "scaler of 100000 features"));
+	assert_null(sc);
+	assert_int_equal(dml_dataset_to_dense(ds), DML_ETOOBIG);
+	assert_non_null(strstr(dml_error_detail(), "stored dense"));
+	dml_dataset_free(ds);
+	o.max_bytes = 8 << 20; /* room for both */
+	assert_int_equal(dml_dataset_new_libsvm(&ds, p, &o), 0);
+	assert_int_equal(dml_scaler_new_fit(&sc, ds, DML_SCALE_MAXABS), 0);
+	assert_int_equal(dml_dataset_to_dense(ds), 0);
+	dml_scaler_free(sc);
+	dml_dataset_free(ds);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1006,6 +1095,8 @@ int main(void)
 		cmocka_unit_test(test_shuffle),
 		cmocka_unit_test(test_shards),
 		cmocka_unit_test(test_scaling),
+		cmocka_unit_test(test_hostile_paths),
+		cmocka_unit_test(test_loader_bounds),
 	};
 	return cmocka_run_group_tests(tests, make_tmpdir, remove_tmpdir);
 }

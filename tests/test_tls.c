@@ -305,6 +305,70 @@ static void test_tls_mutual(void **state)
 	dml_tls_free(st);
 }
 
+/* Test.Who: the caller's identity and how it was established. */
+static int h_who(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	(void)u;
+	static _Thread_local char buf[DML_RPC_MAX_IDENTITY + 8];
+	dml_rpc_auth au;
+	const char *id = dml_rpc_ctx_identity(ctx, &au);
+	snprintf(buf, sizeof buf, "%d %s", (int)au, id);
+	((blob_msg *)r)->b = (dml_bytes){buf, strlen(buf), 0};
+	return 0;
+}
+
+static const dml_rpc_method m_who = {"Test.Who", NULL, &blob_t};
+
+/* Only CN=client may call Test.Blob. */
+static int only_client(const dml_rpc_peer *p, const char *method, void *user)
+{
+	(void)user;
+	return method && !strcmp(method, "Test.Blob") && strcmp(p->identity, "CN=client");
+}
+
+/* With mutual TLS a connection's identity is its certificate's subject,
+ * which the authorize hook sees; a TLS client without a certificate (to a
+ * server that does not require one) is its address. */
+static void test_tls_identity(void **state)
+{
+	(void)state;
+	NEED_TLS();
+	dml_tls *st = tls_new(DML_TLS_SERVER, "server", "ca");
+	dml_tls *plain_srv = tls_new(DML_TLS_SERVER, "server", NULL);
+	dml_tls *with = tls_new(DML_TLS_CLIENT, "client", "ca");
+	dml_tls *without = tls_new(DML_TLS_CLIENT, NULL, "ca");
+	const dml_tls *srv[2] = {st, plain_srv};
+	const char *want[2] = {"1 CN=client", "0 127.0.0.1"};
+	for (int i = 0; i < 2; i++) {
+		fixture f;
+		memset(&f, 0, sizeof f);
+		dml_rpc_server_opts o = {.tls = srv[i], .authorize = only_client};
+		assert_int_equal(dml_rpc_server_new(&f.srv, &o), 0);
+		assert_int_equal(dml_rpc_server_register(f.srv, &m_who, h_who, NULL), 0);
+		assert_int_equal(dml_rpc_server_register(f.srv, &m_blob, h_blob, NULL), 0);
+		assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+		fixture_start(&f, 1);
+		dml_rpc_client *c;
+		assert_int_equal(dial(&c, f.addr, i ? without : with), 0);
+		char buf[300];
+		blob_msg r = {{buf, 0, sizeof buf}};
+		assert_int_equal(dml_rpc_call(c, &m_who, NULL, &r, 10000), 0);
+		assert_true(r.b.n < sizeof buf);
+		buf[r.b.n] = 0;
+		assert_string_equal(buf, want[i]);
+		blob_msg q = {{"x", 1, 0}};
+		r.b.n = 0;
+		assert_int_equal(dml_rpc_call(c, &m_blob, &q, &r, 10000), i ? DML_EPERM : 0);
+		dml_rpc_free(c);
+		fixture_stop(&f);
+	}
+	dml_tls_free(without);
+	dml_tls_free(with);
+	dml_tls_free(plain_srv);
+	dml_tls_free(st);
+}
+
 static void test_tls_config_errors(void **state)
 {
 	(void)state;
@@ -356,6 +420,7 @@ int main(void)
 		cmocka_unit_test(test_tls_calls),
 		cmocka_unit_test(test_tls_refused),
 		cmocka_unit_test(test_tls_mutual),
+		cmocka_unit_test(test_tls_identity),
 		cmocka_unit_test(test_tls_config_errors),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -92,6 +92,8 @@ enum {
 	DML_EDIVERGED = -27,   /* training diverged: a loss or parameter became non-finite */
 	DML_ETLS = -28,        /* TLS handshake or certificate verification failed */
 	DML_ENOTSUP = -29,     /* not supported by this build (e.g. TLS without OpenSSL) */
+	DML_EAUTH = -30,       /* not authenticated: no or bad credentials, or a MAC mismatch */
+	DML_EPERM = -31,       /* not permitted: this identity may not do that */
 };
 
 /* dml_strerror: a static, human-readable name for an error code. Never NULL.

@@ -86,6 +86,15 @@ typedef struct dml_ps_opts {
 	float init_scale;     /* UNIFORM: values in [-scale, scale); NORMAL:
 	                         the standard deviation (0 = 0.01) */
 	uint64_t init_seed;   /* UNIFORM, NORMAL: the seed */
+	/* 0.4: checkpoints (dml_ps_save, dml_ps_load; docs/security.md): */
+	const void *ckpt_key; /* an HMAC-SHA256 key (copied): saves are signed
+	                         and loads refuse a file without this key's
+	                         MAC (DML_EAUTH), so a planted or forged
+	                         checkpoint is never loaded; needs OpenSSL
+	                         (DML_ENOTSUP); NULL = the CRC only */
+	size_t ckpt_key_len;  /* its length, 1 .. 1024 bytes */
+	unsigned ckpt_mode;   /* permissions of new checkpoint files (0 = 0600,
+	                         owner only; the umask still applies) */
 } dml_ps_opts;
 
 /* Creates a local store of `dim` (1 .. DML_PS_MAX_DIM) parameters. `opts`
@@ -265,6 +274,55 @@ DML_API int dml_ps_load(dml_ps *ps, const char *path);
  * server runs, like dml_rpc_server_register.
  */
 DML_API int dml_ps_serve(dml_ps *ps, dml_rpc_server *server);
+
+/* The defaults of dml_ps_serve_opts (what 0 means in each). */
+#define DML_PS_DEFAULT_CLIENTS_PER_PEER 64
+#define DML_PS_DEFAULT_SEQ_WINDOW ((uint64_t)1 << 20)
+#define DML_PS_DEFAULT_WORKER_GRACE ((dml_duration)60000) /* 1 min */
+
+/*
+ * 0.4: who may do what to a served store (docs/security.md). Callers are
+ * known by their identity (dml_rpc_ctx_identity: a verified client
+ * certificate's subject, a token's name, or without credentials the
+ * peer's IP address). Zero-initialised means defaults. May grow at its
+ * end (docs/abi.md).
+ */
+typedef struct dml_ps_serve_opts {
+	const char *const *writers; /* NULL-terminated: the identities that may
+	                               change the store (push, assign, advance
+	                               clocks) and read it; NULL = every
+	                               identity not among the readers */
+	const char *const *readers; /* NULL-terminated: identities that may only
+	                               read (PS.Info, PS.Pull, PS.PullRows,
+	                               PS.ClockGet, PS.Describe); with writers
+	                               set, an identity in neither list may do
+	                               nothing (DML_EPERM). NULL = none */
+	int max_clients_per_peer;   /* exactly-once client ids one identity may
+	                               hold (0 = 64); a new one beyond them
+	                               replaces its own least recently used */
+	uint64_t seq_window;        /* a push's sequence number may run at most
+	                               this far ahead of its client's highest
+	                               (0 = 2^20); beyond it: refused */
+	dml_duration worker_grace;  /* a worker's clock is claimed by the
+	                               identity whose PS.Clock call comes first;
+	                               after the holder's connection closes, the
+	                               slot stays its own for this long (0 = 1
+	                               min; make it longer than the dead-peer
+	                               bound), so a worker that reconnects gets
+	                               it back; DML_INFINITE = for ever */
+	const char *const *worker_ids; /* NULL, or one identity per worker
+	                               (the store's `workers` of them): worker
+	                               i's clock is worker_ids[i]'s alone, from
+	                               the start (no first-come claim) */
+} dml_ps_serve_opts;
+
+/* dml_ps_serve with access rules: the lists are copied. As dml_ps_serve,
+ * and DML_EINVAL (a bad option, the detail names it), DML_EEXIST (served
+ * already), DML_EVERSION (DML_ABI). Not thread-safe: call before the
+ * server runs. */
+DML_API int dml_ps_serve_with_abi(dml_ps *ps, dml_rpc_server *server,
+                                  const dml_ps_serve_opts *opts, int abi);
+#define dml_ps_serve_with(...) dml_ps_serve_with_abi(__VA_ARGS__, DML_ABI)
 
 /* Options of a remote handle; zero-initialised means defaults. May grow at
  * its end (docs/abi.md). */

@@ -88,6 +88,54 @@ typedef struct dml_rpc_ctx dml_rpc_ctx;
  * DML_RPC_DEFAULT_* of its name). May grow at its end (docs/abi.md). */
 struct dml_rpc_event;
 
+/*
+ * 0.4: identities (docs/security.md). Every connection has one, which
+ * handlers read with dml_rpc_ctx_identity and the authorize hook sees:
+ * - DML_RPC_AUTH_CERT: the subject of the client certificate the server
+ *   verified (mutual TLS, dml_tls_opts.ca_file on the server), in RFC 2253
+ *   form, "CN=worker1,O=job";
+ * - DML_RPC_AUTH_TOKEN: the name of the token the client presented
+ *   (dml_rpc_client_opts.token; checked in constant time);
+ * - DML_RPC_AUTH_ADDR: no credentials: the peer's IP address ("127.0.0.1",
+ *   "::1"; "unix" for a Unix-domain peer). Anyone on that host can claim it.
+ */
+typedef enum dml_rpc_auth {
+	DML_RPC_AUTH_ADDR = 0,
+	DML_RPC_AUTH_CERT = 1,
+	DML_RPC_AUTH_TOKEN = 2,
+} dml_rpc_auth;
+
+#define DML_RPC_MAX_IDENTITY 256 /* longest identity, with its NUL */
+#define DML_RPC_MIN_TOKEN 16     /* shortest token secret, bytes */
+#define DML_RPC_MAX_TOKEN 1024   /* longest token secret, bytes */
+#define DML_RPC_DEFAULT_MAX_CONNS_PER_PEER 1024 /* per address or identity */
+#define DML_RPC_DEFAULT_MAX_UNAUTH_CONNS 64     /* per address, require_auth */
+
+/* A shared token: a client presenting `secret` is known as `name`. */
+typedef struct dml_rpc_token {
+	const char *name;   /* 1 .. DML_RPC_MAX_IDENTITY - 1 bytes */
+	const char *secret; /* NUL-terminated, DML_RPC_MIN_TOKEN ..
+	                       DML_RPC_MAX_TOKEN bytes: random, not a word */
+} dml_rpc_token;
+
+/* A connection's peer, as the authorize hook sees it (valid during the
+ * call only). May grow at its end. */
+typedef struct dml_rpc_peer {
+	dml_rpc_auth auth;
+	const char *identity;
+	const char *addr; /* "127.0.0.1:43210", as dml_rpc_ctx_peer gives it */
+	uint64_t conn;    /* dml_rpc_ctx_conn's number */
+} dml_rpc_peer;
+
+/* The access hook: 0 allows, anything else refuses. Called once when a
+ * connection's identity is known (method NULL: refused, every call on it
+ * fails with DML_EPERM), then at the first call of each method on each
+ * connection (refused: that call and every later one of the method on
+ * the connection fail with DML_EPERM). From the thread serving the
+ * connection: it must be fast and thread-safe. */
+typedef int (*dml_rpc_authorize_fn)(const dml_rpc_peer *peer, const char *method,
+                                    void *user);
+
 typedef struct dml_rpc_server_opts {
 	size_t max_frame; /* largest frame accepted or sent; 0 = 64 MiB;
 	                     64 B .. 4 GiB - 1, else DML_EINVAL */
@@ -142,6 +190,23 @@ typedef struct dml_rpc_server_opts {
 	/* 0.4: TLS (distml/tls.h): a DML_TLS_SERVER configuration every
 	 * connection speaks, which must outlive the server; NULL = plain */
 	const struct dml_tls *tls;
+	/* 0.4: identities and access control (docs/security.md): */
+	const dml_rpc_token *tokens; /* tokens clients may present (copied);
+	                               NULL = none */
+	size_t ntokens;
+	int require_auth;           /* non-zero: a connection without a
+	                               verified client certificate or a token
+	                               may call nothing but RPC.Hello and
+	                               RPC.Ping (DML_EAUTH) */
+	dml_rpc_authorize_fn authorize; /* NULL = every identity may call
+	                               every method */
+	void *authorize_user;
+	/* 0.4: budgets (docs/reliability.md): */
+	int max_conns_per_peer;     /* open connections from one address, and
+	                               with one identity (0 = 1024); beyond it
+	                               new ones are closed at once (SHED) */
+	int max_unauth_conns;       /* with require_auth: connections from one
+	                               address not authenticated yet (0 = 64) */
 } dml_rpc_server_opts;
 
 /* What on_event reports. */
@@ -347,6 +412,12 @@ DML_API uint64_t dml_rpc_ctx_conn(const dml_rpc_ctx *ctx);
  * before dml_rpc_deferred_new). Thread-safe as the handler is. */
 DML_API int dml_rpc_ctx_peer(const dml_rpc_ctx *ctx, char *buf, size_t cap);
 
+/* 0.4: the identity of the connection the request came on (see
+ * dml_rpc_auth), and in *auth (may be NULL) how it was established. The
+ * string is valid until the handler returns; copy it to keep it. Call only
+ * from the handler, with its ctx. Never NULL. */
+DML_API const char *dml_rpc_ctx_identity(const dml_rpc_ctx *ctx, dml_rpc_auth *auth);
+
 /*
  * Deferred replies, for a handler that cannot answer yet (a long poll, a
  * barrier): the handler calls dml_rpc_deferred_new, returns (its return
@@ -426,6 +497,11 @@ typedef struct dml_rpc_client_opts {
 	                              verifies the server within dial_timeout
 	                              (DML_ETLS says why not); it must outlive
 	                              the client; NULL = plain */
+	const char *token;         /* 0.4: a token secret (NUL-terminated) the
+	                              dial, and every reconnect, presents to the
+	                              server before any call; one the server
+	                              does not know fails the dial with
+	                              DML_EAUTH. Copied. NULL = none */
 } dml_rpc_client_opts;
 
 /* Connects to a server at `addr` (as dml_rpc_server_listen takes it).
