@@ -44,10 +44,19 @@
 #define MAX_TICK_PERIOD ((dml_duration)3600000) /* 1 h */
 #define READ_CHUNK (16 * 1024)
 /* An input buffer grown past BIG_IN for a large frame is kept for the next
- * one, and freed once BIG_KEEP_MS pass without one: fresh pages for every
- * large frame would cost more than reading it. */
-#define BIG_IN (64 * READ_CHUNK)
+ * one, and freed once BIG_KEEP_MS pass without one (at once when others
+ * wait for the byte budget): fresh pages for every large frame would cost
+ * more than reading it. Such buffers, and unsent replies beyond OUT_ACCT,
+ * count against the server's byte budget (max_buffered). */
+#define BIG_IN READ_CHUNK
 #define BIG_KEEP_MS 1000
+#define OUT_ACCT (64 * 1024)
+/* A connection waiting for the byte budget is looked at again this often
+ * (and at once when bytes are released). */
+#define STALL_RETRY_MS 50
+/* A frame past BIG_IN must average min_frame_rate after this long. */
+#define RATE_GRACE_MS 2000
+#define STALLED 1 /* dispatch: not served, the budget is spent */
 #define EVENTS_PER_POLL 8
 #define ACCEPTS_PER_EVENT 64
 #define OUT_HIGH (4u << 20) /* unsent reply bytes before a connection stops reading */
@@ -134,6 +143,11 @@ struct conn {
 	unsigned char refused;      /* the hook refused the connection */
 	char addr[48];              /* the peer's address alone, counted */
 	char ident[DML_RPC_MAX_IDENTITY];
+	/* the byte budget (its owner's; acct_out under omu) */
+	int64_t acct_in;            /* bytes of `in` counted in s->held */
+	int64_t acct_out;           /* unsent bytes counted in s->held */
+	atomic_int stalled;         /* waits for the budget */
+	_Atomic int64_t stall_at;   /* ms: since then */
 };
 
 struct dml_rpc_ctx {
@@ -226,6 +240,11 @@ struct dml_rpc_server {
 	dml_rpc_token *tokens; /* copies of opts.tokens (o.tokens points here) */
 	size_t *token_len;
 	peer_ent *peers;    /* per-peer counts (under mu) */
+	_Atomic int64_t held_in;   /* bytes of large input buffers, and ... */
+	_Atomic int64_t held_out;  /* ... of unsent replies: half of
+	                              max_buffered each */
+	atomic_int nstalled;       /* connections waiting for it */
+	_Atomic int64_t unstall_at; /* ms: bytes were last released then */
 	size_t peers_cap;   /* a power of two, at least 4 x max_conns */
 	counters cnt; /* calls to no method (the rest count in theirs) */
 	_Atomic uint64_t accepted, closed, shed;
@@ -692,6 +711,16 @@ static int server_opts(dml_rpc_server_opts *o)
 		o->max_conns_per_peer = DML_RPC_DEFAULT_MAX_CONNS_PER_PEER;
 	if (!o->max_unauth_conns)
 		o->max_unauth_conns = DML_RPC_DEFAULT_MAX_UNAUTH_CONNS;
+	if (!o->max_buffered)
+		o->max_buffered = DML_RPC_DEFAULT_MAX_BUFFERED > 2 * o->max_frame
+		                  ? DML_RPC_DEFAULT_MAX_BUFFERED : 2 * o->max_frame;
+	if (o->max_buffered != (size_t)DML_INFINITE && o->max_buffered / 2 < o->max_frame)
+		return dml__fail(DML_EINVAL, "max_buffered %zu: at least 2 x max_frame "
+		                 "(%zu)", o->max_buffered, o->max_frame);
+	if (!o->min_frame_rate)
+		o->min_frame_rate = DML_RPC_DEFAULT_MIN_FRAME_RATE;
+	if (o->min_frame_rate < 0 && o->min_frame_rate != DML_INFINITE)
+		return dml__fail(DML_EINVAL, "min_frame_rate: bytes/s, or DML_INFINITE");
 	if (!o->heartbeat_timeout)
 		o->heartbeat_timeout = DML_INFINITE; /* off */
 	if (dml__opt_duration(&o->heartbeat_timeout, DML_INFINITE))
@@ -1041,6 +1070,9 @@ static void listeners_wake(dml_rpc_server *s, int64_t now)
 	pthread_mutex_unlock(&s->mu);
 }
 
+static void budget_release_conn(dml_rpc_server *s, conn *c);
+static int budget_over(const dml_rpc_server *s);
+
 /* Closes the connection its owner serves: a new generation makes stale
  * events and deferred replies miss; the slot goes back to the free list. */
 static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
@@ -1056,6 +1088,7 @@ static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 	atomic_store(&c->open, 0);
 	atomic_store(&c->state, (uint64_t)gen << 32);
 	dml__poller_del(s->poller, c->fd);
+	budget_release_conn(s, c);
 	conn_release_io(c);
 	pthread_mutex_unlock(&c->omu);
 	pthread_mutex_lock(&s->mu);
@@ -1359,6 +1392,10 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
 			? method_find(s, name, fr->name_len) : NULL;
 		c->last = e;
 	}
+	/* unsent replies over their budget: the library's own small replies
+	 * (a dial's token, hello, heartbeats) only */
+	if (e && !e->builtin && budget_over(s))
+		return STALLED;
 	dml_rpc_ctx ctx;
 	ctx.s = s;
 	ctx.c = c;
@@ -1442,6 +1479,100 @@ static void kick(dml_rpc_server *s)
 	dml__sys_wake_signal(s->kick);
 }
 
+/* ---- the byte budget ---------------------------------------------- */
+
+/* Half of max_buffered for large input frames, half for unsent replies
+ * (so that peers holding unfinished frames cannot stop small requests). */
+static int64_t budget_half(const dml_rpc_server *s)
+{
+	return s->o.max_buffered == (size_t)DML_INFINITE ? INT64_MAX
+	                                                  : (int64_t)(s->o.max_buffered / 2);
+}
+
+/* Counts delta bytes more (or fewer) in *held; a release wakes the
+ * connections that wait for the budget. */
+static void budget_add(dml_rpc_server *s, _Atomic int64_t *held, int64_t delta)
+{
+	atomic_fetch_add(held, delta);
+	if (delta < 0 && atomic_load(&s->nstalled)) {
+		atomic_store(&s->unstall_at, stamp());
+		kick(s);
+	}
+}
+
+/* Whether unsent replies have spent their half: no more requests are
+ * served until they drain. */
+static int budget_over(const dml_rpc_server *s)
+{
+	return atomic_load_explicit(&s->held_out, memory_order_relaxed) > budget_half(s);
+}
+
+/* c waits for the budget: a sweep serves it again when bytes are released
+ * (or every STALL_RETRY_MS). Its frame's timers stop meanwhile. */
+static void stall(dml_rpc_server *s, conn *c)
+{
+	int64_t now = stamp();
+	atomic_store(&c->stall_at, now);
+	if (!atomic_exchange(&c->stalled, 1))
+		atomic_fetch_add(&s->nstalled, 1);
+	atomic_store(&c->frame_at, 0);
+	sweep_by(s, now + STALL_RETRY_MS);
+}
+
+static void unstall(dml_rpc_server *s, conn *c)
+{
+	if (atomic_exchange(&c->stalled, 0))
+		atomic_fetch_sub(&s->nstalled, 1);
+}
+
+/* Room in the input half for c's buffer to hold `cap` bytes: 0, or
+ * DML_EAGAIN while it is spent (unless nothing at all is held: a frame up
+ * to max_frame always gets through). */
+static int in_reserve(dml_rpc_server *s, conn *c, size_t cap)
+{
+	int64_t want = cap > BIG_IN ? (int64_t)cap : 0, delta = want - c->acct_in;
+	if (delta <= 0)
+		return 0;
+	int64_t held = atomic_load(&s->held_in);
+	if (held > 0 && held + delta > budget_half(s))
+		return DML_EAGAIN;
+	atomic_fetch_add(&s->held_in, delta);
+	c->acct_in = want;
+	return 0;
+}
+
+static void in_release(dml_rpc_server *s, conn *c)
+{
+	if (c->acct_in) {
+		budget_add(s, &s->held_in, -c->acct_in);
+		c->acct_in = 0;
+	}
+}
+
+/* Under omu, after output changed: unsent bytes beyond OUT_ACCT count. */
+static void out_account(dml_rpc_server *s, conn *c)
+{
+	size_t unsent = c->out.len - c->opos;
+	int64_t want = unsent > OUT_ACCT ? (int64_t)unsent : 0;
+	if (want != c->acct_out) {
+		int64_t delta = want - c->acct_out;
+		c->acct_out = want;
+		budget_add(s, &s->held_out, delta);
+	}
+}
+
+/* Everything c counts against the budget, at its close (under omu). */
+static void budget_release_conn(dml_rpc_server *s, conn *c)
+{
+	unstall(s, c);
+	in_release(s, c);
+	if (c->acct_out) {
+		budget_add(s, &s->held_out, -c->acct_out);
+		c->acct_out = 0;
+	}
+}
+
+
 /* After queueing or writing replies (under omu, `now` ms): notes whether
  * the connection owes output and is over the limit of unsent replies. */
 static int note_backlog_at(conn *c, int64_t now)
@@ -1458,6 +1589,7 @@ static int note_backlog_at(conn *c, int64_t now)
 	}
 	int over = c->out.len - c->opos > OUT_HIGH;
 	atomic_store(&c->over, over);
+	out_account(s, c);
 	return over;
 }
 
@@ -1469,7 +1601,8 @@ static int note_backlog(conn *c) { return note_backlog_at(c, stamp()); }
 static unsigned wants_locked(conn *c)
 {
 	return dml__stream_wants(c->st, (c->opos < c->out.len || c->held ? DML__EV_OUT : 0) |
-	                                    (atomic_load(&c->over) ? 0 : DML__EV_IN));
+	                                    (atomic_load(&c->over) || atomic_load(&c->stalled)
+	                                     ? 0 : DML__EV_IN));
 }
 
 /* Whether a stream that is not DUPLEX holds input (a write may take
@@ -1531,7 +1664,9 @@ static void big_use(dml_rpc_server *s, conn *c)
 /* Frees a large input buffer, holding nothing, unused for BIG_KEEP_MS. */
 static void big_release(dml_rpc_server *s, conn *c)
 {
-	if (c->big_at && c->rpos == c->in.len && dml__now_ms() - c->big_at >= BIG_KEEP_MS) {
+	if (c->big_at && c->rpos == c->in.len &&
+	    (atomic_load(&s->nstalled) || dml__now_ms() - c->big_at >= BIG_KEEP_MS)) {
+		in_release(s, c);
 		dml__buf_free(&c->in);
 		c->rpos = 0;
 		c->big_at = 0;
@@ -1549,8 +1684,8 @@ static int conn_make_room(dml_rpc_server *s, conn *c, size_t total, size_t name_
 		return 0;
 	if (c->in.cap < shift + total) {
 		dml__buf nb = {0};
-		int rc = dml__buf_grow(&nb, shift + total);
-		if (rc)
+		int rc = in_reserve(s, c, shift + total);
+		if (rc || (rc = dml__buf_grow(&nb, shift + total)))
 			return rc;
 		memcpy(nb.data + shift, c->in.data + c->rpos, have);
 		dml__buf_free(&c->in);
@@ -1604,7 +1739,11 @@ static int serve_frames(dml_rpc_server *s, conn *c, uint32_t gen, dml__frame *fr
 		}
 		if (fr->total > BIG_IN)
 			big_use(s, c); /* also when it came whole in one read */
-		if ((rc = dispatch(s, c, gen, f, fr)))
+		if ((rc = dispatch(s, c, gen, f, fr)) == STALLED) {
+			stall(s, c); /* replies wait: serve no more for now */
+			return 0;
+		}
+		if (rc)
 			return rc;
 		c->rpos += fr->total;
 	}
@@ -1633,6 +1772,7 @@ static void note_frame(dml_rpc_server *s, conn *c, int partial)
  * the connection, or an error to drop it. */
 static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 {
+	unstall(s, c);
 	for (;;) {
 		dml__frame fr;
 		int partial, rc = serve_frames(s, c, gen, &fr, &partial);
@@ -1642,7 +1782,11 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		if (!c->in.cap && dml__buf_grow(&c->in, READ_CHUNK))
 			return DML_ENOMEM;
 		if (partial) {
-			if ((rc = conn_make_room(s, c, fr.total, fr.name_len)))
+			if ((rc = conn_make_room(s, c, fr.total, fr.name_len)) == DML_EAGAIN) {
+				stall(s, c); /* the budget is spent: read on later */
+				return 0;
+			}
+			if (rc)
 				return rc;
 		} else if (c->in.cap - c->in.len < DML__FRAME_HDR * 4) {
 			size_t have = c->in.len - c->rpos;
@@ -1656,8 +1800,8 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 		int backlog;
 		if ((rc = conn_flush(c, &backlog)))
 			return rc;
-		if (backlog)
-			return 0;
+		if (backlog || atomic_load(&c->stalled))
+			return 0; /* the output event, or the budget's release, brings it back */
 		if (!partial && c->in.len - c->rpos >= DML__FRAME_HDR)
 			continue; /* frames left when serving stopped: serve them */
 		size_t room = c->in.cap - c->in.len;
@@ -1680,7 +1824,7 @@ static int conn_read(dml_rpc_server *s, conn *c, uint32_t gen)
 			/* serving may have stopped over the reply limit with
 			 * whole frames left: no event would bring them back;
 			 * nor would one bring input a stream's write took in */
-			if (backlog ||
+			if (backlog || atomic_load(&c->stalled) ||
 			    ((partial || c->in.len - c->rpos < DML__FRAME_HDR) && !conn_held_input(c)))
 				return 0;
 		}
@@ -1740,6 +1884,13 @@ static int conn_expired(dml_rpc_server *s, conn *c, int64_t now, char *why, size
 	if (late(now, atomic_load(&c->frame_at), s->o.frame_timeout)) {
 		snprintf(why, cap, "a frame not whole within %lld ms (frame_timeout)",
 		         (long long)s->o.frame_timeout);
+		return 1;
+	}
+	int64_t fa = atomic_load(&c->frame_at), got = (int64_t)(c->in.len - c->rpos);
+	if (fa && c->acct_in && s->o.min_frame_rate > 0 && now - fa > RATE_GRACE_MS &&
+	    got < s->o.min_frame_rate * (now - fa) / 1000) {
+		snprintf(why, cap, "a frame arriving at %lld bytes/s (min_frame_rate %lld)",
+		         (long long)(got * 1000 / (now - fa)), (long long)s->o.min_frame_rate);
 		return 1;
 	}
 	if (pending && late(now, atomic_load(&c->tx_at), s->o.write_timeout)) {
@@ -1824,7 +1975,8 @@ static void conn_serve_owned(dml_rpc_server *s, conn *c, uint32_t gen, uint32_t 
 		 * that waited go on (no event will say so), and that write may
 		 * take input in */
 		while (!rc && !(c->st->flags & DML__STREAM_DUPLEX)) {
-			if ((rc = conn_flush(c, &backlog)) || backlog || !conn_held_input(c))
+			if ((rc = conn_flush(c, &backlog)) || backlog || !conn_held_input(c) ||
+			    atomic_load(&c->stalled))
 				break;
 			rc = conn_read(s, c, gen);
 		}
@@ -1871,6 +2023,15 @@ static int64_t conn_deadline(dml_rpc_server *s, conn *c)
 	int64_t frame = atomic_load(&c->frame_at), d = after(frame, s->o.frame_timeout);
 	int64_t hb = after(atomic_load(&c->rx_at), s->o.heartbeat_timeout);
 	d = hb < d ? hb : d;
+	if (frame && s->o.min_frame_rate > 0 && c->big_at) { /* its rate, each second */
+		int64_t r = frame + RATE_GRACE_MS + 1000 * ((dml__now_ms() - frame) / 1000);
+		d = r < d ? r : d;
+	}
+	if (atomic_load(&c->stalled)) { /* waits for the budget */
+		int64_t at = atomic_load(&c->stall_at);
+		int64_t r = atomic_load(&s->unstall_at) >= at ? 0 : at + STALL_RETRY_MS;
+		d = r < d ? r : d;
+	}
 	if (pending) {
 		int64_t w = after(atomic_load(&c->tx_at), s->o.write_timeout);
 		d = w < d ? w : d;
@@ -2196,6 +2357,10 @@ int dml_rpc_server_stats_abi(dml_rpc_stats *out, dml_rpc_server *s, const char *
 		st.closed = atomic_load_explicit(&s->closed, memory_order_relaxed);
 		st.shed = atomic_load_explicit(&s->shed, memory_order_relaxed);
 		st.open = st.accepted > st.closed ? st.accepted - st.closed : 0;
+		int64_t in = atomic_load(&s->held_in), out_b = atomic_load(&s->held_out);
+		st.buffered_in = in > 0 ? (uint64_t)in : 0;
+		st.buffered_out = out_b > 0 ? (uint64_t)out_b : 0;
+		st.stalled = (uint64_t)atomic_load(&s->nstalled);
 	}
 	dml__abi_out(out, &st, DML__L_RPC_STATS, abi);
 	return 0;

@@ -7,10 +7,14 @@
 #include "../examples/arith.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "frame.h"
 #include "ps_wire.h"
 
 /* ---- fixtures ---------------------------------------------------------- */
@@ -61,24 +65,43 @@ static int h_mul(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return 0;
 }
 
-/* SHED events, counted. */
+/* SHED events, counted, and CLOSED ones whose reason has `closed_on`. */
 static struct {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	int shed;
+	int shed, closed;
 	char why[160];
-} events = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, ""};
+	const char *closed_on;
+} events = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "", NULL};
 
 static void on_event(const dml_rpc_event *ev, void *user)
 {
 	(void)user;
-	if (ev->kind != DML_RPC_EV_SHED)
-		return;
 	pthread_mutex_lock(&events.mu);
-	events.shed++;
-	snprintf(events.why, sizeof events.why, "%s", ev->why);
+	if (ev->kind == DML_RPC_EV_SHED) {
+		events.shed++;
+		snprintf(events.why, sizeof events.why, "%s", ev->why);
+	} else if (ev->kind == DML_RPC_EV_CLOSED && events.closed_on &&
+	           strstr(ev->why, events.closed_on)) {
+		events.closed++;
+	}
 	pthread_cond_broadcast(&events.cv);
 	pthread_mutex_unlock(&events.mu);
+}
+
+/* Waits up to 10 s for n such CLOSED events; whether they came. */
+static int closed_wait(int n)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 10;
+	int rc = 0;
+	pthread_mutex_lock(&events.mu);
+	while (events.closed < n && rc == 0)
+		rc = pthread_cond_timedwait(&events.cv, &events.mu, &ts);
+	int ok = events.closed >= n;
+	pthread_mutex_unlock(&events.mu);
+	return ok;
 }
 
 /* Waits up to 10 s for n SHED events in all; whether they came. */
@@ -510,6 +533,213 @@ static void test_idle_flood(void **state)
 	fixture_stop(&f);
 }
 
+/* ---- the byte budget ---------------------------------------------- */
+
+/* Test.Big: a reply of n bytes (from one shared buffer). */
+typedef struct big_args {
+	uint64_t n;
+} big_args;
+static const dml_field big_args_f[] = {DML_FIELD(big_args, n, DML_U64)};
+static const dml_type big_args_t = DML_TYPE(big_args, big_args_f);
+typedef struct big_reply {
+	dml_bytes b;
+} big_reply;
+static const dml_field big_reply_f[] = {DML_FIELD(big_reply, b, DML_BYTES)};
+static const dml_type big_reply_t = DML_TYPE(big_reply, big_reply_f);
+static const dml_rpc_method m_big = {"Test.Big", &big_args_t, &big_reply_t};
+static const dml_rpc_method m_sink = {"Test.Sink", &big_reply_t, NULL};
+static uint8_t big_buf[12 << 20];
+
+static int h_big(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)u;
+	uint64_t n = ((const big_args *)a)->n;
+	((big_reply *)r)->b = (dml_bytes){big_buf, n < sizeof big_buf ? n : sizeof big_buf, 0};
+	return 0;
+}
+
+static int h_sink(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)ctx;
+	(void)a;
+	(void)r;
+	(void)u;
+	return 0;
+}
+
+static dml_rpc_stats stats_of(dml_rpc_server *s)
+{
+	dml_rpc_stats st;
+	assert_int_equal(dml_rpc_server_stats(&st, s, NULL), 0);
+	return st;
+}
+
+/* Resident memory of this process, bytes. */
+static long long rss_bytes(void)
+{
+	FILE *f = fopen("/proc/self/statm", "r");
+	long long pages = 0, res = 0;
+	if (f) {
+		if (fscanf(f, "%lld %lld", &pages, &res) != 2)
+			res = 0;
+		fclose(f);
+	}
+	return res * sysconf(_SC_PAGESIZE);
+}
+
+/* A request frame for `method` whose payload claims `payload` bytes; the
+ * header and name into p, their length returned. */
+static size_t frame_head(uint8_t *p, const char *method, size_t payload)
+{
+	size_t nl = strlen(method);
+	assert_int_equal(dml__frame_header(p, DML__KIND_REQUEST, 1, 0, nl, payload), 0);
+	memcpy(p + DML__FRAME_HDR, method, nl);
+	return DML__FRAME_HDR + nl;
+}
+
+/* Sends what the socket takes now of n bytes (non-blocking): how many. */
+static size_t send_some(int fd, const void *p, size_t n)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t k = send(fd, (const char *)p + done, n - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (k <= 0)
+			break;
+		done += (size_t)k;
+	}
+	return done;
+}
+
+/* Polls `cond` on the server's counters for up to 10 s (no sleep: the
+ * condition is the synchronisation). */
+#define STATS_UNTIL(srv, st, cond)                                               \
+	do {                                                                     \
+		time_t end_ = time(NULL) + 10;                                   \
+		for (;;) {                                                       \
+			st = stats_of(srv);                                      \
+			if ((cond) || time(NULL) > end_)                         \
+				break;                                           \
+			sched_yield();                                           \
+		}                                                                \
+	} while (0)
+
+/* 32 connections each holding most of an unfinished 4 MiB frame took the
+ * server's memory to 32 x 4 MiB (the bound was max_conns x max_frame):
+ * large frames being read now share half of max_buffered, the others
+ * wait, and small requests are served meanwhile. */
+static void test_unfinished_frames(void **state)
+{
+	(void)state;
+	enum { N = 32, FRAME = 4 << 20, BUDGET = 16 << 20 };
+	fixture f;
+	serve(&f, (dml_rpc_server_opts){.max_frame = FRAME, .max_buffered = BUDGET,
+	                                .frame_timeout = 60000,
+	                                .min_frame_rate = DML_INFINITE});
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_sink, h_sink, NULL), 0);
+	fixture_start(&f, 2);
+	long long rss0 = rss_bytes();
+	static uint8_t frame[FRAME];
+	size_t head = frame_head(frame, "Test.Sink", FRAME - DML__FRAME_HDR - 9);
+	(void)head;
+	int fds[N];
+	for (int i = 0; i < N; i++) {
+		fds[i] = raw_connect(f.addr, "127.0.0.2");
+		send_some(fds[i], frame, FRAME - 4096); /* never the end */
+	}
+	dml_rpc_stats st;
+	STATS_UNTIL(f.srv, st, st.stalled >= N - BUDGET / 2 / FRAME);
+	assert_true(st.stalled >= N - BUDGET / 2 / FRAME);
+	assert_true(st.buffered_in <= BUDGET / 2 + FRAME);
+	dml_rpc_client *c;
+	assert_int_equal(dial_as(&c, f.addr, "victim"), 0);
+	assert_int_equal(mul(c), 0); /* small requests are served */
+	st = stats_of(f.srv);
+	assert_true(st.buffered_in <= BUDGET / 2 + FRAME);
+	if (!getenv("DML_TEST_PASS") || !strcmp(getenv("DML_TEST_PASS"), "plain"))
+		assert_true(rss_bytes() - rss0 < 3 * BUDGET); /* not N x FRAME */
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	/* released: a large frame of the client's goes through */
+	big_reply q = {{big_buf, FRAME - 4096, 0}};
+	assert_int_equal(dml_rpc_call(c, &m_sink, &q, NULL, 20000), 0);
+	dml_rpc_free(c);
+	fixture_stop(&f);
+}
+
+/* A large frame trickled in was cut only by frame_timeout (30 s): now it
+ * must average min_frame_rate after its first 2 s. */
+static void test_trickle(void **state)
+{
+	(void)state;
+	fixture f;
+	serve(&f, (dml_rpc_server_opts){.frame_timeout = 60000});
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_sink, h_sink, NULL), 0);
+	fixture_start(&f, 2);
+	events.closed = 0;
+	events.closed_on = "min_frame_rate";
+	static uint8_t frame[64 << 10];
+	frame_head(frame, "Test.Sink", 1 << 20); /* a 1 MiB frame ... */
+	int fd = raw_connect(f.addr, "127.0.0.2");
+	assert_int_equal(send_some(fd, frame, sizeof frame), sizeof frame); /* ... 64 KiB of it */
+	assert_true(closed_wait(1));
+	events.closed_on = NULL;
+	close(fd);
+	fixture_stop(&f);
+}
+
+/* 40 peers that never read their replies to large pulls held 658 MB until
+ * write_timeout: unsent replies now share half of max_buffered, beyond
+ * which no request is served until they drain or their peers are reset. */
+static void test_unread_replies(void **state)
+{
+	(void)state;
+	enum { N = 12, REPLY = 12 << 20, FRAME = 16 << 20, BUDGET = 64 << 20 };
+	fixture f;
+	serve(&f, (dml_rpc_server_opts){.max_frame = FRAME, .max_buffered = BUDGET,
+	                                .write_timeout = 1000});
+	assert_int_equal(dml_rpc_server_register(f.srv, &m_big, h_big, NULL), 0);
+	fixture_start(&f, 2);
+	long long rss0 = rss_bytes();
+	uint8_t req[256];
+	big_args a = {REPLY};
+	size_t len, head = frame_head(req, "Test.Big", 0);
+	assert_int_equal(dml_type_encode(&big_args_t, &a, req + head, sizeof req - head, &len), 0);
+	frame_head(req, "Test.Big", len);
+	int fds[N];
+	for (int i = 0; i < N; i++) {
+		fds[i] = raw_connect(f.addr, "127.0.0.2");
+		int small = 4096; /* the kernel holds little of the replies */
+		setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+		assert_int_equal(send_some(fds[i], req, head + len), head + len);
+	}
+	dml_rpc_stats st;
+	uint64_t most = 0;
+	STATS_UNTIL(f.srv, st, (most = st.buffered_out > most ? st.buffered_out : most,
+	                        st.buffered_out > BUDGET / 2));
+	assert_true(st.buffered_out > BUDGET / 2); /* the budget was reached ... */
+	for (int k = 0; k < 1000; k++) { /* ... and it holds */
+		st = stats_of(f.srv);
+		most = st.buffered_out > most ? st.buffered_out : most;
+	}
+	assert_true(most <= BUDGET / 2 + 2 * (uint64_t)FRAME);
+	if (!getenv("DML_TEST_PASS") || !strcmp(getenv("DML_TEST_PASS"), "plain"))
+		assert_true(rss_bytes() - rss0 < 2 * BUDGET); /* not N x REPLY */
+	/* a legitimate client dials (the token's reply is the library's own)
+	 * and waits: it is served once write_timeout has reset the peers that
+	 * do not read, in rounds of what the budget holds */
+	dml_rpc_client *c;
+	assert_int_equal(dial_as(&c, f.addr, "victim"), 0);
+	Args x = {6, 7};
+	Reply r = {0};
+	assert_int_equal(dml_rpc_call(c, &arith_multiply, &x, &r, 60000), 0);
+	assert_int_equal(r.C, 42);
+	dml_rpc_free(c);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	fixture_stop(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -521,6 +751,9 @@ int main(void)
 		cmocka_unit_test(test_clock_claims),
 		cmocka_unit_test(test_read_only),
 		cmocka_unit_test(test_idle_flood),
+		cmocka_unit_test(test_unfinished_frames),
+		cmocka_unit_test(test_trickle),
+		cmocka_unit_test(test_unread_replies),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

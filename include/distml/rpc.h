@@ -110,6 +110,8 @@ typedef enum dml_rpc_auth {
 #define DML_RPC_MAX_TOKEN 1024   /* longest token secret, bytes */
 #define DML_RPC_DEFAULT_MAX_CONNS_PER_PEER 1024 /* per address or identity */
 #define DML_RPC_DEFAULT_MAX_UNAUTH_CONNS 64     /* per address, require_auth */
+#define DML_RPC_DEFAULT_MAX_BUFFERED ((size_t)512 << 20) /* bytes, all connections */
+#define DML_RPC_DEFAULT_MIN_FRAME_RATE ((int64_t)256 << 10) /* bytes/s */
 
 /* A shared token: a client presenting `secret` is known as `name`. */
 typedef struct dml_rpc_token {
@@ -207,6 +209,20 @@ typedef struct dml_rpc_server_opts {
 	                               new ones are closed at once (SHED) */
 	int max_unauth_conns;       /* with require_auth: connections from one
 	                               address not authenticated yet (0 = 64) */
+	size_t max_buffered;        /* bytes of large input frames and unsent
+	                               replies held across all connections
+	                               (0 = 512 MiB, at least 2 x max_frame;
+	                               DML_INFINITE = no bound; at least
+	                               2 x max_frame): half for large frames
+	                               being read (beyond it they wait), half
+	                               for unsent replies (beyond it no more
+	                               requests are served until they drain):
+	                               backpressure, no connection dropped;
+	                               docs/reliability.md states the bound */
+	int64_t min_frame_rate;     /* bytes/s a frame over 16 KiB must
+	                               average after its first 2 s, else the
+	                               connection is closed (0 = 256 KiB/s;
+	                               DML_INFINITE = no minimum) */
 } dml_rpc_server_opts;
 
 /* What on_event reports. */
@@ -344,6 +360,9 @@ typedef struct dml_rpc_stats {
 	uint64_t closed;    /* ... closed, for any reason (events say which) */
 	uint64_t shed;      /* connections refused at max_conns */
 	uint64_t open;      /* open now: accepted - closed */
+	uint64_t buffered_in;  /* bytes of large frames being read, now ... */
+	uint64_t buffered_out; /* ... and of unsent replies (max_buffered) */
+	uint64_t stalled;   /* connections waiting for max_buffered now */
 } dml_rpc_stats;
 
 /* The counters of the server (method NULL) or of its method `method` into
