@@ -92,6 +92,7 @@ HAVE_TLS := $(shell printf '\043include <openssl/ssl.h>\n' | $(CC) -E -x c - >/d
 endif
 ifeq ($(HAVE_TLS),1)
 LIB_CPPFLAGS += -DDML_HAVE_TLS
+BENCH_CPPFLAGS := -DDML_HAVE_TLS # tls_bench's OpenSSL baseline
 LDLIBS += -lssl -lcrypto
 PC_REQUIRES := zlib, libssl, libcrypto
 else
@@ -142,7 +143,7 @@ $(B)/examples/%: examples/%.c $(STATIC) | $(B)/examples
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
 
 $(B)/bench/%: bench/%.c $(STATIC) | $(B)/bench
-	$(CC) $(ALL_CPPFLAGS) -Ibench -Ilib $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ \
+	$(CC) $(ALL_CPPFLAGS) $(BENCH_CPPFLAGS) -Ibench -Ilib $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ \
 		$(STATIC) $(LDFLAGS) $(LDLIBS)
 
 examples: $(EXAMPLES)

@@ -45,22 +45,74 @@ struct dml_tls {
 static BIO_METHOD *bio_meth;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 
+/* ---- the stream ----------------------------------------------------- */
+
+/*
+ * Written records are gathered in cbuf and go out in one write at the end
+ * of each stream call (one system call, and one wake-up of the peer, for
+ * up to TLS_CHUNK of plaintext, instead of one per 16 KiB record); what the
+ * socket does not take then stays there, and the stream wants output.
+ * Small pieces of plaintext are first gathered in pbuf, so that a frame's
+ * header and body make one record.
+ */
+#define TLS_PBUF 16384             /* plaintext gathered: one record's worth */
+#define TLS_CHUNK (256 * 1024)     /* plaintext sealed per writev at most */
+#define TLS_SMALL (TLS_PBUF + 8192) /* cbuf for small writes and the protocol's own */
+#define TLS_BIG (TLS_CHUNK + TLS_PBUF + 8192) /* cbuf once large writes came */
+#define TLS_READ_BUF (128 * 1024)  /* OpenSSL's read buffer (read-ahead) */
+
+typedef struct tls_stream {
+	dml__stream base;
+	SSL *ssl;
+	unsigned rwant, wwant; /* what the last read / write waits for */
+	uint8_t *cbuf;         /* ciphertext not yet written: [coff, clen) */
+	size_t coff, clen, ccap;
+	uint8_t pbuf[TLS_PBUF];
+} tls_stream;
+
+/* Writes out the gathered ciphertext: 0 when none is left, DML_EAGAIN,
+ * DML_ECONNLOST. */
+static int drain(tls_stream *t)
+{
+	while (t->coff < t->clen) {
+		struct iovec v = {t->cbuf + t->coff, t->clen - t->coff};
+		ssize_t w = dml__writev(t->base.fd, &v, 1);
+		if (w < 0)
+			return (int)w == DML_EAGAIN ? DML_EAGAIN : DML_ECONNLOST;
+		t->coff += (size_t)w;
+	}
+	t->coff = t->clen = 0;
+	return 0;
+}
+
 static int bio_write(BIO *b, const char *p, int n)
 {
-	struct iovec v = {(void *)(uintptr_t)p, (size_t)n};
+	tls_stream *t = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	ssize_t w = dml__writev((int)(intptr_t)BIO_get_data(b), &v, 1);
-	if (w >= 0)
-		return (int)w;
-	if (w == DML_EAGAIN)
-		BIO_set_retry_write(b);
-	return -1;
+	if (t->clen + (size_t)n > t->ccap && t->coff) { /* make room at the front */
+		memmove(t->cbuf, t->cbuf + t->coff, t->clen - t->coff);
+		t->clen -= t->coff;
+		t->coff = 0;
+	}
+	if (t->clen + (size_t)n > t->ccap) {
+		int rc = drain(t);
+		if (rc == DML_ECONNLOST)
+			return -1;
+		if (rc || t->clen + (size_t)n > t->ccap) { /* cannot happen for SSL_write: see tls_writev */
+			BIO_set_retry_write(b);
+			return -1;
+		}
+	}
+	memcpy(t->cbuf + t->clen, p, (size_t)n);
+	t->clen += (size_t)n;
+	return n;
 }
 
 static int bio_read(BIO *b, char *p, int n)
 {
+	tls_stream *t = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	ssize_t r = dml__read((int)(intptr_t)BIO_get_data(b), p, (size_t)n);
+	ssize_t r = dml__read(t->base.fd, p, (size_t)n);
 	if (r > 0)
 		return (int)r;
 	if (r == DML_EAGAIN) {
@@ -94,18 +146,6 @@ static void bio_meth_make(void)
 		BIO_meth_free(m);
 }
 
-/* ---- the stream ----------------------------------------------------- */
-
-#define TLS_WBUF 16384 /* one record of plaintext */
-
-typedef struct tls_stream {
-	dml__stream base;
-	SSL *ssl;
-	unsigned rwant, wwant; /* what the last read / write waits for */
-	size_t wlen;           /* plaintext taken, not yet accepted by SSL */
-	uint8_t wbuf[TLS_WBUF];
-} tls_stream;
-
 /* An SSL call's result as a stream result: DML_EAGAIN with *want set, or
  * DML_ECONNLOST. */
 static int ssl_fail(tls_stream *t, int ret, unsigned *want)
@@ -128,6 +168,8 @@ static ssize_t tls_read(dml__stream *st, void *buf, size_t len)
 	tls_stream *t = (tls_stream *)st;
 	size_t n = 0;
 	int ret = SSL_read_ex(t->ssl, buf, len, &n);
+	if (t->clen > t->coff && drain(t) == DML_ECONNLOST) /* a handshake's, a ticket */
+		return DML_ECONNLOST;
 	if (ret > 0) {
 		t->rwant = DML__EV_IN;
 		return (ssize_t)n;
@@ -135,39 +177,70 @@ static ssize_t tls_read(dml__stream *st, void *buf, size_t len)
 	return ssl_fail(t, ret, &t->rwant);
 }
 
-/* Hands the held plaintext to SSL: 0 when it is accepted (and written). */
 static int tls_flush(dml__stream *st)
 {
 	tls_stream *t = (tls_stream *)st;
-	if (!t->wlen)
-		return 0;
-	size_t n = 0;
-	int ret = SSL_write_ex(t->ssl, t->wbuf, t->wlen, &n);
-	if (ret > 0) {
-		t->wlen = 0;
+	int rc = drain(t);
+	if (rc == DML_EAGAIN)
 		t->wwant = DML__EV_OUT;
+	return rc;
+}
+
+/* Seals n bytes at p into cbuf (which has room for them: see tls_writev).
+ * 0 or DML_ECONNLOST. */
+static int seal(tls_stream *t, const void *p, size_t n)
+{
+	size_t done = 0;
+	if (!n)
 		return 0;
-	}
-	return ssl_fail(t, ret, &t->wwant);
+	if (SSL_write_ex(t->ssl, p, n, &done) > 0 && done == n)
+		return 0;
+	ERR_clear_error();
+	return DML_ECONNLOST;
 }
 
 static ssize_t tls_writev(dml__stream *st, const struct iovec *iov, int niov)
 {
 	tls_stream *t = (tls_stream *)st;
-	int rc = tls_flush(st);
+	int rc = tls_flush(st); /* first what is held: then cbuf is empty */
 	if (rc)
 		return rc;
-	size_t take = 0;
-	for (int i = 0; i < niov && take < TLS_WBUF; i++) {
-		size_t k = iov[i].iov_len < TLS_WBUF - take ? iov[i].iov_len : TLS_WBUF - take;
-		memcpy(t->wbuf + take, iov[i].iov_base, k);
+	size_t total = 0;
+	for (int i = 0; i < niov && total < TLS_CHUNK; i++)
+		total += iov[i].iov_len;
+	if (total > TLS_PBUF && t->ccap < TLS_BIG) {
+		uint8_t *nb = realloc(t->cbuf, TLS_BIG);
+		if (nb) {
+			t->cbuf = nb;
+			t->ccap = TLS_BIG;
+		}
+	}
+	/* plaintext taken: at most what cbuf holds sealed (a record of 16 KiB
+	 * grows by 22 bytes; one per pbuf or large piece, at most 64 + 17) */
+	size_t room = t->ccap - TLS_PBUF / 2 - 8192 / 2, take = 0, held = 0;
+	if (room > TLS_CHUNK)
+		room = TLS_CHUNK;
+	for (int i = 0; i < niov && take < room && !rc; i++) {
+		const uint8_t *p = iov[i].iov_base;
+		size_t k = iov[i].iov_len < room - take ? iov[i].iov_len : room - take;
+		if (k < TLS_PBUF / 4 && held + k <= TLS_PBUF) { /* small: gather */
+			memcpy(t->pbuf + held, p, k);
+			held += k;
+		} else {
+			rc = seal(t, t->pbuf, held);
+			held = 0;
+			if (!rc)
+				rc = seal(t, p, k);
+		}
 		take += k;
 	}
-	if (!take)
-		return 0;
-	t->wlen = take;
-	rc = tls_flush(st);
-	return rc && rc != DML_EAGAIN ? rc : (ssize_t)take; /* held until a flush */
+	if (!rc)
+		rc = seal(t, t->pbuf, held);
+	if (rc)
+		return rc;
+	if ((rc = drain(t)) == DML_EAGAIN)
+		t->wwant = DML__EV_OUT; /* held until a flush */
+	return rc && rc != DML_EAGAIN ? rc : (ssize_t)take;
 }
 
 static size_t tls_pending(const dml__stream *st)
@@ -181,8 +254,10 @@ static unsigned tls_wants(const dml__stream *st, unsigned asked)
 	unsigned w = 0;
 	if (asked & DML__EV_IN)
 		w |= t->rwant;
-	if (asked & DML__EV_OUT || t->wlen)
+	if (asked & DML__EV_OUT)
 		w |= t->wwant;
+	if (t->clen > t->coff) /* ciphertext waits for room */
+		w |= DML__EV_OUT;
 	return w;
 }
 
@@ -193,9 +268,11 @@ static void tls_close(dml__stream *st)
 	tls_stream *t = (tls_stream *)st;
 	if (SSL_is_init_finished(t->ssl))
 		(void)SSL_shutdown(t->ssl); /* close_notify, if the socket takes it */
+	(void)drain(t);
 	ERR_clear_error();
 	SSL_free(t->ssl);
 	close(st->fd);
+	free(t->cbuf);
 	free(t);
 }
 
@@ -228,10 +305,14 @@ static int handshake(tls_stream *t, const char *host, int64_t deadline)
 {
 	for (;;) {
 		int ret = SSL_connect(t->ssl);
-		if (ret == 1)
+		int d = drain(t); /* what the step wrote */
+		if (ret == 1 && !d)
 			return 0;
-		unsigned want = 0;
-		if (ssl_fail(t, ret, &want) != DML_EAGAIN) {
+		unsigned want = DML__EV_OUT;
+		if (d == DML_ECONNLOST) {
+			return dml__fail(DML_ETLS, "TLS handshake with %s failed: the "
+			                 "connection was lost", host);
+		} else if (!d && ssl_fail(t, ret, &want) != DML_EAGAIN) {
 			char msg[160];
 			why(t->ssl, msg, sizeof msg);
 			return dml__fail(DML_ETLS, "TLS handshake with %s failed: %s", host, msg);
@@ -258,15 +339,19 @@ int dml__stream_tls(dml__stream **stp, const dml_tls *cfg, const char *host, int
 	if (!bio_meth)
 		return DML_ENOMEM;
 	tls_stream *t = calloc(1, sizeof *t);
-	SSL *ssl = t ? SSL_new(cfg->ctx) : NULL;
+	uint8_t *cbuf = t ? malloc(TLS_SMALL) : NULL;
+	SSL *ssl = cbuf ? SSL_new(cfg->ctx) : NULL;
 	BIO *bio = ssl ? BIO_new(bio_meth) : NULL;
 	if (!bio) {
 		SSL_free(ssl);
+		free(cbuf);
 		free(t);
 		ERR_clear_error();
 		return DML_ENOMEM;
 	}
-	BIO_set_data(bio, (void *)(intptr_t)plain->fd);
+	t->cbuf = cbuf;
+	t->ccap = TLS_SMALL;
+	BIO_set_data(bio, t);
 	SSL_set_bio(ssl, bio, bio);
 	t->base.ops = &tls_ops;
 	t->base.fd = plain->fd;
@@ -286,6 +371,7 @@ int dml__stream_tls(dml__stream **stp, const dml_tls *cfg, const char *host, int
 			ok = SSL_set1_host(ssl, host) && SSL_set_tlsext_host_name(ssl, host);
 		if (!ok) {
 			SSL_free(ssl);
+			free(t->cbuf);
 			free(t);
 			ERR_clear_error();
 			return dml__fail(DML_EINVAL, "TLS: cannot verify the name %.64s", host);
@@ -294,6 +380,7 @@ int dml__stream_tls(dml__stream **stp, const dml_tls *cfg, const char *host, int
 		int rc = handshake(t, host && host[0] ? host : "the server", deadline);
 		if (rc) {
 			SSL_free(ssl);
+			free(t->cbuf);
 			free(t);
 			return rc;
 		}
@@ -336,6 +423,9 @@ int dml_tls_new_abi(dml_tls **out, int role, const dml_tls_opts *opts, int abi)
 	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+	/* read the socket in large pieces, not a record header at a time */
+	SSL_CTX_set_read_ahead(ctx, 1);
+	SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_BUF);
 	if (o.cert_file && SSL_CTX_use_certificate_chain_file(ctx, o.cert_file) != 1)
 		return load_fail(ctx, "cannot load the certificate", o.cert_file);
 	if (o.key_file && SSL_CTX_use_PrivateKey_file(ctx, o.key_file, SSL_FILETYPE_PEM) != 1)
