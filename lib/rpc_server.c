@@ -2302,7 +2302,8 @@ int dml_rpc_server_drain(dml_rpc_server *s, dml_duration timeout)
 	if (timeout < 0 && timeout != DML_INFINITE)
 		return dml__fail(DML_EINVAL, "drain: timeout 0, DML_INFINITE or a "
 		                 "positive number of ms");
-	int64_t at = timeout == DML_INFINITE ? NEVER : dml__now_ms() + timeout;
+	/* rounded up to the ms: never before the timeout */
+	int64_t at = timeout == DML_INFINITE ? NEVER : dml__deadline(timeout);
 	int64_t was = atomic_load(&s->drain_at);
 	while ((!atomic_load(&s->draining) || at < was) &&
 	       !atomic_compare_exchange_weak(&s->drain_at, &was, at))
