@@ -42,7 +42,7 @@
 #define SEC_MAX ((size_t)1 << 20) /* sections read, not skipped */
 #define MAX_SECS 64               /* sections compared */
 
-static fz_file file = FZ_FILE_INIT;
+static fz_file file = FZ_REAL_FILE_INIT; /* checkpoint loads refuse links */
 
 static uint32_t crc(const void *p, size_t n)
 {
@@ -115,23 +115,26 @@ static int ref_read(ref *r, const uint8_t *d, size_t n)
 {
 	static const uint8_t magic[8] = "DMLCKPT", end[8] = {'D', 'M', 'L', 'C', 'K', 'E', 'N', 'D'};
 	memset(r, 0, sizeof *r);
-	if (n < HDR || memcmp(d, magic, 8) || get32(d + 8) != 1 ||
+	uint32_t version = n >= HDR ? get32(d + 8) : 0;
+	if (n < HDR || memcmp(d, magic, 8) || (version != 1 && version != 2) ||
 	    crc(d, 36) != get32(d + 36))
 		return 0;
+	size_t mac = version == 2 ? 32 : 0; /* a MAC after the trailer: no key
+	                                      here, so only its room counts */
 	r->kind = get32(d + 12);
 	r->meta_len = get32(d + 16);
 	r->nsec = get32(d + 20);
 	uint64_t file_len = get64(d + 24);
-	if (r->meta_len > 65536 || file_len < HDR + (uint64_t)r->meta_len + 8 + TRL ||
+	if (r->meta_len > 65536 || file_len < HDR + (uint64_t)r->meta_len + 8 + TRL + mac ||
 	    n != file_len)
 		return 0;
 	r->meta = d + HDR;
 	if (crc(r->meta, r->meta_len) != get32(d + 32))
 		return 0;
-	const uint8_t *t = d + n - TRL, *comp = d + HDR + r->meta_len;
-	size_t comp_len = n - HDR - r->meta_len - TRL;
+	const uint8_t *t = d + n - mac - TRL, *comp = d + HDR + r->meta_len;
+	size_t comp_len = n - mac - HDR - r->meta_len - TRL;
 	if (memcmp(t, end, 8) || get64(t + 16) != comp_len ||
-	    crc(d + HDR, n - HDR - 4) != get32(t + 24))
+	    crc(d + HDR, n - mac - HDR - 4) != get32(t + 24))
 		return 0;
 	size_t raw_len;
 	int rc = inflate_all(comp, comp_len, &r->raw, &raw_len);

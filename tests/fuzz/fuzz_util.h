@@ -73,15 +73,18 @@ static inline const uint8_t *fz_take(fz *f, size_t k, size_t *got)
 
 /*
  * A file in memory with a path that open() accepts (/proc/self/fd/N of a
- * memfd), reused from run to run; without memfd, a file in a temporary
- * directory of this process, removed at exit.
+ * memfd), reused from run to run; without memfd, or for readers that
+ * refuse symbolic links (checkpoints: /proc/self/fd/N is one), a file in a
+ * temporary directory of this process, removed at exit.
  */
 typedef struct fz_file {
 	int fd;
 	char path[64];
+	int real; /* a regular file's path, not a link */
 } fz_file;
 
-#define FZ_FILE_INIT {-1, {0}}
+#define FZ_FILE_INIT {-1, {0}, 0}
+#define FZ_REAL_FILE_INIT {-1, {0}, 1}
 
 static char fz_tmpdir[32];
 static int fz_tmpfiles;
@@ -99,7 +102,7 @@ static inline void fz_cleanup(void)
 
 static inline void fz_file_open(fz_file *f)
 {
-	f->fd = memfd_create("dml-fuzz", MFD_CLOEXEC);
+	f->fd = f->real ? -1 : memfd_create("dml-fuzz", MFD_CLOEXEC);
 	if (f->fd >= 0) {
 		snprintf(f->path, sizeof f->path, "/proc/self/fd/%d", f->fd);
 		if (access(f->path, R_OK) == 0)
