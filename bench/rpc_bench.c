@@ -39,14 +39,6 @@
 #include "../examples/arith.h"
 
 #define ROUNDS 5
-#define WINDOW 64
-#define BULK_FLOATS (10 * 1000 * 1000)
-#define MAX_CALLS 5000000
-
-typedef struct floats { dml_f32s v; } floats;
-static const dml_field floats_f[] = {DML_FIELD(floats, v, DML_F32S)};
-static const dml_type floats_t = DML_TYPE(floats, floats_f);
-static const dml_rpc_method arith_sum = {"Arith.Sum", &floats_t, &reply_type};
 
 static double secs = 0.4;
 static int ncpu = 1;
@@ -77,90 +69,7 @@ _Noreturn static void die(const char *what, int rc)
 	exit(1);
 }
 
-/* ---- libdistml side ------------------------------------------------ */
-
-static int h_multiply(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
-{
-	(void)ctx;
-	(void)u;
-	((Reply *)r)->C = ((const Args *)a)->A * ((const Args *)a)->B;
-	return 0;
-}
-
-static int h_sum(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
-{
-	(void)ctx;
-	(void)u;
-	((Reply *)r)->C = (int64_t)((const floats *)a)->v.n;
-	return 0;
-}
-
-static void *run_server(void *s)
-{
-	dml_rpc_server_run(s);
-	return NULL;
-}
-
-static double dml_seq(dml_rpc_client *c)
-{
-	long n = 0;
-	double t0 = now(), t;
-	do {
-		for (int i = 0; i < 100; i++, n++) {
-			Args a = {n, 3};
-			Reply r;
-			int rc = dml_rpc_call(c, &arith_multiply, &a, &r, 10000);
-			if (rc || r.C != 3 * n)
-				die("seq call", rc);
-		}
-		t = now() - t0;
-	} while (t < secs && n < MAX_CALLS);
-	return n / t;
-}
-
-static double dml_pipe(dml_rpc_client *c)
-{
-	long n = 0;
-	dml_rpc_pending *k[WINDOW];
-	Args a[WINDOW];
-	Reply r[WINDOW];
-	double t0 = now(), t;
-	do {
-		for (int i = 0; i < WINDOW; i++) {
-			a[i] = (Args){n + i, 3};
-			int rc = dml_rpc_start(&k[i], c, &arith_multiply, &a[i], &r[i], 10000);
-			if (rc)
-				die("go", rc);
-		}
-		for (int i = 0; i < WINDOW; i++) {
-			int rc = dml_rpc_pending_wait(k[i]);
-			if (rc || r[i].C != 3 * (n + i))
-				die("wait", rc);
-			dml_rpc_pending_free(k[i]);
-		}
-		n += WINDOW;
-		t = now() - t0;
-	} while (t < secs && n < MAX_CALLS);
-	return n / t;
-}
-
-static double dml_bulk(dml_rpc_client *c, float *v)
-{
-	int n = -1; /* a warm-up call first: the steady state is measured */
-	double t0 = 0, t = 0;
-	do {
-		if (n == 0)
-			t0 = now();
-		floats f = {{v, BULK_FLOATS, 0}};
-		Reply r;
-		int rc = dml_rpc_call(c, &arith_sum, &f, &r, 30000);
-		if (rc || r.C != BULK_FLOATS)
-			die("bulk call", rc);
-		n++;
-		t = now() - t0;
-	} while ((t < secs || n < 3) && n < 1000);
-	return n * (BULK_FLOATS * 4.0 / 1e6) / t;
-}
+#include "rpc_calls.h" /* the libdistml side: handlers and call loops */
 
 /* ---- raw TCP baseline ----------------------------------------------- */
 /* Messages are a u32 length (of what follows) and a body, of the same byte

@@ -40,15 +40,7 @@
 #include "../examples/arith.h"
 
 #define ROUNDS 5
-#define WINDOW 64
-#define BULK_FLOATS (10 * 1000 * 1000)
-#define MAX_CALLS 5000000
 #define MAX_DIALS 20000
-
-typedef struct floats { dml_f32s v; } floats;
-static const dml_field floats_f[] = {DML_FIELD(floats, v, DML_F32S)};
-static const dml_type floats_t = DML_TYPE(floats, floats_f);
-static const dml_rpc_method arith_sum = {"Arith.Sum", &floats_t, &reply_type};
 
 static double secs = 0.4;
 static char dir[64];
@@ -59,27 +51,7 @@ static void die(const char *what, int rc)
 	exit(1);
 }
 
-static int h_multiply(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
-{
-	(void)ctx;
-	(void)u;
-	((Reply *)r)->C = ((const Args *)a)->A * ((const Args *)a)->B;
-	return 0;
-}
-
-static int h_sum(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
-{
-	(void)ctx;
-	(void)u;
-	((Reply *)r)->C = (int64_t)((const floats *)a)->v.n;
-	return 0;
-}
-
-static void *run_server(void *s)
-{
-	dml_rpc_server_run(s);
-	return NULL;
-}
+#include "rpc_calls.h" /* handlers and call loops, as rpc_bench */
 
 typedef struct pair {
 	dml_rpc_server *srv;
@@ -115,67 +87,6 @@ static void pair_end(pair *p)
 	dml_rpc_server_stop(p->srv);
 	pthread_join(p->t, NULL);
 	dml_rpc_server_free(p->srv);
-}
-
-static double seq(dml_rpc_client *c)
-{
-	long n = 0;
-	double t0 = now(), t;
-	do {
-		for (int i = 0; i < 100; i++, n++) {
-			Args a = {n, 3};
-			Reply r;
-			int rc = dml_rpc_call(c, &arith_multiply, &a, &r, 10000);
-			if (rc || r.C != 3 * n)
-				die("seq call", rc);
-		}
-		t = now() - t0;
-	} while (t < secs && n < MAX_CALLS);
-	return n / t;
-}
-
-static double pipe_calls(dml_rpc_client *c)
-{
-	long n = 0;
-	dml_rpc_pending *k[WINDOW];
-	Args a[WINDOW];
-	Reply r[WINDOW];
-	double t0 = now(), t;
-	do {
-		for (int i = 0; i < WINDOW; i++) {
-			a[i] = (Args){n + i, 3};
-			int rc = dml_rpc_start(&k[i], c, &arith_multiply, &a[i], &r[i], 10000);
-			if (rc)
-				die("start", rc);
-		}
-		for (int i = 0; i < WINDOW; i++) {
-			int rc = dml_rpc_pending_wait(k[i]);
-			if (rc || r[i].C != 3 * (n + i))
-				die("wait", rc);
-			dml_rpc_pending_free(k[i]);
-		}
-		n += WINDOW;
-		t = now() - t0;
-	} while (t < secs && n < MAX_CALLS);
-	return n / t;
-}
-
-static double bulk(dml_rpc_client *c, float *v)
-{
-	int n = -1; /* a warm-up call first */
-	double t0 = 0, t = 0;
-	do {
-		if (n == 0)
-			t0 = now();
-		floats f = {{v, BULK_FLOATS, 0}};
-		Reply r;
-		int rc = dml_rpc_call(c, &arith_sum, &f, &r, 30000);
-		if (rc || r.C != BULK_FLOATS)
-			die("bulk call", rc);
-		n++;
-		t = now() - t0;
-	} while ((t < secs || n < 3) && n < 1000);
-	return n * (BULK_FLOATS * 4.0 / 1e6) / t;
 }
 
 /* Dials (each with its handshake and a first call) per second. */
@@ -413,15 +324,15 @@ int main(int argc, char **argv)
 	pthread_t raw_t;
 	raw_tls_start(&raw, &raw_t, cert, key, ca);
 #endif
-	seq(plain.c); /* warm up */
-	seq(tls.c);
+	dml_seq(plain.c); /* warm up */
+	dml_seq(tls.c);
 	for (int i = 0; i < ROUNDS; i++) {
-		ps[i] = seq(plain.c);
-		ts[i] = seq(tls.c);
-		pp[i] = pipe_calls(plain.c);
-		tp[i] = pipe_calls(tls.c);
-		pb[i] = bulk(plain.c, v);
-		tb[i] = bulk(tls.c, v);
+		ps[i] = dml_seq(plain.c);
+		ts[i] = dml_seq(tls.c);
+		pp[i] = dml_pipe(plain.c);
+		tp[i] = dml_pipe(tls.c);
+		pb[i] = dml_bulk(plain.c, v);
+		tb[i] = dml_bulk(tls.c, v);
 #ifdef DML_HAVE_TLS
 		ob[i] = raw_tls_bulk(&raw, v);
 #else

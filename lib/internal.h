@@ -37,6 +37,16 @@ static inline uint64_t dml__get_u64(const uint8_t *p)
 	return v;
 }
 
+/* FNV-1a of a string: 64 bits, stable across runs and hosts (table keys,
+ * names kept in checkpoints). Not for adversarial keys' secrecy. */
+static inline uint64_t dml__fnv1a(const char *s)
+{
+	uint64_t h = 14695981039346656037ULL;
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	return h;
+}
+
 /* Monotonic clock in milliseconds. */
 int64_t dml__now_ms(void);
 

@@ -69,9 +69,7 @@ enum { DD_NEW = 0, DD_DUP = 1, DD_FULL = 2, DD_AHEAD = 3 };
  * restarts, so a checkpoint's table still matches). Never 0. */
 static uint64_t ident_hash(const char *s)
 {
-	uint64_t h = 14695981039346656037ULL;
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	uint64_t h = dml__fnv1a(s);
 	return h ? h : 1;
 }
 
@@ -550,8 +548,9 @@ static int h_push_range(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	const psw_xpush *q = a;
 	psw_status *st = r;
 	uint64_t owner;
-	if (may(ctx, ps->dedup, 1, "PS.PushRange", &owner, st->buf, sizeof st->buf))
-		return refuse(st, DML_EPERM, "%s", st->buf);
+	char msg[160]; /* not st->buf: refuse formats into it */
+	if (may(ctx, ps->dedup, 1, "PS.PushRange", &owner, msg, sizeof msg))
+		return refuse(st, DML_EPERM, "%s", msg);
 	if (ps->kv)
 		return refuse(st, DML_EINVAL, "PS.PushRange: a keyed store");
 	if (q->op < PSW_OP_UPDATE || q->op > PSW_OP_ASSIGN)
@@ -616,8 +615,9 @@ static int h_push_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	const psw_rpush *q = a;
 	psw_status *st = r;
 	uint64_t owner;
-	if (may(ctx, ps->dedup, 1, "PS.PushRows", &owner, st->buf, sizeof st->buf))
-		return refuse(st, DML_EPERM, "%s", st->buf);
+	char msg[160]; /* not st->buf: refuse formats into it */
+	if (may(ctx, ps->dedup, 1, "PS.PushRows", &owner, msg, sizeof msg))
+		return refuse(st, DML_EPERM, "%s", msg);
 	if (!ps->kv)
 		return refuse(st, DML_EINVAL, "PS.PushRows: a dense store");
 	if (q->op < PSW_OP_UPDATE || q->op > PSW_OP_ASSIGN)

@@ -390,21 +390,13 @@ static int default_max_conns(void)
 
 /* ---- identities, tokens and per-peer counts ------------------------ */
 
-static uint64_t str_hash(const char *k)
-{
-	uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-	while (*k)
-		h = (h ^ (unsigned char)*k++) * 1099511628211ULL;
-	return h;
-}
-
 /* The entry of `kind` + `name`, created (count 0) if `create`; NULL when
  * absent, or out of memory. Under mu. */
 static peer_ent *peer_get(dml_rpc_server *s, char kind, const char *name, int create)
 {
 	char key[DML_RPC_MAX_IDENTITY + 2];
 	snprintf(key, sizeof key, "%c%s", kind, name);
-	size_t mask = s->peers_cap - 1, i = (size_t)str_hash(key) & mask;
+	size_t mask = s->peers_cap - 1, i = (size_t)dml__fnv1a(key) & mask;
 	while (s->peers[i].key) {
 		if (!strcmp(s->peers[i].key, key))
 			return &s->peers[i];
@@ -429,7 +421,7 @@ static void peer_put(dml_rpc_server *s, peer_ent *e)
 		j = (j + 1) & mask;
 		if (!s->peers[j].key)
 			return;
-		size_t h = (size_t)str_hash(s->peers[j].key) & mask;
+		size_t h = (size_t)dml__fnv1a(s->peers[j].key) & mask;
 		/* j stays if its home h lies cyclically in (i, j] */
 		if (i <= j ? (h > i && h <= j) : (h > i || h <= j))
 			continue;

@@ -89,35 +89,25 @@ static void on_event(const dml_rpc_event *ev, void *user)
 	pthread_mutex_unlock(&events.mu);
 }
 
-/* Waits up to 10 s for n such CLOSED events; whether they came. */
-static int closed_wait(int n)
+
+/* Waits up to 10 s for the count *what (events.shed or events.closed) to
+ * reach n; whether it did. */
+static int event_wait(const int *what, int n)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 10;
 	int rc = 0;
 	pthread_mutex_lock(&events.mu);
-	while (events.closed < n && rc == 0)
+	while (*what < n && rc == 0)
 		rc = pthread_cond_timedwait(&events.cv, &events.mu, &ts);
-	int ok = events.closed >= n;
+	int ok = *what >= n;
 	pthread_mutex_unlock(&events.mu);
 	return ok;
 }
 
-/* Waits up to 10 s for n SHED events in all; whether they came. */
-static int shed_wait(int n)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += 10;
-	int rc = 0;
-	pthread_mutex_lock(&events.mu);
-	while (events.shed < n && rc == 0)
-		rc = pthread_cond_timedwait(&events.cv, &events.mu, &ts);
-	int ok = events.shed >= n;
-	pthread_mutex_unlock(&events.mu);
-	return ok;
-}
+static int shed_wait(int n) { return event_wait(&events.shed, n); }
+static int closed_wait(int n) { return event_wait(&events.closed, n); }
 
 /* A server with the tokens, Arith.Multiply and Test.Who; `o` may set more
  * options. */
@@ -640,8 +630,7 @@ static void test_unfinished_frames(void **state)
 	fixture_start(&f, 2);
 	long long rss0 = rss_bytes();
 	static uint8_t frame[FRAME];
-	size_t head = frame_head(frame, "Test.Sink", FRAME - DML__FRAME_HDR - 9);
-	(void)head;
+	frame_head(frame, "Test.Sink", FRAME - DML__FRAME_HDR - 9);
 	int fds[N];
 	for (int i = 0; i < N; i++) {
 		fds[i] = raw_connect(f.addr, "127.0.0.2");
