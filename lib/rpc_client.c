@@ -830,6 +830,13 @@ static int queue_request(dml_rpc_client *c, uint64_t seq, const dml_rpc_method *
 	size_t hdr = DML__FRAME_HDR + name_len, guess = ENCODE_GUESS;
 	int rc;
 	for (;;) { /* one pass when the guess fits; a sized second one if not */
+		if (c->opos && hdr + guess > c->out.cap - c->out.len) {
+			/* an event loop's queue never drained: drop what was
+			 * written rather than grow the buffer for it */
+			memmove(c->out.data, c->out.data + c->opos, c->out.len - c->opos);
+			c->out.len -= c->opos;
+			c->opos = 0;
+		}
 		if ((rc = dml__buf_reserve(&c->out, hdr + guess)))
 			return rc;
 		memset(w, 0, sizeof *w);

@@ -1280,13 +1280,29 @@ static void count_call(dml_rpc_server *s, counters *m, int err, uint64_t in,
 	count_add(m ? m : &s->cnt, err, in, out, t0 && now > t0 ? now - t0 : 0);
 }
 
+/* Room for `need` more reply bytes in c->out (under omu). What was sent
+ * already is dropped first if the buffer would have to grow: c->out only
+ * empties when all is sent, and a peer that reads steadily but never
+ * quite catches up would otherwise make it grow without end while the
+ * unsent part stays within OUT_HIGH. */
+static int out_reserve(conn *c, size_t need)
+{
+	if (c->opos && need > c->out.cap - c->out.len) {
+		size_t left = c->out.len - c->opos;
+		memmove(c->out.data, c->out.data + c->opos, left);
+		c->out.len = left;
+		c->opos = 0;
+	}
+	return dml__buf_reserve(&c->out, need);
+}
+
 /* Appends a reply frame with an error status and message. */
 static int reply_error(conn *c, uint64_t seq, uint32_t status, const char *msg)
 {
 	size_t n = strlen(msg);
 	if (n > UINT16_MAX)
 		n = UINT16_MAX;
-	int rc = dml__buf_reserve(&c->out, DML__FRAME_HDR + n);
+	int rc = out_reserve(c, DML__FRAME_HDR + n);
 	if (rc)
 		return rc;
 	uint8_t *p = c->out.data + c->out.len;
@@ -1307,7 +1323,7 @@ static int reply_ok(dml_rpc_server *s, conn *c, uint64_t seq, const dml_type *t,
 	size_t guess = limit < ENCODE_GUESS ? limit : ENCODE_GUESS;
 	int rc;
 	for (;;) { /* one pass when the guess fits; a sized second one if not */
-		if ((rc = dml__buf_reserve(&c->out, DML__FRAME_HDR + guess)))
+		if ((rc = out_reserve(c, DML__FRAME_HDR + guess)))
 			return rc;
 		memset(&w, 0, sizeof w);
 		w.p = c->out.data + c->out.len + DML__FRAME_HDR;
@@ -1336,17 +1352,21 @@ static size_t align_up(size_t n) { return (n + 15) & ~(size_t)15; }
 static int note_backlog(conn *c);
 static int note_backlog_at(conn *c, int64_t now);
 
-/* The bytes a reply appended to c->out (under omu), from its length before. */
+/* The unsent bytes of c->out (under omu): a reply adds to them, and
+ * out_reserve's compaction keeps them. */
+static size_t unsent(const conn *c) { return c->out.len - c->opos; }
+
+/* The bytes a reply appended to c->out (under omu), from unsent() before. */
 static uint64_t appended(const conn *c, size_t before)
 {
-	return c->out.len >= before ? c->out.len - before : 0;
+	return unsent(c) >= before ? unsent(c) - before : 0;
 }
 
 static int send_error(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, uint32_t status,
                       const char *msg)
 {
 	pthread_mutex_lock(&c->omu);
-	size_t before = c->out.len;
+	size_t before = unsent(c);
 	int rc = reply_error(c, x->seq, status, msg);
 	/* counted before anyone may write the reply: a peer that has it
 	 * finds it counted */
@@ -1360,7 +1380,7 @@ static int send_error(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, uint32_t
 static int send_ok(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, const void *reply)
 {
 	pthread_mutex_lock(&c->omu);
-	size_t before = c->out.len;
+	size_t before = unsent(c);
 	int err = 0;
 	int rc = reply_ok(s, c, x->seq, x->rt, reply, &err);
 	int64_t now = dml__now_us();
@@ -1544,8 +1564,8 @@ static void in_release(dml_rpc_server *s, conn *c)
 /* Under omu, after output changed: unsent bytes beyond OUT_ACCT count. */
 static void out_account(dml_rpc_server *s, conn *c)
 {
-	size_t unsent = c->out.len - c->opos;
-	int64_t want = unsent > OUT_ACCT ? (int64_t)unsent : 0;
+	size_t owed = unsent(c);
+	int64_t want = owed > OUT_ACCT ? (int64_t)owed : 0;
 	if (want != c->acct_out) {
 		int64_t delta = want - c->acct_out;
 		c->acct_out = want;
@@ -2252,7 +2272,7 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 	int rc = DML_ECLOSED;
 	if (conn_gen(c) == d->gen && c->fd >= 0) {
 		atomic_fetch_sub(&c->deferred, 1);
-		size_t before = c->out.len;
+		size_t before = unsent(c);
 		int failed = err != 0;
 		if (err)
 			rc = reply_error(c, d->seq, DML__ST_HANDLER,
