@@ -148,6 +148,16 @@ struct conn {
 	int64_t acct_out;           /* unsent bytes counted in s->held */
 	atomic_int stalled;         /* waits for the budget */
 	_Atomic int64_t stall_at;   /* ms: since then */
+	/* calls answered, not yet added to their counters (under omu): added
+	 * before the replies are written, so a peer that has a reply finds it
+	 * counted, at a few atomic adds per batch instead of per call */
+	struct count_batch {
+		struct counters *k; /* whose; NULL: empty */
+		uint32_t calls, errors;
+		uint64_t in, out;
+		uint32_t lat_mask;  /* buckets below that are not 0 */
+		uint16_t lat[DML_RPC_LATENCY_BUCKETS];
+	} cb;
 };
 
 struct dml_rpc_ctx {
@@ -1067,6 +1077,8 @@ static int budget_over(const dml_rpc_server *s);
 
 /* Closes the connection its owner serves: a new generation makes stale
  * events and deferred replies miss; the slot goes back to the free list. */
+static void count_flush(conn *c);
+
 static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 {
 	uint64_t id = c->id;
@@ -1081,6 +1093,7 @@ static void conn_close(dml_rpc_server *s, conn *c, int reason, const char *why)
 	atomic_store(&c->state, (uint64_t)gen << 32);
 	dml__poller_del(s->poller, c->fd);
 	budget_release_conn(s, c);
+	count_flush(c);
 	conn_release_io(c);
 	pthread_mutex_unlock(&c->omu);
 	pthread_mutex_lock(&s->mu);
@@ -1256,28 +1269,53 @@ static void accept_some(dml_rpc_server *s, listener *l)
 	}
 }
 
-static void count_add(counters *k, int err, uint64_t in, uint64_t out, int64_t us)
+/* Adds c's batch of answered calls to their counters (under omu). */
+static void count_flush(conn *c)
 {
-	atomic_fetch_add_explicit(&k->calls, 1, memory_order_relaxed);
-	if (err)
-		atomic_fetch_add_explicit(&k->errors, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&k->bytes_in, in, memory_order_relaxed);
-	atomic_fetch_add_explicit(&k->bytes_out, out, memory_order_relaxed);
-	int b = 0; /* [0]: under 1 us; [i]: 2^(i-1) .. 2^i - 1 us; the last: more */
-	if (us > 0)
-		b = 64 - __builtin_clzll((unsigned long long)us);
-	if (b >= DML_RPC_LATENCY_BUCKETS)
-		b = DML_RPC_LATENCY_BUCKETS - 1;
-	atomic_fetch_add_explicit(&k->latency[b], 1, memory_order_relaxed);
+	struct count_batch *b = &c->cb;
+	counters *k = b->k;
+	if (!k)
+		return;
+	atomic_fetch_add_explicit(&k->calls, b->calls, memory_order_relaxed);
+	if (b->errors)
+		atomic_fetch_add_explicit(&k->errors, b->errors, memory_order_relaxed);
+	atomic_fetch_add_explicit(&k->bytes_in, b->in, memory_order_relaxed);
+	atomic_fetch_add_explicit(&k->bytes_out, b->out, memory_order_relaxed);
+	for (uint32_t m = b->lat_mask; m; m &= m - 1) {
+		int i = __builtin_ctz(m);
+		atomic_fetch_add_explicit(&k->latency[i], b->lat[i], memory_order_relaxed);
+		b->lat[i] = 0;
+	}
+	b->k = NULL;
+	b->calls = b->errors = 0;
+	b->in = b->out = 0;
+	b->lat_mask = 0;
 }
 
-/* Counts a call answered, at `now` (us), in its method's counters (NULL:
- * the server's for unknown methods; the server's totals are their sum, so
- * a call costs no clock read and four atomic adds). */
-static void count_call(dml_rpc_server *s, counters *m, int err, uint64_t in,
+/* Counts a call answered on c (under omu), at `now` (us), for its
+ * method's counters (NULL: the server's, for unknown methods; the server's
+ * totals are their sum). Batched per connection and method: added at the
+ * next write of c's replies (conn_flush_locked), or sooner. */
+static void count_call(dml_rpc_server *s, conn *c, counters *m, int err, uint64_t in,
                        uint64_t out, int64_t t0, int64_t now)
 {
-	count_add(m ? m : &s->cnt, err, in, out, t0 && now > t0 ? now - t0 : 0);
+	counters *k = m ? m : &s->cnt;
+	struct count_batch *b = &c->cb;
+	if (b->k != k || b->calls == UINT16_MAX) /* a bucket cannot overflow */
+		count_flush(c);
+	b->k = k;
+	b->calls++;
+	b->errors += err != 0;
+	b->in += in;
+	b->out += out;
+	int64_t us = t0 && now > t0 ? now - t0 : 0;
+	int i = 0; /* [0]: under 1 us; [i]: 2^(i-1) .. 2^i - 1 us; the last: more */
+	if (us > 0)
+		i = 64 - __builtin_clzll((unsigned long long)us);
+	if (i >= DML_RPC_LATENCY_BUCKETS)
+		i = DML_RPC_LATENCY_BUCKETS - 1;
+	b->lat[i]++;
+	b->lat_mask |= 1u << i;
 }
 
 /* Room for `need` more reply bytes in c->out (under omu). What was sent
@@ -1371,7 +1409,7 @@ static int send_error(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, uint32_t
 	/* counted before anyone may write the reply: a peer that has it
 	 * finds it counted */
 	int64_t now = dml__now_us();
-	count_call(s, x->cnt, 1, x->in_bytes, appended(c, before), x->t0, now);
+	count_call(s, c, x->cnt, 1, x->in_bytes, appended(c, before), x->t0, now);
 	note_backlog_at(c, now / 1000);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
@@ -1384,7 +1422,7 @@ static int send_ok(dml_rpc_server *s, conn *c, const dml_rpc_ctx *x, const void 
 	int err = 0;
 	int rc = reply_ok(s, c, x->seq, x->rt, reply, &err);
 	int64_t now = dml__now_us();
-	count_call(s, x->cnt, err || rc, x->in_bytes, appended(c, before), x->t0, now);
+	count_call(s, c, x->cnt, err || rc, x->in_bytes, appended(c, before), x->t0, now);
 	note_backlog_at(c, now / 1000);
 	pthread_mutex_unlock(&c->omu);
 	return rc;
@@ -1463,6 +1501,7 @@ static int dispatch(dml_rpc_server *s, conn *c, uint32_t gen, const uint8_t *f,
  * under c->omu. 0, or DML_ECONNLOST. */
 static int conn_flush_locked(conn *c)
 {
+	count_flush(c);
 	while (c->opos < c->out.len) {
 		struct iovec iov = {c->out.data + c->opos, c->out.len - c->opos};
 		ssize_t w = dml__stream_writev(c->st, &iov, 1);
@@ -2279,7 +2318,7 @@ int dml_rpc_deferred_reply(dml_rpc_deferred *d, int err, const void *reply,
 			                 msg ? msg : dml_strerror(err));
 		else
 			rc = reply_ok(d->s, c, d->seq, d->rt, reply, &failed);
-		count_call(d->s, d->cnt, failed || rc, d->in_bytes, appended(c, before), d->t0,
+		count_call(d->s, c, d->cnt, failed || rc, d->in_bytes, appended(c, before), d->t0,
 		           dml__now_us());
 		if (rc) /* no reply at all would leave the caller waiting */
 			dml__stream_shutdown(c->st);
