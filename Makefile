@@ -187,6 +187,29 @@ bench-peers: deps lib examples $(BENCHES)
 soak: deps lib $(B)/bench/soak
 	$(B)/bench/soak 60
 
+# The cluster of network-namespace hosts (docs/cluster.md, tests/cluster/):
+# cluster-test is the short run (root with CAP_NET_ADMIN; it says why it
+# skips otherwise). Its helpers are test programs, not the library's.
+CLUSTER_BIN := $(B)/tests/cluster
+.PHONY: cluster-test
+cluster-test: deps lib examples
+	@sh scripts/deps.sh --optional libnetfilter-queue-dev iproute2 nftables iptables ethtool
+	@$(MAKE) --no-print-directory $(CLUSTER_BIN)/probe
+	@if pkg-config --exists libnetfilter_queue; then \
+		$(MAKE) --no-print-directory $(CLUSTER_BIN)/nfq_delay; fi
+	@rc=0; sh tests/cluster/run.sh links $(B) || rc=$$?; \
+		if [ $$rc = 77 ]; then exit 0; fi; exit $$rc
+
+$(CLUSTER_BIN):
+	mkdir -p $@
+
+$(CLUSTER_BIN)/probe: tests/cluster/probe.c | $(CLUSTER_BIN)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) $< -o $@ -lm -pthread
+
+$(CLUSTER_BIN)/nfq_delay: tests/cluster/nfq_delay.c | $(CLUSTER_BIN)
+	$(CC) $(ALL_CPPFLAGS) $$(pkg-config --cflags libnetfilter_queue) $(ALL_CFLAGS) $< -o $@ \
+		$$(pkg-config --libs libnetfilter_queue)
+
 # The ABI of the shared library against the committed baseline of its
 # soname (abi/, docs/abi.md); abi-baseline writes that baseline.
 abi-check: lib
