@@ -191,13 +191,19 @@ soak: deps lib $(B)/bench/soak
 # cluster-test is the short run (root with CAP_NET_ADMIN; it says why it
 # skips otherwise). Its helpers are test programs, not the library's.
 CLUSTER_BIN := $(B)/tests/cluster
-.PHONY: cluster-test
-cluster-test: deps lib examples
-	@sh scripts/deps.sh --optional libnetfilter-queue-dev iproute2 nftables iptables ethtool
+# cluster-bench runs the whole training matrix.
+.PHONY: cluster-test cluster-bench cluster-tools
+cluster-tools: deps lib examples
+	@sh scripts/deps.sh --optional libnetfilter-queue-dev iproute2 nftables iptables ethtool \
+		dataset-fashion-mnist
 	@$(MAKE) --no-print-directory $(CLUSTER_BIN)/probe
 	@if pkg-config --exists libnetfilter_queue; then \
 		$(MAKE) --no-print-directory $(CLUSTER_BIN)/nfq_delay; fi
-	@rc=0; sh tests/cluster/run.sh links $(B) || rc=$$?; \
+cluster-test: cluster-tools
+	@rc=0; sh tests/cluster/run.sh test $(B) || rc=$$?; \
+		if [ $$rc = 77 ]; then exit 0; fi; exit $$rc
+cluster-bench: cluster-tools
+	@rc=0; sh tests/cluster/run.sh bench $(B) || rc=$$?; \
 		if [ $$rc = 77 ]; then exit 0; fi; exit $$rc
 
 $(CLUSTER_BIN):

@@ -5,6 +5,10 @@
 #
 #   run.sh links BUILD      the link profiles of docs/cluster.md, each
 #                           measured: round trip, rate, loss, a cut
+#   run.sh test BUILD       links, then a short training matrix (make
+#                           cluster-test: under 5 minutes)
+#   run.sh bench BUILD      links, then the whole training matrix (make
+#                           cluster-bench)
 #
 # Needs root with CAP_NET_ADMIN; otherwise it says why and exits 77
 # (skipped). Every process it starts is stopped by its PID, and the
@@ -13,6 +17,7 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 cl="$here/cluster.sh"
+WHAT=${1:-links}
 B=${2:-build}
 export DML_CLUSTER_BIN="$B/tests/cluster"
 probe="$DML_CLUSTER_BIN/probe"
@@ -37,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-sh "$cl" up $ID 2 >/dev/null
+sh "$cl" up $ID 6 >/dev/null
 A=10.233.1.2
 S=10.233.2.2
 sh "$cl" exec $ID 2 "$probe" serve $PORT 600 >/dev/null 2>&1 &
@@ -127,3 +132,109 @@ if [ $fails -gt 0 ]; then
 	exit 1
 fi
 echo "cluster-test: every link check passed"
+kill "$srv" 2>/dev/null || true
+srv=
+[ "$WHAT" != links ] || exit 0
+
+# ---- training: 2 store shards (hosts 1, 2), 4 workers (hosts 3-6) ----
+node="$B/examples/dsgd_node"
+[ -x "$node" ] || { echo "cluster-test: no $node" >&2; exit 1; }
+EPOCHS=${DML_CLUSTER_EPOCHS:-5}
+BATCH=128
+STEPS=$(( (60000 / 4 + BATCH - 1) / BATCH ))
+
+wire_bytes() { # the bytes every host sent: each byte on the wire once
+	t=0
+	for k in 1 2 3 4 5 6; do
+		b=$(sh "$cl" exec $ID $k cat /sys/class/net/eth0/statistics/tx_bytes)
+		t=$((t + b))
+	done
+	echo $t
+}
+
+shape_all() { # RATE DELAY_US JITTER_US LOSS
+	for k in 1 2 3 4 5 6; do sh "$cl" shape $ID $k "$@" 900; done
+}
+
+# train NAME MODE: one run on the links as shaped; prints its row
+train() {
+	log=$(mktemp -d)
+	staleness=2
+	p0=; p1=
+	sh "$cl" exec $ID 1 "$node" serve --listen 10.233.1.2:7600 --shard 0 --shards 2 \
+		--workers 4 --mode "$2" --staleness $staleness --anneal $((STEPS * EPOCHS * 4)) \
+		--seconds 600 >"$log/s0" 2>&1 &
+	p0=$!
+	sh "$cl" exec $ID 2 "$node" serve --listen 10.233.2.2:7600 --shard 1 --shards 2 \
+		--workers 4 --mode "$2" --staleness $staleness --anneal $((STEPS * EPOCHS * 4)) \
+		--seconds 600 >"$log/s1" 2>&1 &
+	p1=$!
+	n=0
+	until grep -q serving "$log/s0" 2>/dev/null && grep -q serving "$log/s1" 2>/dev/null; do
+		[ $n -lt 100 ] || { echo "cluster-test: the store servers did not start" >&2; cat "$log"/s*; return 1; }
+		sleep 0.1
+		n=$((n + 1))
+	done
+	b0=$(wire_bytes)
+	t0=$(date +%s.%N)
+	pids=
+	for w in 0 1 2 3; do
+		sh "$cl" exec $ID $((w + 3)) "$node" work --servers 10.233.1.2:7600,10.233.2.2:7600 \
+			--worker $w --workers 4 --mode "$2" --staleness $staleness --epochs $EPOCHS \
+			--batch $BATCH >"$log/w$w" 2>&1 &
+		pids="$pids $!"
+	done
+	rc=0
+	for p in $pids; do wait "$p" || rc=1; done
+	t1=$(date +%s.%N)
+	b1=$(wire_bytes)
+	kill -TERM "$p0" "$p1" 2>/dev/null || true
+	wait "$p0" "$p1" 2>/dev/null || true
+	if [ $rc != 0 ]; then
+		echo "cluster-test: $1 $2: a worker failed" >&2
+		cat "$log"/w* >&2
+		fails=$((fails + 1))
+		rm -rf "$log"
+		return 0
+	fi
+	r=$(grep RESULT "$log/w0")
+	secs=$(echo "$r" | val seconds)
+	acc=$(echo "$r" | val acc)
+	reached=$(echo "$r" | sed -n 's/.*reached=\(-\{0,1\}[0-9.]*\).*/\1/p')
+	steps=$(echo "$r" | val steps)
+	u0=$(grep RESULT "$log/s0" | val updates)
+	u1=$(grep RESULT "$log/s1" | val updates)
+	want=$((steps * 4))
+	exact=ok
+	[ "$u0" = "$want" ] && [ "$u1" = "$want" ] || { exact="FAIL ($u0, $u1 of $want)"; fails=$((fails + 1)); }
+	mb=$(awk -v a="$b0" -v b="$b1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
+	ms=$(awk -v s="$secs" -v n="$steps" 'BEGIN { printf "%.2f", s / n * 1000 }')
+	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+	printf '  %-28s %-4s %8s %8s %7s %7s %9s %8s  %s\n' "$1" "$2" "$reached" "$secs" "$ms" "$acc" "$mb" "$wall" "$exact"
+	rm -rf "$log"
+}
+
+header() {
+	printf '  %-28s %-4s %8s %8s %7s %7s %9s %8s  %s\n' profile mode "to 0.84" "train s" "ms/step" acc "wire MB" "wall s" "each push once"
+}
+
+echo "cluster-test: training softmax on Fashion-MNIST, 2 shards, 4 workers, $EPOCHS epochs of $STEPS steps, batch $BATCH"
+header
+if [ "$WHAT" = bench ]; then
+	modes="bsp ssp asp"
+else
+	modes="bsp asp"
+fi
+shape_all 0 0 0 0
+for m in $modes; do train "(a) unshaped" $m; done
+shape_all 1000 1000 0 0
+for m in $modes; do train "(b) 1 Gbit/s, 1 ms" $m; done
+if [ "$WHAT" = bench ]; then
+	shape_all 100 5000 0 5
+	for m in $modes; do train "(c) 100 Mbit/s, 5 ms, 0.5%" $m; done
+fi
+if [ $fails -gt 0 ]; then
+	echo "cluster-test: $fails checks failed"
+	exit 1
+fi
+echo "cluster-test: every run applied every push exactly once"

@@ -1,0 +1,301 @@
+/*
+ * dsgd_node.c - distributed SGD as separate processes, one role each, for
+ * hosts that are really apart (the cluster harness, docs/cluster.md): a
+ * store shard server, or a worker that trains against every shard. The
+ * same job as dsgd_demo (softmax regression on Fashion-MNIST, Adam on the
+ * store), with the store cut into shards by dml_shard_range.
+ *
+ *   dsgd_node serve --listen ADDR --shard I --shards N --workers W
+ *                   [--mode bsp|ssp|asp] [--staleness S] [--lr LR]
+ *                   [--anneal STEPS] [--seconds MAX]
+ *       serves part I of N of the parameters on ADDR until SIGTERM (or
+ *       MAX seconds, 600 by default); then prints
+ *       "RESULT serve shard=I updates=U".
+ *   dsgd_node work --servers ADDR,ADDR,... --worker K --workers W
+ *                  [--mode bsp|ssp|asp] [--epochs E] [--batch B]
+ *                  [--data DIR] [--target ACC]
+ *       trains worker K on part K of W of the training set; worker 0
+ *       evaluates the test set after each epoch (not counted as training
+ *       time); prints "RESULT work worker=K seconds=T steps=S acc=A
+ *       reached=R" (R: training seconds to the target, -1 if never).
+ *
+ * The host owns the process: this program installs the SIGTERM handler
+ * (the library installs none) and stops its server from it with
+ * dml_rpc_server_stop, which is async-signal-safe.
+ */
+#include <distml.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* its data loading and clock; the in-process job runner is not used here */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "dsgd_host.h"
+
+static dml_rpc_server *the_server;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	if (the_server)
+		dml_rpc_server_stop(the_server);
+}
+
+static void on_alarm(int sig) { on_term(sig); }
+
+typedef struct node_opts {
+	const char *listen, *servers, *data;
+	int shard, shards, worker, workers, staleness, epochs;
+	dml_dsgd_mode mode;
+	size_t batch;
+	double lr, target, seconds;
+	uint64_t anneal;
+} node_opts;
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: dsgd_node serve --listen ADDR --shard I --shards N --workers W [...]\n"
+	                "       dsgd_node work --servers A,B,... --worker K --workers W [...]\n"
+	                "       (see the comment at the top of examples/dsgd_node.c)\n");
+	return 2;
+}
+
+/* The data both roles agree on: Fashion-MNIST or its generated stand-in,
+ * standardised per pixel. */
+static int load(const node_opts *o, dml_dataset **train, dml_dataset **test)
+{
+	int rc = dsgd_load_fashion(o->data, train, test);
+	if (rc == DML_ENOTFOUND)
+		rc = dsgd_generate(train, test);
+	dml_scaler *sc = NULL;
+	if (!rc && !(rc = dml_scaler_new_fit(&sc, *train, DML_SCALE_STANDARD)) &&
+	    !(rc = dml_scaler_apply(sc, *train)))
+		rc = dml_scaler_apply(sc, *test);
+	dml_scaler_free(sc);
+	return rc;
+}
+
+static int make_model(dml_model *m, size_t features)
+{
+	return dml_model_init_softmax(m, features, 10, 0);
+}
+
+static int serve(const node_opts *o)
+{
+	/* the dimension and the initial parameters, as every worker's model
+	 * has them (784 features, 10 classes) */
+	dml_model m;
+	memset(&m, 0, sizeof m);
+	int rc = make_model(&m, 784);
+	size_t off = 0, len = 0;
+	if (!rc)
+		rc = dml_shard_range(m.dim, o->shard, o->shards, &off, &len);
+	float *w = rc ? NULL : calloc(m.dim, sizeof *w);
+	if (!rc && !w)
+		rc = DML_ENOMEM;
+	if (!rc && m.init)
+		rc = m.init(m.self, w, 0);
+	dml_ps *ps = NULL;
+	dml_rpc_server *srv = NULL;
+	if (!rc) {
+		dml_ps_opts po;
+		memset(&po, 0, sizeof po);
+		po.init = w + off;
+		po.optim.kind = DML_OPTIM_ADAM;
+		po.optim.lr = (float)o->lr;
+		if (o->anneal) {
+			po.optim.sched.kind = DML_SCHED_COSINE;
+			po.optim.sched.lr_min = (float)o->lr / 20;
+			po.optim.sched.total = o->anneal;
+		}
+		po.workers = o->workers;
+		po.staleness = o->mode == DML_DSGD_BSP ? 0
+		             : o->mode == DML_DSGD_SSP ? o->staleness : DML_PS_ASYNC;
+		rc = dml_ps_new(&ps, len, &po);
+	}
+	if (!rc && !(rc = dml_rpc_server_new(&srv, NULL)) && !(rc = dml_ps_serve(ps, srv)))
+		rc = dml_rpc_server_listen(srv, o->listen);
+	if (!rc) {
+		printf("serving shard %d of %d (%zu parameters from %zu) on %s\n", o->shard,
+		       o->shards, len, off, o->listen);
+		fflush(stdout);
+		the_server = srv;
+		signal(SIGTERM, on_term);
+		signal(SIGALRM, on_alarm);
+		alarm((unsigned)(o->seconds > 0 ? o->seconds : 600));
+		rc = dml_rpc_server_run(srv);
+		if (rc == DML_ESTOPPED)
+			rc = 0;
+		uint64_t updates = 0;
+		dml_ps_updates(ps, &updates);
+		printf("RESULT serve shard=%d updates=%llu\n", o->shard, (unsigned long long)updates);
+	}
+	if (rc)
+		fprintf(stderr, "dsgd_node serve: %s (%s)\n", dml_strerror(rc), dml_error_detail());
+	dml_rpc_server_free(srv);
+	dml_ps_free(ps);
+	free(w);
+	dml_model_destroy(&m);
+	return rc ? 1 : 0;
+}
+
+typedef struct work_state {
+	const node_opts *o;
+	dml_model *m;
+	dml_dataset *test;
+	double eval_s, reached, t0;
+} work_state;
+
+static int on_epoch(void *user, const dml_epoch_info *info, const float *w)
+{
+	work_state *ws = user;
+	if (ws->o->worker != 0 || !info->end_of_epoch)
+		return 0;
+	double t = dsgd_now();
+	double acc = 0;
+	dml_model_evaluate(ws->m, w, ws->test, NULL, &acc);
+	double train_s = t - ws->t0 - ws->eval_s;
+	ws->eval_s += dsgd_now() - t;
+	if (acc >= ws->o->target && ws->reached < 0)
+		ws->reached = train_s;
+	printf("epoch %d  loss %.4f  test acc %.4f  %.2f s\n", info->epoch, info->loss, acc, train_s);
+	fflush(stdout);
+	return 0;
+}
+
+static int work(const node_opts *o)
+{
+	dml_dataset *train = NULL, *test = NULL, *part = NULL;
+	dml_rpc_client *c[16] = {0};
+	int n = 0, rc = load(o, &train, &test);
+	if (!rc)
+		rc = dml_dataset_new_shard(&part, train, o->worker, o->workers);
+	char list[1024];
+	snprintf(list, sizeof list, "%s", o->servers);
+	for (char *save = NULL, *a = strtok_r(list, ",", &save); a && !rc;
+	     a = strtok_r(NULL, ",", &save)) {
+		if (n == 16) {
+			rc = DML_EINVAL;
+			break;
+		}
+		dml_rpc_client_opts co;
+		memset(&co, 0, sizeof co);
+		co.reconnect = 1; /* a cut link or a restarted server: retried */
+		rc = dml_rpc_dial(&c[n], a, &co);
+		if (!rc)
+			n++;
+	}
+	dml_ps *ps = NULL;
+	dml_model m;
+	memset(&m, 0, sizeof m);
+	if (!rc)
+		rc = dml_ps_connect(&ps, c, n, NULL);
+	if (!rc)
+		rc = make_model(&m, dml_dataset_dim(train));
+	dml_train_stats st;
+	memset(&st, 0, sizeof st);
+	work_state ws = {o, &m, test, 0, -1, dsgd_now()};
+	if (!rc) {
+		dml_dsgd_opts d;
+		memset(&d, 0, sizeof d);
+		d.worker = o->worker;
+		d.mode = o->mode;
+		d.epochs = o->epochs;
+		d.batch = o->batch;
+		/* every worker takes as many steps: the largest part's */
+		size_t most = (dml_dataset_rows(train) + (size_t)o->workers - 1) / (size_t)o->workers;
+		d.steps_per_epoch = (most + o->batch - 1) / o->batch;
+		d.seed = 1000 + (uint64_t)o->worker;
+		d.clock_timeout = 120000;
+		d.on_epoch = on_epoch;
+		d.user = &ws;
+		ws.t0 = dsgd_now();
+		rc = dml_dsgd_run(ps, &m, part, &st, &d);
+	}
+	double secs = dsgd_now() - ws.t0 - ws.eval_s;
+	double acc = 0;
+	if (!rc && o->worker == 0) {
+		float *w = malloc(m.dim * sizeof *w);
+		if (w && !dml_ps_pull(ps, w))
+			dml_model_evaluate(&m, w, test, NULL, &acc);
+		free(w);
+	}
+	if (rc)
+		fprintf(stderr, "dsgd_node work %d: %s (%s)\n", o->worker, dml_strerror(rc),
+		        dml_error_detail());
+	else
+		printf("RESULT work worker=%d seconds=%.3f steps=%llu acc=%.4f reached=%.3f\n",
+		       o->worker, secs, (unsigned long long)st.steps, acc, ws.reached);
+	dml_model_destroy(&m);
+	dml_ps_free(ps);
+	for (int i = 0; i < n; i++)
+		dml_rpc_free(c[i]);
+	dml_dataset_free(part);
+	dml_dataset_free(train);
+	dml_dataset_free(test);
+	return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		return usage();
+	node_opts o;
+	memset(&o, 0, sizeof o);
+	o.shards = o.workers = 1;
+	o.mode = DML_DSGD_BSP;
+	o.staleness = 2;
+	o.epochs = 5;
+	o.batch = 128;
+	o.lr = 0.002;
+	o.target = 0.84;
+	o.data = "/usr/share/datasets/fashion-mnist";
+	for (int i = 2; i < argc; i += 2) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (!v)
+			return usage();
+		if (!strcmp(a, "--listen"))
+			o.listen = v;
+		else if (!strcmp(a, "--servers"))
+			o.servers = v;
+		else if (!strcmp(a, "--data"))
+			o.data = v;
+		else if (!strcmp(a, "--shard"))
+			o.shard = atoi(v);
+		else if (!strcmp(a, "--shards"))
+			o.shards = atoi(v);
+		else if (!strcmp(a, "--worker"))
+			o.worker = atoi(v);
+		else if (!strcmp(a, "--workers"))
+			o.workers = atoi(v);
+		else if (!strcmp(a, "--staleness"))
+			o.staleness = atoi(v);
+		else if (!strcmp(a, "--epochs"))
+			o.epochs = atoi(v);
+		else if (!strcmp(a, "--batch"))
+			o.batch = (size_t)atol(v);
+		else if (!strcmp(a, "--lr"))
+			o.lr = atof(v);
+		else if (!strcmp(a, "--target"))
+			o.target = atof(v);
+		else if (!strcmp(a, "--seconds"))
+			o.seconds = atof(v);
+		else if (!strcmp(a, "--anneal"))
+			o.anneal = (uint64_t)atoll(v);
+		else if (!strcmp(a, "--mode"))
+			o.mode = !strcmp(v, "bsp") ? DML_DSGD_BSP : !strcmp(v, "ssp") ? DML_DSGD_SSP
+			       : !strcmp(v, "asp") ? DML_DSGD_ASP : (dml_dsgd_mode)-1;
+		else
+			return usage();
+	}
+	if ((int)o.mode < 0 || o.workers < 1 || o.workers > 64 || o.batch < 1 || o.epochs < 1 ||
+	    !(o.lr > 0))
+		return usage();
+	if (!strcmp(argv[1], "serve") && o.listen && o.shard >= 0 && o.shard < o.shards)
+		return serve(&o);
+	if (!strcmp(argv[1], "work") && o.servers && o.worker >= 0 && o.worker < o.workers)
+		return work(&o);
+	return usage();
+}
