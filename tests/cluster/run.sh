@@ -225,10 +225,17 @@ if [ "$WHAT" = bench ]; then
 else
 	modes="bsp asp"
 fi
-shape_all 0 0 0 0
-for m in $modes; do train "(a) unshaped" $m; done
-shape_all 1000 1000 0 0
-for m in $modes; do train "(b) 1 Gbit/s, 1 ms" $m; done
+if [ "$WHAT" != lossless-c ]; then
+	shape_all 0 0 0 0
+	for m in $modes; do train "(a) unshaped" $m; done
+	shape_all 1000 1000 0 0
+	for m in $modes; do train "(b) 1 Gbit/s, 1 ms" $m; done
+fi
+if [ "$WHAT" = bench ] || [ "$WHAT" = lossless-c ]; then
+	# (c) without its loss: what the loss itself costs
+	shape_all 100 5000 0 0
+	for m in $modes; do train "(c) without the loss" $m; done
+fi
 if [ "$WHAT" = bench ]; then
 	shape_all 100 5000 0 5
 	for m in $modes; do train "(c) 100 Mbit/s, 5 ms, 0.5%" $m; done
