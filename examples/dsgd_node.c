@@ -7,10 +7,13 @@
  *
  *   dsgd_node serve --listen ADDR --shard I --shards N --workers W
  *                   [--mode bsp|ssp|asp] [--staleness S] [--lr LR]
- *                   [--anneal STEPS] [--seconds MAX]
+ *                   [--anneal STEPS] [--seconds MAX] [--worker-timeout MS]
+ *                   [--checkpoint PATH [--save-every MS]]
  *       serves part I of N of the parameters on ADDR until SIGTERM (or
  *       MAX seconds, 600 by default); then prints
- *       "RESULT serve shard=I updates=U".
+ *       "RESULT serve shard=I updates=U". With a checkpoint it starts from
+ *       PATH when the file is there, saves every MS (default 1000) and
+ *       when it stops.
  *   dsgd_node work --servers ADDR,ADDR,... --worker K --workers W
  *                  [--mode bsp|ssp|asp] [--epochs E] [--batch B]
  *                  [--data DIR] [--target ACC]
@@ -52,7 +55,24 @@ typedef struct node_opts {
 	size_t batch;
 	double lr, target, seconds;
 	uint64_t anneal;
+	const char *checkpoint;
+	long save_every, worker_timeout;
 } node_opts;
+
+typedef struct saver {
+	dml_ps *ps;
+	const char *path;
+	int failed;
+} saver;
+
+/* A tick of the server: a checkpoint (the file is always the old or the
+ * new one, docs/checkpoint.md). */
+static void save_tick(void *arg)
+{
+	saver *sv = arg;
+	if (dml_ps_save(sv->ps, sv->path))
+		sv->failed++;
+}
 
 static int usage(void)
 {
@@ -111,12 +131,23 @@ static int serve(const node_opts *o)
 			po.optim.sched.total = o->anneal;
 		}
 		po.workers = o->workers;
+		po.worker_timeout = o->worker_timeout;
 		po.staleness = o->mode == DML_DSGD_BSP ? 0
 		             : o->mode == DML_DSGD_SSP ? o->staleness : DML_PS_ASYNC;
 		rc = dml_ps_new(&ps, len, &po);
 	}
+	saver sv = {ps, o->checkpoint, 0};
+	if (!rc && o->checkpoint && access(o->checkpoint, F_OK) == 0) {
+		if (!(rc = dml_ps_load(ps, o->checkpoint))) {
+			uint64_t u = 0;
+			dml_ps_updates(ps, &u);
+			printf("resumed from %s: %llu updates\n", o->checkpoint, (unsigned long long)u);
+		}
+	}
 	if (!rc && !(rc = dml_rpc_server_new(&srv, NULL)) && !(rc = dml_ps_serve(ps, srv)))
 		rc = dml_rpc_server_listen(srv, o->listen);
+	if (!rc && o->checkpoint)
+		rc = dml_rpc_server_tick(srv, o->save_every > 0 ? o->save_every : 1000, save_tick, &sv);
 	if (!rc) {
 		printf("serving shard %d of %d (%zu parameters from %zu) on %s\n", o->shard,
 		       o->shards, len, off, o->listen);
@@ -128,6 +159,10 @@ static int serve(const node_opts *o)
 		rc = dml_rpc_server_run(srv);
 		if (rc == DML_ESTOPPED)
 			rc = 0;
+		if (!rc && o->checkpoint)
+			save_tick(&sv);
+		if (sv.failed)
+			fprintf(stderr, "dsgd_node serve: %d checkpoints failed\n", sv.failed);
 		uint64_t updates = 0;
 		dml_ps_updates(ps, &updates);
 		printf("RESULT serve shard=%d updates=%llu\n", o->shard, (unsigned long long)updates);
@@ -190,8 +225,11 @@ static int work(const node_opts *o)
 	dml_ps *ps = NULL;
 	dml_model m;
 	memset(&m, 0, sizeof m);
+	dml_ps_remote_opts ro;
+	memset(&ro, 0, sizeof ro);
+	ro.retry_timeout = 120000; /* pushes ride out a cut link or a restart */
 	if (!rc)
-		rc = dml_ps_connect(&ps, c, n, NULL);
+		rc = dml_ps_connect(&ps, c, n, &ro);
 	if (!rc)
 		rc = make_model(&m, dml_dataset_dim(train));
 	dml_train_stats st;
@@ -209,6 +247,7 @@ static int work(const node_opts *o)
 		d.steps_per_epoch = (most + o->batch - 1) / o->batch;
 		d.seed = 1000 + (uint64_t)o->worker;
 		d.clock_timeout = 120000;
+		d.reconnect_timeout = 120000; /* pulls too ride out a cut or a restart */
 		d.on_epoch = on_epoch;
 		d.user = &ws;
 		ws.t0 = dsgd_now();
@@ -282,6 +321,12 @@ int main(int argc, char **argv)
 			o.target = atof(v);
 		else if (!strcmp(a, "--seconds"))
 			o.seconds = atof(v);
+		else if (!strcmp(a, "--checkpoint"))
+			o.checkpoint = v;
+		else if (!strcmp(a, "--save-every"))
+			o.save_every = atol(v);
+		else if (!strcmp(a, "--worker-timeout"))
+			o.worker_timeout = atol(v);
 		else if (!strcmp(a, "--anneal"))
 			o.anneal = (uint64_t)atoll(v);
 		else if (!strcmp(a, "--mode"))
