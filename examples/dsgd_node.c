@@ -9,14 +9,19 @@
  *                   [--mode bsp|ssp|asp] [--staleness S] [--lr LR]
  *                   [--anneal STEPS] [--seconds MAX] [--worker-timeout MS]
  *                   [--checkpoint PATH [--save-every MS]]
+ *                   [--compress none|fp16|bf16|int8|topk [--topk F]]
  *       serves part I of N of the parameters on ADDR until SIGTERM (or
  *       MAX seconds, 600 by default); then prints
  *       "RESULT serve shard=I updates=U". With a checkpoint it starts from
  *       PATH when the file is there, saves every MS (default 1000) and
- *       when it stops.
+ *       when it stops. With --compress the store asks its workers to
+ *       compress their pushes (docs/ps.md, "Compressed pushes").
  *   dsgd_node work --servers ADDR,ADDR,... --worker K --workers W
  *                  [--mode bsp|ssp|asp] [--epochs E] [--batch B]
  *                  [--data DIR] [--target ACC]
+ *   both take [--model softmax|mlp]: softmax regression (7850 parameters,
+ *       the default) or the 784-100-10 perceptron of mlp.h (79510); the
+ *       servers and the workers of a job must agree.
  *       trains worker K on part K of W of the training set; worker 0
  *       evaluates the test set after each epoch (not counted as training
  *       time); prints "RESULT work worker=K seconds=T steps=S acc=A
@@ -36,6 +41,7 @@
 /* its data loading and clock; the in-process job runner is not used here */
 #pragma GCC diagnostic ignored "-Wunused-function"
 #include "dsgd_host.h"
+#include "mlp.h"
 
 static dml_rpc_server *the_server;
 
@@ -57,6 +63,8 @@ typedef struct node_opts {
 	uint64_t anneal;
 	const char *checkpoint;
 	long save_every, worker_timeout;
+	int mlp, compress;
+	double topk;
 } node_opts;
 
 typedef struct saver {
@@ -97,8 +105,10 @@ static int load(const node_opts *o, dml_dataset **train, dml_dataset **test)
 	return rc;
 }
 
-static int make_model(dml_model *m, size_t features)
+static int make_model(const node_opts *o, dml_model *m, size_t features)
 {
+	if (o->mlp)
+		return mlp_model(m, features, 100, 10, 1e-5f);
 	return dml_model_init_softmax(m, features, 10, 0);
 }
 
@@ -108,7 +118,7 @@ static int serve(const node_opts *o)
 	 * has them (784 features, 10 classes) */
 	dml_model m;
 	memset(&m, 0, sizeof m);
-	int rc = make_model(&m, 784);
+	int rc = make_model(o, &m, 784);
 	size_t off = 0, len = 0;
 	if (!rc)
 		rc = dml_shard_range(m.dim, o->shard, o->shards, &off, &len);
@@ -144,7 +154,11 @@ static int serve(const node_opts *o)
 			printf("resumed from %s: %llu updates\n", o->checkpoint, (unsigned long long)u);
 		}
 	}
-	if (!rc && !(rc = dml_rpc_server_new(&srv, NULL)) && !(rc = dml_ps_serve(ps, srv)))
+	dml_ps_serve_opts so;
+	memset(&so, 0, sizeof so);
+	so.compress = o->compress;
+	so.topk = (float)o->topk;
+	if (!rc && !(rc = dml_rpc_server_new(&srv, NULL)) && !(rc = dml_ps_serve_with(ps, srv, &so)))
 		rc = dml_rpc_server_listen(srv, o->listen);
 	if (!rc && o->checkpoint)
 		rc = dml_rpc_server_tick(srv, o->save_every > 0 ? o->save_every : 1000, save_tick, &sv);
@@ -231,7 +245,7 @@ static int work(const node_opts *o)
 	if (!rc)
 		rc = dml_ps_connect(&ps, c, n, &ro);
 	if (!rc)
-		rc = make_model(&m, dml_dataset_dim(train));
+		rc = make_model(o, &m, dml_dataset_dim(train));
 	dml_train_stats st;
 	memset(&st, 0, sizeof st);
 	work_state ws = {o, &m, test, 0, -1, dsgd_now()};
@@ -329,6 +343,16 @@ int main(int argc, char **argv)
 			o.worker_timeout = atol(v);
 		else if (!strcmp(a, "--anneal"))
 			o.anneal = (uint64_t)atoll(v);
+		else if (!strcmp(a, "--model"))
+			o.mlp = !strcmp(v, "mlp") ? 1 : !strcmp(v, "softmax") ? 0 : -1;
+		else if (!strcmp(a, "--compress"))
+			o.compress = !strcmp(v, "none") ? DML_PS_COMPRESS_NONE
+			           : !strcmp(v, "fp16") ? DML_PS_COMPRESS_FP16
+			           : !strcmp(v, "bf16") ? DML_PS_COMPRESS_BF16
+			           : !strcmp(v, "int8") ? DML_PS_COMPRESS_INT8
+			           : !strcmp(v, "topk") ? DML_PS_COMPRESS_TOPK : -1;
+		else if (!strcmp(a, "--topk"))
+			o.topk = atof(v);
 		else if (!strcmp(a, "--mode"))
 			o.mode = !strcmp(v, "bsp") ? DML_DSGD_BSP : !strcmp(v, "ssp") ? DML_DSGD_SSP
 			       : !strcmp(v, "asp") ? DML_DSGD_ASP : (dml_dsgd_mode)-1;
@@ -336,7 +360,7 @@ int main(int argc, char **argv)
 			return usage();
 	}
 	if ((int)o.mode < 0 || o.workers < 1 || o.workers > 64 || o.batch < 1 || o.epochs < 1 ||
-	    !(o.lr > 0))
+	    !(o.lr > 0) || o.mlp < 0 || o.compress < 0 || !(o.topk >= 0 && o.topk <= 1))
 		return usage();
 	if (!strcmp(argv[1], "serve") && o.listen && o.shard >= 0 && o.shard < o.shards)
 		return serve(&o);

@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "ps.h"
 #include "ps_wire.h"
+#include "compress.h"
 
 #include "abi.h"
 #include "sys.h"
@@ -57,6 +58,14 @@ struct dml__ps_remote {
 	pthread_cond_t room[MAX_SHARDS];
 	uint64_t seq[MAX_SHARDS];
 	int unfinished[MAX_SHARDS];
+	/* compressed pushes: what each shard's store asks for (DML__GC_*);
+	 * under gcmu, the random state and top-k's residual (what was not
+	 * sent, dim floats, made at the first top-k push) */
+	int codec[MAX_SHARDS];
+	float topk[MAX_SHARDS];
+	pthread_mutex_t gcmu;
+	uint64_t rng;
+	float *resid;
 };
 
 static uint64_t fresh_id(void)
@@ -121,6 +130,7 @@ typedef struct job {
 		psw_keys keys;
 		psw_rpush rpush;
 		psw_xpush xpush;
+		psw_cpush cpush;
 	} a;
 	union {
 		psw_vec vec;
@@ -134,6 +144,7 @@ typedef struct job {
 	int tries;
 	int next;       /* the next job in a queue, -1 = none */
 	size_t bytes;   /* the values it moves, either way */
+	int rc;         /* once run: its result (-1 = not finished) */
 	dml_rpc_pending *p;
 } job;
 
@@ -234,6 +245,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 		jb[k].p = NULL;
 		jb[k].numbered = 0;
 		jb[k].tries = 0;
+		jb[k].rc = -1;
 		q_push(jb, &todo, k);
 	}
 	first_error fe = {0};
@@ -276,6 +288,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 				continue;
 			}
 			note_error(&fe, i, rc);
+			j->rc = rc;
 			release(r, j);
 		}
 		int k = q_pop(jb, &flying);
@@ -295,6 +308,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 			continue;
 		}
 		note_error(&fe, j->shard, e);
+		j->rc = e;
 		release(r, j);
 	}
 	/* after a failure: what was never sent gives its number back */
@@ -380,6 +394,22 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 		}
 		if (!rc)
 			rc = shard_check(r, i, &d[i]);
+		if (!rc && r->split[i] && d[i].kind == PSW_KIND_DENSE) {
+			psw_codec c;
+			rc = dml_rpc_call(clients[i], &psw_m_compression, NULL, &c, r->timeout);
+			if (rc == DML_ENOMETHOD) { /* a 0.3 server: plain pushes */
+				c = (psw_codec){DML__GC_NONE, 0};
+				rc = 0;
+			}
+			if (!rc && (c.codec < DML__GC_NONE || c.codec >= DML__GC_COUNT ||
+			            (c.codec == DML__GC_TOPK && !(c.topk > 0 && c.topk <= 1))))
+				rc = dml__fail(DML_EPROTO, "compression %d (top-k %g) unknown",
+				               (int)c.codec, (double)c.topk);
+			if (!rc) {
+				r->codec[i] = c.codec;
+				r->topk[i] = c.topk;
+			}
+		}
 		if (!rc && i && (d[i].kind != d[0].kind || d[i].width != d[0].width))
 			rc = dml__fail(DML_EINVAL, "a %s store beside a %s one",
 			               d[i].kind ? "keyed" : "dense",
@@ -399,6 +429,8 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 		pthread_mutex_init(&r->mu[i], NULL);
 		pthread_cond_init(&r->room[i], NULL);
 	}
+	pthread_mutex_init(&r->gcmu, NULL);
+	r->rng = fresh_id();
 	r->keyed = d[0].kind == PSW_KIND_KEYED;
 	ps->ops = r->keyed ? &dml__psr_keyed_ops : &dml__psr_dense_ops;
 	ps->dim = r->off[n];
@@ -422,6 +454,8 @@ static void psr_free(dml_ps *ps)
 		pthread_mutex_destroy(&ps->remote->mu[i]);
 		pthread_cond_destroy(&ps->remote->room[i]);
 	}
+	pthread_mutex_destroy(&ps->remote->gcmu);
+	free(ps->remote->resid);
 	free(ps->remote);
 }
 
@@ -433,10 +467,144 @@ static size_t frames_of(size_t len, size_t per)
 	return len <= per ? 1 : (len + per - 1) / per;
 }
 
+/* ---- compressed pushes -------------------------------------------- */
+
+static size_t align8(size_t n)
+{
+	return (n + 7) & ~(size_t)7;
+}
+
+/* What a coded frame of m values of shard i takes in a call's arena: its
+ * data, scales and indices, and (top-k) the m values it sends back into
+ * the residual if it fails. */
+static size_t coded_bytes(const dml__ps_remote *r, int i, size_t m, size_t *k)
+{
+	size_t nb, ns, ni;
+	*k = r->codec[i] == DML__GC_TOPK ? dml__gc_topk_k(m, r->topk[i]) : 0;
+	dml__gc_sizes(r->codec[i], m, *k, &nb, &ns, &ni);
+	return align8(nb) + align8(4 * ns) + align8(4 * ni) +
+	       (r->codec[i] == DML__GC_TOPK ? align8(4 * m) : 0);
+}
+
+/* Codes the frame [at, at + m) of shard i of the gradient v into jb and
+ * the arena at *ap, under gcmu: top-k sends the largest of the gradient
+ * plus the residual and keeps the rest as the new residual. `e` and `tmp`
+ * are m floats of scratch. */
+static void code_frame(dml__ps_remote *r, job *j, int i, size_t at, size_t m,
+                       const float *v, uint8_t **ap, float *e, float *tmp)
+{
+	size_t k, nb, ns, ni;
+	(void)coded_bytes(r, i, m, &k);
+	dml__gc_sizes(r->codec[i], m, k, &nb, &ns, &ni);
+	uint8_t *a = *ap;
+	dml__gc_piece pc = {a, nb, (float *)(void *)(a + align8(nb)), ns,
+	                    (uint32_t *)(void *)(a + align8(nb) + align8(4 * ns)), ni};
+	a += align8(nb) + align8(4 * ns) + align8(4 * ni);
+	size_t g = r->off[i] + at; /* in the whole vector */
+	if (r->codec[i] == DML__GC_TOPK) {
+		float *back = (float *)(void *)a;
+		a += align8(4 * m);
+		for (size_t t = 0; t < m; t++)
+			e[t] = v[g + t] + r->resid[g + t];
+		dml__gc_encode(DML__GC_TOPK, e, m, k, &r->rng, &pc, back, tmp);
+		for (size_t t = 0; t < m; t++) /* back stays: a failed frame adds it back */
+			r->resid[g + t] = e[t] - back[t];
+	} else {
+		dml__gc_encode(r->codec[i], v + g, m, 0, &r->rng, &pc, NULL, NULL);
+	}
+	*ap = a;
+	j->shard = i;
+	j->m = &psw_m_push_coded;
+	j->a.cpush = (psw_cpush){r->client_id, 0, DML__PS_STEP, at == 0, at, m,
+	                         r->codec[i], {pc.scales, ns, 0}, {pc.idx, ni, 0},
+	                         {pc.data, nb, 0}};
+	j->bytes = nb + 4 * (ns + ni);
+	j->seq = &j->a.cpush.seq;
+	j->has_reply = j->status = 1;
+}
+
+/* A push whose shards ask for compression (those that do not get plain
+ * frames): coded frame by frame as PS.PushRange splits it. */
+static int psr_push_coded(dml_ps *ps, const float *v)
+{
+	dml__ps_remote *r = ps->remote;
+	size_t total = 0, arena = 0, most = 1, per[MAX_SHARDS];
+	int topk = 0;
+	for (int i = 0; i < r->n; i++) {
+		size_t len = r->off[i + 1] - r->off[i], k;
+		per[i] = r->frame[i] / sizeof(float);
+		if (per[i] > PIECE_BYTES / sizeof(float))
+			per[i] = PIECE_BYTES / sizeof(float);
+		total += frames_of(len, per[i]);
+		if (!r->codec[i])
+			continue;
+		topk |= r->codec[i] == DML__GC_TOPK;
+		for (size_t at = 0; at < len; at += per[i]) {
+			size_t m = len - at < per[i] ? len - at : per[i];
+			arena += coded_bytes(r, i, m, &k);
+			most = m > most ? m : most;
+		}
+	}
+	job *jb = jobs_new(total);
+	uint8_t *mem = malloc(arena ? arena : 1);
+	float *e = topk ? malloc(2 * most * sizeof *e) : NULL;
+	int rc = !jb || !mem || (topk && !e) ? DML_ENOMEM : 0;
+	pthread_mutex_lock(&r->gcmu);
+	if (!rc && topk && !r->resid && !(r->resid = calloc(ps->dim, sizeof(float))))
+		rc = DML_ENOMEM;
+	int k = 0;
+	uint8_t *ap = mem;
+	for (int i = 0; i < r->n && !rc; i++) {
+		size_t len = r->off[i + 1] - r->off[i];
+		for (size_t at = 0; at < len; at += per[i]) {
+			size_t m = len - at < per[i] ? len - at : per[i];
+			job *j = &jb[k++];
+			if (r->codec[i]) {
+				code_frame(r, j, i, at, m, v, &ap, e, e ? e + most : NULL);
+				continue;
+			}
+			j->shard = i;
+			j->m = &psw_m_push_range;
+			j->a.xpush = (psw_xpush){r->client_id, 0, DML__PS_STEP, at == 0, at,
+			                         {(float *)v + r->off[i] + at, m, 0}};
+			j->bytes = m * sizeof(float);
+			j->seq = &j->a.xpush.seq;
+			j->has_reply = j->status = 1;
+		}
+	}
+	pthread_mutex_unlock(&r->gcmu);
+	if (!rc)
+		rc = run_jobs(r, jb, k);
+	if (rc && topk && r->resid) {
+		/* a top-k frame that was not applied gives back what it took from
+		 * the residual (sent, or lost and maybe applied: not known) */
+		pthread_mutex_lock(&r->gcmu);
+		for (int q = 0; q < k; q++) {
+			const psw_cpush *c = &jb[q].a.cpush;
+			if (jb[q].m != &psw_m_push_coded || c->codec != DML__GC_TOPK || !jb[q].rc)
+				continue;
+			size_t g = r->off[jb[q].shard] + (size_t)c->off;
+			const float *back = (const float *)(const void *)((const uint8_t *)c->idx.data +
+			                                                  align8(4 * c->idx.n));
+			for (size_t t = 0; t < (size_t)c->n; t++)
+				r->resid[g + t] += back[t];
+		}
+		pthread_mutex_unlock(&r->gcmu);
+	}
+	free(e);
+	free(mem);
+	free(jb);
+	return rc;
+}
+
 static int psr_update(dml_ps *ps, int op, const float *v)
 {
 	dml__ps_remote *r = ps->remote;
 	size_t total = 0, per[MAX_SHARDS];
+	if (op == DML__PS_STEP)
+		for (int i = 0; i < r->n; i++)
+			if (r->codec[i])
+				return psr_push_coded(ps, v);
 	for (int i = 0; i < r->n; i++) {
 		per[i] = r->frame[i] / sizeof(float);
 		size_t len = r->off[i + 1] - r->off[i];

@@ -6,6 +6,7 @@
 #include "abi.h"
 #include "ps.h"
 #include "ps_wire.h"
+#include "compress.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -61,6 +62,9 @@ struct dml__ps_dedup {
 	dml_duration grace;
 	int nslots;
 	ws_ent *slots; /* per worker, under mu */
+	/* compression asked of pushes (dml_ps_serve_with) */
+	int codec;
+	float topk;
 };
 
 enum { DD_NEW = 0, DD_DUP = 1, DD_FULL = 2, DD_AHEAD = 3 };
@@ -578,6 +582,71 @@ static int h_push_range(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	return 0;
 }
 
+static int h_compression(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	(void)a;
+	dml_ps *ps = u;
+	int rc = may_call(ctx, ps, 0, "PS.Compression", NULL);
+	if (rc)
+		return rc;
+	psw_codec *rep = r;
+	rep->codec = ps->kv ? DML__GC_NONE : ps->dedup->codec;
+	rep->topk = ps->dedup->topk;
+	return 0;
+}
+
+/* A coded frame of a dense push: decoded into at most a frame's worth of
+ * floats (n is bounded by the frame limit, as a plain frame's values are),
+ * checked, then applied as PS.PushRange applies its values. */
+static int h_push_coded(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
+{
+	dml_ps *ps = u;
+	const psw_cpush *q = a;
+	psw_status *st = r;
+	uint64_t owner;
+	char msg[160]; /* not st->buf: refuse formats into it */
+	if (may(ctx, ps->dedup, 1, "PS.PushCoded", &owner, msg, sizeof msg))
+		return refuse(st, DML_EPERM, "%s", msg);
+	if (ps->kv)
+		return refuse(st, DML_EINVAL, "PS.PushCoded: a keyed store");
+	if (q->op != PSW_OP_UPDATE && q->op != PSW_OP_PUSH)
+		return refuse(st, DML_EINVAL, "PS.PushCoded: op %d (update or push)", (int)q->op);
+	if (q->off > ps->dim || q->n > ps->dim - q->off)
+		return refuse(st, DML_EINVAL, "PS.PushCoded: range %llu + %llu outside "
+		              "dimension %zu", (unsigned long long)q->off,
+		              (unsigned long long)q->n, ps->dim);
+	if (q->n > ps->dedup->max_frame / sizeof(float))
+		return refuse(st, DML_EINVAL, "PS.PushCoded: %llu values in a frame "
+		              "(at most %zu, as in a plain frame)",
+		              (unsigned long long)q->n, ps->dedup->max_frame / sizeof(float));
+	size_t n = (size_t)q->n;
+	float *v = malloc((n ? n : 1) * sizeof *v);
+	if (!v)
+		return DML_ENOMEM;
+	dml__gc_piece p = {(uint8_t *)q->data.data, q->data.n, q->scales.data,
+	                   q->scales.n, q->idx.data, q->idx.n};
+	int rc = dml__gc_decode(q->codec, n, &p, v, msg, sizeof msg);
+	if (rc) {
+		free(v);
+		return refuse(st, rc, "PS.PushCoded: %s; this frame changed nothing", msg);
+	}
+	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
+	case DD_DUP:
+		free(v);
+		return 0;
+	case DD_FULL:
+		free(v);
+		return refuse(st, DML_EBUSY, "PS.PushCoded: too many active clients");
+	case DD_AHEAD:
+		free(v);
+		return refuse(st, DML_EINVAL, "PS.PushCoded: sequence number %llu too "
+		              "far ahead of its client's", (unsigned long long)q->seq);
+	}
+	dml__ps_apply_range(ps, frame_op(q->op, q->start), (size_t)q->off, v, n);
+	free(v);
+	return 0;
+}
+
 static int h_pull_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
 	(void)r;
@@ -783,6 +852,10 @@ int dml_ps_serve_with_abi(dml_ps *ps, dml_rpc_server *server,
 		return dml__fail(DML_EINVAL, "a remote store cannot be served");
 	if (ps->dedup && ps->dedup->max_frame)
 		return dml__fail(DML_EEXIST, "the store is served already");
+	if (o.compress < DML__GC_NONE || o.compress >= DML__GC_COUNT ||
+	    !(o.topk >= 0 && o.topk <= 1))
+		return dml__fail(DML_EINVAL, "compress: a DML_PS_COMPRESS_* (%d), topk "
+		                 "0 to 1", o.compress);
 	if (o.max_clients_per_peer < 0 || o.max_clients_per_peer > 4096 ||
 	    (o.worker_grace < 0 && o.worker_grace != DML_INFINITE))
 		return dml__fail(DML_EINVAL, "max_clients_per_peer 0 to 4096, "
@@ -824,6 +897,8 @@ int dml_ps_serve_with_abi(dml_ps *ps, dml_rpc_server *server,
 	if (o.worker_grace)
 		d->grace = o.worker_grace == DML_INFINITE ? INT64_MAX / 2 : o.worker_grace;
 	d->max_frame = dml__rpc_server_max_frame(server);
+	d->codec = o.compress;
+	d->topk = o.topk ? o.topk : 0.01f;
 	static const struct {
 		const dml_rpc_method *m;
 		dml_rpc_handler h;
@@ -833,7 +908,9 @@ int dml_ps_serve_with_abi(dml_ps *ps, dml_rpc_server *server,
 	           {&psw_m_clock_get, h_clock_get},
 	           {&psw_m_describe, h_describe}, {&psw_m_pull_rows, h_pull_rows},
 	           {&psw_m_push_rows, h_push_rows},
-	           {&psw_m_push_range, h_push_range}};
+	           {&psw_m_push_range, h_push_range},
+	           {&psw_m_compression, h_compression},
+	           {&psw_m_push_coded, h_push_coded}};
 	for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++) {
 		rc = dml_rpc_server_register(server, tab[i].m, tab[i].h, ps);
 		if (rc)

@@ -144,6 +144,41 @@ static const dml_rpc_method psw_m_pull_rows = {"PS.PullRows", &psw_keys_t, &psw_
 static const dml_rpc_method psw_m_push_rows = {"PS.PushRows", &psw_rpush_t, &psw_status_t};
 static const dml_rpc_method psw_m_push_range = {"PS.PushRange", &psw_xpush_t, &psw_status_t};
 
+/* ---- 0.4: compressed pushes (compress.h) ---------------------------- */
+
+/* PS.Compression: what the store asks of pushes (DML__GC_*, top-k's
+ * fraction). A server without it (0.3) asks for nothing. */
+typedef struct psw_codec {
+	int32_t codec;
+	float topk;
+} psw_codec;
+static const dml_field psw_codec_f[] = {DML_FIELD(psw_codec, codec, DML_I32),
+                                        DML_FIELD(psw_codec, topk, DML_F32)};
+static const dml_type psw_codec_t = DML_TYPE(psw_codec, psw_codec_f);
+
+/* PS.PushCoded: a frame of a dense push as PS.PushRange, its n values
+ * coded: op on [off, off + n) of what dml__gc_decode makes of the rest. */
+typedef struct psw_cpush {
+	uint64_t client, seq;
+	int32_t op, start;
+	uint64_t off, n;
+	int32_t codec;
+	dml_f32s scales;
+	dml_u32s idx;
+	dml_bytes data;
+} psw_cpush;
+static const dml_field psw_cpush_f[] = {
+	DML_FIELD(psw_cpush, client, DML_U64), DML_FIELD(psw_cpush, seq, DML_U64),
+	DML_FIELD(psw_cpush, op, DML_I32), DML_FIELD(psw_cpush, start, DML_I32),
+	DML_FIELD(psw_cpush, off, DML_U64), DML_FIELD(psw_cpush, n, DML_U64),
+	DML_FIELD(psw_cpush, codec, DML_I32),
+	DML_FIELD(psw_cpush, scales, DML_F32S), DML_FIELD(psw_cpush, idx, DML_U32S),
+	DML_FIELD(psw_cpush, data, DML_BYTES)};
+static const dml_type psw_cpush_t = DML_TYPE(psw_cpush, psw_cpush_f);
+
+static const dml_rpc_method psw_m_compression = {"PS.Compression", NULL, &psw_codec_t};
+static const dml_rpc_method psw_m_push_coded = {"PS.PushCoded", &psw_cpush_t, &psw_status_t};
+
 /* The shard of a key among n (ranges of a fixed hash of the key: both
  * sides must agree, for ever). */
 static inline int psw_shard_of(uint64_t key, int n)

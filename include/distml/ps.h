@@ -314,7 +314,36 @@ typedef struct dml_ps_serve_opts {
 	                               (the store's `workers` of them): worker
 	                               i's clock is worker_ids[i]'s alone, from
 	                               the start (no first-come claim) */
+	int compress;               /* the compression the store asks of the
+	                               pushes (dml_ps_push) of remote handles:
+	                               DML_PS_COMPRESS_*, 0 = none. Handles of
+	                               0.4 and later follow it; the server
+	                               takes every codec, and plain pushes */
+	float topk;                 /* DML_PS_COMPRESS_TOPK: the fraction of a
+	                               push's values sent (0 = 0.01; at most 1) */
 } dml_ps_serve_opts;
+
+/*
+ * Lossy compression of pushes (docs/ps.md, "Compressed pushes"), chosen by
+ * the store (dml_ps_serve_opts.compress) and done by each remote handle:
+ *   FP16, BF16  each value as a 16-bit float, rounded to nearest (2 bytes);
+ *   INT8        QSGD: levels -127..127 of each bucket of 512 values' largest
+ *               magnitude, rounded at random so that the expected value is
+ *               the value (1 byte, + 4 per bucket);
+ *   TOPK        the `topk` fraction of largest magnitudes, with positions
+ *               (8 bytes each), and error feedback: what a handle did not
+ *               send is kept and added to its next push (Lin et al., Deep
+ *               Gradient Compression).
+ * Only pushes (optimizer steps) are compressed; updates, assigns and pulls
+ * travel as float32.
+ */
+enum {
+	DML_PS_COMPRESS_NONE = 0,
+	DML_PS_COMPRESS_FP16 = 1,
+	DML_PS_COMPRESS_BF16 = 2,
+	DML_PS_COMPRESS_INT8 = 3,
+	DML_PS_COMPRESS_TOPK = 4
+};
 
 /* dml_ps_serve with access rules: the lists are copied. As dml_ps_serve,
  * and DML_EINVAL (a bad option, the detail names it), DML_EEXIST (served
