@@ -49,6 +49,17 @@ void dml__gc_encode(int codec, const float *v, size_t n, size_t k,
                     uint64_t *rng, dml__gc_piece *p, float *back, float *tmp);
 
 /*
+ * Checks a piece of n values from a peer, as dml__gc_decode does, without
+ * decoding it: 0, or DML_EINVAL / DML_ENONFINITE with `msg`.
+ */
+int dml__gc_check(int codec, size_t n, const dml__gc_piece *p, char *msg, size_t msgsz);
+
+/* Values [lo, hi) of a checked piece into out[0 .. hi - lo): a server
+ * decodes a large piece a part at a time. */
+void dml__gc_decode_range(int codec, const dml__gc_piece *p, size_t lo, size_t hi,
+                          float *out);
+
+/*
  * Decodes a piece of n values from a peer into out[0..n): every size, index
  * and value is checked (sizes that do not match, indices out of range or
  * not increasing, a scale or value that is not finite, an int8 level of

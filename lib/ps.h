@@ -50,6 +50,18 @@ enum { DML__PS_ADD = 0, DML__PS_STEP = 1, DML__PS_SET = 2,
  * is a call this kind of store does not have (DML_EINVAL). The local
  * kinds share the clocks, the exactly-once table and the serving code.
  */
+/*
+ * A dense pull of the whole vector into out, begun now and ended later, so
+ * that a worker computes while the parameters travel (dml_dsgd_opts
+ * .overlap). For a local store, or a pull too large to have in flight at
+ * once, begin does the whole pull and *op is NULL. After a successful
+ * begin, end must be called (also to give up): it waits, and returns the
+ * pull's result; out is not to be read or freed before. One thread.
+ */
+typedef struct dml__ps_pull_op dml__ps_pull_op;
+int dml__ps_pull_begin(dml_ps *ps, float *out, dml__ps_pull_op **op);
+int dml__ps_pull_end(dml__ps_pull_op *op);
+
 typedef struct dml__ps_ops {
 	const char *name; /* for errors: "a dense store", ... */
 	/* dense: op on the whole vector (v: dim floats) */

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,8 @@ struct dml__ps_remote {
 	pthread_mutex_t gcmu;
 	uint64_t rng;
 	float *resid;
+	uint64_t warmup[MAX_SHARDS]; /* top-k's warm-up, in pushes */
+	uint64_t pushes;             /* top-k pushes so far, under gcmu */
 };
 
 static uint64_t fresh_id(void)
@@ -231,6 +234,17 @@ static int resend(dml__ps_remote *r, job *j, int e, int64_t start,
 	return 1;
 }
 
+/* Writes what the clients of the shards marked in dirty have queued (an
+ * error breaks the connection, and the calls' waits report it). */
+static void flush_dirty(dml__ps_remote *r, int *dirty)
+{
+	for (int i = 0; i < r->n; i++)
+		if (dirty[i]) {
+			dirty[i] = 0;
+			(void)dml_rpc_flush(r->c[i], r->timeout);
+		}
+}
+
 /* Runs jobs[0..n) to completion, pipelined, and returns the first error
  * (with its shard in the detail). Lost pushes are resent with their
  * numbers, which the server applies once: up to `retries` times, and
@@ -249,7 +263,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 		q_push(jb, &todo, k);
 	}
 	first_error fe = {0};
-	int inflight = 0;
+	int inflight = 0, dirty[MAX_SHARDS] = {0};
 	size_t inbytes = 0;
 	int64_t start = dml__now_ms();
 	dml__backoff wait;
@@ -280,6 +294,7 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 				q_push(jb, &flying, k);
 				inflight++;
 				inbytes += j->bytes;
+				dirty[i] = 1;
 				continue;
 			}
 			j->p = NULL;
@@ -291,6 +306,11 @@ static int run_jobs(dml__ps_remote *r, job *jb, int n)
 			j->rc = rc;
 			release(r, j);
 		}
+		/* A client queues small requests to write them together, until
+		 * a wait on it or more of them: what was started on the other
+		 * shards' clients is written now, or each shard would wait for
+		 * the one before it (the shards' calls would run one by one). */
+		flush_dirty(r, dirty);
 		int k = q_pop(jb, &flying);
 		if (k < 0) {
 			if (todo.head < 0 || fe.rc)
@@ -398,7 +418,7 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 			psw_codec c;
 			rc = dml_rpc_call(clients[i], &psw_m_compression, NULL, &c, r->timeout);
 			if (rc == DML_ENOMETHOD) { /* a 0.3 server: plain pushes */
-				c = (psw_codec){DML__GC_NONE, 0};
+				c = (psw_codec){DML__GC_NONE, 0, 0};
 				rc = 0;
 			}
 			if (!rc && (c.codec < DML__GC_NONE || c.codec >= DML__GC_COUNT ||
@@ -408,6 +428,7 @@ int dml_ps_connect_abi(dml_ps **out, dml_rpc_client *const *clients, int n,
 			if (!rc) {
 				r->codec[i] = c.codec;
 				r->topk[i] = c.topk;
+				r->warmup[i] = c.warmup;
 			}
 		}
 		if (!rc && i && (d[i].kind != d[0].kind || d[i].width != d[0].width))
@@ -474,13 +495,23 @@ static size_t align8(size_t n)
 	return (n + 7) & ~(size_t)7;
 }
 
+/* Top-k's fraction for shard i at push p (0, 1, ...): during the warm-up
+ * it falls geometrically from 1 (everything) to topk (DGC's warm-up). */
+static float topk_frac(const dml__ps_remote *r, int i, uint64_t p)
+{
+	if (p >= r->warmup[i])
+		return r->topk[i];
+	return (float)pow((double)r->topk[i], (double)p / (double)r->warmup[i]);
+}
+
 /* What a coded frame of m values of shard i takes in a call's arena: its
  * data, scales and indices, and (top-k) the m values it sends back into
- * the residual if it fails. */
-static size_t coded_bytes(const dml__ps_remote *r, int i, size_t m, size_t *k)
+ * the residual if it fails. `p` is the push's top-k number. */
+static size_t coded_bytes(const dml__ps_remote *r, int i, size_t m, uint64_t p,
+                          size_t *k)
 {
 	size_t nb, ns, ni;
-	*k = r->codec[i] == DML__GC_TOPK ? dml__gc_topk_k(m, r->topk[i]) : 0;
+	*k = r->codec[i] == DML__GC_TOPK ? dml__gc_topk_k(m, topk_frac(r, i, p)) : 0;
 	dml__gc_sizes(r->codec[i], m, *k, &nb, &ns, &ni);
 	return align8(nb) + align8(4 * ns) + align8(4 * ni) +
 	       (r->codec[i] == DML__GC_TOPK ? align8(4 * m) : 0);
@@ -491,10 +522,10 @@ static size_t coded_bytes(const dml__ps_remote *r, int i, size_t m, size_t *k)
  * plus the residual and keeps the rest as the new residual. `e` and `tmp`
  * are m floats of scratch. */
 static void code_frame(dml__ps_remote *r, job *j, int i, size_t at, size_t m,
-                       const float *v, uint8_t **ap, float *e, float *tmp)
+                       uint64_t p, const float *v, uint8_t **ap, float *e, float *tmp)
 {
 	size_t k, nb, ns, ni;
-	(void)coded_bytes(r, i, m, &k);
+	(void)coded_bytes(r, i, m, p, &k);
 	dml__gc_sizes(r->codec[i], m, k, &nb, &ns, &ni);
 	uint8_t *a = *ap;
 	dml__gc_piece pc = {a, nb, (float *)(void *)(a + align8(nb)), ns,
@@ -530,6 +561,9 @@ static int psr_push_coded(dml_ps *ps, const float *v)
 	dml__ps_remote *r = ps->remote;
 	size_t total = 0, arena = 0, most = 1, per[MAX_SHARDS];
 	int topk = 0;
+	pthread_mutex_lock(&r->gcmu); /* this push's number, for the warm-up */
+	uint64_t p = r->pushes;
+	pthread_mutex_unlock(&r->gcmu);
 	for (int i = 0; i < r->n; i++) {
 		size_t len = r->off[i + 1] - r->off[i], k;
 		per[i] = r->frame[i] / sizeof(float);
@@ -541,7 +575,7 @@ static int psr_push_coded(dml_ps *ps, const float *v)
 		topk |= r->codec[i] == DML__GC_TOPK;
 		for (size_t at = 0; at < len; at += per[i]) {
 			size_t m = len - at < per[i] ? len - at : per[i];
-			arena += coded_bytes(r, i, m, &k);
+			arena += coded_bytes(r, i, m, p, &k);
 			most = m > most ? m : most;
 		}
 	}
@@ -552,6 +586,10 @@ static int psr_push_coded(dml_ps *ps, const float *v)
 	pthread_mutex_lock(&r->gcmu);
 	if (!rc && topk && !r->resid && !(r->resid = calloc(ps->dim, sizeof(float))))
 		rc = DML_ENOMEM;
+	if (p != r->pushes) /* another thread's push came between: size again */
+		rc = rc ? rc : 1;
+	if (!rc && topk)
+		r->pushes++;
 	int k = 0;
 	uint8_t *ap = mem;
 	for (int i = 0; i < r->n && !rc; i++) {
@@ -560,7 +598,7 @@ static int psr_push_coded(dml_ps *ps, const float *v)
 			size_t m = len - at < per[i] ? len - at : per[i];
 			job *j = &jb[k++];
 			if (r->codec[i]) {
-				code_frame(r, j, i, at, m, v, &ap, e, e ? e + most : NULL);
+				code_frame(r, j, i, at, m, p, v, &ap, e, e ? e + most : NULL);
 				continue;
 			}
 			j->shard = i;
@@ -573,6 +611,12 @@ static int psr_push_coded(dml_ps *ps, const float *v)
 		}
 	}
 	pthread_mutex_unlock(&r->gcmu);
+	if (rc == 1) {
+		free(e);
+		free(mem);
+		free(jb);
+		return psr_push_coded(ps, v);
+	}
 	if (!rc)
 		rc = run_jobs(r, jb, k);
 	if (rc && topk && r->resid) {
@@ -715,9 +759,9 @@ out:
 	return rc;
 }
 
-static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
+/* The jobs of a pull of [off, off + n) into out: *k of them. */
+static job *pull_jobs(dml__ps_remote *r, size_t off, size_t n, float *out, int *nk)
 {
-	dml__ps_remote *r = ps->remote;
 	size_t end = off + n, total = 0, per[MAX_SHARDS];
 	for (int i = 0; i < r->n; i++) {
 		size_t lo = off > r->off[i] ? off : r->off[i];
@@ -730,7 +774,7 @@ static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 	}
 	job *jb = jobs_new(total);
 	if (!jb)
-		return DML_ENOMEM;
+		return NULL;
 	int k = 0;
 	for (int i = 0; i < r->n; i++) {
 		size_t lo = off > r->off[i] ? off : r->off[i];
@@ -747,9 +791,95 @@ static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
 			j->bytes = m * sizeof(float);
 		}
 	}
-	int rc = run_jobs(r, jb, k);
+	*nk = k;
+	return jb;
+}
+
+static int psr_pull(dml_ps *ps, size_t off, size_t n, float *out)
+{
+	int k;
+	job *jb = pull_jobs(ps->remote, off, n, out, &k);
+	if (!jb)
+		return DML_ENOMEM;
+	int rc = run_jobs(ps->remote, jb, k);
 	free(jb);
 	return rc;
+}
+
+/* ---- a pull in flight (the worker loop's overlap) ------------------- */
+
+struct dml__ps_pull_op {
+	dml__ps_remote *r;
+	job *jb;
+	int n;
+};
+
+/* Every frame of the pull is started at once when they fit what a call
+ * keeps in flight (INFLIGHT frames, INFLIGHT_BYTES); a larger pull is
+ * done at once, and *op is NULL. */
+int dml__ps_pull_begin(dml_ps *ps, float *out, dml__ps_pull_op **op)
+{
+	*op = NULL;
+	if (!ps->remote || ps->remote->keyed)
+		return dml_ps_pull(ps, out);
+	dml__ps_remote *r = ps->remote;
+	int k;
+	job *jb = pull_jobs(r, 0, ps->dim, out, &k);
+	if (!jb)
+		return DML_ENOMEM;
+	size_t bytes = 0;
+	for (int q = 0; q < k; q++)
+		bytes += jb[q].bytes;
+	if (k > INFLIGHT || bytes > INFLIGHT_BYTES) {
+		int rc = run_jobs(r, jb, k);
+		free(jb);
+		return rc;
+	}
+	dml__ps_pull_op *o = malloc(sizeof *o);
+	if (!o) {
+		free(jb);
+		return DML_ENOMEM;
+	}
+	first_error fe = {0};
+	int started = 0, dirty[MAX_SHARDS] = {0};
+	for (; started < k; started++) {
+		job *j = &jb[started];
+		int rc = dml_rpc_start(&j->p, r->c[j->shard], j->m, &j->a, &j->rep, r->timeout);
+		if (rc) {
+			note_error(&fe, j->shard, rc);
+			break;
+		}
+		dirty[j->shard] = 1;
+	}
+	flush_dirty(r, dirty); /* on their way while the caller computes */
+	if (fe.rc) { /* the frames started are waited for: they write to out */
+		for (int q = 0; q < started; q++) {
+			dml_rpc_pending_wait(jb[q].p);
+			dml_rpc_pending_free(jb[q].p);
+		}
+		free(jb);
+		free(o);
+		return first_error_return(&fe);
+	}
+	*o = (dml__ps_pull_op){r, jb, k};
+	*op = o;
+	return 0;
+}
+
+int dml__ps_pull_end(dml__ps_pull_op *op)
+{
+	if (!op)
+		return 0;
+	first_error fe = {0};
+	for (int q = 0; q < op->n; q++) {
+		job *j = &op->jb[q];
+		int e = job_result(j, dml_rpc_pending_wait(j->p));
+		dml_rpc_pending_free(j->p);
+		note_error(&fe, j->shard, e);
+	}
+	free(op->jb);
+	free(op);
+	return first_error_return(&fe);
 }
 
 /* ---- keyed --------------------------------------------------------- */

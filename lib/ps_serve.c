@@ -65,6 +65,7 @@ struct dml__ps_dedup {
 	/* compression asked of pushes (dml_ps_serve_with) */
 	int codec;
 	float topk;
+	uint64_t warmup;
 };
 
 enum { DD_NEW = 0, DD_DUP = 1, DD_FULL = 2, DD_AHEAD = 3 };
@@ -592,12 +593,16 @@ static int h_compression(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	psw_codec *rep = r;
 	rep->codec = ps->kv ? DML__GC_NONE : ps->dedup->codec;
 	rep->topk = ps->dedup->topk;
+	rep->warmup = ps->dedup->warmup;
 	return 0;
 }
 
-/* A coded frame of a dense push: decoded into at most a frame's worth of
- * floats (n is bounded by the frame limit, as a plain frame's values are),
- * checked, then applied as PS.PushRange applies its values. */
+/* A coded frame of a dense push: checked whole, then decoded and applied
+ * a part of CODED_PART values at a time, as PS.PushRange applies its
+ * values, so that a few bytes that claim many values (top-k) never make
+ * the server hold more than a part. */
+#define CODED_PART 16384
+
 static int h_push_coded(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
 	dml_ps *ps = u;
@@ -620,16 +625,14 @@ static int h_push_coded(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 		              "(at most %zu, as in a plain frame)",
 		              (unsigned long long)q->n, ps->dedup->max_frame / sizeof(float));
 	size_t n = (size_t)q->n;
-	float *v = malloc((n ? n : 1) * sizeof *v);
-	if (!v)
-		return DML_ENOMEM;
 	dml__gc_piece p = {(uint8_t *)q->data.data, q->data.n, q->scales.data,
 	                   q->scales.n, q->idx.data, q->idx.n};
-	int rc = dml__gc_decode(q->codec, n, &p, v, msg, sizeof msg);
-	if (rc) {
-		free(v);
+	int rc = dml__gc_check(q->codec, n, &p, msg, sizeof msg);
+	if (rc)
 		return refuse(st, rc, "PS.PushCoded: %s; this frame changed nothing", msg);
-	}
+	float *v = malloc((n < CODED_PART ? (n ? n : 1) : CODED_PART) * sizeof *v);
+	if (!v)
+		return DML_ENOMEM;
 	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
 	case DD_DUP:
 		free(v);
@@ -642,7 +645,16 @@ static int h_push_coded(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 		return refuse(st, DML_EINVAL, "PS.PushCoded: sequence number %llu too "
 		              "far ahead of its client's", (unsigned long long)q->seq);
 	}
-	dml__ps_apply_range(ps, frame_op(q->op, q->start), (size_t)q->off, v, n);
+	int op = frame_op(q->op, q->start);
+	for (size_t lo = 0; lo < n || (lo == 0 && n == 0); lo += CODED_PART) {
+		size_t hi = n - lo < CODED_PART ? n : lo + CODED_PART;
+		dml__gc_decode_range(q->codec, &p, lo, hi, v);
+		dml__ps_apply_range(ps, op, (size_t)q->off + lo, v, hi - lo);
+		if (op == PSW_OP_PUSH) /* the parts after the first: the same step */
+			op = DML__PS_STEP_MORE;
+		if (n == 0)
+			break;
+	}
 	free(v);
 	return 0;
 }
@@ -899,6 +911,7 @@ int dml_ps_serve_with_abi(dml_ps *ps, dml_rpc_server *server,
 	d->max_frame = dml__rpc_server_max_frame(server);
 	d->codec = o.compress;
 	d->topk = o.topk ? o.topk : 0.01f;
+	d->warmup = o.topk_warmup;
 	static const struct {
 		const dml_rpc_method *m;
 		dml_rpc_handler h;

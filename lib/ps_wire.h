@@ -147,13 +147,16 @@ static const dml_rpc_method psw_m_push_range = {"PS.PushRange", &psw_xpush_t, &p
 /* ---- 0.4: compressed pushes (compress.h) ---------------------------- */
 
 /* PS.Compression: what the store asks of pushes (DML__GC_*, top-k's
- * fraction). A server without it (0.3) asks for nothing. */
+ * fraction and warm-up in pushes). A server without it (0.3) asks for
+ * nothing. */
 typedef struct psw_codec {
 	int32_t codec;
 	float topk;
+	uint64_t warmup;
 } psw_codec;
 static const dml_field psw_codec_f[] = {DML_FIELD(psw_codec, codec, DML_I32),
-                                        DML_FIELD(psw_codec, topk, DML_F32)};
+                                        DML_FIELD(psw_codec, topk, DML_F32),
+                                        DML_FIELD(psw_codec, warmup, DML_U64)};
 static const dml_type psw_codec_t = DML_TYPE(psw_codec, psw_codec_f);
 
 /* PS.PushCoded: a frame of a dense push as PS.PushRange, its n values

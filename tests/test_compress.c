@@ -146,6 +146,40 @@ static void test_topk_choice(void **state)
 		assert_true(out[i] == (i < 7 ? v[i] : 0));
 }
 
+static int by_magnitude_desc(const void *a, const void *b)
+{
+	float x = fabsf(*(const float *)a), y = fabsf(*(const float *)b);
+	return (x < y) - (x > y);
+}
+
+/* Large n, small k: the sampled threshold gives the exact top k. */
+static void test_topk_large(void **state)
+{
+	(void)state;
+	enum { N = 200000 };
+	float *v = malloc(N * sizeof *v), *out = malloc(N * sizeof *out);
+	float *sorted = malloc(N * sizeof *sorted);
+	assert_true(v && out && sorted);
+	uint64_t s = 12, rng = 13;
+	for (size_t k = 1; k <= 2001; k += 500) {
+		for (int i = 0; i < N; i++)
+			v[i] = frand(&s) * (i % 7 == 0 ? 10.0f : 1.0f);
+		memcpy(sorted, v, N * sizeof *v);
+		qsort(sorted, N, sizeof *sorted, by_magnitude_desc);
+		round_trip(DML__GC_TOPK, v, N, k, out, &rng);
+		size_t kept = 0;
+		for (int i = 0; i < N; i++)
+			if (out[i] != 0) {
+				kept++;
+				assert_true(fabsf(v[i]) >= fabsf(sorted[k - 1]));
+			}
+		assert_int_equal(kept, k);
+	}
+	free(v);
+	free(out);
+	free(sorted);
+}
+
 /* What a peer sends is a claim: every size, index, level and value. */
 static void test_decode_refuses(void **state)
 {
@@ -412,6 +446,7 @@ int main(void)
 		cmocka_unit_test(test_half_floats),
 		cmocka_unit_test(test_int8_stochastic),
 		cmocka_unit_test(test_topk_choice),
+		cmocka_unit_test(test_topk_large),
 		cmocka_unit_test(test_decode_refuses),
 		cmocka_unit_test(test_push_each_codec),
 		cmocka_unit_test(test_topk_error_feedback),

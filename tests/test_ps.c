@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -1060,6 +1061,95 @@ static int cleanup(void **state)
 	return 0;
 }
 
+/* ---- the shards' calls are in flight together ----------------------- */
+
+typedef struct par_arg {
+	dml_rpc_client *c[2];
+	dml_ps *h;
+	float *w;
+	atomic_int phase; /* 1 connected, 2 pulled, 3 pushed */
+	atomic_int go;    /* the test stopped serving shard 0: 1 pull, 2 push */
+	int rc;
+} par_arg;
+
+static void *par_main(void *p)
+{
+	par_arg *a = p;
+	a->rc = dml_ps_connect(&a->h, a->c, 2, NULL);
+	atomic_store(&a->phase, 1);
+	while (atomic_load(&a->go) < 1)
+		sched_yield();
+	if (!a->rc)
+		a->rc = dml_ps_pull(a->h, a->w);
+	atomic_store(&a->phase, 2);
+	while (atomic_load(&a->go) < 2)
+		sched_yield();
+	if (!a->rc)
+		a->rc = dml_ps_push(a->h, a->w);
+	atomic_store(&a->phase, 3);
+	return NULL;
+}
+
+static uint64_t calls_of(dml_rpc_server *s, const char *m)
+{
+	dml_rpc_stats st;
+	assert_int_equal(dml_rpc_server_stats(&st, s, m), 0);
+	return st.calls;
+}
+
+/* A call of a remote handle goes to every shard at once: shard 1 gets its
+ * part of a pull and of a push while shard 0 has not answered (its server
+ * is not polled meanwhile). Clients queue small requests until a wait, and
+ * the handle used to wait for shard 0 before writing to shard 1, so the
+ * shards' calls ran one by one: on 10 ms links, twice the time per step. */
+static void test_shards_in_parallel(void **state)
+{
+	(void)state;
+	enum { PDIM = 2000 };
+	dml_ps *st[2];
+	dml_rpc_server *srv[2];
+	char addr[2][128];
+	par_arg a = {{NULL, NULL}, NULL, calloc(PDIM, sizeof(float)), 0, 0, 0};
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(dml_ps_new(&st[i], PDIM / 2, NULL), 0);
+		assert_int_equal(dml_rpc_server_new(&srv[i], NULL), 0);
+		assert_int_equal(dml_ps_serve(st[i], srv[i]), 0);
+		assert_int_equal(dml_rpc_server_listen(srv[i], "127.0.0.1:0"), 0);
+		assert_int_equal(dml_rpc_server_addr(srv[i], 0, addr[i], sizeof addr[i]), 0);
+		assert_int_equal(dml_rpc_dial(&a.c[i], addr[i], NULL), 0);
+	}
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, par_main, &a), 0);
+	/* both servers answer while the handle connects */
+	for (int n = 0; atomic_load(&a.phase) < 1 && n < 100000; n++)
+		for (int i = 0; i < 2; i++)
+			assert_true(dml_rpc_server_poll(srv[i], 1) >= 0);
+	assert_int_equal(atomic_load(&a.phase), 1);
+	const char *m[2] = {"PS.Pull", "PS.Push"};
+	for (int k = 0; k < 2; k++) {
+		atomic_store(&a.go, k + 1);
+		/* shard 1 alone is served: the call must reach it anyway (10 s) */
+		for (int n = 0; calls_of(srv[1], m[k]) < 1 && n < 10000; n++)
+			assert_true(dml_rpc_server_poll(srv[1], 1) >= 0);
+		assert_int_equal(calls_of(srv[1], m[k]), 1);
+		assert_int_equal(calls_of(srv[0], m[k]), 0);
+		assert_int_equal(atomic_load(&a.phase), k + 1);
+		/* then shard 0 answers too, and the call completes */
+		for (int n = 0; atomic_load(&a.phase) < k + 2 && n < 100000; n++)
+			assert_true(dml_rpc_server_poll(srv[0], 1) >= 0);
+		assert_int_equal(atomic_load(&a.phase), k + 2);
+	}
+	pthread_join(t, NULL);
+	assert_int_equal(a.rc, 0);
+	dml_ps_free(a.h);
+	for (int i = 0; i < 2; i++) {
+		dml_rpc_free(a.c[i]);
+		dml_rpc_server_free(srv[i]);
+		dml_ps_free(st[i]);
+	}
+	free(a.w);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1072,6 +1162,7 @@ int main(void)
 		cmocka_unit_test(test_dead_worker_dropped),
 		cmocka_unit_test(test_vanished_worker_dropped),
 		cmocka_unit_test(test_remote_equals_local_and_shards),
+		cmocka_unit_test(test_shards_in_parallel),
 		cmocka_unit_test(test_remote_exact_threads),
 		cmocka_unit_test(test_remote_wider_than_window),
 		cmocka_unit_test(test_retried_push_applied_once),

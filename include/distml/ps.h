@@ -321,6 +321,11 @@ typedef struct dml_ps_serve_opts {
 	                               takes every codec, and plain pushes */
 	float topk;                 /* DML_PS_COMPRESS_TOPK: the fraction of a
 	                               push's values sent (0 = 0.01; at most 1) */
+	uint64_t topk_warmup;       /* DML_PS_COMPRESS_TOPK: over a handle's
+	                               first this many pushes the fraction falls
+	                               geometrically from 1 to topk (DGC's
+	                               warm-up; an epoch's steps is a good
+	                               choice); 0 = none */
 } dml_ps_serve_opts;
 
 /*
