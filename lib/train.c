@@ -431,7 +431,43 @@ static int may_retry(retrier *rt, int rc, dml_train_stats *s)
 typedef struct dsgd {
 	dml_ps *ps;
 	dml_dsgd_opts o; /* resolved */
+	/* overlap: the next step's parameters, and their pull in flight */
+	float *next;
+	dml__ps_pull_op *op;
+	int pulling;     /* a pull into next was begun (op may be NULL: done) */
 } dsgd;
+
+/* The parameters of this step into r->w: the pull begun in the last step
+ * (overlap), or one now; a pull in flight that failed is made again now,
+ * and a lost one repeated as reconnect_timeout says. */
+static int dense_pull(run *r, dsgd *d)
+{
+	retrier rt = {d->o.reconnect_timeout, 0, {0, 0, 0}};
+	int rc = 1;
+	r->what = "pull";
+	if (d->pulling) {
+		rc = dml__ps_pull_end(d->op);
+		d->op = NULL;
+		d->pulling = 0;
+		if (!rc) {
+			float *t = r->w;
+			r->w = d->next;
+			d->next = t;
+		} else if (rc != DML_ECONNLOST && rc != DML_ETIMEDOUT) {
+			return rc;
+		}
+	}
+	if (rc)
+		while ((rc = dml_ps_pull(d->ps, r->w)) && may_retry(&rt, rc, &r->s))
+			;
+	if (rc || !d->o.overlap)
+		return rc;
+	/* the next step's, while this one computes; if it cannot start, the
+	 * next step pulls for itself */
+	if (!dml__ps_pull_begin(d->ps, d->next, &d->op))
+		d->pulling = 1;
+	return 0;
+}
 
 /* The sparse path's pull: the keys of the minibatch's rows, then them. */
 static int pull_keys(run *r)
@@ -456,7 +492,6 @@ static int dsgd_step(run *r, double *loss, size_t *rows)
 {
 	dsgd *d = r->ctx;
 	dml_batch b;
-	retrier rt = {d->o.reconnect_timeout, 0, {0, 0, 0}};
 	int rc;
 	if (r->sparse) {
 		if ((rc = rows_gradient(r, &b, loss, pull_keys)))
@@ -467,10 +502,7 @@ static int dsgd_step(run *r, double *loss, size_t *rows)
 			return rc;
 		r->s.rows_moved += n;
 	} else {
-		r->what = "pull";
-		while ((rc = dml_ps_pull(d->ps, r->w)) && may_retry(&rt, rc, &r->s))
-			;
-		if (rc || (rc = diverged("parameter", r->w, r->m->dim, 0)) ||
+		if ((rc = dense_pull(r, d)) || (rc = diverged("parameter", r->w, r->m->dim, 0)) ||
 		    (rc = gradient(r, r->w, &b, loss)))
 			return rc;
 		/* pushes are resent by the remote handle itself, with their
@@ -542,7 +574,7 @@ int dml_dsgd_run_abi(dml_ps *ps, dml_model *m_in, dml_dataset *shard,
                      dml_train_stats *st, const dml_dsgd_opts *opts, int abi)
 {
 	dml__detail_clear();
-	dsgd d = {ps, {0}};
+	dsgd d = {ps, {0}, NULL, NULL, 0};
 	dml_model m;
 	int rc = dml__abi_in(&d.o, sizeof d.o, opts, DML__L_DSGD_OPTS, abi);
 	if (rc)
@@ -592,7 +624,8 @@ int dml_dsgd_run_abi(dml_ps *ps, dml_model *m_in, dml_dataset *shard,
 	if (!keyed_store) {
 		r.w = malloc(m.dim * sizeof *r.w);
 		r.grad = malloc(m.dim * sizeof *r.grad);
-		if (!r.w || !r.grad)
+		d.next = o->overlap ? malloc(m.dim * sizeof *d.next) : NULL;
+		if (!r.w || !r.grad || (o->overlap && !d.next))
 			rc = DML_ENOMEM;
 	}
 	if (!rc && !(rc = walker_init(&r.wk, shard, batch,
@@ -602,8 +635,18 @@ int dml_dsgd_run_abi(dml_ps *ps, dml_model *m_in, dml_dataset *shard,
 		                             : (r.wk.rows + batch - 1) / batch;
 		rc = run_epochs(&r);
 	}
+	if (d.pulling) { /* the pull for a step that will not come */
+		char keep[DML_ERRMSG_MAX];
+		snprintf(keep, sizeof keep, "%s", dml_error_detail());
+		dml__ps_pull_end(d.op);
+		if (rc)
+			dml__fail(rc, "%s", keep);
+		else
+			dml__detail_clear();
+	}
 	dml__abi_out(st, &r.s, DML__L_TRAIN_STATS, abi);
 	free(r.w);
+	free(d.next);
 	free(r.grad);
 	rowset_free(&r.rs);
 	return rc;

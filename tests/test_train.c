@@ -313,6 +313,72 @@ static void test_dsgd_remote_matches_sgd(void **state)
 	dml_dataset_free(test);
 }
 
+/* ---- overlap: the next pull while this step computes ---------------- */
+
+/* A model of one parameter whose gradient is 1 whatever the data: it
+ * records the parameter each step computed on. */
+enum { SEEN_MAX = 64 };
+typedef struct seer {
+	float seen[SEEN_MAX];
+	int n;
+} seer;
+
+static int seer_grad(void *self, const float *w, const dml_batch *b, float *g, double *loss)
+{
+	(void)b;
+	seer *s = self;
+	if (s->n < SEEN_MAX)
+		s->seen[s->n++] = w[0];
+	g[0] = 1;
+	*loss = 0;
+	return 0;
+}
+
+/* With one worker and SGD at rate 1 on the store, step t pushes -1, so
+ * without overlap step t computes on -t. With overlap the pull for step t
+ * was begun before step t-1 pushed: step t computes on -(t-1), one step
+ * older; and every push is applied once. */
+static void test_dsgd_overlap(void **state)
+{
+	(void)state;
+	dml_dataset *train = blobs(160, 3);
+	dml_ps *store;
+	dml_ps_opts po = {.optim = {.kind = DML_OPTIM_SGD, .lr = 1}, .workers = 1};
+	assert_int_equal(dml_ps_new(&store, 1, &po), 0);
+	fixture f;
+	assert_int_equal(dml_rpc_server_new(&f.srv, NULL), 0);
+	assert_int_equal(dml_ps_serve(store, f.srv), 0);
+	assert_int_equal(dml_rpc_server_listen(f.srv, "127.0.0.1:0"), 0);
+	fixture_start(&f, 1);
+	dml_rpc_client *c;
+	dml_ps *h;
+	assert_int_equal(dml_rpc_dial(&c, f.addr, NULL), 0);
+	assert_int_equal(dml_ps_connect(&h, &c, 1, NULL), 0);
+	for (int overlap = 0; overlap < 2; overlap++) {
+		float zero = 0;
+		assert_int_equal(dml_ps_assign(h, &zero), 0);
+		seer s = {{0}, 0};
+		dml_model m = {.dim = 1, .features = F, .classes = K, .self = &s,
+		               .loss_grad = seer_grad};
+		dml_dsgd_opts o = {.mode = DML_DSGD_BSP, .epochs = 2, .batch = 16,
+		                   .overlap = overlap};
+		dml_train_stats st;
+		assert_int_equal(dml_dsgd_run(h, &m, train, &st, &o), 0);
+		assert_int_equal(st.steps, 20);
+		assert_int_equal(s.n, 20);
+		for (int t = 0; t < 20; t++)
+			assert_true(s.seen[t] == (overlap ? -(float)(t ? t - 1 : 0) : -(float)t));
+		float w;
+		assert_int_equal(dml_ps_pull(h, &w), 0);
+		assert_true(w == -20.0f);
+	}
+	dml_ps_free(h);
+	dml_rpc_free(c);
+	fixture_stop(&f);
+	dml_ps_free(store);
+	dml_dataset_free(train);
+}
+
 /* A worker that dies (stops after its first epoch) does not stall the
  * others: the store drops it after worker_timeout in BSP and SSP, also
  * when served over RPC (its tick does it); ASP never waits for it. */
@@ -561,6 +627,7 @@ int main(void)
 		cmocka_unit_test(test_dsgd_mode_checked),
 		cmocka_unit_test(test_dsgd_staleness_local),
 		cmocka_unit_test(test_dsgd_remote_matches_sgd),
+		cmocka_unit_test(test_dsgd_overlap),
 		cmocka_unit_test(test_dsgd_dead_worker),
 		cmocka_unit_test(test_store_restart),
 	};

@@ -146,6 +146,13 @@ typedef struct dml_dsgd_opts {
 	                         (0 = at the ends of epochs only) */
 	uint64_t key_seed;    /* keyed store: the key of column j is
 	                         dml_ps_key(j, key_seed) (0 = j itself) */
+	int overlap;          /* dense store: non-zero pulls the next step's
+	                         parameters while this step computes (double
+	                         buffering; no thread: the pull is in flight on
+	                         the RPC client). A step then computes on
+	                         parameters one step older: they miss its own
+	                         last push and, under BSP and SSP, the others'
+	                         pushes of the last round. 0 = off */
 } dml_dsgd_opts;
 
 /*
