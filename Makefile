@@ -108,7 +108,13 @@ SHARED_SONAME := libdistml.so.$(SONAME_VERSION)
 
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(TEST_SRC:tests/%.c=$(B)/tests/%)
-EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(filter-out examples/mpi_%.c,$(wildcard examples/*.c)))
+# examples/mpi_dsgd.c: built when mpicc is there (Debian openmpi-bin
+# libopenmpi-dev; make cluster-tools installs them); the library has no MPI
+MPICC := $(shell command -v mpicc 2>/dev/null)
+ifneq ($(MPICC),)
+EXAMPLES += $(B)/examples/mpi_dsgd
+endif
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
 .PHONY: all lib check demo bench bench-peers install uninstall clean valgrind deps examples abi-check abi-baseline
@@ -141,6 +147,9 @@ $(B)/tests/%: tests/%.c $(STATIC) | $(B)/tests
 
 $(B)/examples/%: examples/%.c $(STATIC) | $(B)/examples
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
+
+$(B)/examples/mpi_dsgd: examples/mpi_dsgd.c $(STATIC) | $(B)/examples
+	$(MPICC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ $(STATIC) $(LDFLAGS) $(LDLIBS)
 
 $(B)/bench/%: bench/%.c $(STATIC) | $(B)/bench
 	$(CC) $(ALL_CPPFLAGS) $(BENCH_CPPFLAGS) -Ibench -Ilib $(ALL_CFLAGS) $(DEPFLAGS) $< -o $@ \
@@ -195,16 +204,21 @@ CLUSTER_BIN := $(B)/tests/cluster
 .PHONY: cluster-test cluster-bench cluster-tools
 cluster-tools: deps lib examples
 	@sh scripts/deps.sh --optional libnetfilter-queue-dev iproute2 nftables iptables ethtool \
-		dataset-fashion-mnist
+		dataset-fashion-mnist openmpi-bin libopenmpi-dev
+	@if command -v mpicc >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(B)/examples/mpi_dsgd MPICC=$$(command -v mpicc); fi
 	@$(MAKE) --no-print-directory $(CLUSTER_BIN)/probe
 	@if pkg-config --exists libnetfilter_queue; then \
 		$(MAKE) --no-print-directory $(CLUSTER_BIN)/nfq_delay; fi
 cluster-test: cluster-tools
 	@rc=0; sh tests/cluster/run.sh test $(B) || rc=$$?; \
 		if [ $$rc = 77 ]; then exit 0; fi; exit $$rc
+# cluster-bench: the whole matrix, then overlap, the sparse job, the
+# compression table (about an hour) and the MPI launch.
 cluster-bench: cluster-tools
-	@rc=0; sh tests/cluster/run.sh bench $(B) || rc=$$?; \
-		if [ $$rc = 77 ]; then exit 0; fi; exit $$rc
+	@for w in bench overlap sparse compress mpi; do \
+		rc=0; sh tests/cluster/run.sh $$w $(B) || rc=$$?; \
+		if [ $$rc = 77 ]; then exit 0; fi; [ $$rc = 0 ] || exit $$rc; done
 
 $(CLUSTER_BIN):
 	mkdir -p $@

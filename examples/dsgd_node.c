@@ -9,7 +9,8 @@
  *                   [--mode bsp|ssp|asp] [--staleness S] [--lr LR]
  *                   [--anneal STEPS] [--seconds MAX] [--worker-timeout MS]
  *                   [--checkpoint PATH [--save-every MS]]
- *                   [--compress none|fp16|bf16|int8|topk [--topk F]]
+ *                   [--compress none|fp16|bf16|int8|topk [--topk F]
+ *                    [--topk-warmup PUSHES]]
  *       serves part I of N of the parameters on ADDR until SIGTERM (or
  *       MAX seconds, 600 by default); then prints
  *       "RESULT serve shard=I updates=U". With a checkpoint it starts from
@@ -18,13 +19,19 @@
  *       compress their pushes (docs/ps.md, "Compressed pushes").
  *   dsgd_node work --servers ADDR,ADDR,... --worker K --workers W
  *                  [--mode bsp|ssp|asp] [--epochs E] [--batch B]
- *                  [--data DIR] [--target ACC]
+ *                  [--data DIR] [--target ACC] [--eval-every STEPS]
+ *                  [--overlap 1]
  *   both take [--model softmax|mlp]: softmax regression (7850 parameters,
  *       the default) or the 784-100-10 perceptron of mlp.h (79510); the
- *       servers and the workers of a job must agree.
+ *       servers and the workers of a job must agree. Or [--sparse DIR]:
+ *       the sparse demo's job instead (docs/train.md): logistic regression
+ *       on DIR/train.svm and DIR/test.svm (examples/sparse_gen) on keyed
+ *       store shards with FTRL (lr 2, lambda2 1e-5); the workers pull and
+ *       push only the rows of their minibatches' features.
  *       trains worker K on part K of W of the training set; worker 0
  *       evaluates the test set after each epoch (not counted as training
- *       time); prints "RESULT work worker=K seconds=T steps=S acc=A
+ *       time; with --eval-every also every STEPS steps, which makes the
+ *       time to the target finer); prints "RESULT work worker=K seconds=T steps=S acc=A
  *       reached=R" (R: training seconds to the target, -1 if never).
  *
  * The host owns the process: this program installs the SIGTERM handler
@@ -65,6 +72,10 @@ typedef struct node_opts {
 	long save_every, worker_timeout;
 	int mlp, compress;
 	double topk;
+	uint64_t topk_warmup;
+	size_t eval_every;
+	int overlap;
+	const char *sparse;
 } node_opts;
 
 typedef struct saver {
@@ -92,8 +103,40 @@ static int usage(void)
 
 /* The data both roles agree on: Fashion-MNIST or its generated stand-in,
  * standardised per pixel. */
+/* The sparse job's sets, of one dimension (the larger), the test set's
+ * labels mapped as the training set's. */
+static int load_sparse(const char *dir, dml_dataset **train, dml_dataset **test)
+{
+	char tp[512], ep[512];
+	snprintf(tp, sizeof tp, "%s/train.svm", dir);
+	snprintf(ep, sizeof ep, "%s/test.svm", dir);
+	dml_data_opts o;
+	memset(&o, 0, sizeof o);
+	o.remap_labels = 1;
+	int rc = dml_dataset_new_libsvm(train, tp, &o);
+	if (rc)
+		return rc;
+	o.remap_labels = 0;
+	if ((rc = dml_dataset_new_libsvm(test, ep, &o)))
+		return rc;
+	size_t d = dml_dataset_dim(*train), dt = dml_dataset_dim(*test);
+	if (dt != d) {
+		dml_dataset **smaller = dt < d ? test : train;
+		o.dim = d > dt ? d : dt;
+		o.remap_labels = smaller == train;
+		dml_dataset_free(*smaller);
+		*smaller = NULL;
+		if ((rc = dml_dataset_new_libsvm(smaller, smaller == train ? tp : ep, &o)))
+			return rc;
+	}
+	return dml_dataset_map_labels(*test, dml_dataset_class_values(*train),
+	                              dml_dataset_classes(*train));
+}
+
 static int load(const node_opts *o, dml_dataset **train, dml_dataset **test)
 {
+	if (o->sparse)
+		return load_sparse(o->sparse, train, test);
 	int rc = dsgd_load_fashion(o->data, train, test);
 	if (rc == DML_ENOTFOUND)
 		rc = dsgd_generate(train, test);
@@ -107,6 +150,8 @@ static int load(const node_opts *o, dml_dataset **train, dml_dataset **test)
 
 static int make_model(const node_opts *o, dml_model *m, size_t features)
 {
+	if (o->sparse) /* FTRL's lambda2 stands for the L2 */
+		return dml_model_init_logreg(m, features, 0);
 	if (o->mlp)
 		return mlp_model(m, features, 100, 10, 1e-5f);
 	return dml_model_init_softmax(m, features, 10, 0);
@@ -118,7 +163,7 @@ static int serve(const node_opts *o)
 	 * has them (784 features, 10 classes) */
 	dml_model m;
 	memset(&m, 0, sizeof m);
-	int rc = make_model(o, &m, 784);
+	int rc = make_model(o, &m, o->sparse ? 1 : 784);
 	size_t off = 0, len = 0;
 	if (!rc)
 		rc = dml_shard_range(m.dim, o->shard, o->shards, &off, &len);
@@ -144,7 +189,16 @@ static int serve(const node_opts *o)
 		po.worker_timeout = o->worker_timeout;
 		po.staleness = o->mode == DML_DSGD_BSP ? 0
 		             : o->mode == DML_DSGD_SSP ? o->staleness : DML_PS_ASYNC;
-		rc = dml_ps_new(&ps, len, &po);
+		if (o->sparse) {
+			po.init = NULL;
+			po.optim.kind = DML_OPTIM_FTRL;
+			po.optim.lr = 2;
+			po.optim.l2 = 1e-5f;
+			po.optim.sched.kind = DML_SCHED_CONST;
+			rc = dml_ps_new_keyed(&ps, m.width, &po);
+		} else {
+			rc = dml_ps_new(&ps, len, &po);
+		}
 	}
 	saver sv = {ps, o->checkpoint, 0};
 	if (!rc && o->checkpoint && access(o->checkpoint, F_OK) == 0) {
@@ -158,6 +212,7 @@ static int serve(const node_opts *o)
 	memset(&so, 0, sizeof so);
 	so.compress = o->compress;
 	so.topk = (float)o->topk;
+	so.topk_warmup = o->topk_warmup;
 	if (!rc && !(rc = dml_rpc_server_new(&srv, NULL)) && !(rc = dml_ps_serve_with(ps, srv, &so)))
 		rc = dml_rpc_server_listen(srv, o->listen);
 	if (!rc && o->checkpoint)
@@ -195,21 +250,40 @@ typedef struct work_state {
 	dml_model *m;
 	dml_dataset *test;
 	double eval_s, reached, t0;
+	dml_ps *ps;   /* a keyed store: the parameters are pulled to evaluate */
+	float *dense; /* ... into this */
 } work_state;
+
+/* The parameters as a dense vector: w, or (keyed store) pulled. */
+static const float *params(work_state *ws, const float *w)
+{
+	if (w)
+		return w;
+	if (!ws->dense && !(ws->dense = malloc(ws->m->dim * sizeof *ws->dense)))
+		return NULL;
+	return dml_model_pull(ws->m, ws->ps, 0, ws->dense) ? NULL : ws->dense;
+}
 
 static int on_epoch(void *user, const dml_epoch_info *info, const float *w)
 {
 	work_state *ws = user;
-	if (ws->o->worker != 0 || !info->end_of_epoch)
-		return 0;
+	if (ws->o->worker != 0 || (!w && !info->end_of_epoch))
+		return 0; /* a keyed model is pulled whole: at epochs' ends only */
 	double t = dsgd_now();
 	double acc = 0;
-	dml_model_evaluate(ws->m, w, ws->test, NULL, &acc);
+	const float *p = params(ws, w);
+	if (p)
+		dml_model_evaluate(ws->m, p, ws->test, NULL, &acc);
 	double train_s = t - ws->t0 - ws->eval_s;
 	ws->eval_s += dsgd_now() - t;
 	if (acc >= ws->o->target && ws->reached < 0)
 		ws->reached = train_s;
-	printf("epoch %d  loss %.4f  test acc %.4f  %.2f s\n", info->epoch, info->loss, acc, train_s);
+	if (info->end_of_epoch)
+		printf("epoch %d  loss %.4f  test acc %.4f  %.2f s\n", info->epoch, info->loss,
+		       acc, train_s);
+	else
+		printf("step %llu  test acc %.4f  %.2f s\n", (unsigned long long)info->step, acc,
+		       train_s);
 	fflush(stdout);
 	return 0;
 }
@@ -248,7 +322,7 @@ static int work(const node_opts *o)
 		rc = make_model(o, &m, dml_dataset_dim(train));
 	dml_train_stats st;
 	memset(&st, 0, sizeof st);
-	work_state ws = {o, &m, test, 0, -1, dsgd_now()};
+	work_state ws = {o, &m, test, 0, -1, dsgd_now(), NULL, NULL};
 	if (!rc) {
 		dml_dsgd_opts d;
 		memset(&d, 0, sizeof d);
@@ -263,17 +337,23 @@ static int work(const node_opts *o)
 		d.clock_timeout = 120000;
 		d.reconnect_timeout = 120000; /* pulls too ride out a cut or a restart */
 		d.on_epoch = on_epoch;
+		d.callback_every = o->eval_every;
+		d.overlap = o->overlap; /* the next pull while this step computes */
 		d.user = &ws;
 		ws.t0 = dsgd_now();
+		ws.ps = ps;
 		rc = dml_dsgd_run(ps, &m, part, &st, &d);
 	}
 	double secs = dsgd_now() - ws.t0 - ws.eval_s;
 	double acc = 0;
 	if (!rc && o->worker == 0) {
-		float *w = malloc(m.dim * sizeof *w);
-		if (w && !dml_ps_pull(ps, w))
+		const float *w = o->sparse ? params(&ws, NULL) : NULL;
+		float *own = o->sparse ? NULL : malloc(m.dim * sizeof *own);
+		if (own && !dml_ps_pull(ps, own))
+			w = own;
+		if (w)
 			dml_model_evaluate(&m, w, test, NULL, &acc);
-		free(w);
+		free(own);
 	}
 	if (rc)
 		fprintf(stderr, "dsgd_node work %d: %s (%s)\n", o->worker, dml_strerror(rc),
@@ -281,6 +361,7 @@ static int work(const node_opts *o)
 	else
 		printf("RESULT work worker=%d seconds=%.3f steps=%llu acc=%.4f reached=%.3f\n",
 		       o->worker, secs, (unsigned long long)st.steps, acc, ws.reached);
+	free(ws.dense);
 	dml_model_destroy(&m);
 	dml_ps_free(ps);
 	for (int i = 0; i < n; i++)
@@ -353,6 +434,14 @@ int main(int argc, char **argv)
 			           : !strcmp(v, "topk") ? DML_PS_COMPRESS_TOPK : -1;
 		else if (!strcmp(a, "--topk"))
 			o.topk = atof(v);
+		else if (!strcmp(a, "--sparse"))
+			o.sparse = v;
+		else if (!strcmp(a, "--overlap"))
+			o.overlap = atoi(v);
+		else if (!strcmp(a, "--eval-every"))
+			o.eval_every = (size_t)atol(v);
+		else if (!strcmp(a, "--topk-warmup"))
+			o.topk_warmup = (uint64_t)atoll(v);
 		else if (!strcmp(a, "--mode"))
 			o.mode = !strcmp(v, "bsp") ? DML_DSGD_BSP : !strcmp(v, "ssp") ? DML_DSGD_SSP
 			       : !strcmp(v, "asp") ? DML_DSGD_ASP : (dml_dsgd_mode)-1;

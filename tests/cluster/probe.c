@@ -8,6 +8,10 @@
  *                                 over N round trips (us)
  *   probe rate HOST PORT MB [CC]  TCP goodput of MB megabytes (Mbit/s),
  *                                 with congestion control CC if given
+ *   probe rr HOST PORT N BYTES GAP_MS [CC]
+ *                                 TCP exchanges of BYTES each way (echoed),
+ *                                 one every GAP_MS: median and p90 of N (us),
+ *                                 the library's calls without the library
  *   probe loss HOST PORT N        UDP: N datagrams at 2000/s, echoed; the
  *                                 one-way loss p from the round trip's
  *                                 (1 - p)^2 (per mille)
@@ -172,6 +176,43 @@ static int rtt(const char *host, int port, int n)
 	return 0;
 }
 
+static int rr(const char *host, int port, int n, size_t bytes, double gap_ms, const char *cc)
+{
+	int fd = tcp_dial(host, port);
+	if (cc && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, (socklen_t)strlen(cc)))
+		die("TCP_CONGESTION");
+	if (send(fd, "e", 1, 0) != 1 || n < 1 || n > 100000 || bytes < 1 || bytes > (1 << 24))
+		die("rr");
+	char *buf = malloc(bytes);
+	double *v = malloc(sizeof *v * (size_t)n);
+	if (!buf || !v)
+		die("malloc");
+	memset(buf, 'x', bytes);
+	for (int i = 0; i < n; i++) {
+		double t0 = now_s();
+		if (send(fd, buf, bytes, MSG_NOSIGNAL) != (ssize_t)bytes ||
+		    recv(fd, buf, bytes, MSG_WAITALL) != (ssize_t)bytes)
+			die("exchange");
+		double t = now_s() - t0;
+		v[i] = t * 1e6;
+		if (gap_ms * 1e-3 > t) {
+			struct timespec ts = {0, (long)((gap_ms * 1e-3 - t) * 1e9)};
+			while (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			nanosleep(&ts, NULL);
+		}
+	}
+	qsort(v, (size_t)n, sizeof *v, cmp_d);
+	printf("RESULT rr_median_us=%.0f rr_p10_us=%.0f rr_p90_us=%.0f\n", v[n / 2], v[n / 10],
+	       v[n * 9 / 10]);
+	close(fd);
+	free(v);
+	free(buf);
+	return 0;
+}
+
 static int rate(const char *host, int port, double mb, const char *cc)
 {
 	int fd = tcp_dial(host, port);
@@ -250,6 +291,9 @@ int main(int argc, char **argv)
 		return rtt(argv[2], atoi(argv[3]), atoi(argv[4]) > 0 ? atoi(argv[4]) : 1);
 	if ((argc == 5 || argc == 6) && !strcmp(argv[1], "rate"))
 		return rate(argv[2], atoi(argv[3]), atof(argv[4]), argc == 6 ? argv[5] : NULL);
+	if ((argc == 7 || argc == 8) && !strcmp(argv[1], "rr"))
+		return rr(argv[2], atoi(argv[3]), atoi(argv[4]), (size_t)atol(argv[5]), atof(argv[6]),
+		          argc == 8 ? argv[7] : NULL);
 	if (argc == 5 && !strcmp(argv[1], "loss"))
 		return loss(argv[2], atoi(argv[3]), atoi(argv[4]) > 0 ? atoi(argv[4]) : 1);
 	fprintf(stderr, "usage: probe serve PORT SECONDS | rtt HOST PORT N | rate HOST PORT MB [CC] | "
