@@ -29,7 +29,9 @@
 #   run.sh compress BUILD   the compression table: the 784-100-10 MLP with
 #                           each codec in (c) and at 10 Mbit/s, 3 runs each
 #                           and their medians (no link checks; part of
-#                           make cluster-bench)
+#                           make cluster-bench); DML_CLUSTER_CODECS, _RUNS,
+#                           _EPOCHS, _EPOCHS_10 and _TOPK (top-k's fraction,
+#                           0.01) change what runs
 #
 # Needs root with CAP_NET_ADMIN; otherwise it says why and exits 77
 # (skipped). Every process it starts is stopped by its PID, and the
@@ -513,7 +515,7 @@ if [ "$WHAT" = compress ]; then
 		# speed drifts (it is shared), and a round sees one speed
 		for r in $(seq 1 "$runs"); do
 			for c in $codecs; do
-				NODE_SERVE="--compress $c --topk-warmup $((STEPS * EPOCHS / 5))"
+				NODE_SERVE="--compress $c --topk-warmup $((STEPS * EPOCHS / 5)) --topk ${DML_CLUSTER_TOPK:-0.01}"
 				train "$prof $c" bsp
 			done
 		done
