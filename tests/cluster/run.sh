@@ -529,7 +529,7 @@ if [ "$WHAT" = compress ]; then
 			[ -n "$base" ] && [ -n "$a" ] || continue
 			awk -v c="$c" -v a="$a" -v b="$base" 'BEGIN { d = (a - b) * 100;
 				printf "  %-6s accuracy %+.2f points against float32: %s\n", c, d,
-				d >= -0.5 ? "within half a point" : "MORE than half a point below" }'
+				(d >= -0.5 ? "within half a point" : "MORE than half a point below") }'
 		done
 	done
 	rm -f "$ROWS"
