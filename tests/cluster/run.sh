@@ -22,6 +22,9 @@
 #   run.sh mpi BUILD        examples/mpi_dsgd launched by mpirun: 4 ranks on
 #                           this machine, then 6 ranks on the 6 hosts
 #                           through mpi_rsh.sh (skipped without mpirun)
+#   run.sh lossy-c BUILD    (c) with and without its loss, BSP and ASP, with
+#                           the hosts' TCP loss counters (retransmissions,
+#                           tail-loss probes, timeouts) of each run
 #   run.sh explain BUILD    (c) without its loss: TCP exchanges of a step's
 #                           sizes, as the library makes them, without it
 #                           (probe rr), under BBR and CUBIC, for the model
@@ -113,7 +116,7 @@ measure() { # MB LOSS_N [LO]: sets rtt, rate, loss
 
 if [ "$WHAT" != faults ] && [ "$WHAT" != compress ] && [ "$WHAT" != overlap ] &&
    [ "$WHAT" != sparse ] && [ "$WHAT" != mpi ] && [ "$WHAT" != explain ] &&
-   [ "$WHAT" != lossless-c ]; then
+   [ "$WHAT" != lossless-c ] && [ "$WHAT" != lossy-c ]; then
 	echo "cluster-test: links (hosts $A and $S, each shaped on its own link)"
 	echo "(a) unshaped"
 	measure 400 0
@@ -192,6 +195,17 @@ TARGET=0.84     # the accuracy "to target" is timed to
 ACC_MIN=0.835   # every run must end at least this accurate
 ROWS=""         # a file: each run's figures, one line each, for medians
 
+tcp_counters() { # the six hosts' TCP counters, summed: "name value" lines
+	for k in 1 2 3 4 5 6; do
+		sh "$cl" exec $ID $k cat /proc/net/snmp /proc/net/netstat
+	done | awk '
+	$1 == "Tcp:" && $2 ~ /^[A-Z]/ { for (i = 2; i <= NF; i++) tn[i] = $i; next }
+	$1 == "Tcp:" { for (i = 2; i <= NF; i++) { if (tn[i] == "OutSegs") o += $i; if (tn[i] == "RetransSegs") r += $i } next }
+	$1 == "TcpExt:" && $2 ~ /^[A-Z]/ { for (i = 2; i <= NF; i++) en[i] = $i; next }
+	$1 == "TcpExt:" { for (i = 2; i <= NF; i++) { if (en[i] == "TCPLossProbes") p += $i; if (en[i] == "TCPTimeouts") t += $i } }
+	END { print "out", o + 0; print "retrans", r + 0; print "probes", p + 0; print "timeouts", t + 0 }'
+}
+
 wire_bytes() { # the bytes every host sent: each byte on the wire once
 	t=0
 	for k in 1 2 3 4 5 6; do
@@ -235,6 +249,9 @@ train() {
 		n=$((n + 1))
 	done
 	b0=$(wire_bytes)
+	# DML_CLUSTER_NSTAT=1: each host's TCP loss counters before and after,
+	# their sums printed with the row (the loss term of a step)
+	[ -z "${DML_CLUSTER_NSTAT:-}" ] || tcp_counters >"$log/tcp0"
 	t0=$(date +%s.%N)
 	pids=
 	for w in 0 1 2 3; do
@@ -296,6 +313,7 @@ train() {
 	done
 	t1=$(date +%s.%N)
 	b1=$(wire_bytes)
+	[ -z "${DML_CLUSTER_NSTAT:-}" ] || tcp_counters >"$log/tcp1"
 	[ -z "$ssp" ] || { kill "$ssp" 2>/dev/null || true; wait "$ssp" 2>/dev/null || true; }
 	kill -TERM "$p0" "$p1" 2>/dev/null || true
 	wait "$p0" "$p1" 2>/dev/null || true
@@ -353,6 +371,11 @@ train() {
 	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 	printf '  %-28s %-4s %8s %8s %7s %7s %9s %8s  %s\n' "$1" "$2" "$reached" "$secs" "$ms" "$acc" "$mb" "$wall" "$exact"
 	[ -z "$ROWS" ] || echo "$1|$2|$reached|$secs|$ms|$acc|$mb" >>"$ROWS"
+	if [ -n "${DML_CLUSTER_NSTAT:-}" ]; then
+		paste "$log/tcp0" "$log/tcp1" | awk -v st="$steps" '{ d[$1] = $4 - $2 }
+			END { printf "    TCP, all hosts: %d segments out, %d retransmitted, %d tail-loss probes, %d timeouts; per worker step: %.2f probes, %.3f timeouts\n",
+			      d["out"], d["retrans"], d["probes"], d["timeouts"], d["probes"] / (4 * st), d["timeouts"] / (4 * st) }'
+	fi
 	rm -rf "$log"
 }
 
@@ -550,7 +573,7 @@ if [ "$WHAT" != lossless-c ] && [ "$WHAT" != faults ]; then
 	shape_all 1000 1000 0 0
 	for m in $modes; do train "(b) 1 Gbit/s, 1 ms" $m; done
 fi
-if [ "$WHAT" != lossless-c ]; then
+if [ "$WHAT" != lossless-c ] && [ "$WHAT" != lossy-c ]; then
 	echo "faults, on (b):"
 	shape_all 1000 1000 0 0
 	train "link of worker 2 cut for 5 s" bsp cut
@@ -559,6 +582,16 @@ if [ "$WHAT" != lossless-c ]; then
 	# a straggler: worker 3's link at a tenth of the rate
 	sh "$cl" shape $ID 6 100 1000 0 0 900
 	for m in $modes; do train "worker 3 at 100 Mbit/s" $m; done
+fi
+if [ "$WHAT" = lossy-c ]; then
+	# (c) with and without its loss, with the TCP loss counters
+	DML_CLUSTER_NSTAT=${DML_CLUSTER_NSTAT:-1}
+	shape_all 100 5000 0 0
+	for m in $modes; do train "(c) without the loss" $m; done
+	shape_all 100 5000 0 5
+	for m in $modes; do train "(c) 100 Mbit/s, 5 ms, 0.5%" $m; done
+	[ $fails -eq 0 ] || exit 1
+	exit 0
 fi
 if [ "$WHAT" = bench ] || [ "$WHAT" = lossless-c ]; then
 	# (c) without its loss: what the loss itself costs
