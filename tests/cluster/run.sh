@@ -567,7 +567,7 @@ if [ "$WHAT" = bench ]; then
 else
 	modes="bsp asp"
 fi
-if [ "$WHAT" != lossless-c ] && [ "$WHAT" != faults ]; then
+if [ "$WHAT" != lossless-c ] && [ "$WHAT" != faults ] && [ "$WHAT" != lossy-c ]; then
 	shape_all 0 0 0 0
 	for m in $modes; do train "(a) unshaped" $m; done
 	shape_all 1000 1000 0 0
