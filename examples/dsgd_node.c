@@ -101,8 +101,6 @@ static int usage(void)
 	return 2;
 }
 
-/* The data both roles agree on: Fashion-MNIST or its generated stand-in,
- * standardised per pixel. */
 /* The sparse job's sets, of one dimension (the larger), the test set's
  * labels mapped as the training set's. */
 static int load_sparse(const char *dir, dml_dataset **train, dml_dataset **test)
@@ -133,19 +131,13 @@ static int load_sparse(const char *dir, dml_dataset **train, dml_dataset **test)
 	                              dml_dataset_classes(*train));
 }
 
+/* The data both roles agree on: the sparse job's sets, or Fashion-MNIST
+ * (or its generated stand-in) standardised per pixel. */
 static int load(const node_opts *o, dml_dataset **train, dml_dataset **test)
 {
 	if (o->sparse)
 		return load_sparse(o->sparse, train, test);
-	int rc = dsgd_load_fashion(o->data, train, test);
-	if (rc == DML_ENOTFOUND)
-		rc = dsgd_generate(train, test);
-	dml_scaler *sc = NULL;
-	if (!rc && !(rc = dml_scaler_new_fit(&sc, *train, DML_SCALE_STANDARD)) &&
-	    !(rc = dml_scaler_apply(sc, *train)))
-		rc = dml_scaler_apply(sc, *test);
-	dml_scaler_free(sc);
-	return rc;
+	return dsgd_load_standardised(o->data, train, test);
 }
 
 static int make_model(const node_opts *o, dml_model *m, size_t features)

@@ -63,19 +63,6 @@ static void own_address(char *out, size_t n)
 	freeifaddrs(ifs);
 }
 
-static int load(const opts *o, dml_dataset **train, dml_dataset **test)
-{
-	int rc = dsgd_load_fashion(o->data, train, test);
-	if (rc == DML_ENOTFOUND)
-		rc = dsgd_generate(train, test);
-	dml_scaler *sc = NULL;
-	if (!rc && !(rc = dml_scaler_new_fit(&sc, *train, DML_SCALE_STANDARD)) &&
-	    !(rc = dml_scaler_apply(sc, *train)))
-		rc = dml_scaler_apply(sc, *test);
-	dml_scaler_free(sc);
-	return rc;
-}
-
 static void *run_server(void *s)
 {
 	dml_rpc_server_run(s);
@@ -121,7 +108,7 @@ int main(int argc, char **argv)
 	}
 	int serving = rank < o.shards;
 	dml_dataset *train = NULL, *test = NULL;
-	int rc = load(&o, &train, &test);
+	int rc = dsgd_load_standardised(o.data, &train, &test);
 	dml_model m;
 	memset(&m, 0, sizeof m);
 	if (!rc)

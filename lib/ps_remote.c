@@ -508,12 +508,11 @@ static float topk_frac(const dml__ps_remote *r, int i, uint64_t p)
  * data, scales and indices, and (top-k) the m values it sends back into
  * the residual if it fails. `p` is the push's top-k number. */
 static size_t coded_bytes(const dml__ps_remote *r, int i, size_t m, uint64_t p,
-                          size_t *k)
+                          size_t *nb, size_t *ns, size_t *ni, size_t *k)
 {
-	size_t nb, ns, ni;
 	*k = r->codec[i] == DML__GC_TOPK ? dml__gc_topk_k(m, topk_frac(r, i, p)) : 0;
-	dml__gc_sizes(r->codec[i], m, *k, &nb, &ns, &ni);
-	return align8(nb) + align8(4 * ns) + align8(4 * ni) +
+	dml__gc_sizes(r->codec[i], m, *k, nb, ns, ni);
+	return align8(*nb) + align8(4 * *ns) + align8(4 * *ni) +
 	       (r->codec[i] == DML__GC_TOPK ? align8(4 * m) : 0);
 }
 
@@ -525,8 +524,7 @@ static void code_frame(dml__ps_remote *r, job *j, int i, size_t at, size_t m,
                        uint64_t p, const float *v, uint8_t **ap, float *e, float *tmp)
 {
 	size_t k, nb, ns, ni;
-	(void)coded_bytes(r, i, m, p, &k);
-	dml__gc_sizes(r->codec[i], m, k, &nb, &ns, &ni);
+	(void)coded_bytes(r, i, m, p, &nb, &ns, &ni, &k);
 	uint8_t *a = *ap;
 	dml__gc_piece pc = {a, nb, (float *)(void *)(a + align8(nb)), ns,
 	                    (uint32_t *)(void *)(a + align8(nb) + align8(4 * ns)), ni};
@@ -575,7 +573,8 @@ static int psr_push_coded(dml_ps *ps, const float *v)
 		topk |= r->codec[i] == DML__GC_TOPK;
 		for (size_t at = 0; at < len; at += per[i]) {
 			size_t m = len - at < per[i] ? len - at : per[i];
-			arena += coded_bytes(r, i, m, p, &k);
+			size_t nb, ns, ni;
+			arena += coded_bytes(r, i, m, p, &nb, &ns, &ni, &k);
 			most = m > most ? m : most;
 		}
 	}

@@ -546,6 +546,26 @@ static int frame_op(int32_t op, int32_t start)
 	return op == PSW_OP_PUSH && !start ? DML__PS_STEP_MORE : op;
 }
 
+/* The exactly-once check of a push that answers with a status (the 0.3
+ * and 0.4 pushes): 0 to apply it, 1 when the reply is set already (a
+ * duplicate, answered with success, or a refusal). */
+static int dd_status(dml__ps_dedup *d, uint64_t owner, uint64_t client, uint64_t seq,
+                     psw_status *st, const char *what)
+{
+	switch (dd_check(d, owner, client, seq)) {
+	case DD_DUP:
+		return 1;
+	case DD_FULL:
+		refuse(st, DML_EBUSY, "%s: too many active clients", what);
+		return 1;
+	case DD_AHEAD:
+		refuse(st, DML_EINVAL, "%s: sequence number %llu too far ahead of "
+		       "its client's", what, (unsigned long long)seq);
+		return 1;
+	}
+	return 0;
+}
+
 static int h_push_range(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 {
 	(void)ctx;
@@ -569,15 +589,8 @@ static int h_push_range(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 		return refuse(st, DML_ENONFINITE, "PS.PushRange: value %lld of the "
 		              "frame at %llu is not finite; this frame changed nothing",
 		              bad, (unsigned long long)q->off);
-	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
-	case DD_DUP:
+	if (dd_status(ps->dedup, owner, q->client, q->seq, st, "PS.PushRange"))
 		return 0;
-	case DD_FULL:
-		return refuse(st, DML_EBUSY, "PS.PushRange: too many active clients");
-	case DD_AHEAD:
-		return refuse(st, DML_EINVAL, "PS.PushRange: sequence number %llu too "
-		              "far ahead of its client's", (unsigned long long)q->seq);
-	}
 	dml__ps_apply_range(ps, frame_op(q->op, q->start), (size_t)q->off,
 	                    q->v.data, q->v.n);
 	return 0;
@@ -633,28 +646,19 @@ static int h_push_coded(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	float *v = malloc((n < CODED_PART ? (n ? n : 1) : CODED_PART) * sizeof *v);
 	if (!v)
 		return DML_ENOMEM;
-	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
-	case DD_DUP:
+	if (dd_status(ps->dedup, owner, q->client, q->seq, st, "PS.PushCoded")) {
 		free(v);
 		return 0;
-	case DD_FULL:
-		free(v);
-		return refuse(st, DML_EBUSY, "PS.PushCoded: too many active clients");
-	case DD_AHEAD:
-		free(v);
-		return refuse(st, DML_EINVAL, "PS.PushCoded: sequence number %llu too "
-		              "far ahead of its client's", (unsigned long long)q->seq);
 	}
 	int op = frame_op(q->op, q->start);
-	for (size_t lo = 0; lo < n || (lo == 0 && n == 0); lo += CODED_PART) {
+	size_t lo = 0;
+	do { /* an empty frame is applied too: it may begin a step */
 		size_t hi = n - lo < CODED_PART ? n : lo + CODED_PART;
 		dml__gc_decode_range(q->codec, &p, lo, hi, v);
 		dml__ps_apply_range(ps, op, (size_t)q->off + lo, v, hi - lo);
-		if (op == PSW_OP_PUSH) /* the parts after the first: the same step */
+		if (op == DML__PS_STEP) /* the parts after the first: the same step */
 			op = DML__PS_STEP_MORE;
-		if (n == 0)
-			break;
-	}
+	} while ((lo += CODED_PART) < n);
 	free(v);
 	return 0;
 }
@@ -710,15 +714,8 @@ static int h_push_rows(dml_rpc_ctx *ctx, const void *a, void *r, void *u)
 	if (bad >= 0)
 		return refuse(st, DML_ENONFINITE, "PS.PushRows: value %lld is not "
 		              "finite; nothing changed", bad);
-	switch (dd_check(ps->dedup, owner, q->client, q->seq)) {
-	case DD_DUP:
+	if (dd_status(ps->dedup, owner, q->client, q->seq, st, "PS.PushRows"))
 		return 0;
-	case DD_FULL:
-		return refuse(st, DML_EBUSY, "PS.PushRows: too many active clients");
-	case DD_AHEAD:
-		return refuse(st, DML_EINVAL, "PS.PushRows: sequence number %llu too "
-		              "far ahead of its client's", (unsigned long long)q->seq);
-	}
 	int rc = ps->ops->apply_rows(ps, frame_op(q->op, q->start),
 	                             (const uint64_t *)q->keys.data, q->keys.n,
 	                             q->v.data);

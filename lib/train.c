@@ -443,7 +443,7 @@ typedef struct dsgd {
 static int dense_pull(run *r, dsgd *d)
 {
 	retrier rt = {d->o.reconnect_timeout, 0, {0, 0, 0}};
-	int rc = 1;
+	int rc, have = 0; /* r->w holds this step's parameters */
 	r->what = "pull";
 	if (d->pulling) {
 		rc = dml__ps_pull_end(d->op);
@@ -453,13 +453,16 @@ static int dense_pull(run *r, dsgd *d)
 			float *t = r->w;
 			r->w = d->next;
 			d->next = t;
+			have = 1;
 		} else if (rc != DML_ECONNLOST && rc != DML_ETIMEDOUT) {
 			return rc;
 		}
 	}
-	if (rc)
+	if (!have)
 		while ((rc = dml_ps_pull(d->ps, r->w)) && may_retry(&rt, rc, &r->s))
 			;
+	else
+		rc = 0;
 	if (rc || !d->o.overlap)
 		return rc;
 	/* the next step's, while this one computes; if it cannot start, the

@@ -71,15 +71,19 @@ trap 'exit 1' INT TERM HUP
 sh "$cl" up $ID 6 >/dev/null
 A=10.233.1.2
 S=10.233.2.2
-sh "$cl" exec $ID 2 "$probe" serve $PORT 600 >/dev/null 2>&1 &
-srv=$!
-# the server listens once a probe gets through (bounded: 5 s)
-n=0
-until sh "$cl" exec $ID 1 "$probe" rtt $S $PORT 1 >/dev/null 2>&1; do
-	[ $n -lt 50 ] || { echo "cluster-test: the probe server did not start" >&2; exit 1; }
-	sleep 0.1
-	n=$((n + 1))
-done
+# probe_server: the probe's server on host 2 (PID in srv), once a probe
+# gets through (bounded: 5 s)
+probe_server() {
+	sh "$cl" exec $ID 2 "$probe" serve $PORT 600 >/dev/null 2>&1 &
+	srv=$!
+	n=0
+	until sh "$cl" exec $ID 1 "$probe" rtt $S $PORT 1 >/dev/null 2>&1; do
+		[ $n -lt 50 ] || { echo "cluster-test: the probe server did not start" >&2; exit 1; }
+		sleep 0.1
+		n=$((n + 1))
+	done
+}
+probe_server
 
 val() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 # within LO HI VALUE: 0 if LO <= VALUE <= HI
@@ -398,14 +402,7 @@ medians() {
 }
 
 if [ "$WHAT" = explain ]; then
-	sh "$cl" exec $ID 2 "$probe" serve $PORT 600 >/dev/null 2>&1 &
-	srv=$!
-	n=0
-	until sh "$cl" exec $ID 1 "$probe" rtt $S $PORT 1 >/dev/null 2>&1; do
-		[ $n -lt 50 ] || { echo "cluster-test: the probe server did not start" >&2; exit 1; }
-		sleep 0.1
-		n=$((n + 1))
-	done
+	probe_server
 	shape_all 100 5000 0 0
 	echo "explain: (c) without its loss, host 1 to host 2, probe rr (an exchange of B bytes each way)"
 	for cc in bbr cubic; do
