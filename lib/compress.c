@@ -165,10 +165,12 @@ static int from_bf16(uint16_t b, float *out)
 /* ---- int8 (QSGD) --------------------------------------------------- */
 
 /* The value of level q in a bucket of scale s: the encoder's error
- * feedback and the decoder compute it alike. */
+ * feedback and the decoder compute it alike. q / 127 first: s * q would
+ * overflow for a scale near FLT_MAX (a peer's claim; found by
+ * fuzz_compress). */
 static float level_value(float s, int q)
 {
-	return s * (float)q / 127.0f;
+	return s * ((float)q / 127.0f);
 }
 
 /* ---- top-k --------------------------------------------------------- */

@@ -201,6 +201,10 @@ static void test_decode_refuses(void **state)
 	assert_int_equal(dml__gc_decode(DML__GC_INT8, 600, &p, out, msg, sizeof msg), DML_ENONFINITE);
 	p.scales[1] = INFINITY;
 	assert_int_equal(dml__gc_decode(DML__GC_INT8, 600, &p, out, msg, sizeof msg), DML_ENONFINITE);
+	p.scales[1] = 3.4e38f; /* near FLT_MAX: level 127 must stay finite */
+	p.data[512] = 127;
+	assert_int_equal(dml__gc_decode(DML__GC_INT8, 600, &p, out, msg, sizeof msg), 0);
+	assert_true(isfinite(out[512]) && out[512] == 3.4e38f);
 	p.scales[1] = 1;
 	p.data[3] = 0x80; /* -128 */
 	assert_int_equal(dml__gc_decode(DML__GC_INT8, 600, &p, out, msg, sizeof msg), DML_EINVAL);
